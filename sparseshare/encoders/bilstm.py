@@ -1,0 +1,85 @@
+"""Word embeddings + char-CNN + stacked BiLSTM (Ma & Hovy 2016; the sparse-sharing paper's base network)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class CharCNN(nn.Module):
+    """Character embeddings -> 1-D convolution -> max over the word's characters."""
+
+    def __init__(self, num_chars: int, char_dim: int = 30, filters: int = 30, kernel: int = 3):
+        super().__init__()
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=0)
+        self.conv = nn.Conv1d(char_dim, filters, kernel, padding=kernel // 2)
+        self.output_dim = filters
+
+    def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
+        batch, length, width = char_ids.shape
+        flat = char_ids.view(batch * length, width)
+        x = self.conv(self.embedding(flat).transpose(1, 2))  # (B*T, F, C)
+        x = x.masked_fill((flat == 0).unsqueeze(1), float("-inf")).amax(dim=2)
+        x = torch.nan_to_num(x, neginf=0.0)  # padding words have no characters
+        return x.view(batch, length, -1)
+
+
+class WordEmbedder(nn.Module):
+    def __init__(self, num_words: int, word_dim: int, num_chars: int, char_dim: int, char_filters: int,
+                 char_kernel: int, dropout: float, pretrained: torch.Tensor | None = None, freeze: bool = False):
+        super().__init__()
+        self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
+        if pretrained is not None:
+            if tuple(pretrained.shape) != (num_words, word_dim):
+                raise ValueError(f"pretrained embeddings have shape {tuple(pretrained.shape)}, expected {(num_words, word_dim)}")
+            self.words.weight.data.copy_(pretrained)
+        self.words.weight.requires_grad_(not freeze)
+        self.chars = CharCNN(num_chars, char_dim, char_filters, char_kernel) if char_filters > 0 else None
+        self.dropout = nn.Dropout(dropout)
+        self.output_dim = word_dim + (char_filters if self.chars is not None else 0)
+
+    def forward(self, batch) -> torch.Tensor:
+        x = self.words(batch.word_ids)
+        if self.chars is not None:
+            x = torch.cat([x, self.chars(batch.char_ids)], dim=-1)
+        return self.dropout(x)
+
+
+class BiLSTMLayer(nn.Module):
+    """One bidirectional LSTM layer over packed sequences, followed by dropout."""
+
+    def __init__(self, input_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return self.dropout(out)
+
+
+class BiLSTMEncoder(nn.Module):
+    def __init__(self, num_words: int, num_chars: int, word_dim: int = 50, char_dim: int = 30,
+                 char_filters: int = 30, char_kernel: int = 3, hidden: int = 200, layers: int = 2,
+                 dropout: float = 0.5, pretrained: torch.Tensor | None = None, freeze_embeddings: bool = False):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"model.bilstm.layers must be >= 1, got {layers}")
+        self.embedder = WordEmbedder(num_words, word_dim, num_chars, char_dim, char_filters, char_kernel, dropout,
+                                     pretrained, freeze_embeddings)
+        dims = [self.embedder.output_dim] + [2 * hidden] * layers
+        self.layers = nn.ModuleList(BiLSTMLayer(dims[i], hidden, dropout) for i in range(layers))
+        self.num_layers, self.output_dim = layers, 2 * hidden
+
+    def embed(self, batch) -> torch.Tensor:
+        return self.embedder(batch)
+
+    def forward(self, batch) -> list[torch.Tensor]:
+        x, outputs = self.embed(batch), []
+        for layer in self.layers:
+            x = layer(x, batch.mask)
+            outputs.append(x)
+        return outputs

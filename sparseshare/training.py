@@ -301,7 +301,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
             state.global_step += 1
             state.step_in_epoch = step + 1
             sentences_seen += len(indices)
-            loss_sum, steps_run = loss_sum + float(loss), steps_run + 1
+            loss_sum, steps_run = loss_sum + loss.item() / max(weight, 1e-12) / len(indices), steps_run + 1
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(task=task, loss=f"{loss_sum / steps_run:.3f}")

@@ -1,0 +1,67 @@
+"""Train the CoNLL-2003 benchmark grid (single-task POS / chunk / NER and hard sharing) over seeds.
+
+    python benchmarks/run_conll03.py --seeds 1 2 3 --runs pos chunk ner hard --epochs 30 --parallel 2
+
+Resumable: a run with results.json is skipped, an interrupted run continues from its last checkpoint.
+Each run's wall time (summed over resumptions) is stored in <run>/wall_time.json. Summarise with
+``python benchmarks/summarize.py benchmarks/runs/conll03``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"pos": "conll03_pos", "chunk": "conll03_chunk", "ner": "conll03_ner", "hard": "conll03_hard",
+           "minilm_ner": "conll03_minilm_ner", "minilm_hard": "conll03_minilm_hard"}
+
+
+def run_one(name: str, seed: int, args) -> str:
+    out = Path(args.out) / f"{name}_seed{seed}"
+    if (out / "results.json").is_file():
+        return f"{out}: done already"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), "--config",
+           str(ROOT / "recipes" / "configs" / f"{CONFIGS[name]}.yaml"), f"output_dir={out}", f"train.seed={seed}",
+           "train.progress_bar=false", f"data.root={args.data_root}"]
+    if args.epochs:
+        cmd.append(f"train.epochs={args.epochs}")
+    cmd += args.overrides
+    if (out / "checkpoints").is_dir():
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    timing = out / "wall_time.json"
+    previous = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+    started = time.time()
+    with open(out / "train.log", "a") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    timing.write_text(json.dumps({"seconds": previous + time.time() - started, "threads": args.threads,
+                                  "command": " ".join(cmd)}))
+    return f"{out}: exit {code}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=["pos", "chunk", "ner", "hard"], choices=sorted(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, help="override train.epochs of the configs")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (each gets --threads threads)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "conll03"))
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
+    args = parser.parse_args()
+    jobs = [(name, seed) for seed in args.seeds for name in args.runs]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for line in pool.map(lambda job: run_one(*job, args), jobs):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

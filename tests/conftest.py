@@ -1,0 +1,89 @@
+"""Shared fixtures. Tests that read ../shared/data skip locally when it is absent, but fail under CI=true."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SPARSESHARE_DATA", ROOT.parent / "shared" / "data"))
+
+torch.set_num_threads(1)
+
+
+def require_shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        message = f"shared corpus not found: {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: tests that need ../shared/data must not be skipped)")
+        pytest.skip(message)
+    return path
+
+
+def _first_sentences(text: str, n: int) -> str:
+    blocks = [b for b in text.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
+    return "\n\n".join(blocks[:n]) + "\n"
+
+
+@pytest.fixture(scope="session")
+def conll03_subset(tmp_path_factory) -> Path:
+    """The first 300 / 100 / 100 sentences of CoNLL-2003 train / dev / test, in a temporary folder."""
+    source = require_shared_data("conll2003")
+    target = tmp_path_factory.mktemp("conll03_subset")
+    for split, n in (("train", 300), ("dev", 100), ("test", 100)):
+        text = (source / f"{split}.txt").read_text(encoding="utf-8")
+        (target / f"{split}.txt").write_text(_first_sentences(text, n), encoding="utf-8")
+    return target
+
+
+TINY_CONLL = """\
+-DOCSTART- -X- -X- O
+
+John NNP B-NP B-PER
+lives VBZ B-VP O
+in IN B-PP O
+Paris NNP B-NP B-LOC
+. . O O
+
+Mary NNP B-NP B-PER
+visited VBD B-VP O
+Berlin NNP B-NP B-LOC
+and CC O O
+Rome NNP B-NP B-LOC
+. . O O
+
+The DT B-NP O
+United NNP I-NP B-ORG
+Nations NNP I-NP I-ORG
+met VBD B-VP O
+in IN B-PP O
+New NNP B-NP B-LOC
+York NNP I-NP I-LOC
+. . O O
+"""
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    """A hand-written CoNLL-2003-style corpus (same sentences in every split, repeated to 48)."""
+    blocks = [b for b in TINY_CONLL.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
+    text = "\n\n".join(blocks * 16) + "\n"
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.txt").write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def tiny_overrides(data_dir: Path, output_dir: Path, **extra) -> list[str]:
+    """A small, fast, dropout-free BiLSTM configuration."""
+    values = {
+        "tasks": "[pos,chunk,ner]", "output_dir": str(output_dir), "data.dir": str(data_dir),
+        "model.bilstm.word_dim": 16, "model.bilstm.char_dim": 8, "model.bilstm.char_filters": 8,
+        "model.bilstm.hidden": 16, "model.bilstm.layers": 2, "model.bilstm.dropout": 0.0,
+        "train.epochs": 2, "train.batch_size": 8, "train.lr": 0.05, "train.progress_bar": "false",
+        "train.log_with": "none", "train.patience": 0,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -1,0 +1,89 @@
+"""Multi-task epoch plans: round robin, proportional and temperature sampling."""
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from sparseshare.data.schedules import SCHEDULES, epoch_plan
+
+
+def _batches(sizes: dict[str, int]) -> dict[str, list[list[int]]]:
+    return {task: [[i, i + 1000] for i in range(n)] for task, n in sizes.items()}
+
+
+def test_round_robin_uses_every_batch_once_and_alternates():
+    batches = _batches({"pos": 5, "chunk": 2, "ner": 3, "empty": 0})
+    plan = epoch_plan("round_robin", batches, np.random.default_rng(0))
+    assert len(plan) == 10
+    for task, task_batches in batches.items():
+        used = [b for t, b in plan if t == task]
+        assert used == task_batches  # each batch once, in order
+    # rounds: all three tasks, then the ones with batches left, same task order in every round
+    tasks = [t for t, _ in plan]
+    first = tasks[:3]
+    assert sorted(first) == ["chunk", "ner", "pos"]
+    assert tasks[3:6] == first
+    assert tasks[6:8] == [t for t in first if t != "chunk"]
+    assert tasks[8:] == ["pos", "pos"]
+    assert "empty" not in tasks
+    for a, b in zip(tasks, tasks[1:]):
+        assert a != b or a == "pos"  # only the biggest task repeats, once others are used up
+
+
+def test_round_robin_random_task_order_and_determinism():
+    batches = _batches({"a": 3, "b": 3, "c": 3, "d": 3})
+    orders = set()
+    for seed in range(20):
+        plan = epoch_plan("round_robin", batches, np.random.default_rng(seed))
+        assert plan == epoch_plan("round_robin", batches, np.random.default_rng(seed))
+        orders.add(tuple(t for t, _ in plan[:4]))
+    assert len(orders) > 1  # the order of tasks within a round is drawn from the rng
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_same_seed_same_plan(schedule):
+    batches = _batches({"a": 7, "b": 3, "c": 11})
+    p1 = epoch_plan(schedule, batches, np.random.default_rng(42), temperature=3.0)
+    p2 = epoch_plan(schedule, batches, np.random.default_rng(42), temperature=3.0)
+    assert p1 == p2
+    assert len(p1) == 21
+    assert {t for t, _ in p1} <= {"a", "b", "c"}
+    for task, batch in p1:
+        assert batch in batches[task]
+
+
+def test_proportional_frequencies_and_batches():
+    sizes = {"a": 6000, "b": 3000, "c": 1000}
+    batches = _batches(sizes)
+    plan = epoch_plan("proportional", batches, np.random.default_rng(0))
+    assert len(plan) == 10000
+    counts = Counter(t for t, _ in plan)
+    for task, n in sizes.items():
+        assert abs(counts[task] / 10000 - n / 10000) < 0.02
+    # each task goes through its own batches in order (cycling when drawn more often than it has batches)
+    for task, n in sizes.items():
+        used = [b for t, b in plan if t == task]
+        assert used == [batches[task][i % n] for i in range(len(used))]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+def test_temperature_frequencies(temperature):
+    sizes = {"a": 8000, "b": 1000, "c": 1000}
+    batches = _batches(sizes)
+    plan = epoch_plan("temperature", batches, np.random.default_rng(1), temperature=temperature)
+    assert len(plan) == 10000
+    weights = {t: n ** (1 / temperature) for t, n in sizes.items()}
+    total = sum(weights.values())
+    counts = Counter(t for t, _ in plan)
+    for task in sizes:
+        assert abs(counts[task] / 10000 - weights[task] / total) < 0.02
+    # small tasks cycle through their batches again when exhausted
+    if temperature > 1:
+        used_b = [b for t, b in plan if t == "b"]
+        assert len(used_b) > 1000
+        assert used_b[1000] == batches["b"][0]
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        epoch_plan("random", _batches({"a": 1}), np.random.default_rng(0))

@@ -1,0 +1,153 @@
+"""Task specifications: built-in task files, user task files, and validation."""
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sparseshare.tasks as tasks_module
+from sparseshare.tasks import BUILTIN_DIR, DevCarveOut, HubSource, TaskSpec, builtin_tasks, load_task
+
+EXPECTED_BUILTINS = {"chunk", "chunk2000", "ner", "pos", "pp", "upos", "xpos"}
+
+
+def test_builtin_dir_is_the_package_directory():
+    package_dir = resources.files("sparseshare.tasks")
+    assert Path(str(package_dir)).resolve() == BUILTIN_DIR.resolve()
+    assert BUILTIN_DIR.resolve() == Path(tasks_module.__file__).resolve().parent
+    shipped = {Path(entry.name).stem for entry in package_dir.iterdir() if entry.name.endswith(".yaml")}
+    assert set(builtin_tasks()) == shipped
+    assert EXPECTED_BUILTINS <= shipped
+    assert builtin_tasks() == sorted(builtin_tasks())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_BUILTINS))
+def test_every_builtin_task_loads(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # found through the package, not the working directory
+    spec = load_task(name)
+    assert spec.name == name
+    assert spec.label_column in spec.columns
+    assert "train" in spec.files
+    assert "dev" in spec.files or spec.dev_from_train is not None
+    if spec.metric == "span_f1":
+        assert spec.scheme != "none"
+
+
+def test_all_builtins_listed_load():
+    for name in builtin_tasks():
+        assert load_task(name).name == name
+
+
+def test_builtin_specifics():
+    ner = load_task("ner")
+    assert (ner.scheme, ner.train_scheme, ner.metric, ner.label_column) == ("iob2", "bioes", "span_f1", "ner")
+    assert ner.hub.id == "eriktks/conll2003" and ner.hub.label_column == "ner_tags"
+    assert ner.hub.splits == {"train": "train", "dev": "validation", "test": "test"}
+    pos = load_task("pos")
+    assert pos.train_scheme == "none" and pos.metric == "accuracy"
+    c2k = load_task("chunk2000")
+    assert c2k.dev_from_train == DevCarveOut(fraction=0.1, seed=13)
+    assert "dev" not in c2k.files and "dev" not in c2k.hub.splits
+    pp = load_task("pp")
+    assert pp.format == "pp" and pp.ignore_labels == ["O"]
+    assert load_task("upos").format == "conllu"
+
+
+def test_unknown_task_lists_builtins():
+    with pytest.raises(ValueError) as info:
+        load_task("nerr")
+    message = str(info.value)
+    assert "'nerr'" in message
+    for name in EXPECTED_BUILTINS:
+        assert name in message
+
+
+def _task_dict(**kw):
+    data = {"name": "ner_de", "format": "conll", "columns": ["tokens", "ner"], "label_column": "ner",
+            "files": {"train": "train.txt", "dev": "dev.txt"}, "scheme": "iob1", "train_scheme": "bioes",
+            "metric": "span_f1"}
+    data.update(kw)
+    return data
+
+
+def _write_task(path, data):
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_user_task_yaml_loads(tmp_path):
+    for suffix in (".yaml", ".yml"):
+        path = _write_task(tmp_path / f"ner_de{suffix}", _task_dict(
+            hub={"id": "me/ner_de", "label_column": "tags", "splits": {"train": "train", "test": "test"}},
+            dev_from_train={"fraction": 0.2}))
+        spec = load_task(str(path))
+        assert spec.name == "ner_de" and spec.scheme == "iob1" and spec.train_scheme == "bioes"
+        assert isinstance(spec.hub, HubSource) and spec.hub.splits == {"train": "train", "test": "test"}
+        assert spec.hub.tokens_column == "tokens"
+        assert spec.dev_from_train == DevCarveOut(fraction=0.2, seed=13)
+        assert TaskSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_train_scheme_defaults_to_scheme(tmp_path):
+    data = _task_dict()
+    del data["train_scheme"]
+    assert load_task(str(_write_task(tmp_path / "t.yaml", data))).train_scheme == "iob1"
+
+
+def test_missing_user_task_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.yaml"):
+        load_task(str(tmp_path / "nothere.yaml"))
+
+
+@pytest.mark.parametrize(
+    "extra,where",
+    [
+        ({"metrics": "span_f1"}, "metrics"),
+        ({"hub": {"id": "a/b", "label_column": "x", "split": {"train": "train"}}}, "split"),
+        ({"dev_from_train": {"fraction": 0.1, "sed": 1}}, "sed"),
+    ],
+)
+def test_unknown_key_in_task_file_named(tmp_path, extra, where):
+    path = _write_task(tmp_path / "t.yaml", _task_dict(**extra))
+    with pytest.raises(ValueError) as info:
+        load_task(str(path))
+    assert f"'{where}'" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_required_key_named(tmp_path):
+    data = _task_dict()
+    del data["label_column"]
+    with pytest.raises(ValueError, match="label_column"):
+        load_task(str(_write_task(tmp_path / "t.yaml", data)))
+
+
+def test_task_file_must_be_mapping(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("- a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="mapping"):
+        load_task(str(path))
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"scheme": "none", "train_scheme": None}, "span_f1 needs a span tag scheme"),
+        ({"format": "tsv"}, "format"),
+        ({"metric": "bleu"}, "metric"),
+        ({"scheme": "bilou"}, "scheme"),
+        ({"train_scheme": "iobes"}, "train_scheme"),
+        ({"label_column": "pos"}, "label_column"),
+        ({"files": {"dev": "dev.txt"}}, "train"),
+        ({"files": {"train": "train.txt"}}, "dev_from_train"),
+    ],
+)
+def test_task_validation(changes, message):
+    data = _task_dict(**changes)
+    with pytest.raises(ValueError, match=message):
+        TaskSpec.from_dict(data)
+
+
+def test_accuracy_with_scheme_none_allowed():
+    spec = TaskSpec.from_dict(_task_dict(scheme="none", train_scheme=None, metric="accuracy"))
+    assert spec.train_scheme == "none"

@@ -1,0 +1,104 @@
+"""End-to-end: training beats the majority baseline, resume after an interruption, checkpoints, CLI."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparseshare.config import load_config
+from sparseshare.model import MultiTaskTagger
+from sparseshare.training import latest_checkpoint, run_training
+
+from conftest import tiny_overrides
+
+
+def _quiet(*_args, **_kwargs):
+    pass
+
+
+def test_tiny_training_beats_majority_baseline(conll03_subset, tmp_path):
+    overrides = tiny_overrides(conll03_subset, tmp_path / "run", **{
+        "model.bilstm.hidden": 32, "train.epochs": 6, "train.lr": 0.1, "model.bilstm.dropout": 0.2})
+    results = run_training(load_config(None, overrides), log=_quiet)
+
+    dev = results["dev"]
+    model = MultiTaskTagger.from_pretrained(tmp_path / "run" / "model")
+    # Majority baseline on dev: every token gets train's most frequent tag (for spans: O, F1 = 0).
+    train_pos = [t for line in (conll03_subset / "train.txt").read_text().splitlines()
+                 if line.strip() for t in [line.split()[1]]]
+    majority = Counter(train_pos).most_common(1)[0][0]
+    gold_pos = [line.split()[1] for line in (conll03_subset / "dev.txt").read_text().splitlines() if line.strip()]
+    baseline = 100 * sum(t == majority for t in gold_pos) / len(gold_pos)
+    assert dev["pos"]["accuracy"] > baseline + 20, (dev["pos"]["accuracy"], baseline)
+    assert dev["chunk"]["f1"] > 30.0
+    assert dev["ner"]["f1"] > 0.0
+    assert set(results["test"]) == {"pos", "chunk", "ner"}
+    assert results["selected_epoch"] == max(range(len(results["history"])),
+                                            key=lambda i: results["history"][i]["dev_mean"]) + 1
+    assert model.labels["ner"][0].startswith(("B-", "E-", "I-", "O", "S-"))  # NER head is BIOES
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_interrupted_training_resumes_to_the_same_model(tiny_corpus, tmp_path):
+    extra = {"train.epochs": 3, "train.checkpoint_every": 4, "model.bilstm.dropout": 0.3, "train.patience": 0}
+    reference = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "a", **extra)), log=_quiet)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_at(step):
+        def callback(global_step):
+            if global_step == step:
+                raise Interrupt
+
+        return callback
+
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "b", **extra))
+    steps_per_epoch = 3 * 6  # 48 sentences / batch 8, three tasks
+    crash = steps_per_epoch + 7  # mid-epoch 2, three steps after the last checkpoint (step 24)
+    with pytest.raises(Interrupt):
+        run_training(config, callbacks=[crash_at(crash)], log=_quiet)
+    checkpoint = latest_checkpoint(tmp_path / "b")
+    assert checkpoint is not None and checkpoint.name == f"step_{crash // 4 * 4:08d}"
+    resumed = run_training(config, resume=True, log=_quiet)
+
+    a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert resumed["dev"] == reference["dev"]
+    assert [h["dev"] for h in resumed["history"]] == [h["dev"] for h in reference["history"]]
+
+
+def test_checkpoints_are_pruned_and_complete(tiny_corpus, tmp_path):
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.checkpoint_every": 5,
+                                                                      "train.keep_checkpoints": 2}))
+    run_training(config, log=_quiet)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert len(kept) == 2
+    assert all((tmp_path / "checkpoints" / k / "train_state.json").is_file() for k in kept)
+    assert json.loads((tmp_path / "results.json").read_text())["epochs_run"] == 2
+
+
+def test_unseen_dev_labels_are_counted_not_fatal(tiny_corpus, tmp_path):
+    dev = (tiny_corpus / "dev.txt").read_text().replace("Paris NNP B-NP B-LOC", "Paris NNP B-NP B-GPE", 1)
+    (tiny_corpus / "dev.txt").write_text(dev)
+    results = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1})),
+                           log=_quiet)
+    assert results["dev"]["ner"]["unseen_labels"] == 1
+    assert results["dev"]["ner"]["unseen_label_names"] == ["B-GPE"]
+    assert results["dev"]["pos"]["unseen_labels"] == 0
+
+
+@pytest.mark.parametrize("schedule", ["proportional", "temperature"])
+def test_sampling_schedules_train(tiny_corpus, tmp_path, schedule):
+    results = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{
+        "train.schedule": schedule, "train.epochs": 1, "train.optimizer": "adamw", "train.lr": 0.01,
+        "train.lr_schedule": "linear", "train.warmup_steps": 2})), log=_quiet)
+    assert results["epochs_run"] == 1

@@ -118,12 +118,29 @@ def _check_type(value, hint, path):
         base = typing.get_origin(option) or option
         if option is type(None) and value is None:
             return None
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if base is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if base in (str, bool, list, dict) and isinstance(value, base):
+        if base in (str, bool) and isinstance(value, base):
             return value
+        if base is list and isinstance(value, list):
+            (item,) = typing.get_args(option) or (object,)
+            if item is object:
+                return value
+            bad = [i for i, v in enumerate(value) if not isinstance(v, item) or isinstance(v, bool) != (item is bool)]
+            if bad:
+                raise ConfigError(f"config key {path!r}: item {bad[0]} ({value[bad[0]]!r}) is not a {item.__name__}")
+            return value
+        if base is dict and isinstance(value, dict):
+            key_type, value_type = typing.get_args(option) or (object, object)
+            return {_check_type(k, key_type, path): _check_type(v, value_type, f"{path}.{k}") for k, v in value.items()}
     raise ConfigError(f"config key {path!r}: {value!r} is not a valid {hint}")
 
 
@@ -147,7 +164,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         keys, value = parse_override(override)
         node = data
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
+            if node.get(key) is None:  # an empty section (`train:`) reads as None
+                node[key] = {}
+            node = node[key]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {key!r} is not a section")
         node[keys[-1]] = value

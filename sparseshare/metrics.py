@@ -8,6 +8,8 @@ from __future__ import annotations
 from seqeval.metrics import classification_report
 from seqeval.scheme import BILOU, IOB2, IOBES
 
+from .data.schemes import iob1_to_iob2
+
 _STRICT_SCHEMES = {"iob2": IOB2, "bioes": IOBES, "bilou": BILOU}
 
 
@@ -29,6 +31,11 @@ def token_accuracy(gold: list[list[str]], pred: list[list[str]], ignore: tuple[s
 def span_f1(gold: list[list[str]], pred: list[list[str]], strict: bool = False, scheme: str = "iob2") -> dict:
     """Micro P/R/F1 over spans (percentages) and a row per entity type."""
     _check_lengths(gold, pred)
+    if strict and scheme == "iob1":  # IOB1 has no strict reading of its own: score it as IOB2
+        gold, pred = [iob1_to_iob2(s) for s in gold], [iob1_to_iob2(s) for s in pred]
+        scheme = "iob2"
+    if strict and scheme not in _STRICT_SCHEMES:
+        raise ValueError(f"strict span scoring supports {sorted(_STRICT_SCHEMES) + ['iob1']}, not {scheme!r}")
     kwargs = {"mode": "strict", "scheme": _STRICT_SCHEMES[scheme]} if strict else {}
     report = classification_report(gold, pred, output_dict=True, zero_division=0, **kwargs)
     micro = report.pop("micro avg")

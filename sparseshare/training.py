@@ -67,7 +67,7 @@ def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
         except FileNotFoundError as err:
             log(f"[{spec.name}] no test split: {err}")
             test = None
-        tokens = train["tokens"]
+        tokens = list(train["tokens"])  # plain lists: indexed per batch, Arrow access would be slow
         labels = [convert(seq, spec.scheme, spec.train_scheme) for seq in train["labels"]]
         vocab = build_label_vocab(labels)
         ids = [[vocab[t] for t in seq] for seq in labels]
@@ -123,8 +123,8 @@ def evaluate(model: MultiTaskTagger, datasets_by_task: dict[str, object], batch_
     results = {}
     for task, dataset in datasets_by_task.items():
         spec = model.tasks[task]
-        gold = dataset["labels"]
-        pred = model.predict(dataset["tokens"], [task], batch_size)[task]
+        gold = list(dataset["labels"])
+        pred = model.predict(list(dataset["tokens"]), [task], batch_size)[task]
         result = score_task(spec.metric, gold, pred, spec.ignore_labels, strict=strict, scheme=spec.scheme)
         count, names = unseen_labels(spec, model.labels[task], gold)
         result.update(unseen_labels=count, unseen_label_names=sorted(names))
@@ -346,7 +346,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
     test = evaluate(best, test_sets, t.eval_batch_size)
     results = {"selected_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": stopped_early,
                "dev": dev, "test": test, "history": state.history,
-               "parameters": sum(p.numel() for p in best.parameters())}
+               "parameters": sum(p.numel() for p in best.parameters()), "num_processes": world}
     if accelerator.is_main_process:
         (output_dir / "results.json").write_text(json.dumps(results, indent=1))
     log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))

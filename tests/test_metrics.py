@@ -66,11 +66,6 @@ def test_span_f1_strict_bioes():
     assert strict["recall"] == pytest.approx(50.0)
 
 
-@pytest.mark.xfail(
-    reason="BUG: metrics.span_f1(strict=True, scheme='iob1') raises a bare KeyError('iob1') although iob1 is a "
-    "valid task scheme (SCHEMES); expected a score or a ValueError explaining strict mode is unsupported",
-    strict=True,
-)
 def test_span_f1_strict_iob1_not_keyerror():
     gold = [["I-PER", "I-PER", "O"]]
     try:

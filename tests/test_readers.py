@@ -251,11 +251,6 @@ def test_dev_carve_out_dev_split_is_deterministic(tmp_path):
         assert labels == [f"L{i % 3}", "O"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: corpus.load_local_split('dev') carves dev out of the already-carved train split, so dev is a "
-    "subset of train (train/dev overlap) and train+dev does not cover the original file",
-    strict=True,
-)
 def test_dev_carve_out_disjoint_from_train_and_covers_original(tmp_path):
     _numbered_corpus(tmp_path / "full.txt", 40)
     spec = _spec({"train": "full.txt"}, dev_from_train=DevCarveOut(fraction=0.25, seed=5))
@@ -358,17 +353,12 @@ def test_load_hub_split_unknown_split_mapping(hub_folder):
         load_hub_split(spec, "test", path_or_id=str(folder))
 
 
-@pytest.mark.xfail(
-    reason="BUG: corpus.load_hub_split('dev') without a Hub dev split carves dev out of the already-carved "
-    "train split, so dev rows also appear in train",
-    strict=True,
-)
 def test_load_hub_split_dev_carve_out_disjoint(hub_folder):
     folder, _ = hub_folder
     spec = _spec({"train": "train.txt"}, dev_from_train=DevCarveOut(fraction=0.34, seed=0),
                  hub=HubSource(id="x/y", label_column="ner_tags", splits={"train": "train", "test": "test"}))
-    train = load_hub_split(spec, "train", path_or_id=str(folder))["tokens"]
-    dev = load_hub_split(spec, "dev", path_or_id=str(folder))["tokens"]
+    train = list(load_hub_split(spec, "train", path_or_id=str(folder))["tokens"])
+    dev = list(load_hub_split(spec, "dev", path_or_id=str(folder))["tokens"])
     assert len(train) == 2 and len(dev) == 1
     assert dev[0] not in train
     assert sorted(train + dev) == sorted(t for t, _ in SPLIT_ROWS["train"])

@@ -106,11 +106,6 @@ def test_convert_repairs_ill_formed_iob2_to_iob1():
     assert convert(["O", "I-PER"], "iob1", "bioes") == ["O", "S-PER"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: bioes_to_iob2 maps E->I and S->B before repairing, so an I-/E- right after a closed chunk "
-    "(E-/S-) continues it instead of starting a new chunk as conlleval/seqeval read it",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "tags,expected",
     [
@@ -210,7 +205,6 @@ def test_random_ill_formed_keeps_conlleval_spans(source, prefixes):
         assert _valid(convert(tags, source, "bioes"), "bioes")
 
 
-@pytest.mark.xfail(reason="BUG: bioes_to_iob2 merges chunks after E-/S- (see test above)", strict=True)
 def test_random_ill_formed_bioes_keeps_conlleval_spans():
     rng = random.Random(99)
     for _ in range(800):

@@ -141,11 +141,6 @@ def test_embedding_matrix_uses_pretrained_rows():
     np.testing.assert_array_equal(embedding_matrix(lookup, words, vectors, seed=0), matrix)
 
 
-@pytest.mark.xfail(
-    reason="BUG: vocab.embedding_matrix copies the vector of a pretrained word '<pad>' into row 0, "
-    "so the padding row is not zero as documented",
-    strict=True,
-)
 def test_embedding_matrix_padding_row_stays_zero_even_if_pretrained_has_pad():
     words = ["<pad>", "cat"]
     vectors = np.array([[5, 5], [2, 2]], dtype=np.float32)

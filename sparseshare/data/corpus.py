@@ -36,21 +36,27 @@ def _carve_dev(train: datasets.Dataset, spec: TaskSpec) -> tuple[datasets.Datase
     return train.select(train_idx), train.select(dev_idx)
 
 
+def _split_or_carve(split: str, has_dev: bool, spec: TaskSpec, read) -> datasets.Dataset:
+    """``read(split)`` gives a split as stored; without a stored dev split, train is divided into train + dev."""
+    if has_dev or split == "test" or spec.dev_from_train is None:
+        return read(split)
+    train, dev = _carve_dev(read("train"), spec)
+    return train if split == "train" else dev
+
+
 def load_local_split(spec: TaskSpec, data_dir: str | Path, split: str) -> datasets.Dataset:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    if split == "dev" and "dev" not in spec.files:
-        return _carve_dev(load_local_split(spec, data_dir, "train"), spec)[1]
-    if split not in spec.files:
-        raise FileNotFoundError(f"task {spec.name!r} has no {split} split (files: {spec.files})")
-    path = Path(data_dir) / spec.files[split]
-    if not path.is_file():
-        raise FileNotFoundError(f"task {spec.name!r}: {split} split file not found: {path}")
-    rows = _read_cached(spec.format, str(path), tuple(spec.columns))
-    dataset = _rows_to_dataset(rows, spec.label_column)
-    if split == "train" and spec.dev_from_train is not None and "dev" not in spec.files:
-        dataset = _carve_dev(dataset, spec)[0]
-    return dataset
+
+    def read(name):
+        if name not in spec.files:
+            raise FileNotFoundError(f"task {spec.name!r} has no {name} split (files: {spec.files})")
+        path = Path(data_dir) / spec.files[name]
+        if not path.is_file():
+            raise FileNotFoundError(f"task {spec.name!r}: {name} split file not found: {path}")
+        return _rows_to_dataset(_read_cached(spec.format, str(path), tuple(spec.columns)), spec.label_column)
+
+    return _split_or_carve(split, "dev" in spec.files, spec, read)
 
 
 def load_hub_split(spec: TaskSpec, split: str, path_or_id: str | None = None) -> datasets.Dataset:
@@ -61,8 +67,11 @@ def load_hub_split(spec: TaskSpec, split: str, path_or_id: str | None = None) ->
     if spec.hub is None:
         raise ValueError(f"task {spec.name!r} declares no Hub dataset; use local files (data.source=local)")
     hub = spec.hub
-    if split == "dev" and "dev" not in hub.splits:
-        return _carve_dev(load_hub_split(spec, "train", path_or_id), spec)[1]
+    return _split_or_carve(split, "dev" in hub.splits, spec, lambda name: _read_hub(spec, name, path_or_id))
+
+
+def _read_hub(spec: TaskSpec, split: str, path_or_id: str | None) -> datasets.Dataset:
+    hub = spec.hub
     if split not in hub.splits:
         raise ValueError(f"task {spec.name!r}: Hub dataset {hub.id} has no {split} split mapping ({hub.splits})")
     raw = datasets.load_dataset(path_or_id or hub.id, hub.config, split=hub.splits[split], revision=hub.revision)
@@ -76,10 +85,7 @@ def load_hub_split(spec: TaskSpec, split: str, path_or_id: str | None = None) ->
     labels = raw[hub.label_column]
     if names is not None:
         labels = [[names[i] for i in seq] for seq in labels]
-    dataset = datasets.Dataset.from_dict({"tokens": tokens, "labels": labels})
-    if split == "train" and "dev" not in hub.splits and spec.dev_from_train is not None:
-        dataset = _carve_dev(dataset, spec)[0]
-    return dataset
+    return datasets.Dataset.from_dict({"tokens": tokens, "labels": labels})
 
 
 def load_split(spec: TaskSpec, split: str, *, source: str = "local", data_dir: str | Path | None = None,

@@ -62,15 +62,17 @@ def iob2_to_bioes(tags: list[str]) -> list[str]:
 
 def bioes_to_iob2(tags: list[str]) -> list[str]:
     out = []
+    open_label = None  # the type of the chunk that the next I-/E- may continue
     for tag in tags:
         prefix, label = _split(tag)
-        if prefix == "S":
-            out.append(f"B-{label}")
-        elif prefix == "E":
+        if prefix in ("I", "E") and open_label == label:
             out.append(f"I-{label}")
+        elif prefix in ("B", "S", "I", "E"):
+            out.append(f"B-{label}")  # an I-/E- with no open chunk of its type starts one, as conlleval reads it
         else:
             out.append(tag)
-    return iob1_to_iob2(out)  # an E-/I- with no open chunk starts a new one, as conlleval reads it
+        open_label = label if prefix in ("B", "I") else None
+    return out
 
 
 _TO_IOB2 = {"iob1": iob1_to_iob2, "iob2": iob1_to_iob2, "bioes": bioes_to_iob2}

@@ -119,7 +119,7 @@ def embedding_matrix(lookup: WordLookup, words: list[str], vectors: np.ndarray, 
     filled = set()
     for word, vec in zip(words, vectors):
         i = vocab.stoi.get(lookup.key(word))
-        if i is not None and i not in filled:
+        if i is not None and i > 0 and i not in filled:  # row 0 (padding) stays zero
             matrix[i] = vec
             filled.add(i)
     return matrix

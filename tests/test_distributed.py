@@ -1,0 +1,40 @@
+"""A 2-process CPU run (gloo, ``accelerate launch --multi_gpu``) trains the same model as 1 process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, tiny_overrides
+
+
+def _launch(args: list[str], overrides: list[str]):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args, str(ROOT / "recipes" / "train.py"), *overrides]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_two_processes_match_one_process(tiny_corpus, tmp_path):
+    # The global batch (8) is split 4 + 4 across the two processes; dropout is off so that the only
+    # difference between the runs is the arithmetic order of the gradient reduction.
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch(["--cpu", "--num_processes", "1"], tiny_overrides(tiny_corpus, one))
+    _launch(["--multi_gpu", "--num_processes", "2"], tiny_overrides(tiny_corpus, two))
+
+    a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-4, msg=name)
+    # A tiny drift in weights must not change a single prediction on this data.
+    ra, rb = json.loads((one / "results.json").read_text()), json.loads((two / "results.json").read_text())
+    assert [h["dev"] for h in ra["history"]] == [h["dev"] for h in rb["history"]]
+    assert ra["test"] == rb["test"]
+    assert (ra["num_processes"], rb["num_processes"]) == (1, 2)
+    # And the weights did move: the runs are not trivially equal.
+    assert len(ra["history"]) == 2

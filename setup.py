@@ -13,7 +13,7 @@ setup(
     # Built-in task files ship inside the package so a regular (non-editable) install finds them.
     package_data={"sparseshare": ["tasks/*.yaml"]},
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.6",
         "transformers>=4.46",
         "datasets>=3.0",
         "accelerate>=1.0",

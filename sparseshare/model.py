@@ -153,8 +153,11 @@ class MultiTaskTagger(nn.Module):
             parts = _load_transformer_parts(directory / "encoder")
         model = cls(model_config, tasks, labels, Vocab.from_dict(vocab["words"]), Vocab.from_dict(vocab["chars"]),
                     transformer_parts=parts, **config["data"])
+        device = torch.device(device)
         try:
-            load_model(model, str(directory / "model.safetensors"), strict=True, device=str(device))
+            # safetensors names CPU "cpu" only (a distributed run's device may read "cpu:0")
+            load_model(model, str(directory / "model.safetensors"), strict=True,
+                       device="cpu" if device.type == "cpu" else str(device))
         except Exception as err:  # safetensors raises several types for truncated / mismatched files
             raise ValueError(f"{directory / 'model.safetensors'}: cannot load weights ({err})") from err
         return model.to(device).eval()

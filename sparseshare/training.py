@@ -227,6 +227,9 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
 
     # 1. Accelerate: the global batch is split across processes; heads a step does not use get no gradient.
     accelerator = Accelerator(
+        # Without a GPU, `accelerate launch --multi_gpu` starts plain CPU processes: cpu=True makes
+        # Accelerate join them into one gloo process group instead of training N independent copies.
+        cpu=not torch.accelerator.is_available(),
         mixed_precision=t.mixed_precision,
         log_with=_tracker(config),
         project_dir=str(output_dir),

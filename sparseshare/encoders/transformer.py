@@ -75,55 +75,75 @@ class TransformerEncoder(nn.Module):
         if self.limit < 2:
             raise ValueError(f"max_length {self.max_length} leaves no room for words")
         self.stride = max(0, min(stride, self.limit // 2))
-        marker = -7
-        self.prefix = self.tokenizer.build_inputs_with_special_tokens([marker]).index(marker)
         self.dropout = nn.Dropout(dropout)
         self.num_layers = self.model.config.num_hidden_layers
         self.output_dim = self.model.config.hidden_size
 
+    def _encode(self, word_lists: list[list[str]]):
+        return self.tokenizer(word_lists, is_split_into_words=True, truncation=False)
+
+    def _rows(self, words: list[str]) -> tuple[list[tuple[list[int], list[int | None]]], list[tuple[int, int]]]:
+        """Token ids and word ids of each row for one sentence, and for each word its (row, position)."""
+        encoded = self._encode([words])
+        ids, word_ids = encoded["input_ids"][0], encoded.word_ids(0)
+        if len(ids) <= self.max_length:  # the common case: the sentence fits in one row
+            return [(ids, word_ids)], [(0, word_ids.index(i)) for i in range(len(words))]
+        counts = [0] * len(words)
+        for w in word_ids:
+            if w is not None:
+                counts[w] += 1
+        windows = plan_windows(counts, self.limit, self.stride)
+        owner = assign_words(windows, len(words))
+        encoded = self.tokenizer([words[s:e] for s, e in windows], is_split_into_words=True, truncation=True,
+                                 max_length=self.max_length)
+        rows = [(encoded["input_ids"][r], encoded.word_ids(r)) for r in range(len(windows))]
+        where = [(owner[i], rows[owner[i]][1].index(i - windows[owner[i]][0])) for i in range(len(words))]
+        return rows, where
+
     def _pieces(self, sentences: list[list[str]]) -> list[list[list[int]]]:
-        """Subword ids per word; a word the tokenizer drops (e.g. a lone control character) becomes UNK."""
+        """Subword ids per word (used to plan windows and in tests)."""
         encoded = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-        unk = self.tokenizer.unk_token_id
         result = []
         for b, words in enumerate(sentences):
             per_word = [[] for _ in words]
             for piece, word in zip(encoded["input_ids"][b], encoded.word_ids(b)):
                 if word is not None:
                     per_word[word].append(piece)
-            result.append([p if p else [unk] for p in per_word])
+            result.append(per_word)
         return result
+
+    def _clean(self, words: list[str]) -> list[str]:
+        # A token the tokenizer maps to no subword at all (e.g. a lone control character) becomes UNK,
+        # so that every word has a first subword.
+        encoded = self.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+        present = set(w for w in encoded.word_ids() if w is not None)
+        if len(present) == len(words):
+            return words
+        return [w if i in present else self.tokenizer.unk_token for i, w in enumerate(words)]
 
     def forward(self, batch) -> list[torch.Tensor]:
         device = batch.mask.device
-        pieces = self._pieces(batch.words)
-        inputs, where = [], []  # where[b][i] = (window row, position) of word i's first subword
-        for per_word in pieces:
-            windows = plan_windows([len(p) for p in per_word], self.limit, self.stride)
-            owner = assign_words(windows, len(per_word))
-            rows = []
-            for start, end in windows:
-                ids, firsts = [], []
-                for i in range(start, end):
-                    firsts.append(self.prefix + len(ids))
-                    ids.extend(per_word[i])
-                rows.append((len(inputs), firsts, start))
-                inputs.append(self.tokenizer.build_inputs_with_special_tokens(ids[: self.limit]))
-            where.append([(rows[owner[i]][0], rows[owner[i]][1][i - rows[owner[i]][2]]) for i in range(len(per_word))])
-        width = max(len(x) for x in inputs)
+        rows, flat_rows, flat_cols = [], [], []
+        for words in batch.words:
+            sentence_rows, where = self._rows(self._clean(words))
+            offset = len(rows)
+            rows.extend(ids for ids, _ in sentence_rows)
+            flat_rows.extend(offset + r for r, _ in where)
+            flat_cols.extend(c for _, c in where)
+        width = max(len(ids) for ids in rows)
         pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(inputs), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(inputs), width), dtype=torch.long)
-        for r, ids in enumerate(inputs):
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, ids in enumerate(rows):
             input_ids[r, : len(ids)] = torch.tensor(ids)
             attention[r, : len(ids)] = 1
         out = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
-        rows = torch.tensor([r for w in where for r, _ in w], device=device)
-        cols = torch.tensor([c for w in where for _, c in w], device=device)
+        index_rows = torch.tensor(flat_rows, device=device)
+        index_cols = torch.tensor(flat_cols, device=device)
         batch_size, length = batch.mask.shape
         layers = []
         for hidden in out.hidden_states[1:]:
             words = hidden.new_zeros(batch_size, length, hidden.shape[-1])
-            words[batch.mask] = hidden[rows, cols]
+            words[batch.mask] = hidden[index_rows, index_cols]
             layers.append(self.dropout(words))
         return layers

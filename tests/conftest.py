@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPARSESHARE_DATA", ROOT.parent / "shared" / "data"))
 
 torch.set_num_threads(1)
+# Tests never touch the network: Hub loading code is exercised on local folders only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def require_shared_data(*parts: str) -> Path:

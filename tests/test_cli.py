@@ -1,0 +1,82 @@
+"""The ``sparseshare`` command line: train, evaluate, tag, and its error messages."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny_overrides
+
+
+def sparseshare(*args, stdin: str | None = None, check: bool = True):
+    done = subprocess.run([sys.executable, "-m", "sparseshare.cli", *map(str, args)], input=stdin, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import TINY_CONLL
+
+    data = tmp_path_factory.mktemp("data")
+    blocks = [b for b in TINY_CONLL.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("\n\n".join(blocks * 16) + "\n")
+    out = tmp_path_factory.mktemp("run")
+    sparseshare("train", *tiny_overrides(data, out, **{"train.epochs": 2}))
+    return out / "model", data
+
+
+def test_train_writes_model_and_results(model_dir):
+    model, _ = model_dir
+    results = json.loads((model.parent / "results.json").read_text())
+    assert set(results["dev"]) == set(results["test"]) == {"pos", "chunk", "ner"}
+
+
+def test_evaluate_prints_table_and_writes_json(model_dir, tmp_path):
+    model, data = model_dir
+    done = sparseshare("evaluate", model, "--split", "dev", "--data-dir", data, "--output", tmp_path / "r.json")
+    assert "pos" in done.stdout and "PER" in done.stdout and "LOC" in done.stdout
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert {"precision", "recall", "f1", "types"} <= set(results["ner"])
+    assert "accuracy" in results["pos"]
+
+
+def test_tag_stdin_conll_and_json(model_dir):
+    model, _ = model_dir
+    done = sparseshare("tag", model, "-", stdin="John lives in Paris .\n\nMary visited Rome\n")
+    blocks = [b for b in done.stdout.strip().split("\n\n")]
+    assert len(blocks) == 2
+    first = [line.split("\t") for line in blocks[0].splitlines()]
+    assert [row[0] for row in first] == ["John", "lives", "in", "Paris", "."] and all(len(r) == 4 for r in first)
+    assert "tokens/s" in done.stderr
+    done = sparseshare("tag", model, "--format", "json", "--tasks", "ner", stdin="John lives in Paris .\n")
+    row = json.loads(done.stdout)
+    assert row["tokens"][0] == "John" and list(row["tags"]) == ["ner"] and len(row["tags"]["ner"]) == 5
+
+
+def test_tag_file(model_dir, tmp_path):
+    model, _ = model_dir
+    (tmp_path / "in.txt").write_text("Rome .\n")
+    assert sparseshare("tag", model, tmp_path / "in.txt").stdout.startswith("Rome\t")
+
+
+@pytest.mark.parametrize("args,stdin,message", [
+    (["tag", "{model}", "-"], "\n  \n", "no text to tag"),
+    (["tag", "{model}", "-", "--tasks", "srl"], "a b\n", "unknown task(s) ['srl']"),
+    (["tag", "{tmp}/missing"], "a\n", "model folder not found"),
+    (["train", "train.lrr=0.1"], None, "unknown config key 'train.lrr'"),
+    (["train", "tasks=[nerr]", "train.epochs=1"], None, "unknown task 'nerr'"),
+    (["train", "model.sharing=soft"], None, "unknown strategy 'soft'"),
+])
+def test_errors_are_clear(model_dir, tmp_path, args, stdin, message):
+    model, _ = model_dir
+    args = [a.replace("{model}", str(model)).replace("{tmp}", str(tmp_path)) for a in args]
+    done = sparseshare(*args, stdin=stdin, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

@@ -67,6 +67,7 @@ class TrainConfig:
     temperature: float = 2.0
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.1
+    head_lr: float | None = None  # learning rate of the task heads (CRF, output layers); defaults to lr
     momentum: float = 0.9
     weight_decay: float = 0.0
     clip: float | None = 5.0

@@ -139,12 +139,19 @@ def mean_score(results: dict[str, dict]) -> float:
 # ----------------------------------------------------------------------------------------------
 # Optimisation
 # ----------------------------------------------------------------------------------------------
-def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(config: Config, model: MultiTaskTagger) -> torch.optim.Optimizer:
     t = config.train
+    if t.head_lr is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    else:
+        head_ids = {id(p) for p in model.heads.parameters()}
+        groups = [
+            {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids], "lr": t.lr},
+            {"params": [p for p in model.heads.parameters() if p.requires_grad], "lr": t.head_lr},
+        ]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def build_scheduler(config: Config, optimizer, steps_per_epoch: int):
@@ -264,6 +271,11 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
         if checkpoint is None:
             log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
         else:
+            expected = ["model.safetensors", "optimizer.bin", "scheduler.bin", f"random_states_{accelerator.process_index}.pkl"]
+            missing = [name for name in expected if not (checkpoint / name).is_file()]
+            if missing:
+                raise FileNotFoundError(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)} "
+                                        f"(delete the folder to resume from the previous checkpoint)")
             accelerator.load_state(str(checkpoint))
             state = TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
             log(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch} of that epoch)")

@@ -102,3 +102,18 @@ def test_sampling_schedules_train(tiny_corpus, tmp_path, schedule):
         "train.schedule": schedule, "train.epochs": 1, "train.optimizer": "adamw", "train.lr": 0.01,
         "train.lr_schedule": "linear", "train.warmup_steps": 2})), log=_quiet)
     assert results["epochs_run"] == 1
+
+
+def test_resume_from_an_incomplete_checkpoint_names_the_missing_file(tiny_corpus, tmp_path):
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1}))
+    run_training(config, log=_quiet)
+    (latest_checkpoint(tmp_path) / "optimizer.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"incomplete: missing optimizer\.bin"):
+        run_training(config, resume=True, log=_quiet)
+
+
+def test_resume_without_checkpoint_starts_from_scratch(tiny_corpus, tmp_path):
+    messages = []
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1}))
+    results = run_training(config, resume=True, log=messages.append)
+    assert any("no checkpoint" in m for m in messages) and results["epochs_run"] == 1

@@ -25,6 +25,11 @@ CONFIGS = {"pos": "conll03_pos", "chunk": "conll03_chunk", "ner": "conll03_ner",
 def run_one(name: str, seed: int, args) -> str:
     out = Path(args.out) / f"{name}_seed{seed}"
     if (out / "results.json").is_file():
+        import yaml
+
+        ran = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
+        if args.epochs and ran != args.epochs:
+            return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
         return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), "--config",
@@ -43,7 +48,7 @@ def run_one(name: str, seed: int, args) -> str:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     timing.write_text(json.dumps({"seconds": previous + time.time() - started, "threads": args.threads,
                                   "command": " ".join(cmd)}))
-    return f"{out}: exit {code}"
+    return f"{out}: {'ok' if code == 0 else f'FAILED with exit code {code}, see train.log'}"
 
 
 def main():

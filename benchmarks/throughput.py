@@ -68,7 +68,8 @@ def measure_bare(data_root: str, steps: int, warmup: int) -> dict:
         data = load_task_data(config, log=lambda *a: None)
         model = build_model(config, data)
     ner = data["ner"]
-    order = bucketed_batches([len(s) for s in ner.train_tokens], 32, np.random.default_rng(0))
+    # the same batches, in the same order, as run_training's first epoch (rng seeded by [seed, epoch])
+    order = bucketed_batches([len(s) for s in ner.train_tokens], 32, np.random.default_rng([config.train.seed, 0]))
     batches = [model.featurizer.collate([ner.train_tokens[i] for i in b], [ner.train_labels[i] for i in b])
                for b in order[: warmup + steps]]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -5,7 +5,9 @@
 Reads the config, trains with Accelerate (dev-based selection and early stopping), saves the selected
 model to <output_dir>/model and the dev/test scores to <output_dir>/results.json.
 """
+import sys
+
 from sparseshare.cli import main
 
 if __name__ == "__main__":
-    main(["train"])
+    main(["train", *sys.argv[1:]])

@@ -129,6 +129,8 @@ def _check_type(value, hint, path):
                     pass
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return value
+        if base is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans
+            return "yes" if value else "no"
         if base in (str, bool) and isinstance(value, base):
             return value
         if base is list and isinstance(value, list):
@@ -183,10 +185,18 @@ def config_from_dict(data: dict) -> Config:
 
 
 def validate(config: Config) -> None:
+    from accelerate.utils import LoggerType, PrecisionType
+
+    from .data.schedules import SCHEDULES
+    from .heads import HEADS
+
+    t = config.train
     choices = {
         "model.encoder": (config.model.encoder, ("bilstm", "transformer")),
-        "model.head": (config.model.head, ("crf", "softmax")),
-        "train.schedule": (config.train.schedule, ("round_robin", "proportional", "temperature")),
+        "model.head": (config.model.head, tuple(HEADS)),
+        "train.schedule": (config.train.schedule, SCHEDULES),
+        "train.mixed_precision": (t.mixed_precision, tuple(p.value for p in PrecisionType)),
+        "train.log_with": (t.log_with, (None, "auto", "none", *(l.value for l in LoggerType))),
         "train.optimizer": (config.train.optimizer, ("sgd", "adamw")),
         "train.lr_schedule": (config.train.lr_schedule,
                               ("constant", "linear", "cosine", "constant_with_warmup", "inverse_time")),
@@ -199,9 +209,27 @@ def validate(config: Config) -> None:
                 "train.eval_batch_size": config.train.eval_batch_size, "train.lr": config.train.lr,
                 "train.checkpoint_every": config.train.checkpoint_every, "train.temperature": config.train.temperature,
                 "train.keep_checkpoints": config.train.keep_checkpoints}
+    if t.head_lr is not None:
+        positive["train.head_lr"] = t.head_lr
+    if config.data.max_train_sentences is not None:
+        positive["data.max_train_sentences"] = config.data.max_train_sentences
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key {key!r} must be > 0, got {value}")
+    for key, value in {"train.warmup_steps": t.warmup_steps, "train.patience": t.patience,
+                       "train.momentum": t.momentum, "train.weight_decay": t.weight_decay,
+                       "train.lr_decay": t.lr_decay}.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {value}")
+    if t.warmup_steps and t.lr_schedule in ("constant", "inverse_time"):
+        raise ConfigError(f"config key 'train.warmup_steps' ({t.warmup_steps}) has no effect with "
+                          f"train.lr_schedule={t.lr_schedule!r}; use constant_with_warmup, linear or cosine")
+    if config.model.bilstm.char_kernel < 1 or config.model.bilstm.char_kernel % 2 == 0:
+        raise ConfigError(f"config key 'model.bilstm.char_kernel' must be odd (same-length convolution), "
+                          f"got {config.model.bilstm.char_kernel}")
+    for key in ("word_dim", "hidden", "layers", "char_dim"):
+        if getattr(config.model.bilstm, key) < 1:
+            raise ConfigError(f"config key 'model.bilstm.{key}' must be >= 1")
     from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
 
     if config.model.sharing not in STRATEGIES:

@@ -6,11 +6,11 @@ Gold labels never seen in training are counted and reported, never an error.
 from __future__ import annotations
 
 from seqeval.metrics import classification_report
-from seqeval.scheme import BILOU, IOB2, IOBES
+from seqeval.scheme import IOB2, IOBES
 
 from .data.schemes import iob1_to_iob2
 
-_STRICT_SCHEMES = {"iob2": IOB2, "bioes": IOBES, "bilou": BILOU}
+_STRICT_SCHEMES = {"iob2": IOB2, "bioes": IOBES}
 
 
 def _check_lengths(gold, pred):

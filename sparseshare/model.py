@@ -39,6 +39,8 @@ class MultiTaskTagger(nn.Module):
     def __init__(self, config: ModelConfig, tasks: list[TaskSpec], labels: dict[str, list[str]], words: Vocab,
                  chars: Vocab, lowercase: bool = True, normalize_digits: bool = False,
                  pretrained_embeddings: torch.Tensor | None = None, transformer_parts: tuple | None = None):
+        """``pretrained_embeddings`` (BiLSTM only) initialises the word embeddings, one row per ``words`` entry;
+        ``transformer_parts`` = (tokenizer, model) builds the Transformer encoder from loaded objects."""
         super().__init__()
         self.config = config
         self.tasks = {spec.name: spec for spec in tasks}
@@ -100,7 +102,7 @@ class MultiTaskTagger(nn.Module):
         self.eval()
         result = {task: [None] * len(sentences) for task in tasks}
         for index in bucketed_batches([len(s) for s in sentences], batch_size, None):
-            batch = self.featurizer.collate([sentences[i] for i in index], index=index).to(device)
+            batch = self.featurizer.collate([sentences[i] for i in index]).to(device)
             for task, labels in self.predict_batch(batch, tasks).items():
                 for i, seq in zip(index, labels):
                     result[task][i] = seq
@@ -143,16 +145,26 @@ class MultiTaskTagger(nn.Module):
         if version != FORMAT_VERSION:
             raise ValueError(f"{directory / 'config.json'}: format_version {version!r} is not supported by sparseshare "
                              f"{__version__} (expects {FORMAT_VERSION}); upgrade sparseshare to load this model")
-        model_config = _build(ModelConfig, config["model"], "model")
-        tasks = [TaskSpec.from_dict(spec, source=f"{directory}/config.json tasks.{name}")
-                 for name, spec in config["tasks"].items()]
+        try:
+            model_config = _build(ModelConfig, config["model"], "model")
+            tasks = [TaskSpec.from_dict(spec, source=f"tasks.{name}") for name, spec in config["tasks"].items()]
+            data_options = {"lowercase": bool(config["data"]["lowercase"]),
+                            "normalize_digits": bool(config["data"]["normalize_digits"])}
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{directory / 'config.json'}: invalid model config ({type(err).__name__}: {err})") from None
         vocab = _load_json_file(directory / "vocab.json")
         labels = _load_json_file(directory / "labels.json")
+        try:
+            words, chars = Vocab.from_dict(vocab["words"]), Vocab.from_dict(vocab["chars"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{directory / 'vocab.json'}: invalid vocabulary ({type(err).__name__}: {err})") from None
+        missing = [spec.name for spec in tasks if not isinstance(labels.get(spec.name), list)]
+        if missing:
+            raise ValueError(f"{directory / 'labels.json'}: no label list for task(s) {missing}")
         parts = None
         if model_config.encoder == "transformer":
             parts = _load_transformer_parts(directory / "encoder")
-        model = cls(model_config, tasks, labels, Vocab.from_dict(vocab["words"]), Vocab.from_dict(vocab["chars"]),
-                    transformer_parts=parts, **config["data"])
+        model = cls(model_config, tasks, labels, words, chars, transformer_parts=parts, **data_options)
         device = torch.device(device)
         try:
             # safetensors names CPU "cpu" only (a distributed run's device may read "cpu:0")

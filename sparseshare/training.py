@@ -25,9 +25,9 @@ from .config import Config
 from .data.batching import bucketed_batches, collate_encoded
 from .data.corpus import load_split
 from .data.schedules import epoch_plan
-from .data.schemes import convert
-from .data.vocab import (Vocab, build_char_vocab, build_label_vocab, build_word_vocab, embedding_matrix,
-                         read_word_vectors)
+from .data.schemes import convert, first_invalid_transition
+from .data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab, build_word_vocab,
+                         embedding_matrix, read_word_vectors)
 from .metrics import format_table, score_task
 from .model import MultiTaskTagger
 from .tasks import TaskSpec, load_task
@@ -68,6 +68,7 @@ def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
             log(f"[{spec.name}] no test split: {err}")
             test = None
         tokens = list(train["tokens"])  # plain lists: indexed per batch, Arrow access would be slow
+        check_scheme(spec, list(train["labels"]))
         labels = [convert(seq, spec.scheme, spec.train_scheme) for seq in train["labels"]]
         vocab = build_label_vocab(labels)
         ids = [[vocab[t] for t in seq] for seq in labels]
@@ -77,10 +78,25 @@ def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
     return result
 
 
+def check_scheme(spec: TaskSpec, sequences: list[list[str]]) -> None:
+    """Training labels must be well formed in the task's declared scheme: the CRF forbids ill-formed
+    transitions, so training on them would silently fight a -1e4 penalty."""
+    if spec.scheme not in ("iob2", "bioes"):
+        return
+    bad = [(i, j) for i, seq in enumerate(sequences) if (j := first_invalid_transition(seq, spec.scheme)) is not None]
+    if bad:
+        i, j = bad[0]
+        seq = sequences[i]
+        shown = f"{seq[j - 1] if j else '<s>'} -> {seq[j] if j < len(seq) else '</s>'}"
+        raise ValueError(f"task {spec.name!r}: {len(bad)} training sentence(s) are not valid {spec.scheme.upper()}; "
+                         f"the first is sentence {i} ({shown} at token {j}). If the corpus uses IOB1, set "
+                         f"'scheme: iob1' in the task file")
+
+
 def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
     all_train = [s for d in data.values() for s in d.train_tokens]
     bilstm = config.model.bilstm
-    pretrained = None
+    matrix = None
     if config.model.encoder == "bilstm":
         vectors_words, vectors = (read_word_vectors(bilstm.embeddings) if bilstm.embeddings else ([], None))
         if vectors is not None and vectors.shape[1] != bilstm.word_dim:
@@ -89,17 +105,14 @@ def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
         words = build_word_vocab(all_train, vectors_words, config.data.min_word_count, config.data.lowercase,
                                  config.data.normalize_digits)
         chars = build_char_vocab(all_train)
+        if vectors is not None:
+            lookup = WordLookup(words, config.data.lowercase, config.data.normalize_digits)
+            matrix = torch.from_numpy(embedding_matrix(lookup, vectors_words, vectors, seed=config.train.seed))
     else:  # subword tokenization happens inside the Transformer encoder
-        words, chars, vectors = Vocab([]), Vocab([]), None
+        words, chars = Vocab([]), Vocab([])
     model = MultiTaskTagger(config.model, [d.spec for d in data.values()],
                             {name: d.labels.itos for name, d in data.items()}, words, chars,
-                            config.data.lowercase, config.data.normalize_digits)
-    if vectors is not None:
-        lookup = model.featurizer.lookup
-        matrix = embedding_matrix(lookup, vectors_words, vectors, seed=config.train.seed)
-        for module in model.modules():
-            if hasattr(module, "words") and isinstance(module.words, torch.nn.Embedding):
-                module.words.weight.data.copy_(torch.from_numpy(matrix))
+                            config.data.lowercase, config.data.normalize_digits, pretrained_embeddings=matrix)
     for d in data.values():
         d.encoded = [model.featurizer.encode(s) for s in d.train_tokens]
     return model
@@ -174,28 +187,73 @@ class TrainState:
     best_score: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
+    stopped_early: bool = False
     history: list = field(default_factory=list)
 
 
 STATE_FILE = "train_state.json"
 
 
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a folder is complete once its train_state.json exists)."""
+    found = [p for p in (output_dir / "checkpoints").glob("step_*")
+             if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint (its train_state.json is written last)."""
-    complete = [p for p in (output_dir / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file()]
-    return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
+    found = _checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainState, keep: int) -> None:
+    """Write into a temporary folder and rename it into place, so that a crash mid-save never leaves a
+    folder that looks complete (the epoch-end checkpoint may replace a step checkpoint of the same step)."""
     folder = output_dir / "checkpoints" / f"step_{state.global_step:08d}"
-    accelerator.save_state(str(folder))
+    partial = folder.with_name(folder.name + ".partial")
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (folder / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1))
-        complete = sorted((p for p in (output_dir / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file()),
-                          key=lambda p: int(p.name.split("_")[1]))
-        for old in complete[:-keep]:
+        (partial / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1))
+        _replace_folder(partial, folder)
+        for old in _checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_atomically(model: MultiTaskTagger, folder: Path, extra: dict) -> None:
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    model.save_pretrained(partial, extra=extra)
+    _replace_folder(partial, folder)
+
+
+# Keys a resumed run may change: how long it runs and how it reports, not what it computes.
+RESUMABLE_CHANGES = {"train.epochs", "train.patience", "train.progress_bar", "train.log_with",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
+
+
+def check_resume_config(saved: dict, current: dict) -> None:
+    old, new = _flat("", saved, {}), _flat("", current, {})
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"--resume: the config differs from the checkpointed run's config.yaml in {details}; "
+                         f"resume with the same settings or use another output_dir")
 
 
 def _tracker(config: Config) -> str | None:
@@ -240,11 +298,20 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
         mixed_precision=t.mixed_precision,
         log_with=_tracker(config),
         project_dir=str(output_dir),
+        # The global batch is split across processes by hand below; declaring split_batches also makes
+        # the prepared LR scheduler step once per optimisation step (not once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     log = log or accelerator.print
-    set_seed(t.seed)
+    # device_specific: each rank draws its own dropout masks (DDP broadcasts rank 0's initial weights).
+    set_seed(t.seed, device_specific=True)
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is not None and not resume:
+        raise ValueError(f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); pass --resume to "
+                         f"continue it, or choose another output_dir")
+    if resume and checkpoint is not None and (output_dir / "config.yaml").is_file():
+        check_resume_config(yaml.safe_load((output_dir / "config.yaml").read_text()), config.to_dict())
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -267,7 +334,6 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
     # 4. Resume from the newest complete checkpoint.
     state = TrainState()
     if resume:
-        checkpoint = latest_checkpoint(output_dir)
         if checkpoint is None:
             log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
         else:
@@ -283,9 +349,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
         accelerator.init_trackers("sparseshare", config=_flat("", config.to_dict(), {}))
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    stopped_early = False
-    # 5. Epochs.
-    for epoch in range(state.epoch, t.epochs):
+    # 5. Epochs (none left when resuming a run that had already stopped early).
+    for epoch in range(state.epoch, t.epochs if not state.stopped_early else state.epoch):
         rng = np.random.default_rng([t.seed, epoch])
         batches = {name: bucketed_batches([len(s) for s in d.train_tokens], t.batch_size, rng)
                    for name, d in data.items()}
@@ -304,7 +369,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
                 local, weight = indices[:1], 0.0
             d = data[task]
             batch = collate_encoded([d.train_tokens[i] for i in local], [d.encoded[i] for i in local],
-                                    [d.train_labels[i] for i in local], local).to(accelerator.device)
+                                    [d.train_labels[i] for i in local]).to(accelerator.device)
             loss = model(batch, task).sum() * weight
             accelerator.backward(loss)
             if t.clip:
@@ -316,10 +381,11 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
             state.global_step += 1
             state.step_in_epoch = step + 1
             sentences_seen += len(indices)
-            loss_sum, steps_run = loss_sum + loss.item() / max(weight, 1e-12) / len(indices), steps_run + 1
+            if weight:  # this process's mean sentence loss (rank 0's, for the progress bar and tracker)
+                loss_sum, steps_run = loss_sum + loss.item() / weight / len(local), steps_run + 1
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(task=task, loss=f"{loss_sum / steps_run:.3f}")
+                progress.set_postfix(task=task, loss=f"{loss_sum / max(1, steps_run):.3f}")
             if state.global_step % t.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)
             for callback in callbacks:
@@ -337,7 +403,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
             if accelerator.is_main_process:
-                tagger.save_pretrained(output_dir / "model", extra={"selected_epoch": epoch + 1, "dev": _summary(dev)})
+                save_model_atomically(tagger, output_dir / "model", {"selected_epoch": epoch + 1, "dev": _summary(dev)})
         else:
             state.bad_epochs += 1
         state.history.append({"epoch": epoch + 1, "dev": _summary(dev), "dev_mean": score,
@@ -346,10 +412,10 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
         log(f"epoch {epoch + 1}: dev " + ", ".join(f"{k} {r['score']:.2f}" for k, r in dev.items())
             + f" | mean {score:.2f}{' (best)' if improved else ''} | {sentences_seen / max(elapsed, 1e-9):.0f} sent/s")
         accelerator.log({f"dev/{k}": r["score"] for k, r in dev.items()} | {"dev/mean": score}, step=state.global_step)
+        state.stopped_early = bool(t.patience and state.bad_epochs >= t.patience)
         save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)
-        if t.patience and state.bad_epochs >= t.patience:
+        if state.stopped_early:
             log(f"early stop: no dev improvement for {t.patience} epochs (best epoch {state.best_epoch})")
-            stopped_early = True
             break
 
     # 7. The dev-selected model, evaluated once on test.
@@ -359,7 +425,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
     dev = evaluate(best, dev_sets, t.eval_batch_size)
     test_sets = {name: d.test for name, d in data.items() if d.test is not None}
     test = evaluate(best, test_sets, t.eval_batch_size)
-    results = {"selected_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": stopped_early,
+    results = {"selected_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
                "dev": dev, "test": test, "history": state.history,
                "parameters": sum(p.numel() for p in best.parameters()), "num_processes": world}
     if accelerator.is_main_process:

@@ -69,13 +69,13 @@ def test_collate_pads_and_masks():
     words = Vocab(["the", "cat"])
     chars = Vocab(list("thecas"))
     featurizer = Featurizer(words, chars, max_word_length=2)
-    batch = featurizer.collate([["The", "cat", "sat"], ["cat"]], labels=[[0, 1, 2], [1]], index=[7, 3])
+    batch = featurizer.collate([["The", "cat", "sat"], ["cat"]], labels=[[0, 1, 2], [1]])
     assert batch.word_ids.tolist() == [[words["the"], words["cat"], 1], [words["cat"], 0, 0]]
     assert batch.mask.tolist() == [[True, True, True], [True, False, False]]
     assert batch.labels.tolist() == [[0, 1, 2], [1, IGNORE, IGNORE]]
     assert batch.char_ids.shape == (2, 3, 2)
     assert batch.char_ids[0, 0].tolist() == [1, chars["h"]]  # 'T' unknown to the char vocab: case kept
-    assert batch.index == [7, 3] and len(batch) == 2
+    assert len(batch) == 2
     assert featurizer.collate([["cat"]]).labels is None
     with pytest.raises(ValueError, match="empty sentence"):
         collate_encoded([[]], [([], [])])

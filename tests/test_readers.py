@@ -5,7 +5,7 @@ import datasets
 import pytest
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
-from sparseshare.data.corpus import load_hub_split, load_local_split, load_split
+from sparseshare.data.corpus import MissingSplitError, load_hub_split, load_local_split, load_split
 from sparseshare.data.readers import CorpusFormatError, read_conll, read_conllu, read_pp
 from sparseshare.tasks import DevCarveOut, HubSource, TaskSpec
 
@@ -349,7 +349,7 @@ def test_load_hub_split_unknown_split_mapping(hub_folder):
     folder, _ = hub_folder
     spec = _spec({"train": "train.txt", "dev": "dev.txt"},
                  hub=HubSource(id="x/y", label_column="ner_tags", splits={"train": "train", "dev": "validation"}))
-    with pytest.raises(ValueError, match="test"):
+    with pytest.raises(MissingSplitError, match="no test split"):
         load_hub_split(spec, "test", path_or_id=str(folder))
 
 

@@ -117,3 +117,35 @@ def test_resume_without_checkpoint_starts_from_scratch(tiny_corpus, tmp_path):
     config = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1}))
     results = run_training(config, resume=True, log=messages.append)
     assert any("no checkpoint" in m for m in messages) and results["epochs_run"] == 1
+
+
+def test_new_run_refuses_an_output_dir_with_checkpoints(tiny_corpus, tmp_path):
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1}))
+    run_training(config, log=_quiet)
+    with pytest.raises(ValueError, match="already holds checkpoints.*--resume"):
+        run_training(config, log=_quiet)
+
+
+def test_resume_refuses_a_changed_config(tiny_corpus, tmp_path):
+    run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1})), log=_quiet)
+    changed = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 2, "train.lr": 0.5}))
+    with pytest.raises(ValueError, match=r"train\.lr: 0\.05 -> 0\.5"):
+        run_training(changed, resume=True, log=_quiet)
+    longer = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 2}))
+    assert run_training(longer, resume=True, log=_quiet)["epochs_run"] == 2  # more epochs: allowed
+
+
+def test_resume_after_early_stop_trains_no_further(tiny_corpus, tmp_path):
+    extra = {"train.epochs": 30, "train.patience": 1, "train.lr": 1e-6, "train.optimizer": "adamw"}
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **extra))
+    first = run_training(config, log=_quiet)
+    assert first["stopped_early"] and first["epochs_run"] < 30
+    again = run_training(config, resume=True, log=_quiet)
+    assert again["epochs_run"] == first["epochs_run"] and again["dev"] == first["dev"]
+
+
+def test_ill_formed_training_labels_are_rejected(tiny_corpus, tmp_path):
+    train = (tiny_corpus / "train.txt").read_text().replace("Paris NNP B-NP B-LOC", "Paris NNP B-NP I-LOC", 1)
+    (tiny_corpus / "train.txt").write_text(train)
+    with pytest.raises(ValueError, match=r"task 'ner': 1 training sentence\(s\) are not valid IOB2.*O -> I-LOC"):
+        run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path)), log=_quiet)

@@ -1,7 +1,7 @@
 """Turning sentences into padded tensors, and length-bucketed batches."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,11 +18,10 @@ class Batch:
     char_ids: torch.Tensor  # (B, T, C)
     mask: torch.Tensor  # (B, T) bool, True on real tokens
     labels: torch.Tensor | None = None  # (B, T) label ids, IGNORE on padding
-    index: list[int] = field(default_factory=list)  # positions of these sentences in their dataset
 
     def to(self, device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(self.words, move(self.word_ids), move(self.char_ids), move(self.mask), move(self.labels), self.index)
+        return Batch(self.words, move(self.word_ids), move(self.char_ids), move(self.mask), move(self.labels))
 
     def __len__(self):
         return len(self.words)
@@ -42,14 +41,12 @@ class Featurizer:
         return ([self.lookup(w) for w in tokens],
                 [[chars.get(c, 1) for c in w[: self.max_word_length]] for w in tokens])
 
-    def collate(self, sentences: list[list[str]], labels: list[list[int]] | None = None,
-                index: list[int] | None = None) -> Batch:
+    def collate(self, sentences: list[list[str]], labels: list[list[int]] | None = None) -> Batch:
         """Pad a list of sentences (and optional label id sequences) into a :class:`Batch`."""
-        encoded = [self.encode(s) for s in sentences]
-        return collate_encoded(sentences, encoded, labels, index)
+        return collate_encoded(sentences, [self.encode(s) for s in sentences], labels)
 
 
-def collate_encoded(sentences, encoded, labels=None, index=None) -> Batch:
+def collate_encoded(sentences, encoded, labels=None) -> Batch:
     if any(len(s) == 0 for s in sentences):
         raise ValueError("cannot batch an empty sentence")
     size, length = len(sentences), max(len(s) for s in sentences)
@@ -66,7 +63,7 @@ def collate_encoded(sentences, encoded, labels=None, index=None) -> Batch:
             char_ids[b, t, : len(c)] = torch.tensor(c)
         if labels is not None:
             label_ids[b, :n] = torch.tensor(labels[b])
-    return Batch(list(sentences), word_ids, char_ids, mask, label_ids, list(index or range(size)))
+    return Batch(list(sentences), word_ids, char_ids, mask, label_ids)
 
 
 def bucketed_batches(lengths: list[int], batch_size: int, rng: np.random.Generator | None,

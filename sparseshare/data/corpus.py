@@ -16,6 +16,10 @@ from .readers import READERS, CorpusFormatError
 SPLITS = ("train", "dev", "test")
 
 
+class MissingSplitError(FileNotFoundError):
+    """A task's corpus has no such split (or its file is missing)."""
+
+
 @functools.lru_cache(maxsize=16)
 def _read_cached(reader_name: str, path: str, columns: tuple[str, ...]) -> tuple:
     # POS, chunk and NER read the same CoNLL-2003 file: read it once per process.
@@ -50,10 +54,10 @@ def load_local_split(spec: TaskSpec, data_dir: str | Path, split: str) -> datase
 
     def read(name):
         if name not in spec.files:
-            raise FileNotFoundError(f"task {spec.name!r} has no {name} split (files: {spec.files})")
+            raise MissingSplitError(f"task {spec.name!r} has no {name} split (files: {spec.files})")
         path = Path(data_dir) / spec.files[name]
         if not path.is_file():
-            raise FileNotFoundError(f"task {spec.name!r}: {name} split file not found: {path}")
+            raise MissingSplitError(f"task {spec.name!r}: {name} split file not found: {path}")
         return _rows_to_dataset(_read_cached(spec.format, str(path), tuple(spec.columns)), spec.label_column)
 
     return _split_or_carve(split, "dev" in spec.files, spec, read)
@@ -73,7 +77,7 @@ def load_hub_split(spec: TaskSpec, split: str, path_or_id: str | None = None) ->
 def _read_hub(spec: TaskSpec, split: str, path_or_id: str | None) -> datasets.Dataset:
     hub = spec.hub
     if split not in hub.splits:
-        raise ValueError(f"task {spec.name!r}: Hub dataset {hub.id} has no {split} split mapping ({hub.splits})")
+        raise MissingSplitError(f"task {spec.name!r}: Hub dataset {hub.id} has no {split} split mapping ({hub.splits})")
     raw = datasets.load_dataset(path_or_id or hub.id, hub.config, split=hub.splits[split], revision=hub.revision)
     for column in (hub.tokens_column, hub.label_column):
         if column not in raw.column_names:

@@ -107,3 +107,13 @@ def allowed_transition(from_tag: str, to_tag: str, scheme: str) -> bool:
             return tp in ("I", "E") and fl == tl
         return tp not in ("I", "E")
     raise ValueError(f"unknown tag scheme {scheme!r}")
+
+
+def first_invalid_transition(tags: list[str], scheme: str) -> int | None:
+    """Index of the first tag that cannot follow its predecessor in ``scheme`` (len(tags) for a bad ending)."""
+    previous = "<s>"
+    for i, tag in enumerate(tags):
+        if not allowed_transition(previous, tag, scheme):
+            return i
+        previous = tag
+    return len(tags) if tags and not allowed_transition(previous, "</s>", scheme) else None

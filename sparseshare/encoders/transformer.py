@@ -100,18 +100,6 @@ class TransformerEncoder(nn.Module):
         where = [(owner[i], rows[owner[i]][1].index(i - windows[owner[i]][0])) for i in range(len(words))]
         return rows, where
 
-    def _pieces(self, sentences: list[list[str]]) -> list[list[list[int]]]:
-        """Subword ids per word (used to plan windows and in tests)."""
-        encoded = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-        result = []
-        for b, words in enumerate(sentences):
-            per_word = [[] for _ in words]
-            for piece, word in zip(encoded["input_ids"][b], encoded.word_ids(b)):
-                if word is not None:
-                    per_word[word].append(piece)
-            result.append(per_word)
-        return result
-
     def _clean(self, words: list[str]) -> list[str]:
         # A token the tokenizer maps to no subword at all (e.g. a lone control character) becomes UNK,
         # so that every word has a first subword.

@@ -28,6 +28,7 @@ class SharingStrategy(nn.Module):
     name = "?"
 
     def __init__(self, build_encoder: Callable[[], nn.Module], tasks: list[str], encoder_kind: str):
+        """``encoder_kind`` ("bilstm" | "transformer") lets a strategy reject combinations it cannot serve."""
         super().__init__()
         self.tasks = list(tasks)
         self.encoder_kind = encoder_kind
@@ -43,7 +44,3 @@ class SharingStrategy(nn.Module):
     def features_for_tasks(self, batch, tasks: list[str]) -> dict[str, torch.Tensor]:
         """Features for several tasks at once; strategies override this to compute what tasks share once."""
         return {task: self(batch, task) for task in tasks}
-
-    def extra_state_files(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Named tensor groups (e.g. masks) saved beside the model as safetensors. None by default."""
-        return {}

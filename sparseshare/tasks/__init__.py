@@ -89,18 +89,26 @@ class TaskSpec:
                    and f.default_factory is dataclasses.MISSING and f.name not in data]
         if missing:
             raise ValueError(f"{source}: missing task key(s) {missing}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def _strict(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**data)
+    try:
+        return cls(**data)
+    except TypeError as err:  # a required key is missing
+        raise ValueError(f"{where}: {err}") from None
 
 
 def builtin_tasks() -> list[str]:

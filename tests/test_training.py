@@ -149,3 +149,25 @@ def test_ill_formed_training_labels_are_rejected(tiny_corpus, tmp_path):
     (tiny_corpus / "train.txt").write_text(train)
     with pytest.raises(ValueError, match=r"task 'ner': 1 training sentence\(s\) are not valid IOB2.*O -> I-LOC"):
         run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path)), log=_quiet)
+
+
+def test_training_from_a_hub_dataset_folder_matches_local_files(tiny_corpus, tmp_path):
+    """`data.source=hub` goes through datasets.load_dataset; a local dataset folder takes the same path."""
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+    from sparseshare.data.readers import read_conll
+
+    rows = read_conll(tiny_corpus / "train.txt", ["tokens", "pos", "chunk", "ner"])
+    names = sorted({t for r in rows for t in r["ner"]})
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=names))})
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for split in ("train", "validation", "test"):
+        Dataset.from_dict({"tokens": [r["tokens"] for r in rows],
+                           "ner_tags": [[names.index(t) for t in r["ner"]] for r in rows]},
+                          features=features).to_parquet(str(hub / f"{split}.parquet"))
+    common = {"tasks": "[ner]", "train.epochs": 1, "model.sharing": "single"}
+    local = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "local", **common)), log=_quiet)
+    from_hub = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "hub_run", **common, **{
+        "data.source": "hub", "data.hub_paths": "{ner: %s}" % hub})), log=_quiet)
+    assert from_hub["dev"]["ner"] == local["dev"]["ner"]

@@ -70,14 +70,18 @@ York NNP I-NP I-LOC
 """
 
 
-@pytest.fixture
-def tiny_corpus(tmp_path) -> Path:
+def write_tiny_corpus(folder: Path) -> Path:
     """A hand-written CoNLL-2003-style corpus (same sentences in every split, repeated to 48)."""
     blocks = [b for b in TINY_CONLL.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
     text = "\n\n".join(blocks * 16) + "\n"
     for split in ("train", "dev", "test"):
-        (tmp_path / f"{split}.txt").write_text(text, encoding="utf-8")
-    return tmp_path
+        (folder / f"{split}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    return write_tiny_corpus(tmp_path)
 
 
 def tiny_overrides(data_dir: Path, output_dir: Path, **extra) -> list[str]:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, tiny_overrides, write_tiny_corpus
 
 
 def sparseshare(*args, stdin: str | None = None, check: bool = True):
@@ -20,12 +20,7 @@ def sparseshare(*args, stdin: str | None = None, check: bool = True):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from conftest import TINY_CONLL
-
-    data = tmp_path_factory.mktemp("data")
-    blocks = [b for b in TINY_CONLL.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
-    for split in ("train", "dev", "test"):
-        (data / f"{split}.txt").write_text("\n\n".join(blocks * 16) + "\n")
+    data = write_tiny_corpus(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("run")
     sparseshare("train", *tiny_overrides(data, out, **{"train.epochs": 2}))
     return out / "model", data

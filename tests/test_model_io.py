@@ -9,7 +9,7 @@ from sparseshare.config import load_config
 from sparseshare.model import MultiTaskTagger, ModelFolderError
 from sparseshare.training import run_training
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, write_tiny_corpus
 
 SENTENCES = [["John", "lives", "in", "Paris", "."], ["The", "United", "Nations", "met", "in", "New", "York", "."],
              ["Unknownword", "zzz", "1999"]]
@@ -17,12 +17,7 @@ SENTENCES = [["John", "lives", "in", "Paris", "."], ["The", "United", "Nations",
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import TINY_CONLL
-
-    data = tmp_path_factory.mktemp("data")
-    blocks = [b for b in TINY_CONLL.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
-    for split in ("train", "dev", "test"):
-        (data / f"{split}.txt").write_text("\n\n".join(blocks * 16) + "\n")
+    data = write_tiny_corpus(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("run")
     run_training(load_config(None, tiny_overrides(data, out, **{"train.epochs": 3})), log=lambda *a: None)
     return out / "model"

@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from .config import Config
-from .data.batching import bucketed_batches, collate_encoded
+from .data.batching import bucketed_batches
 from .data.corpus import load_split
 from .data.schedules import epoch_plan
 from .data.schemes import convert, first_invalid_transition
@@ -44,7 +44,7 @@ class TaskData:
     train_labels: list[list[int]]
     dev: object  # datasets.Dataset with tokens / labels (corpus scheme)
     test: object | None  # None when the corpus has no test split here
-    encoded: list = field(default_factory=list)  # featurized training sentences
+    train_word_ids: list = field(default_factory=list)  # word ids of the training sentences, computed once
 
 
 def task_dir(config: Config, spec: TaskSpec) -> str:
@@ -114,7 +114,7 @@ def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
                             {name: d.labels.itos for name, d in data.items()}, words, chars,
                             config.data.lowercase, config.data.normalize_digits, pretrained_embeddings=matrix)
     for d in data.values():
-        d.encoded = [model.featurizer.encode(s) for s in d.train_tokens]
+        d.train_word_ids = [model.featurizer.word_ids(s) for s in d.train_tokens]
     return model
 
 
@@ -368,8 +368,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
             if not local:
                 local, weight = indices[:1], 0.0
             d = data[task]
-            batch = collate_encoded([d.train_tokens[i] for i in local], [d.encoded[i] for i in local],
-                                    [d.train_labels[i] for i in local]).to(accelerator.device)
+            batch = tagger.featurizer.collate([d.train_tokens[i] for i in local], [d.train_labels[i] for i in local],
+                                              [d.train_word_ids[i] for i in local]).to(accelerator.device)
             loss = model(batch, task).sum() * weight
             accelerator.backward(loss)
             if t.clip:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparseshare.data.batching import IGNORE, Featurizer, bucketed_batches, collate_encoded
+from sparseshare.data.batching import IGNORE, Featurizer, bucketed_batches
 from sparseshare.data.vocab import Vocab
 
 
@@ -73,9 +73,12 @@ def test_collate_pads_and_masks():
     assert batch.word_ids.tolist() == [[words["the"], words["cat"], 1], [words["cat"], 0, 0]]
     assert batch.mask.tolist() == [[True, True, True], [True, False, False]]
     assert batch.labels.tolist() == [[0, 1, 2], [1, IGNORE, IGNORE]]
-    assert batch.char_ids.shape == (2, 3, 2)
-    assert batch.char_ids[0, 0].tolist() == [1, chars["h"]]  # 'T' unknown to the char vocab: case kept
+    # distinct words only: "", "The", "cat", "sat" (row 0 is the empty padding word)
+    assert batch.char_ids.shape == (4, 2)
+    assert batch.char_index.tolist() == [[1, 2, 3], [2, 0, 0]]
+    assert batch.char_ids[1].tolist() == [1, chars["h"]]  # 'T' unknown to the char vocab: case kept
+    assert batch.char_ids[0].tolist() == [0, 0]
     assert len(batch) == 2
     assert featurizer.collate([["cat"]]).labels is None
     with pytest.raises(ValueError, match="empty sentence"):
-        collate_encoded([[]], [([], [])])
+        featurizer.collate([["a"], []])

@@ -82,3 +82,10 @@ def test_transformer_model_trains_saves_and_reloads(tiny_corpus, tmp_path):
     first = model.predict(sentences)
     model.save_pretrained(tmp_path / "again")
     assert MultiTaskTagger.from_pretrained(tmp_path / "again").predict(sentences) == first
+
+
+def test_a_token_without_subwords_still_gets_a_vector(encoder):
+    words = ["a", "\u200b", "b"]  # a zero-width space: the tokenizer produces no subword for it
+    with torch.no_grad():
+        top = encoder(_batch([words]))[-1]
+    assert top.shape[:2] == (1, 3) and bool((top[0].abs().sum(-1) > 0).all())

@@ -15,55 +15,66 @@ IGNORE = -100  # label id for padding and for unscored positions (CrossEntropyLo
 class Batch:
     words: list[list[str]]
     word_ids: torch.Tensor  # (B, T)
-    char_ids: torch.Tensor  # (B, T, C)
+    char_ids: torch.Tensor  # (U, C): characters of the batch's U distinct words; row 0 is the empty padding word
+    char_index: torch.Tensor  # (B, T): each token's row in char_ids
     mask: torch.Tensor  # (B, T) bool, True on real tokens
     labels: torch.Tensor | None = None  # (B, T) label ids, IGNORE on padding
 
     def to(self, device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(self.words, move(self.word_ids), move(self.char_ids), move(self.mask), move(self.labels))
+        return Batch(self.words, move(self.word_ids), move(self.char_ids), move(self.char_index), move(self.mask),
+                     move(self.labels))
 
     def __len__(self):
         return len(self.words)
 
 
 class Featurizer:
-    """Word ids and character ids for a sentence; the same object serves training and tagging."""
+    """Word ids and character ids for sentences; the same object serves training and tagging.
+
+    Characters are encoded once per distinct word of a batch (frequent tokens such as "the" or "," would
+    otherwise be run through the char-CNN dozens of times per batch)."""
 
     def __init__(self, words: Vocab, chars: Vocab, lowercase: bool = True, normalize_digits: bool = False,
                  max_word_length: int = 30):
         self.lookup = WordLookup(words, lowercase, normalize_digits)
         self.chars = chars
         self.max_word_length = max_word_length
+        self._char_cache: dict[str, list[int]] = {}
 
-    def encode(self, tokens: list[str]) -> tuple[list[int], list[list[int]]]:
-        chars = self.chars.stoi
-        return ([self.lookup(w) for w in tokens],
-                [[chars.get(c, 1) for c in w[: self.max_word_length]] for w in tokens])
+    def word_ids(self, tokens: list[str]) -> list[int]:
+        return [self.lookup(w) for w in tokens]
 
-    def collate(self, sentences: list[list[str]], labels: list[list[int]] | None = None) -> Batch:
-        """Pad a list of sentences (and optional label id sequences) into a :class:`Batch`."""
-        return collate_encoded(sentences, [self.encode(s) for s in sentences], labels)
+    def char_ids(self, word: str) -> list[int]:
+        ids = self._char_cache.get(word)
+        if ids is None:
+            chars = self.chars.stoi
+            ids = [chars.get(c, 1) for c in word[: self.max_word_length]]
+            if len(self._char_cache) < 200_000:  # bounded: a long-running tagger sees unbounded vocabularies
+                self._char_cache[word] = ids
+        return ids
 
-
-def collate_encoded(sentences, encoded, labels=None) -> Batch:
-    if any(len(s) == 0 for s in sentences):
-        raise ValueError("cannot batch an empty sentence")
-    size, length = len(sentences), max(len(s) for s in sentences)
-    width = max(1, max(len(c) for _, chars in encoded for c in chars))
-    word_ids = torch.zeros(size, length, dtype=torch.long)
-    char_ids = torch.zeros(size, length, width, dtype=torch.long)
-    mask = torch.zeros(size, length, dtype=torch.bool)
-    label_ids = torch.full((size, length), IGNORE, dtype=torch.long) if labels is not None else None
-    for b, (wids, cids) in enumerate(encoded):
-        n = len(wids)
-        word_ids[b, :n] = torch.tensor(wids)
-        mask[b, :n] = True
-        for t, c in enumerate(cids):
-            char_ids[b, t, : len(c)] = torch.tensor(c)
-        if labels is not None:
-            label_ids[b, :n] = torch.tensor(labels[b])
-    return Batch(list(sentences), word_ids, char_ids, mask, label_ids)
+    def collate(self, sentences: list[list[str]], labels: list[list[int]] | None = None,
+                word_ids: list[list[int]] | None = None) -> Batch:
+        """Pad sentences (with optional label ids and precomputed word ids) into a :class:`Batch`."""
+        if not sentences or any(len(s) == 0 for s in sentences):
+            raise ValueError("cannot batch an empty sentence")
+        if word_ids is None:
+            word_ids = [self.word_ids(s) for s in sentences]
+        length = max(len(s) for s in sentences)
+        rows: dict[str, int] = {"": 0}
+        char_index = [[rows.setdefault(w, len(rows)) for w in s] + [0] * (length - len(s)) for s in sentences]
+        char_rows = [self.char_ids(w) for w in rows]
+        width = max(1, max(len(r) for r in char_rows))
+        lengths = torch.tensor([len(s) for s in sentences])
+        return Batch(
+            words=list(sentences),
+            word_ids=torch.tensor([ids + [0] * (length - len(ids)) for ids in word_ids]),
+            char_ids=torch.tensor([r + [0] * (width - len(r)) for r in char_rows]),
+            char_index=torch.tensor(char_index),
+            mask=torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1),
+            labels=None if labels is None else torch.tensor([seq + [IGNORE] * (length - len(seq)) for seq in labels]),
+        )
 
 
 def bucketed_batches(lengths: list[int], batch_size: int, rng: np.random.Generator | None,

@@ -16,12 +16,10 @@ class CharCNN(nn.Module):
         self.output_dim = filters
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
-        batch, length, width = char_ids.shape
-        flat = char_ids.view(batch * length, width)
-        x = self.conv(self.embedding(flat).transpose(1, 2))  # (B*T, F, C)
-        x = x.masked_fill((flat == 0).unsqueeze(1), float("-inf")).amax(dim=2)
-        x = torch.nan_to_num(x, neginf=0.0)  # padding words have no characters
-        return x.view(batch, length, -1)
+        """(W, C) character ids of W words -> (W, filters)."""
+        x = self.conv(self.embedding(char_ids).transpose(1, 2))  # (W, F, C)
+        x = x.masked_fill((char_ids == 0).unsqueeze(1), float("-inf")).amax(dim=2)
+        return torch.nan_to_num(x, neginf=0.0)  # the padding word has no characters
 
 
 class WordEmbedder(nn.Module):
@@ -41,7 +39,7 @@ class WordEmbedder(nn.Module):
     def forward(self, batch) -> torch.Tensor:
         x = self.words(batch.word_ids)
         if self.chars is not None:
-            x = torch.cat([x, self.chars(batch.char_ids)], dim=-1)
+            x = torch.cat([x, self.chars(batch.char_ids)[batch.char_index]], dim=-1)
         return self.dropout(x)
 
 
@@ -55,7 +53,9 @@ class BiLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        # Length-bucketed batches arrive sorted longest first; then packing needs no sort and unsort.
+        already_sorted = bool((lengths[:-1] >= lengths[1:]).all())
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=already_sorted)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.dropout(out)

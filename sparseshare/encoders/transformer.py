@@ -79,15 +79,17 @@ class TransformerEncoder(nn.Module):
         self.num_layers = self.model.config.num_hidden_layers
         self.output_dim = self.model.config.hidden_size
 
-    def _encode(self, word_lists: list[list[str]]):
-        return self.tokenizer(word_lists, is_split_into_words=True, truncation=False)
+    @staticmethod
+    def _first_subwords(word_ids: list[int | None], n_words: int) -> list[int] | None:
+        """Position of each word's first subword, or None if some word has no subword at all."""
+        first = [-1] * n_words
+        for position, word in enumerate(word_ids):
+            if word is not None and first[word] < 0:
+                first[word] = position
+        return None if -1 in first else first
 
-    def _rows(self, words: list[str]) -> tuple[list[tuple[list[int], list[int | None]]], list[tuple[int, int]]]:
-        """Token ids and word ids of each row for one sentence, and for each word its (row, position)."""
-        encoded = self._encode([words])
-        ids, word_ids = encoded["input_ids"][0], encoded.word_ids(0)
-        if len(ids) <= self.max_length:  # the common case: the sentence fits in one row
-            return [(ids, word_ids)], [(0, word_ids.index(i)) for i in range(len(words))]
+    def _windows(self, words: list[str], word_ids: list[int | None]):
+        """Rows (token ids) and each word's (row, position) for a sentence longer than the model's input."""
         counts = [0] * len(words)
         for w in word_ids:
             if w is not None:
@@ -96,28 +98,37 @@ class TransformerEncoder(nn.Module):
         owner = assign_words(windows, len(words))
         encoded = self.tokenizer([words[s:e] for s, e in windows], is_split_into_words=True, truncation=True,
                                  max_length=self.max_length)
-        rows = [(encoded["input_ids"][r], encoded.word_ids(r)) for r in range(len(windows))]
-        where = [(owner[i], rows[owner[i]][1].index(i - windows[owner[i]][0])) for i in range(len(words))]
-        return rows, where
+        firsts = [self._first_subwords(encoded.word_ids(r), e - s) for r, (s, e) in enumerate(windows)]
+        where = [(owner[i], firsts[owner[i]][i - windows[owner[i]][0]]) for i in range(len(words))]
+        return list(encoded["input_ids"]), where
 
-    def _clean(self, words: list[str]) -> list[str]:
-        # A token the tokenizer maps to no subword at all (e.g. a lone control character) becomes UNK,
-        # so that every word has a first subword.
-        encoded = self.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
-        present = set(w for w in encoded.word_ids() if w is not None)
-        if len(present) == len(words):
-            return words
-        return [w if i in present else self.tokenizer.unk_token for i, w in enumerate(words)]
+    def _rows(self, sentences: list[list[str]]):
+        """Token id rows for a batch and, per word, its (row, position); one tokenizer call in the common case."""
+        encoded = self.tokenizer(sentences, is_split_into_words=True, truncation=False)
+        rows, where = [], []
+        for b, words in enumerate(sentences):
+            ids, word_ids = encoded["input_ids"][b], encoded.word_ids(b)
+            firsts = self._first_subwords(word_ids, len(words))
+            if firsts is None:
+                # A token the tokenizer maps to no subword (e.g. a lone control character) becomes UNK,
+                # so that every word has a first subword.
+                present = {w for w in word_ids if w is not None}
+                words = [w if i in present else self.tokenizer.unk_token for i, w in enumerate(words)]
+                again = self.tokenizer(words, is_split_into_words=True, truncation=False)
+                ids, word_ids = again["input_ids"], again.word_ids()
+                firsts = self._first_subwords(word_ids, len(words))
+            if len(ids) <= self.max_length:  # the common case: the sentence fits in one row
+                where.extend((len(rows), p) for p in firsts)
+                rows.append(ids)
+            else:
+                window_rows, window_where = self._windows(words, word_ids)
+                where.extend((len(rows) + r, p) for r, p in window_where)
+                rows.extend(window_rows)
+        return rows, where
 
     def forward(self, batch) -> list[torch.Tensor]:
         device = batch.mask.device
-        rows, flat_rows, flat_cols = [], [], []
-        for words in batch.words:
-            sentence_rows, where = self._rows(self._clean(words))
-            offset = len(rows)
-            rows.extend(ids for ids, _ in sentence_rows)
-            flat_rows.extend(offset + r for r, _ in where)
-            flat_cols.extend(c for _, c in where)
+        rows, where = self._rows(batch.words)
         width = max(len(ids) for ids in rows)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -126,8 +137,8 @@ class TransformerEncoder(nn.Module):
             input_ids[r, : len(ids)] = torch.tensor(ids)
             attention[r, : len(ids)] = 1
         out = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
-        index_rows = torch.tensor(flat_rows, device=device)
-        index_cols = torch.tensor(flat_cols, device=device)
+        index_rows = torch.tensor([r for r, _ in where], device=device)
+        index_cols = torch.tensor([c for _, c in where], device=device)
         batch_size, length = batch.mask.shape
         layers = []
         for hidden in out.hidden_states[1:]:

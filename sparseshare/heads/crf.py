@@ -76,17 +76,15 @@ class CRF(nn.Module):
             best, idx = (score.unsqueeze(2) + trans.unsqueeze(0)).max(dim=1)  # over `from`
             history.append(idx)
             score = torch.where(mask[:, t].unsqueeze(1), best + emissions[:, t], score)
-        score = score + end
-        lengths = mask.sum(1).tolist()
-        last = score.argmax(1).tolist()
-        history = torch.stack(history, 1).tolist() if history else []
-        paths = []
-        for b in range(batch):
-            path = [last[b]]
-            for t in range(lengths[b] - 1, 0, -1):
-                path.append(history[b][t - 1][path[-1]])
-            paths.append(path[::-1])
-        return paths
+        last = (score + end).argmax(1)  # the tag at each sentence's last real token
+        lengths = mask.sum(1)
+        # Backtrack for the whole batch at once: positions past a sentence's end hold its last tag, so the
+        # pointer chain starts at the right place for every length.
+        tags = last.unsqueeze(1).repeat(1, length)
+        for t in range(length - 1, 0, -1):
+            previous = history[t - 1].gather(1, tags[:, t: t + 1]).squeeze(1)
+            tags[:, t - 1] = torch.where(t < lengths, previous, last)
+        return [row[:n] for row, n in zip(tags.tolist(), lengths.tolist())]
 
 
 class CRFHead(nn.Module):

@@ -38,6 +38,7 @@ class BiLSTMConfig:
     hidden: int = 200  # per direction
     layers: int = 2
     dropout: float = 0.5
+    word_dropout: float = 0.0  # probability of replacing a training word by UNK (trains the UNK vector)
 
 
 @dataclass
@@ -238,5 +239,7 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'tasks' must list at least one task")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
-    if not 0.0 <= config.model.bilstm.dropout < 1.0:
-        raise ConfigError(f"config key 'model.bilstm.dropout' must be in [0, 1), got {config.model.bilstm.dropout}")
+    for key in ("dropout", "word_dropout"):
+        value = getattr(config.model.bilstm, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"config key 'model.bilstm.{key}' must be in [0, 1), got {value}")

@@ -51,7 +51,8 @@ class MultiTaskTagger(nn.Module):
             if config.encoder == "bilstm":
                 c = config.bilstm
                 return BiLSTMEncoder(len(words), len(chars), c.word_dim, c.char_dim, c.char_filters, c.char_kernel,
-                                     c.hidden, c.layers, c.dropout, pretrained_embeddings, c.freeze_embeddings)
+                                     c.hidden, c.layers, c.dropout, pretrained_embeddings, c.freeze_embeddings,
+                                     c.word_dropout)
             c = config.transformer
             tokenizer, model = transformer_parts or (None, None)
             return TransformerEncoder(c.name_or_path, c.max_length, c.stride, c.dropout, tokenizer, model)

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from safetensors.torch import load_file
+
 from sparseshare.config import load_config
 from sparseshare.model import MultiTaskTagger, ModelFolderError
 from sparseshare.training import run_training
@@ -97,3 +99,16 @@ def test_newer_format_version_is_refused(trained, tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(ModelFolderError, match="not found"):
         MultiTaskTagger.from_pretrained(tmp_path / "nope")
+
+
+def test_word_dropout_trains_the_unknown_word_vector(tiny_corpus, tmp_path):
+    def unk_row(extra):
+        out = tmp_path / f"run{len(extra)}"
+        run_training(load_config(None, tiny_overrides(tiny_corpus, out, **{"train.epochs": 1, **extra})),
+                     log=lambda *a: None)
+        return load_file(str(out / "model" / "model.safetensors"))["sharing.encoder.embedder.words.weight"][1]
+
+    import torch
+
+    untouched, trained = unk_row({}), unk_row({"model.bilstm.word_dropout": 0.3})
+    assert not torch.equal(untouched, trained)

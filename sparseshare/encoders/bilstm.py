@@ -24,9 +24,13 @@ class CharCNN(nn.Module):
 
 class WordEmbedder(nn.Module):
     def __init__(self, num_words: int, word_dim: int, num_chars: int, char_dim: int, char_filters: int,
-                 char_kernel: int, dropout: float, pretrained: torch.Tensor | None = None, freeze: bool = False):
+                 char_kernel: int, dropout: float, pretrained: torch.Tensor | None = None, freeze: bool = False,
+                 word_dropout: float = 0.0):
         super().__init__()
         self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
+        # Every training word is in the vocabulary, so without word dropout the UNK row (id 1) that
+        # unseen dev/test words use would never be trained.
+        self.word_dropout = word_dropout
         if pretrained is not None:
             if tuple(pretrained.shape) != (num_words, word_dim):
                 raise ValueError(f"pretrained embeddings have shape {tuple(pretrained.shape)}, expected {(num_words, word_dim)}")
@@ -37,7 +41,11 @@ class WordEmbedder(nn.Module):
         self.output_dim = word_dim + (char_filters if self.chars is not None else 0)
 
     def forward(self, batch) -> torch.Tensor:
-        x = self.words(batch.word_ids)
+        word_ids = batch.word_ids
+        if self.training and self.word_dropout > 0:
+            drop = (torch.rand(word_ids.shape, device=word_ids.device) < self.word_dropout) & (word_ids > 1)
+            word_ids = word_ids.masked_fill(drop, 1)
+        x = self.words(word_ids)
         if self.chars is not None:
             x = torch.cat([x, self.chars(batch.char_ids)[batch.char_index]], dim=-1)
         return self.dropout(x)
@@ -64,12 +72,13 @@ class BiLSTMLayer(nn.Module):
 class BiLSTMEncoder(nn.Module):
     def __init__(self, num_words: int, num_chars: int, word_dim: int = 50, char_dim: int = 30,
                  char_filters: int = 30, char_kernel: int = 3, hidden: int = 200, layers: int = 2,
-                 dropout: float = 0.5, pretrained: torch.Tensor | None = None, freeze_embeddings: bool = False):
+                 dropout: float = 0.5, pretrained: torch.Tensor | None = None, freeze_embeddings: bool = False,
+                 word_dropout: float = 0.0):
         super().__init__()
         if layers < 1:
             raise ValueError(f"model.bilstm.layers must be >= 1, got {layers}")
         self.embedder = WordEmbedder(num_words, word_dim, num_chars, char_dim, char_filters, char_kernel, dropout,
-                                     pretrained, freeze_embeddings)
+                                     pretrained, freeze_embeddings, word_dropout)
         dims = [self.embedder.output_dim] + [2 * hidden] * layers
         self.layers = nn.ModuleList(BiLSTMLayer(dims[i], hidden, dropout) for i in range(layers))
         self.num_layers, self.output_dim = layers, 2 * hidden

@@ -50,12 +50,25 @@ class TransformerConfig:
 
 
 @dataclass
+class ScratchTransformerConfig:
+    """A small Transformer trained from scratch; its word/char embeddings come from the bilstm section."""
+
+    dim: int = 256
+    layers: int = 2
+    heads: int = 4
+    ff: int = 512
+    dropout: float = 0.1
+    max_positions: int = 512
+
+
+@dataclass
 class ModelConfig:
-    encoder: str = "bilstm"  # bilstm | transformer
+    encoder: str = "bilstm"  # bilstm | transformer | scratch (word embeddings + char-CNN as for bilstm)
     head: str = "crf"  # crf | softmax
     sharing: str = "hard"
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    scratch: ScratchTransformerConfig = field(default_factory=ScratchTransformerConfig)
 
 
 @dataclass
@@ -193,7 +206,7 @@ def validate(config: Config) -> None:
 
     t = config.train
     choices = {
-        "model.encoder": (config.model.encoder, ("bilstm", "transformer")),
+        "model.encoder": (config.model.encoder, ("bilstm", "transformer", "scratch")),
         "model.head": (config.model.head, tuple(HEADS)),
         "train.schedule": (config.train.schedule, SCHEDULES),
         "train.mixed_precision": (t.mixed_precision, tuple(p.value for p in PrecisionType)),

@@ -22,7 +22,7 @@ from .config import ModelConfig, _build
 from .data.batching import Batch, Featurizer
 from .data.schemes import convert
 from .data.vocab import Vocab, load_json, save_json
-from .encoders import BiLSTMEncoder, TransformerEncoder
+from .encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder, WordEmbedder
 from .heads import build_head
 from .sharing import build_strategy
 from .tasks import TaskSpec
@@ -48,11 +48,16 @@ class MultiTaskTagger(nn.Module):
         self.featurizer = Featurizer(words, chars, lowercase, normalize_digits)
 
         def build_encoder():
+            c = config.bilstm
             if config.encoder == "bilstm":
-                c = config.bilstm
                 return BiLSTMEncoder(len(words), len(chars), c.word_dim, c.char_dim, c.char_filters, c.char_kernel,
                                      c.hidden, c.layers, c.dropout, pretrained_embeddings, c.freeze_embeddings,
                                      c.word_dropout)
+            if config.encoder == "scratch":
+                s = config.scratch
+                embedder = WordEmbedder(len(words), c.word_dim, len(chars), c.char_dim, c.char_filters, c.char_kernel,
+                                        s.dropout, pretrained_embeddings, c.freeze_embeddings, c.word_dropout)
+                return ScratchTransformerEncoder(embedder, s.dim, s.layers, s.heads, s.ff, s.dropout, s.max_positions)
             c = config.transformer
             tokenizer, model = transformer_parts or (None, None)
             return TransformerEncoder(c.name_or_path, c.max_length, c.stride, c.dropout, tokenizer, model)

@@ -97,7 +97,7 @@ def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
     all_train = [s for d in data.values() for s in d.train_tokens]
     bilstm = config.model.bilstm
     matrix = None
-    if config.model.encoder == "bilstm":
+    if config.model.encoder in ("bilstm", "scratch"):
         vectors_words, vectors = (read_word_vectors(bilstm.embeddings) if bilstm.embeddings else ([], None))
         if vectors is not None and vectors.shape[1] != bilstm.word_dim:
             raise ValueError(f"config key 'model.bilstm.word_dim' is {bilstm.word_dim} but {bilstm.embeddings} "

@@ -112,3 +112,15 @@ def test_word_dropout_trains_the_unknown_word_vector(tiny_corpus, tmp_path):
 
     untouched, trained = unk_row({}), unk_row({"model.bilstm.word_dropout": 0.3})
     assert not torch.equal(untouched, trained)
+
+
+def test_scratch_transformer_encoder_trains_and_reloads(tiny_corpus, tmp_path):
+    overrides = tiny_overrides(tiny_corpus, tmp_path, **{
+        "model.encoder": "scratch", "model.scratch.dim": 32, "model.scratch.heads": 2, "model.scratch.ff": 64,
+        "train.epochs": 2, "train.optimizer": "adamw", "train.lr": 3e-3, "model.scratch.dropout": 0.0})
+    results = run_training(load_config(None, overrides), log=lambda *a: None)
+    assert results["dev"]["pos"]["accuracy"] > 20
+    model = MultiTaskTagger.from_pretrained(tmp_path / "model")
+    first = model.predict(SENTENCES)
+    model.save_pretrained(tmp_path / "again")
+    assert MultiTaskTagger.from_pretrained(tmp_path / "again").predict(SENTENCES) == first

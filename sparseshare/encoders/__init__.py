@@ -5,6 +5,8 @@ Every encoder exposes ``num_layers``, ``output_dim`` and ``forward(batch) -> lis
 through the modules' weights, which parameters a task uses.
 """
 from .bilstm import BiLSTMEncoder, CharCNN, WordEmbedder
+from .scratch import ScratchTransformerEncoder
 from .transformer import TransformerEncoder, resolve_model_path
 
-__all__ = ["BiLSTMEncoder", "CharCNN", "WordEmbedder", "TransformerEncoder", "resolve_model_path"]
+__all__ = ["BiLSTMEncoder", "CharCNN", "WordEmbedder", "ScratchTransformerEncoder", "TransformerEncoder",
+           "resolve_model_path"]

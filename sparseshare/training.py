@@ -153,18 +153,27 @@ def mean_score(results: dict[str, dict]) -> float:
 # Optimisation
 # ----------------------------------------------------------------------------------------------
 def build_optimizer(config: Config, model: MultiTaskTagger) -> torch.optim.Optimizer:
+    """One parameter group, split only as the config asks: heads at ``train.head_lr``, and with weight decay
+    the usual exemptions (biases, LayerNorm weights, CRF transition scores) as in transformers' Trainer."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
     t = config.train
-    if t.head_lr is None:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    else:
-        head_ids = {id(p) for p in model.heads.parameters()}
-        groups = [
-            {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids], "lr": t.lr},
-            {"params": [p for p in model.heads.parameters() if p.requires_grad], "lr": t.head_lr},
-        ]
+    heads = {id(p) for p in model.heads.parameters()}
+    decayed = set()
+    if t.weight_decay:
+        names = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "crf."]))
+        decayed = {id(p) for n, p in model.named_parameters() if n in names}
+    groups: dict[tuple, list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            key = (id(p) in heads and t.head_lr is not None, id(p) in decayed or not t.weight_decay)
+            groups.setdefault(key, []).append(p)
+    param_groups = [{"params": params, "lr": t.head_lr if is_head else t.lr,
+                     "weight_decay": t.weight_decay if decays else 0.0}
+                    for (is_head, decays), params in groups.items()]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.AdamW(param_groups, lr=t.lr)
 
 
 def build_scheduler(config: Config, optimizer, steps_per_epoch: int):

@@ -171,3 +171,24 @@ def test_training_from_a_hub_dataset_folder_matches_local_files(tiny_corpus, tmp
     from_hub = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "hub_run", **common, **{
         "data.source": "hub", "data.hub_paths": "{ner: %s}" % hub})), log=_quiet)
     assert from_hub["dev"]["ner"] == local["dev"]["ner"]
+
+
+def test_optimizer_groups_exempt_biases_norms_and_crf_from_weight_decay():
+    from sparseshare.data.vocab import Vocab
+    from sparseshare.tasks import load_task
+    from sparseshare.training import build_optimizer
+
+    def groups(*overrides):
+        config = load_config(None, ["tasks=[ner]", *overrides])
+        model = MultiTaskTagger(config.model, [load_task("ner")], {"ner": ["O", "B-PER", "I-PER", "E-PER", "S-PER"]},
+                                Vocab(["a"]), Vocab(["a"]))
+        names = {id(p): n for n, p in model.named_parameters()}
+        return [(g["lr"], g["weight_decay"], {names[id(p)] for p in g["params"]})
+                for g in build_optimizer(config, model).param_groups]
+
+    assert len(groups()) == 1  # no decay, no head lr: one plain group (as the paper's SGD)
+    decayed = {n for lr, wd, ns in groups("train.weight_decay=0.01", "model.encoder=scratch") if wd for n in ns}
+    assert "sharing.encoder.layers.0.linear1.weight" in decayed and "heads.ner.proj.weight" in decayed
+    assert not any(n.endswith("bias") or ".crf." in n or "norm" in n for n in decayed)
+    head_lrs = {lr for lr, _, ns in groups("train.head_lr=0.001") if any(n.startswith("heads.") for n in ns)}
+    assert head_lrs == {0.001}

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import __version__
 from .config import ModelConfig, _build
-from .data.batching import Batch, Featurizer
+from .data.batching import Batch, Featurizer, bucketed_batches
 from .data.schemes import convert
 from .data.vocab import Vocab, load_json, save_json
 from .encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder, WordEmbedder
@@ -97,8 +97,6 @@ class MultiTaskTagger(nn.Module):
     def predict(self, sentences: list[list[str]], tasks: list[str] | None = None, batch_size: int = 256,
                 device: torch.device | str | None = None) -> dict[str, list[list[str]]]:
         """Tag pre-tokenised sentences, in length-sorted batches, returning results in input order."""
-        from .data.batching import bucketed_batches
-
         tasks = self.check_tasks(tasks)
         for i, sentence in enumerate(sentences):
             if len(sentence) == 0:

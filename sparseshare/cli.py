@@ -17,20 +17,17 @@ def _train(args):
 
 
 def _evaluate(args):
-    from .config import DataConfig
     from .data.corpus import load_split
     from .metrics import format_table
     from .model import MultiTaskTagger
     from .training import evaluate
 
     model = MultiTaskTagger.from_pretrained(args.model)
-    tasks = model.check_tasks(args.tasks)
-    data = DataConfig(root=args.data_root, dir=args.data_dir, source=args.source)
-    datasets_by_task = {}
-    for task in tasks:
-        spec = model.tasks[task]
-        directory = data.dir or str(Path(data.root) / spec.corpus)
-        datasets_by_task[task] = load_split(spec, args.split, source=data.source, data_dir=directory)
+    datasets_by_task = {
+        task: load_split(model.tasks[task], args.split, source=args.source,
+                         data_dir=args.data_dir or Path(args.data_root) / model.tasks[task].corpus)
+        for task in model.check_tasks(args.tasks)
+    }
     results = evaluate(model, datasets_by_task, args.batch_size, strict=args.strict)
     print(f"{args.split}:\n{format_table(results)}")
     if args.output:

@@ -20,9 +20,14 @@ class MissingSplitError(FileNotFoundError):
     """A task's corpus has no such split (or its file is missing)."""
 
 
-@functools.lru_cache(maxsize=16)
 def _read_cached(reader_name: str, path: str, columns: tuple[str, ...]) -> tuple:
-    # POS, chunk and NER read the same CoNLL-2003 file: read it once per process.
+    # POS, chunk and NER read the same CoNLL-2003 file: read it once per process (again if it changes).
+    stat = Path(path).stat()
+    return _read(reader_name, path, columns, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _read(reader_name: str, path: str, columns: tuple[str, ...], _mtime_ns: int, _size: int) -> tuple:
     return tuple(READERS[reader_name](path, list(columns)))
 
 

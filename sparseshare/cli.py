@@ -1,4 +1,4 @@
-"""``sparseshare train | evaluate | tag``."""
+"""``sparseshare train | train-sparse | masks show | evaluate | tag``."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,27 @@ def _train(args):
 
     config = load_config(args.config, args.overrides)
     run_training(config, resume=args.resume)
+
+
+def _train_sparse(args):
+    from .config import load_config
+    from .sparse.pipeline import run_sparse
+
+    config = load_config(args.config, args.overrides)
+    run_sparse(config, resume=args.resume)
+
+
+def _masks_show(args):
+    from .model import MultiTaskTagger
+    from .sparse.masks import draw_overlap, format_report
+    from .sparse.pipeline import model_statistics
+
+    model = MultiTaskTagger.from_pretrained(args.model)
+    if model.config.sharing != "sparse":
+        raise ValueError(f"{args.model} uses {model.config.sharing!r} sharing: it has no task masks")
+    print(format_report(model.sharing.masks, model_statistics(model)["parameters"]))
+    if args.png:
+        print(f"wrote {draw_overlap(model.sharing.masks, args.png)}")
 
 
 def _evaluate(args):
@@ -77,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.dir=../shared/data/conll2003")
     train.set_defaults(run=_train)
+
+    sparse = sub.add_parser("train-sparse", help="the sparse-sharing pipeline: warm-up, mask search, joint training")
+    sparse.add_argument("--config", help="YAML config (recipes/configs/*sparse*.yaml)")
+    sparse.add_argument("--resume", action="store_true", help="continue the pipeline in output_dir where it stopped")
+    sparse.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. sparse.rounds=3")
+    sparse.set_defaults(run=_train_sparse)
+
+    masks = sub.add_parser("masks", help="inspect the task masks of a sparse model")
+    masks_sub = masks.add_subparsers(dest="masks_command", required=True)
+    show = masks_sub.add_parser("show", help="densities, overlap ratios and parameter counts")
+    show.add_argument("model", help="model folder")
+    show.add_argument("--png", help="also draw the overlap-ratio heatmap into this PNG file")
+    show.set_defaults(run=_masks_show)
 
     ev = sub.add_parser("evaluate", help="score a saved model on a split; prints a per-task table")
     ev.add_argument("model", help="model folder")

@@ -66,6 +66,9 @@ class ModelConfig:
     encoder: str = "bilstm"  # bilstm | transformer | scratch (word embeddings + char-CNN as for bilstm)
     head: str = "crf"  # crf | softmax
     sharing: str = "hard"
+    # sharing: sparse only: fnmatch patterns over encoder parameter names selecting the prunable weight
+    # matrices; null = the encoder's default (sparseshare/sparse/masks.py: DEFAULT_PRUNABLE)
+    prunable: list[str] | None = None
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     scratch: ScratchTransformerConfig = field(default_factory=ScratchTransformerConfig)
@@ -97,12 +100,28 @@ class TrainConfig:
 
 
 @dataclass
+class SparseConfig:
+    """The sparse-sharing pipeline (recipes/train_sparse.py); ``train.*`` sets the joint training."""
+
+    masks: str | None = None  # a mask file: skip warm-up and search, train jointly with these masks
+    warmup_epochs: int = 1  # hard-sharing warm-up whose weights are the rewind point; 0 = rewind to initialisation
+    rounds: int = 5  # pruning rounds per task; round r trains the subnet of density (1 - prune_fraction)^r
+    prune_fraction: float = 0.2  # share of the remaining prunable weights removed per round
+    search_epochs: int = 1  # training epochs per round
+    search_max_train_sentences: int | None = None  # train each round on the first N sentences only
+    select: str = "dev"  # dev: best dev score (ties to the sparser mask) | density: the round closest to `density`
+    select_tolerance: float = 0.0  # dev scores within this many points of the best count as ties
+    density: float | None = None  # with select=density
+
+
+@dataclass
 class Config:
     tasks: list[str] = field(default_factory=lambda: ["pos", "chunk", "ner"])
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -256,3 +275,24 @@ def validate(config: Config) -> None:
         value = getattr(config.model.bilstm, key)
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key 'model.bilstm.{key}' must be in [0, 1), got {value}")
+    validate_sparse(config.sparse)
+
+
+def validate_sparse(s: SparseConfig) -> None:
+    if not 0.0 < s.prune_fraction < 1.0:
+        raise ConfigError(f"config key 'sparse.prune_fraction' must be in (0, 1), got {s.prune_fraction}")
+    for key in ("warmup_epochs", "rounds"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"config key 'sparse.{key}' must be >= 0, got {getattr(s, key)}")
+    if s.search_epochs < 1:
+        raise ConfigError(f"config key 'sparse.search_epochs' must be >= 1, got {s.search_epochs}")
+    if s.search_max_train_sentences is not None and s.search_max_train_sentences < 1:
+        raise ConfigError(f"config key 'sparse.search_max_train_sentences' must be >= 1, got {s.search_max_train_sentences}")
+    if s.select not in ("dev", "density"):
+        raise ConfigError(f"config key 'sparse.select': {s.select!r} is not one of ['dev', 'density']")
+    if s.select_tolerance < 0:
+        raise ConfigError(f"config key 'sparse.select_tolerance' must be >= 0, got {s.select_tolerance}")
+    if s.density is not None and not 0.0 < s.density <= 1.0:
+        raise ConfigError(f"config key 'sparse.density' must be in (0, 1], got {s.density}")
+    if s.select == "density" and s.density is None:
+        raise ConfigError("config key 'sparse.density' is required with sparse.select=density")

@@ -6,6 +6,7 @@ A saved model is a folder of JSON and safetensors files only (no pickle)::
     vocab.json           word and character vocabularies
     labels.json          label list per task (in the scheme the head decodes)
     model.safetensors    all weights
+    masks.safetensors    sparse sharing only: the task masks (see sharing/sparse.py)
     encoder/             Transformer encoders only: the HF config and tokenizer files
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ class MultiTaskTagger(nn.Module):
             tokenizer, model = transformer_parts or (None, None)
             return TransformerEncoder(c.name_or_path, c.max_length, c.stride, c.dropout, tokenizer, model)
 
-        self.sharing = build_strategy(config.sharing, build_encoder, list(self.tasks), config.encoder)
+        self.sharing = build_strategy(build_encoder, list(self.tasks), config)
         self.heads = nn.ModuleDict({
             name: build_head(config.head, self.sharing.output_dim, self.labels[name], spec.train_scheme)
             for name, spec in self.tasks.items()
@@ -130,6 +131,7 @@ class MultiTaskTagger(nn.Module):
                   directory / "vocab.json")
         save_json(self.labels, directory / "labels.json")
         save_model(self, str(directory / "model.safetensors"))
+        self.sharing.save_files(directory)
         if self.config.encoder == "transformer":
             encoder = _transformer_of(self)
             encoder.tokenizer.save_pretrained(directory / "encoder")
@@ -176,6 +178,7 @@ class MultiTaskTagger(nn.Module):
                        device="cpu" if device.type == "cpu" else str(device))
         except Exception as err:  # safetensors raises several types for truncated / mismatched files
             raise ValueError(f"{directory / 'model.safetensors'}: cannot load weights ({err})") from err
+        model.sharing.load_files(directory)
         return model.to(device).eval()
 
 

@@ -30,6 +30,8 @@ from .data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab,
                          embedding_matrix, read_word_vectors)
 from .metrics import format_table, score_task
 from .model import MultiTaskTagger
+from .optim import MaskedAdamW, MaskedSGD
+from .sparse.masks import load_masks
 from .tasks import TaskSpec, load_task
 
 
@@ -113,9 +115,15 @@ def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
     model = MultiTaskTagger(config.model, [d.spec for d in data.values()],
                             {name: d.labels.itos for name, d in data.items()}, words, chars,
                             config.data.lowercase, config.data.normalize_digits, pretrained_embeddings=matrix)
-    for d in data.values():
-        d.train_word_ids = [model.featurizer.word_ids(s) for s in d.train_tokens]
+    add_word_ids(model, data)
     return model
+
+
+def add_word_ids(model: MultiTaskTagger, data: dict[str, TaskData]) -> None:
+    """Word ids of the training sentences in ``model``'s vocabulary, computed once per run."""
+    for d in data.values():
+        if len(d.train_word_ids) != len(d.train_tokens):
+            d.train_word_ids = [model.featurizer.word_ids(s) for s in d.train_tokens]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +179,10 @@ def build_optimizer(config: Config, model: MultiTaskTagger) -> torch.optim.Optim
     param_groups = [{"params": params, "lr": t.head_lr if is_head else t.lr,
                      "weight_decay": t.weight_decay if decays else 0.0}
                     for (is_head, decays), params in groups.items()]
+    if config.model.sharing == "sparse":  # steps must leave weights outside the active mask alone
+        if t.optimizer == "sgd":
+            return MaskedSGD(param_groups, lr=t.lr, momentum=t.momentum)
+        return MaskedAdamW(param_groups, lr=t.lr)
     if t.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum)
     return torch.optim.AdamW(param_groups, lr=t.lr)
@@ -290,11 +302,14 @@ def _flat(prefix: str, value, out: dict):
 # ----------------------------------------------------------------------------------------------
 # The recipe
 # ----------------------------------------------------------------------------------------------
-def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -> dict:
+def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *, data=None, build=None,
+                 evaluate_test: bool = True) -> dict:
     """Train, select on dev, evaluate test once. Returns the results written to ``results.json``.
 
     ``callbacks`` are called as ``callback(global_step)`` after every optimisation step (tests use one to
-    interrupt a run mid-epoch).
+    interrupt a run mid-epoch). Pipelines (the sparse recipe) pass already loaded ``data``, a
+    ``build(config, data) -> MultiTaskTagger`` that starts from given weights and masks, and
+    ``evaluate_test=False`` for intermediate runs, so that test is only looked at once.
     """
     output_dir = Path(config.output_dir)
     t = config.train
@@ -310,7 +325,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
         # The global batch is split across processes by hand below; declaring split_batches also makes
         # the prepared LR scheduler step once per optimisation step (not once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # No buffer needs syncing (no BatchNorm); sparse masks are identical on every rank by construction.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     log = log or accelerator.print
     # device_specific: each rank draws its own dropout masks (DDP broadcasts rank 0's initial weights).
@@ -326,8 +342,14 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     # 2. Data and model.
-    data = load_task_data(config, log)
-    model = build_model(config, data)
+    data = data if data is not None else load_task_data(config, log)
+    model = (build or build_model)(config, data)
+    add_word_ids(model, data)
+    if config.model.sharing == "sparse":
+        if config.sparse.masks:
+            model.sharing.set_masks(load_masks(config.sparse.masks), where=config.sparse.masks)
+        for task in data:
+            model.sharing.mask_of(task)  # every trained task needs a mask before training starts
     log(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters")
     dev_sets = {name: d.dev for name, d in data.items()}
@@ -339,6 +361,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     tagger: MultiTaskTagger = accelerator.unwrap_model(model)
+    masked_optimizer = optimizer.optimizer if isinstance(optimizer.optimizer, (MaskedSGD, MaskedAdamW)) else None
 
     # 4. Resume from the newest complete checkpoint.
     state = TrainState()
@@ -383,6 +406,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
             accelerator.backward(loss)
             if t.clip:
                 accelerator.clip_grad_norm_(model.parameters(), t.clip)
+            if masked_optimizer is not None:
+                masked_optimizer.set_masks(tagger.sharing.parameter_masks(task))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -432,7 +457,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None) -
     accelerator.end_training()
     best = MultiTaskTagger.from_pretrained(output_dir / "model", device=accelerator.device)
     dev = evaluate(best, dev_sets, t.eval_batch_size)
-    test_sets = {name: d.test for name, d in data.items() if d.test is not None}
+    test_sets = {name: d.test for name, d in data.items() if d.test is not None and evaluate_test}
     test = evaluate(best, test_sets, t.eval_batch_size)
     results = {"selected_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
                "dev": dev, "test": test, "history": state.history,

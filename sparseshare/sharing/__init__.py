@@ -1,12 +1,13 @@
 """Sharing strategies, one module each, looked up by the config key ``model.sharing``."""
-from . import hard  # noqa: F401  (registers hard, single)
+from . import hard, sparse  # noqa: F401  (each module registers its strategies)
 from .base import STRATEGIES, SharingStrategy, register
 
 
-def build_strategy(name: str, build_encoder, tasks: list[str], encoder_kind: str) -> SharingStrategy:
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown sharing strategy {name!r}; valid: {sorted(STRATEGIES)}")
-    return STRATEGIES[name](build_encoder, tasks, encoder_kind)
+def build_strategy(build_encoder, tasks: list[str], config) -> SharingStrategy:
+    """The strategy named by ``config.sharing`` (``config`` is the ModelConfig)."""
+    if config.sharing not in STRATEGIES:
+        raise ValueError(f"unknown sharing strategy {config.sharing!r}; valid: {sorted(STRATEGIES)}")
+    return STRATEGIES[config.sharing](build_encoder, tasks, config)
 
 
 __all__ = ["STRATEGIES", "SharingStrategy", "build_strategy", "register"]

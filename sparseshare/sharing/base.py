@@ -7,6 +7,7 @@ itself with ``@register("name")``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,11 +28,12 @@ def register(name: str):
 class SharingStrategy(nn.Module):
     name = "?"
 
-    def __init__(self, build_encoder: Callable[[], nn.Module], tasks: list[str], encoder_kind: str):
-        """``encoder_kind`` ("bilstm" | "transformer") lets a strategy reject combinations it cannot serve."""
+    def __init__(self, build_encoder: Callable[[], nn.Module], tasks: list[str], config):
+        """``config`` is the :class:`~sparseshare.config.ModelConfig`: a strategy reads its own options there,
+        and ``config.encoder`` lets it reject combinations it cannot serve."""
         super().__init__()
         self.tasks = list(tasks)
-        self.encoder_kind = encoder_kind
+        self.encoder_kind = config.encoder
 
     @property
     def output_dim(self) -> int:
@@ -44,3 +46,11 @@ class SharingStrategy(nn.Module):
     def features_for_tasks(self, batch, tasks: list[str]) -> dict[str, torch.Tensor]:
         """Features for several tasks at once; strategies override this to compute what tasks share once."""
         return {task: self(batch, task) for task in tasks}
+
+    # Strategies with state outside the parameters (e.g. sparse masks) write and read it beside
+    # model.safetensors; the model folder calls these on save and load.
+    def save_files(self, directory: Path) -> None:
+        pass
+
+    def load_files(self, directory: Path) -> None:
+        pass

@@ -6,8 +6,8 @@ from .base import SharingStrategy, register
 
 @register("hard")
 class HardSharing(SharingStrategy):
-    def __init__(self, build_encoder, tasks, encoder_kind):
-        super().__init__(build_encoder, tasks, encoder_kind)
+    def __init__(self, build_encoder, tasks, config):
+        super().__init__(build_encoder, tasks, config)
         self.encoder = build_encoder()
 
     @property
@@ -24,7 +24,7 @@ class HardSharing(SharingStrategy):
 
 @register("single")
 class SingleTask(HardSharing):
-    def __init__(self, build_encoder, tasks, encoder_kind):
+    def __init__(self, build_encoder, tasks, config):
         if len(tasks) != 1:
             raise ValueError(f"sharing 'single' trains exactly one task, got {len(tasks)}: {tasks}; use 'hard' for several")
-        super().__init__(build_encoder, tasks, encoder_kind)
+        super().__init__(build_encoder, tasks, config)

@@ -1,0 +1,119 @@
+"""SGD and AdamW whose step touches only the weights inside the active task's mask.
+
+Masking the forward pass (``weight * mask``) makes the gradient outside the mask exactly zero, but a
+stock optimizer still moves those weights: SGD's momentum buffer and Adam's moments keep pushing them
+with the history of *other* tasks (the official sparse-sharing code has this flaw), and decoupled
+weight decay shrinks them. Here a masked parameter is updated *lazily*: on a step of task t, the
+weights outside mask_t keep their value and their optimizer state (momentum, moments) untouched, as if
+the step had not happened for them. Inside the mask the update is exactly torch's. Parameters without a
+mask (embeddings, biases, heads) are updated exactly as by ``torch.optim.SGD`` / ``AdamW``.
+
+Before each step the training loop calls :meth:`set_masks` with the active task's ``{parameter: mask}``.
+With all-ones masks both optimizers reproduce torch's results bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class _Masked:
+    def set_masks(self, masks: dict[torch.Tensor, torch.Tensor] | None) -> None:
+        """``{parameter: bool mask}`` for the next step(s); None = no parameter is masked."""
+        self._masks = {id(p): m for p, m in (masks or {}).items()}
+
+    def _mask_of(self, p):
+        return getattr(self, "_masks", {}).get(id(p))
+
+
+class MaskedSGD(_Masked, torch.optim.SGD):
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not getattr(self, "_masks", None):
+            return super().step(closure)
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                mask = self._mask_of(p)
+                grad = p.grad if not decay else p.grad.add(p, alpha=decay)
+                update = grad
+                if momentum:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:  # torch starts the buffer at the first gradient
+                        buf = state["momentum_buffer"] = torch.zeros_like(p) if mask is not None else grad.clone()
+                        if mask is not None:
+                            buf.copy_(torch.where(mask, grad, buf))
+                    elif mask is None:
+                        buf.mul_(momentum).add_(grad)
+                    else:
+                        buf.copy_(torch.where(mask, buf * momentum + grad, buf))
+                    update = buf
+                p.add_(update if mask is None else update * mask, alpha=-lr)
+        return loss
+
+
+class MaskedAdamW(_Masked, torch.optim.AdamW):
+    """AdamW with lazy per-weight state: each weight counts its own steps for the bias correction, so a
+    weight that only one task uses is corrected as if that task's steps were the only ones."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not getattr(self, "_masks", None):
+            return super().step(closure)
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                mask = self._mask_of(p)
+                state = self.state[p]
+                if not state:
+                    # torch's own keys, so that a masked and an unmasked step can follow each other
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                if mask is None:
+                    self._dense_step(p, state, lr, beta1, beta2, eps, decay)
+                    continue
+                if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
+                    state["masked_steps"] = torch.full_like(p, float(state["step"]))
+                steps = state["masked_steps"].add_(mask)
+                grad = p.grad
+                exp_avg = torch.where(mask, state["exp_avg"] * beta1 + grad * (1 - beta1), state["exp_avg"])
+                exp_avg_sq = torch.where(mask, state["exp_avg_sq"] * beta2 + grad * grad * (1 - beta2),
+                                         state["exp_avg_sq"])
+                state["exp_avg"].copy_(exp_avg)
+                state["exp_avg_sq"].copy_(exp_avg_sq)
+                safe_steps = steps.clamp(min=1)
+                correction1 = 1 - beta1 ** safe_steps
+                correction2 = 1 - beta2 ** safe_steps
+                update = (exp_avg / correction1) / ((exp_avg_sq / correction2).sqrt() + eps)
+                update = update + decay * p
+                p.sub_(torch.where(mask, lr * update, torch.zeros_like(p)))
+                state["step"] += 1
+        return loss
+
+    @staticmethod
+    def _dense_step(p, state, lr, beta1, beta2, eps, decay):
+        """torch.optim.AdamW's single-tensor update (``amsgrad=False``)."""
+        state["step"] += 1
+        step = float(state["step"])
+        p.mul_(1 - lr * decay)
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        correction1 = 1 - beta1 ** step
+        correction2_sqrt = math.sqrt(1 - beta2 ** step)
+        denom = (state["exp_avg_sq"].sqrt() / correction2_sqrt).add_(eps)
+        p.addcdiv_(state["exp_avg"], denom, value=-lr / correction1)

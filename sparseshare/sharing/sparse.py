@@ -1,0 +1,92 @@
+"""Sparse sharing (Sun et al., AAAI 2020): one encoder, one binary mask per task over its prunable weights.
+
+A batch of task t runs the encoder with ``weight * mask_t`` substituted for each prunable weight
+(``torch.func.functional_call``; no copies of the state dict, no weight backups), so the gradient
+outside mask_t is exactly zero. Weights inside several masks are shared by those tasks, weights in one
+mask are private to it. Which weights an optimizer step may move is the optimizer's business: see
+:mod:`sparseshare.optim`, which the training loop feeds :meth:`parameter_masks`.
+
+Masks are not part of ``model.safetensors``: they are saved beside it as ``masks.safetensors``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+
+from ..sparse.masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, check_masks, load_masks, ones_like_parameters,
+                            prunable_parameters, save_masks)
+from .base import SharingStrategy, register
+
+MASK_FILE = "masks.safetensors"
+
+
+@register("sparse")
+class SparseSharing(SharingStrategy):
+    def __init__(self, build_encoder, tasks, config):
+        super().__init__(build_encoder, tasks, config)
+        self.encoder = build_encoder()
+        self.prunable_patterns = list(config.prunable or DEFAULT_PRUNABLE[config.encoder])
+        self.prunable_names = list(prunable_parameters(self.encoder, self.prunable_patterns))
+        self.masks: MaskSet = {}
+
+    @property
+    def output_dim(self) -> int:
+        return self.encoder.output_dim
+
+    # -- masks ----------------------------------------------------------------------------------
+    def prunable(self) -> dict[str, torch.nn.Parameter]:
+        named = dict(self.encoder.named_parameters())
+        return {name: named[name] for name in self.prunable_names}
+
+    def set_masks(self, masks: MaskSet, where: str = "masks") -> None:
+        """Install masks for some or all tasks (other tasks' masks are kept)."""
+        unknown = [t for t in masks if t not in self.tasks]
+        if unknown:
+            raise MaskError(f"{where}: mask for unknown task(s) {unknown}; this model has {self.tasks}")
+        prunable = self.prunable()
+        check_masks(masks, prunable, where)
+        for task, mask in masks.items():
+            self.masks[task] = {name: m.to(prunable[name].device) for name, m in mask.items()}
+
+    def dense_masks(self, tasks: list[str] | None = None) -> MaskSet:
+        return {task: ones_like_parameters(self.prunable()) for task in (tasks or self.tasks)}
+
+    def mask_of(self, task: str) -> dict[str, torch.Tensor]:
+        mask = self.masks.get(task)
+        if mask is None:
+            raise MaskError(f"task {task!r} has no mask (tasks with masks: {sorted(self.masks) or 'none'}); run the "
+                            f"mask search (recipes/train_sparse.py) or give a mask file with sparse.masks")
+        return mask
+
+    def parameter_masks(self, task: str) -> dict[torch.nn.Parameter, torch.Tensor]:
+        """``{parameter: mask}`` of ``task``, for :meth:`sparseshare.optim.MaskedSGD.set_masks`."""
+        mask, prunable = self.mask_of(task), self.prunable()
+        return {prunable[name]: self._on_device(mask, name, prunable[name]) for name in mask}
+
+    def _on_device(self, mask, name, parameter):
+        if mask[name].device != parameter.device:  # the model moved after the masks were set
+            mask[name] = mask[name].to(parameter.device)
+        return mask[name]
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, batch, task):
+        mask, prunable = self.mask_of(task), self.prunable()
+        masked = {name: p * self._on_device(mask, name, p) for name, p in prunable.items()}
+        return functional_call(self.encoder, masked, (batch,), strict=False)[-1]
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_files(self, directory: Path) -> None:
+        missing = [t for t in self.tasks if t not in self.masks]
+        if missing:
+            raise MaskError(f"cannot save a sparse model without masks for task(s) {missing}")
+        save_masks({t: self.masks[t] for t in self.tasks}, Path(directory) / MASK_FILE)
+
+    def load_files(self, directory: Path) -> None:
+        path = Path(directory) / MASK_FILE
+        masks = load_masks(path)
+        missing = [t for t in self.tasks if t not in masks]
+        if missing:
+            raise MaskError(f"{path}: no mask for task(s) {missing}")
+        self.set_masks(masks, where=str(path))

@@ -1,0 +1,198 @@
+"""Task masks over the encoder's prunable weights: which tensors are prunable, mask files, densities,
+overlap ratios and parameter counts.
+
+A mask set is ``{task: {encoder parameter name: bool tensor}}``. On disk it is one safetensors file with
+keys ``<task>/<parameter name>`` (bool), so a saved model's masks can be read without sparseshare.
+"""
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MaskSet = dict[str, dict[str, torch.Tensor]]
+
+# Weight matrices only: biases, LayerNorms, embedding tables and heads always stay dense (fully shared),
+# as in Sun et al. (2020). Patterns are fnmatch patterns over the encoder's parameter names.
+DEFAULT_PRUNABLE = {
+    "bilstm": ["embedder.chars.conv.weight", "layers.*.lstm.weight_*"],
+    "scratch": ["layers.*.self_attn.in_proj_weight", "layers.*.self_attn.out_proj.weight",
+                "layers.*.linear1.weight", "layers.*.linear2.weight"],
+    # BERT-style Hugging Face models (MiniLM, BERT, RoBERTa, ...): attention and feed-forward matrices
+    "transformer": ["model.encoder.layer.*.attention.self.*.weight", "model.encoder.layer.*.attention.output.dense.weight",
+                    "model.encoder.layer.*.intermediate.dense.weight", "model.encoder.layer.*.output.dense.weight"],
+}
+
+
+class MaskError(ValueError):
+    pass
+
+
+def prunable_parameters(encoder: nn.Module, patterns: list[str]) -> dict[str, nn.Parameter]:
+    """The encoder parameters matched by ``patterns``, in the encoder's order. Every pattern must match
+    something and only weight matrices (no biases, norms or embedding tables) may be matched."""
+    named = dict(encoder.named_parameters())
+    embedding_tables = {f"{name}.weight" for name, module in encoder.named_modules() if isinstance(module, nn.Embedding)}
+    chosen = {}
+    for pattern in patterns:
+        hits = [name for name in named if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            examples = ", ".join(list(named)[:6])
+            raise MaskError(f"config key 'sparse.prunable': pattern {pattern!r} matches no encoder parameter "
+                            f"(names look like: {examples}, ...)")
+        for name in hits:
+            if named[name].dim() < 2 or name in embedding_tables:
+                raise MaskError(f"config key 'sparse.prunable': pattern {pattern!r} matches {name!r} "
+                                f"({'an embedding table' if name in embedding_tables else 'not a weight matrix'}); "
+                                f"only weight matrices are prunable")
+            chosen[name] = named[name]
+    return {name: named[name] for name in named if name in chosen}
+
+
+def ones_like_parameters(parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: torch.ones_like(p, dtype=torch.bool, device="cpu") for name, p in parameters.items()}
+
+
+def check_masks(masks: MaskSet, parameters: dict[str, torch.Tensor], where: str = "masks") -> None:
+    """Every task's mask covers exactly the prunable tensors, with their shapes, as bool tensors."""
+    expected = set(parameters)
+    for task, mask in masks.items():
+        missing, extra = sorted(expected - set(mask)), sorted(set(mask) - expected)
+        if missing:
+            raise MaskError(f"{where}: task {task!r} has no mask for prunable tensor {missing[0]!r}"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        if extra:
+            raise MaskError(f"{where}: task {task!r} has a mask for {extra[0]!r}, which is not a prunable tensor "
+                            f"of this model (prunable: {sorted(expected)[:4]}...)")
+        for name, m in mask.items():
+            if m.dtype != torch.bool:
+                raise MaskError(f"{where}: mask {task}/{name} has dtype {m.dtype}, expected torch.bool")
+            if tuple(m.shape) != tuple(parameters[name].shape):
+                raise MaskError(f"{where}: mask {task}/{name} has shape {tuple(m.shape)}, the tensor has "
+                                f"{tuple(parameters[name].shape)}")
+
+
+def save_masks(masks: MaskSet, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    for task in masks:
+        if "/" in task:
+            raise MaskError(f"task name {task!r} contains '/', which mask files use as a separator")
+    tensors = {f"{task}/{name}": m.contiguous().cpu() for task, mask in masks.items() for name, m in mask.items()}
+    save_file(tensors, str(path), metadata=metadata)
+    return Path(path)
+
+
+def load_masks(path: str | Path) -> MaskSet:
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"mask file not found: {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise MaskError(f"{path}: not a readable safetensors mask file ({err})") from None
+    masks: MaskSet = {}
+    for key, tensor in tensors.items():
+        task, sep, name = key.partition("/")
+        if not sep:
+            raise MaskError(f"{path}: key {key!r} is not '<task>/<parameter name>'")
+        masks.setdefault(task, {})[name] = tensor
+    return masks
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def density(mask: dict[str, torch.Tensor]) -> float:
+    kept = sum(int(m.sum()) for m in mask.values())
+    total = sum(m.numel() for m in mask.values())
+    return kept / max(total, 1)
+
+
+def tensor_densities(mask: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(m.float().mean()) for name, m in mask.items()}
+
+
+def overlap_ratio(masks: list[dict[str, torch.Tensor]]) -> float:
+    """Sun et al.'s OR: weights kept by all the masks / weights kept by any of them."""
+    names = list(masks[0])
+    both = sum(int(torch.stack([m[n] for m in masks]).all(0).sum()) for n in names)
+    either = sum(int(torch.stack([m[n] for m in masks]).any(0).sum()) for n in names)
+    return both / either if either else 1.0
+
+
+def overlap_matrix(masks: MaskSet) -> dict[str, dict[str, float]]:
+    tasks = list(masks)
+    matrix = {a: {b: 1.0 for b in tasks} for a in tasks}
+    for a, b in itertools.combinations(tasks, 2):
+        matrix[a][b] = matrix[b][a] = overlap_ratio([masks[a], masks[b]])
+    return matrix
+
+
+def parameter_counts(masks: MaskSet, encoder_dense: int, heads: dict[str, int]) -> dict[str, int]:
+    """Effective parameters of a sparse model. A prunable weight kept by >= 2 tasks is shared, by one task
+    private, by none unused (it is never read, so it is not counted). Dense encoder parameters (embeddings,
+    biases) are shared; heads are private. ``separate_models`` = one dense single-task model per task."""
+    names = list(next(iter(masks.values())))
+    stacked = {n: torch.stack([m[n] for m in masks.values()]).sum(0) for n in names}
+    shared_prunable = sum(int((c >= 2).sum()) for c in stacked.values())
+    private_prunable = sum(int((c == 1).sum()) for c in stacked.values())
+    unused = sum(int((c == 0).sum()) for c in stacked.values())
+    prunable = shared_prunable + private_prunable + unused
+    return {
+        "shared": encoder_dense + shared_prunable,
+        "private": private_prunable + sum(heads.values()),
+        "total": encoder_dense + shared_prunable + private_prunable + sum(heads.values()),
+        "unused_prunable": unused,
+        "prunable": prunable,
+        "separate_models": sum(encoder_dense + prunable + h for h in heads.values()),
+    }
+
+
+def format_report(masks: MaskSet, counts: dict[str, int] | None = None) -> str:
+    """Densities per task and tensor, the OR matrix and parameter counts, as plain text."""
+    tasks = list(masks)
+    lines = ["density (share of prunable weights kept) per task:"]
+    lines += [f"  {t:<12} {density(masks[t]) * 100:6.2f}%" for t in tasks]
+    lines.append("per tensor:")
+    names = list(masks[tasks[0]])
+    width = max(len(n) for n in names)
+    lines.append("  " + " " * width + "".join(f"{t[:10]:>11}" for t in tasks))
+    for name in names:
+        lines.append(f"  {name:<{width}}" + "".join(f"{float(masks[t][name].float().mean()) * 100:10.2f}%" for t in tasks))
+    matrix = overlap_matrix(masks)
+    lines.append("overlap ratio (kept by both / kept by either):")
+    lines.append("  " + " " * 12 + "".join(f"{t[:10]:>11}" for t in tasks))
+    for a in tasks:
+        lines.append(f"  {a:<12}" + "".join(f"{matrix[a][b]:11.3f}" for b in tasks))
+    if len(tasks) > 2:
+        lines.append(f"  all {len(tasks)} tasks: {overlap_ratio([masks[t] for t in tasks]):.3f}")
+    if counts:
+        lines.append("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    return "\n".join(lines)
+
+
+def draw_overlap(masks: MaskSet, path: str | Path, title: str = "Mask overlap ratio") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    tasks = list(masks)
+    matrix = overlap_matrix(masks)
+    values = [[matrix[a][b] for b in tasks] for a in tasks]
+    fig, ax = plt.subplots(figsize=(1.2 * len(tasks) + 2, 1.2 * len(tasks) + 1.5))
+    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(tasks)), labels=[f"{t}\n{density(masks[t]) * 100:.1f}%" for t in tasks])
+    ax.set_yticks(range(len(tasks)), labels=tasks)
+    for i, a in enumerate(tasks):
+        for j, b in enumerate(tasks):
+            ax.text(j, i, f"{matrix[a][b]:.2f}", ha="center", va="center",
+                    color="black" if matrix[a][b] > 0.6 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+    plt.close(fig)
+    return Path(path)

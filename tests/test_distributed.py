@@ -40,3 +40,28 @@ def test_two_processes_match_one_process(tiny_corpus, tmp_path):
     assert (ra["num_processes"], rb["num_processes"]) == (1, 2)
     # And the weights did move: the runs are not trivially equal.
     assert len(ra["history"]) == 2
+
+
+def test_sparse_sharing_two_processes_match_one_process(tiny_corpus, tmp_path):
+    from sparseshare.config import load_config
+    from sparseshare.sparse.masks import save_masks
+    from sparseshare.training import build_model, load_task_data
+
+    overrides = tiny_overrides(tiny_corpus, tmp_path / "masks", **{"model.sharing": "sparse"})
+    config = load_config(None, overrides)
+    model = build_model(config, load_task_data(config, log=lambda *a: None))
+    g = torch.Generator().manual_seed(0)
+    save_masks({t: {n: torch.rand(p.shape, generator=g) < 0.6 for n, p in model.sharing.prunable().items()}
+                for t in model.tasks}, tmp_path / "masks.safetensors")
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = {"model.sharing": "sparse", "sparse.masks": str(tmp_path / "masks.safetensors")}
+    _launch(["--cpu", "--num_processes", "1"], tiny_overrides(tiny_corpus, one, **extra))
+    _launch(["--multi_gpu", "--num_processes", "2"], tiny_overrides(tiny_corpus, two, **extra))
+    a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-4, msg=name)
+    ra, rb = json.loads((one / "results.json").read_text()), json.loads((two / "results.json").read_text())
+    assert ra["test"] == rb["test"] and rb["num_processes"] == 2
+    # the saved masks are the given ones, on both
+    assert (two / "model" / "masks.safetensors").read_bytes() == (one / "model" / "masks.safetensors").read_bytes()

@@ -89,4 +89,4 @@ class SparseSharing(SharingStrategy):
         missing = [t for t in self.tasks if t not in masks]
         if missing:
             raise MaskError(f"{path}: no mask for task(s) {missing}")
-        self.set_masks(masks, where=str(path))
+        self.set_masks({t: masks[t] for t in self.tasks}, where=str(path))  # the model's task order, not the file's

@@ -18,9 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"pos": "conll03_pos", "chunk": "conll03_chunk", "ner": "conll03_ner", "hard": "conll03_hard",
-           "minilm_ner": "conll03_minilm_ner", "minilm_hard": "conll03_minilm_hard", "sparse": "conll03_sparse"}
-SPARSE = {"sparse"}  # runs of recipes/train_sparse.py (they finish with report.json, not results.json)
+# run name -> (config in recipes/configs, overrides). The other corpora reuse the CoNLL-2003 configs'
+# model and optimiser and change only the tasks.
+MIXED, NER_PP = "tasks=[xpos,chunk2000,ner]", "tasks=[ner,pp]"
+RUNS = {
+    "pos": ("conll03_pos", []), "chunk": ("conll03_chunk", []), "ner": ("conll03_ner", []),
+    "hard": ("conll03_hard", []), "sparse": ("conll03_sparse", []),
+    "minilm_ner": ("conll03_minilm_ner", []), "minilm_hard": ("conll03_minilm_hard", []),
+    "xpos": ("conll03_pos", ["tasks=[xpos]"]), "chunk2000": ("conll03_chunk", ["tasks=[chunk2000]"]),
+    "pp": ("conll03_pos", ["tasks=[pp]"]),
+    "mixed_hard": ("conll03_hard", [MIXED]), "mixed_sparse": ("conll03_sparse", [MIXED]),
+    "nerpp_hard": ("conll03_hard", [NER_PP]), "nerpp_sparse": ("conll03_sparse", [NER_PP]),
+}
+SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 
 
 def run_one(name: str, seed: int, args) -> str:
@@ -36,8 +46,8 @@ def run_one(name: str, seed: int, args) -> str:
     out.mkdir(parents=True, exist_ok=True)
     recipe = "train_sparse.py" if sparse else "train.py"
     cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--config",
-           str(ROOT / "recipes" / "configs" / f"{CONFIGS[name]}.yaml"), f"output_dir={out}", f"train.seed={seed}",
-           "train.progress_bar=false", f"data.root={args.data_root}"]
+           str(ROOT / "recipes" / "configs" / f"{RUNS[name][0]}.yaml"), f"output_dir={out}", f"train.seed={seed}",
+           "train.progress_bar=false", f"data.root={args.data_root}", *RUNS[name][1]]
     if args.epochs:
         cmd.append(f"train.epochs={args.epochs}")
     cmd += args.overrides
@@ -56,7 +66,7 @@ def run_one(name: str, seed: int, args) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", default=["pos", "chunk", "ner", "hard"], choices=sorted(CONFIGS))
+    parser.add_argument("--runs", nargs="+", default=["pos", "chunk", "ner", "hard"], choices=sorted(RUNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, help="override train.epochs of the configs")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (each gets --threads threads)")

@@ -44,6 +44,18 @@ def run_one(name: str, seed: int, args) -> str:
             return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
         return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
+    lock = out / "running.lock"  # several drivers may share one queue: a run is trained by one of them
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return f"{out}: running in another driver (delete {lock} if that driver died)"
+    try:
+        return _train(name, seed, out, sparse, args)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     recipe = "train_sparse.py" if sparse else "train.py"
     cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--config",
            str(ROOT / "recipes" / "configs" / f"{RUNS[name][0]}.yaml"), f"output_dir={out}", f"train.seed={seed}",

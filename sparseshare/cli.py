@@ -140,6 +140,15 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"sparseshare {args.command}: error: {err}") from None
+    finally:
+        _close_process_group()
+
+
+def _close_process_group():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -454,7 +454,10 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
 
     # 7. The dev-selected model, evaluated once on test.
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # Not accelerator.end_training(): it also destroys the process group, and a pipeline (the sparse recipe)
+    # trains several times in one process. The CLI destroys the group when the command is done.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     best = MultiTaskTagger.from_pretrained(output_dir / "model", device=accelerator.device)
     dev = evaluate(best, dev_sets, t.eval_batch_size)
     test_sets = {name: d.test for name, d in data.items() if d.test is not None and evaluate_test}

@@ -65,3 +65,29 @@ def test_sparse_sharing_two_processes_match_one_process(tiny_corpus, tmp_path):
     assert ra["test"] == rb["test"] and rb["num_processes"] == 2
     # the saved masks are the given ones, on both
     assert (two / "model" / "masks.safetensors").read_bytes() == (one / "model" / "masks.safetensors").read_bytes()
+
+
+def test_distributed_sparse_pipeline_searches_tasks_on_different_processes(tiny_corpus, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    extra = {"model.sharing": "sparse", "sparse.rounds": 1, "train.epochs": 1}
+
+    def launch(args, out):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *args, str(ROOT / "recipes" / "train_sparse.py"),
+               *tiny_overrides(tiny_corpus, out, **extra)]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    launch(["--cpu", "--num_processes", "1"], tmp_path / "one")
+    log = launch(["--multi_gpu", "--num_processes", "2"], tmp_path / "two")
+    assert "[pos] mask search in process 0" in log and "[chunk] mask search in process 1" in log
+    assert "[ner] mask search in process 0" in log
+    # each task's search ran in a single process either way: the very same masks
+    for task in ("pos", "chunk", "ner"):
+        for name in ("search.json",):
+            a = json.loads((tmp_path / "one" / "search" / task / name).read_text())
+            b = json.loads((tmp_path / "two" / "search" / task / name).read_text())
+            assert [(r["density"], r["dev"]) for r in a] == [(r["density"], r["dev"]) for r in b]
+    assert (tmp_path / "one" / "masks.safetensors").read_bytes() == (tmp_path / "two" / "masks.safetensors").read_bytes()
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["test"]

@@ -23,7 +23,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +36,7 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
-from ..config import Config
+from ..config import Config, config_from_dict
 from ..model import MultiTaskTagger
 from ..training import (TaskData, build_model, check_resume_config, latest_checkpoint, load_task_data,
                         run_training)
@@ -57,6 +60,7 @@ def run_sparse(config: Config, resume: bool = False, log=None) -> dict:
             raise ValueError(f"{out} already holds a sparse-sharing run; pass --resume to continue it, or choose "
                              f"another output_dir")
         check_resume_config(yaml.safe_load(saved.read_text()), config.to_dict())
+    state.wait_for_everyone()  # every process has checked before the main one writes config.yaml
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -75,13 +79,20 @@ def run_sparse(config: Config, resume: bool = False, log=None) -> dict:
         rewind = warm_up(config, data, template, out / "warmup", log)
         costs["warmup_s"] = round(time.perf_counter() - clock, 1)
 
-        # 2-3. Mask search and selection, task by task.
-        search, masks = {}, {}
-        for task in config.tasks:
-            clock = time.perf_counter()
-            search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
-            masks[task] = select_mask(config, search[task], out / "search" / task, log)
-            costs[f"search_{task}_s"] = round(time.perf_counter() - clock, 1)
+        # 2-3. Mask search and selection. Tasks are independent here: a distributed launch gives each
+        # process its own tasks instead of searching every task data-parallel.
+        if state.num_processes > 1:
+            search = search_distributed(config, state, out, log)
+            costs["search_s"] = round(sum(rec["wall_s"] for recs in search.values() for rec in recs), 1)
+        else:
+            search = {}
+            for task in config.tasks:
+                clock = time.perf_counter()
+                search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
+                costs[f"search_{task}_s"] = round(time.perf_counter() - clock, 1)
+                if state.is_main_process:
+                    (out / "search" / task / SEARCH_DONE).write_text(json.dumps(search[task], indent=1))
+        masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in config.tasks}
         if state.is_main_process:
             save_masks(masks, out / "masks.safetensors")
 
@@ -182,6 +193,41 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
             weights = {name: trained[f"sharing.encoder.{name}"] for name in mask}
             mask = prune_by_magnitude(weights, mask, s.prune_fraction)
     return records
+
+
+def search_distributed(config: Config, state: PartialState, out: Path, log) -> dict[str, list[dict]]:
+    """Process k searches tasks k, k + N, ... each in a single-process child (no process group, so the
+    ranks never wait on each other mid-search), then waits until every task's search is on disk. The
+    output_dir must be shared by the processes (one machine, or a shared file system)."""
+    distributed_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+    env = {k: v for k, v in os.environ.items() if k not in distributed_env and not k.startswith("ACCELERATE_")}
+    if torch.cuda.is_available() and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = str(state.local_process_index)
+    for task in config.tasks[state.process_index::state.num_processes]:
+        if not (out / "search" / task / SEARCH_DONE).is_file():
+            print(f"[{task}] mask search in process {state.process_index}", flush=True)  # every rank reports
+            subprocess.run([sys.executable, "-m", "sparseshare.sparse.pipeline", "search", str(out), task],
+                           env=env, check=True)
+    waiting = [out / "search" / task / SEARCH_DONE for task in config.tasks]
+    while not all(path.is_file() for path in waiting):  # file polling: a collective would time out
+        time.sleep(5)
+    state.wait_for_everyone()
+    return {task: json.loads(path.read_text()) for task, path in zip(config.tasks, waiting)}
+
+
+SEARCH_DONE = "search.json"
+
+
+def _search_one_task(out: Path, task: str) -> None:
+    """The child of :func:`search_distributed`: one task's search, as the single-process pipeline runs it."""
+    config = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    data = load_task_data(config, log=lambda *a: None)
+    set_seed(config.train.seed)
+    template = build_model(config, data)
+    rewind = warm_up(config, data, template, out / "warmup", print)
+    records = search_masks(config, data[task], template, rewind, out / "search" / task, print)
+    (out / "search" / task / SEARCH_DONE).write_text(json.dumps(records, indent=1))
 
 
 def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: dict):
@@ -292,3 +338,9 @@ def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_t
         return json.loads((folder / "results.json").read_text())
     resume = latest_checkpoint(folder) is not None
     return run_training(config, resume=resume, log=log, data=data, build=build, evaluate_test=evaluate_test)
+
+
+if __name__ == "__main__":  # python -m sparseshare.sparse.pipeline search OUTPUT_DIR TASK (see search_distributed)
+    if len(sys.argv) != 4 or sys.argv[1] != "search":
+        raise SystemExit("usage: python -m sparseshare.sparse.pipeline search OUTPUT_DIR TASK")
+    _search_one_task(Path(sys.argv[2]), sys.argv[3])

@@ -89,3 +89,31 @@ def test_a_token_without_subwords_still_gets_a_vector(encoder):
     with torch.no_grad():
         top = encoder(_batch([words]))[-1]
     assert top.shape[:2] == (1, 3) and bool((top[0].abs().sum(-1) > 0).all())
+
+
+def test_sparse_sharing_masks_a_transformer_and_reloads_identically(tiny_corpus, tmp_path):
+    from sparseshare.sparse.masks import save_masks
+    from sparseshare.training import build_model, load_task_data
+
+    overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{
+        "tasks": "[pos,ner]", "model.encoder": "transformer", "model.transformer.name_or_path": MINILM,
+        "model.sharing": "sparse", "train.epochs": 1, "train.optimizer": "adamw", "train.lr": 1e-3,
+        "train.clip": 1.0, "sparse.masks": str(tmp_path / "masks.safetensors")})
+    config = load_config(None, overrides)
+    model = build_model(config, load_task_data(config, log=lambda *a: None))
+    g = torch.Generator().manual_seed(0)
+    prunable = model.sharing.prunable()
+    assert any(n.endswith("attention.self.query.weight") for n in prunable)
+    masks = {t: {n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable.items()} for t in ("pos", "ner")}
+    save_masks(masks, tmp_path / "masks.safetensors")
+    before = {n: p.detach().clone() for n, p in prunable.items()}
+    run_training(config, log=lambda *a: None)
+
+    trained = MultiTaskTagger.from_pretrained(tmp_path / "run" / "model")
+    either = {n: masks["pos"][n] | masks["ner"][n] for n in masks["pos"]}
+    for name, p in trained.sharing.prunable().items():  # weights in no mask were never updated
+        assert torch.equal(p.detach()[~either[name]], before[name][~either[name]]), name
+    sentences = [["EU", "rejects", "German", "call", "."], ["Peter", "Blackburn"]]
+    first = trained.predict(sentences)
+    trained.save_pretrained(tmp_path / "again")
+    assert MultiTaskTagger.from_pretrained(tmp_path / "again").predict(sentences) == first

@@ -1,10 +1,12 @@
-"""Train the CoNLL-2003 benchmark grid (single-task POS / chunk / NER, hard and sparse sharing) over seeds.
+"""Train a grid of benchmark runs over seeds: single-task, hard and sparse sharing on CoNLL-2003, on mixed
+corpora (EWT xpos + CoNLL-2000 chunk + CoNLL-2003 NER) and on NER + PP attachment.
 
-    python benchmarks/run_conll03.py --seeds 1 2 3 --runs pos chunk ner hard --epochs 30 --parallel 2
+    python benchmarks/run_grid.py --seeds 1 2 3 --runs pos chunk ner hard sparse --epochs 8 --parallel 2
 
-Resumable: a run with results.json is skipped, an interrupted run continues from its last checkpoint.
-Each run's wall time (summed over resumptions) is stored in <run>/wall_time.json. Summarise with
-``python benchmarks/summarize.py benchmarks/runs/conll03``.
+Resumable: a finished run (results.json, or report.json for sparse runs) is skipped, an interrupted run
+continues from its last checkpoint. Several drivers may work through the same grid at once (a lock file
+marks the run each one is training). Each run's wall time (summed over resumptions) is stored in
+<run>/wall_time.json. Summarise with ``python benchmarks/summarize.py benchmarks/runs/conll03``.
 """
 from __future__ import annotations
 

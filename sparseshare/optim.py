@@ -9,7 +9,7 @@ the step had not happened for them. Inside the mask the update is exactly torch'
 mask (embeddings, biases, heads) are updated exactly as by ``torch.optim.SGD`` / ``AdamW``.
 
 Before each step the training loop calls :meth:`set_masks` with the active task's ``{parameter: mask}``.
-With all-ones masks both optimizers reproduce torch's results bit for bit.
+With all-ones masks both optimizers reproduce torch's results bit for bit (tested).
 """
 from __future__ import annotations
 
@@ -88,22 +88,29 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
                     self._dense_step(p, state, lr, beta1, beta2, eps, decay)
                     continue
                 if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
-                    state["masked_steps"] = torch.full_like(p, float(state["step"]))
-                steps = state["masked_steps"].add_(mask)
-                grad = p.grad
-                exp_avg = torch.where(mask, state["exp_avg"] * beta1 + grad * (1 - beta1), state["exp_avg"])
-                exp_avg_sq = torch.where(mask, state["exp_avg_sq"] * beta2 + grad * grad * (1 - beta2),
-                                         state["exp_avg_sq"])
-                state["exp_avg"].copy_(exp_avg)
-                state["exp_avg_sq"].copy_(exp_avg_sq)
-                safe_steps = steps.clamp(min=1)
-                correction1 = 1 - beta1 ** safe_steps
-                correction2 = 1 - beta2 ** safe_steps
-                update = (exp_avg / correction1) / ((exp_avg_sq / correction2).sqrt() + eps)
-                update = update + decay * p
-                p.sub_(torch.where(mask, lr * update, torch.zeros_like(p)))
+                    state["masked_steps"] = torch.full(p.shape, float(state["step"]), dtype=torch.float64,
+                                                       device=p.device)
+                self._masked_step(p, state, mask, lr, beta1, beta2, eps, decay)
                 state["step"] += 1
         return loss
+
+    @staticmethod
+    def _masked_step(p, state, mask, lr, beta1, beta2, eps, decay):
+        """torch's update, computed for the whole tensor and kept only inside ``mask``; the operations
+        are torch's own (lerp, addcmul, bias corrections in double precision), so all-ones masks give
+        torch's result bit for bit."""
+        steps = state["masked_steps"].add_(mask)
+        grad = p.grad
+        exp_avg = torch.where(mask, state["exp_avg"].lerp(grad, 1 - beta1), state["exp_avg"])
+        exp_avg_sq = torch.where(mask, (state["exp_avg_sq"] * beta2).addcmul_(grad, grad, value=1 - beta2),
+                                 state["exp_avg_sq"])
+        state["exp_avg"].copy_(exp_avg)
+        state["exp_avg_sq"].copy_(exp_avg_sq)
+        counts = steps.clamp(min=1)  # a weight never inside a mask has no update to correct
+        step_size = (lr / (1 - beta1 ** counts)).to(p.dtype)
+        denom = (exp_avg_sq.sqrt() / ((1 - beta2 ** counts) ** 0.5).to(p.dtype)).add_(eps)
+        candidate = p * (1 - lr * decay) - step_size * exp_avg / denom
+        p.copy_(torch.where(mask, candidate, p))
 
     @staticmethod
     def _dense_step(p, state, lr, beta1, beta2, eps, decay):

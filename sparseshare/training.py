@@ -325,7 +325,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         # The global batch is split across processes by hand below; declaring split_batches also makes
         # the prepared LR scheduler step once per optimisation step (not once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        # No buffer needs syncing (no BatchNorm); sparse masks are identical on every rank by construction.
+        # No model has buffers that need syncing across processes (no BatchNorm).
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     log = log or accelerator.print
@@ -346,8 +346,9 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     model = (build or build_model)(config, data)
     add_word_ids(model, data)
     if config.model.sharing == "sparse":
-        if config.sparse.masks:
-            model.sharing.set_masks(load_masks(config.sparse.masks), where=config.sparse.masks)
+        if config.sparse.masks:  # the file may hold masks of more tasks than this run trains
+            masks = load_masks(config.sparse.masks)
+            model.sharing.set_masks({t: masks[t] for t in data if t in masks}, where=config.sparse.masks)
         for task in data:
             model.sharing.mask_of(task)  # every trained task needs a mask before training starts
     log(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "

@@ -66,8 +66,10 @@ def test_gradient_outside_the_task_mask_is_exactly_zero(sparse_model):
         assert (p.grad[mask[name]] != 0).any(), name
 
 
-def test_a_step_never_moves_weights_or_momentum_outside_the_task_mask(sparse_model):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_a_step_never_moves_weights_or_momentum_outside_the_task_mask(sparse_model, weight_decay):
     config, data, model = sparse_model
+    config.train.weight_decay = weight_decay
     optimizer = build_optimizer(config, model)
     assert isinstance(optimizer, MaskedSGD)
     _step(model, optimizer, data, "pos")  # builds up momentum on pos's weights
@@ -90,12 +92,16 @@ def test_masked_adamw_leaves_weights_and_moments_outside_the_mask(sparse_model):
     _step(model, optimizer, data, "pos")
     prunable = model.sharing.prunable()
     before = {n: p.detach().clone() for n, p in prunable.items()}
-    moments = {n: optimizer.state[p]["exp_avg_sq"].clone() for n, p in prunable.items()}
+    state = {n: {k: optimizer.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq", "masked_steps")}
+             for n, p in prunable.items()}
     _step(model, optimizer, data, "ner")
     for name, p in prunable.items():
-        outside = ~model.sharing.masks["ner"][name]
-        assert torch.equal(p.detach()[outside], before[name][outside]), name
-        assert torch.equal(optimizer.state[p]["exp_avg_sq"][outside], moments[name][outside]), name
+        inside = model.sharing.masks["ner"][name]
+        assert torch.equal(p.detach()[~inside], before[name][~inside]), name
+        assert not torch.equal(p.detach()[inside], before[name][inside]), name
+        for key, value in state[name].items():
+            assert torch.equal(optimizer.state[p][key][~inside], value[~inside]), (name, key)
+        assert (optimizer.state[p]["masked_steps"][inside] == state[name]["masked_steps"][inside] + 1).all()
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
@@ -117,20 +123,18 @@ def test_masked_optimizers_with_all_ones_masks_match_torch(kind):
         ours.set_masks({a.weight: torch.ones_like(a.weight, dtype=torch.bool)})
         ours.step(), theirs.step()
         ours.zero_grad(), theirs.zero_grad()
-    if kind == "sgd":  # the same floating-point operations: bit for bit
-        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
-    else:
-        torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(a.bias, b.bias, rtol=1e-5, atol=1e-6)
+    # the same floating-point operations as torch: bit for bit
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
-def test_all_ones_masks_reproduce_hard_sharing_exactly(tiny_corpus, tmp_path):
-    hard = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "hard"))
+@pytest.mark.parametrize("optimizer", [{}, {"train.optimizer": "adamw", "train.lr": 0.01, "train.weight_decay": 0.01}])
+def test_all_ones_masks_reproduce_hard_sharing_exactly(tiny_corpus, tmp_path, optimizer):
+    hard = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "hard", **optimizer))
     run_training(hard, log=_quiet)
     config = _sparse(tiny_corpus, tmp_path / "sparse")
     model = build_model(config, load_task_data(config, log=_quiet))
     save_masks(model.sharing.dense_masks(), tmp_path / "ones.safetensors")
-    sparse = _sparse(tiny_corpus, tmp_path / "sparse", **{"sparse.masks": str(tmp_path / "ones.safetensors")})
+    sparse = _sparse(tiny_corpus, tmp_path / "sparse", **{"sparse.masks": str(tmp_path / "ones.safetensors"), **optimizer})
     run_training(sparse, log=_quiet)
     a = load_file(str(tmp_path / "hard" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "sparse" / "model" / "model.safetensors"))
@@ -271,6 +275,14 @@ def test_a_sparse_model_reloads_with_identical_predictions(sparse_model, tmp_pat
     again = MultiTaskTagger.from_pretrained(tmp_path / "m")
     sentences = data["ner"].train_tokens[:6]
     assert again.predict(sentences) == model.predict(sentences)
+    # the masks are in force after reloading: same features as before, not the dense encoder's
+    batch = model.featurizer.collate(sentences)
+    model.eval()
+    with torch.no_grad():
+        for task in model.tasks:
+            assert torch.equal(again.sharing(batch, task), model.sharing(batch, task))
+        dense = model.sharing.encoder(batch)[-1]
+        assert not torch.equal(again.sharing(batch, "ner"), dense)
     for task in model.tasks:
         for name, m in model.sharing.masks[task].items():
             assert torch.equal(again.sharing.masks[task][name], m)
@@ -349,3 +361,52 @@ def test_masks_show_prints_the_report(tiny_corpus, tmp_path, capsys):
     assert (tmp_path / "or.png").is_file()
     with pytest.raises(SystemExit, match="uses 'hard' sharing: it has no task masks"):
         main(["masks", "show", str(tmp_path / "warmup" / "model")])
+
+
+def test_mask_files_may_hold_more_tasks_than_a_run_trains(tiny_corpus, tmp_path):
+    config = _sparse(tiny_corpus, tmp_path)
+    model = build_model(config, load_task_data(config, log=_quiet))
+    save_masks(model.sharing.dense_masks(), tmp_path / "three.safetensors")
+    two = _sparse(tiny_corpus, tmp_path / "two", **{"tasks": "[pos,ner]", "train.epochs": 1,
+                                                    "sparse.masks": str(tmp_path / "three.safetensors")})
+    run_training(two, log=_quiet)
+    assert set(load_masks(tmp_path / "two" / "model" / "masks.safetensors")) == {"pos", "ner"}
+
+
+def test_rewinding_to_the_initialisation(tiny_corpus, tmp_path):
+    config = _sparse(tiny_corpus, tmp_path, **{"sparse.warmup_epochs": 0, "sparse.rounds": 1, "train.epochs": 1})
+    report = pipeline.run_sparse(config, log=_quiet)
+    assert not (tmp_path / "warmup").exists()
+    init = load_file(str(tmp_path / "init" / "model.safetensors"))
+    torch.manual_seed(123)  # the template is seeded by train.seed, not by the global RNG state
+    data = load_task_data(config, log=_quiet)
+    from accelerate.utils import set_seed
+
+    set_seed(config.train.seed)
+    fresh = build_model(config, data).state_dict()
+    assert all(torch.equal(init[k], fresh[k]) for k in fresh)
+    assert report["cost_s"]["warmup_s"] == 0.0 and report["cost_s"]["total_s"] > 0
+
+
+def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeypatch):
+    import subprocess
+    import types
+
+    config = _sparse(tiny_corpus, tmp_path)
+
+    def rank(index):
+        return types.SimpleNamespace(num_processes=2, process_index=index, local_process_index=index)
+
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 3))
+    with pytest.raises(RuntimeError, match="mask search for task 'pos' failed"):
+        pipeline.search_distributed(config, rank(0), tmp_path, _quiet)
+    assert (tmp_path / "search" / "pos" / "search.failed").is_file()
+
+    def chunk_succeeds(cmd, env):
+        (tmp_path / "search" / cmd[-1]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "search" / cmd[-1] / "search.json").write_text("[]")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", chunk_succeeds)
+    with pytest.raises(RuntimeError, match=r"task\(s\) \['pos'\] failed in another process"):
+        pipeline.search_distributed(config, rank(1), tmp_path, _quiet)

@@ -47,7 +47,7 @@ from .pruning import prune_by_magnitude
 
 def run_sparse(config: Config, resume: bool = False, log=None) -> dict:
     """Run (or with ``resume``, continue) the pipeline in ``config.output_dir``. Under a distributed launch
-    every stage trains data-parallel; files are written by the main process."""
+    the warm-up and the joint training are data-parallel, while each process searches its own tasks."""
     if config.model.sharing != "sparse":
         raise ValueError(f"config key 'model.sharing' must be 'sparse' for the sparse recipe, got {config.model.sharing!r}")
     # the same process group run_training's Accelerator joins (cpu=True: see training.py)
@@ -64,52 +64,44 @@ def run_sparse(config: Config, resume: bool = False, log=None) -> dict:
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    started = time.perf_counter()
     data = load_task_data(config, log)
     set_seed(config.train.seed)
     template = build_model(config, data)  # fixes the vocabulary and the initialisation for every stage
-    costs = {}
 
     # 1. The rewind point.
     if config.sparse.masks:
         masks, search, rewind = _given_masks(config, template), {}, None
-        log(f"masks from {config.sparse.masks}: skipping warm-up and search")
+        masks_file = config.sparse.masks
+        log(f"masks from {masks_file}: skipping warm-up and search")
     else:
-        clock = time.perf_counter()
         rewind = warm_up(config, data, template, out / "warmup", log)
-        costs["warmup_s"] = round(time.perf_counter() - clock, 1)
 
         # 2-3. Mask search and selection. Tasks are independent here: a distributed launch gives each
         # process its own tasks instead of searching every task data-parallel.
         if state.num_processes > 1:
             search = search_distributed(config, state, out, log)
-            costs["search_s"] = round(sum(rec["wall_s"] for recs in search.values() for rec in recs), 1)
         else:
             search = {}
             for task in config.tasks:
-                clock = time.perf_counter()
                 search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
-                costs[f"search_{task}_s"] = round(time.perf_counter() - clock, 1)
-                if state.is_main_process:
-                    (out / "search" / task / SEARCH_DONE).write_text(json.dumps(search[task], indent=1))
+                _write_json(out / "search" / task / SEARCH_DONE, search[task])
         masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in config.tasks}
+        masks_file = str(out / "masks.safetensors")
         if state.is_main_process:
-            save_masks(masks, out / "masks.safetensors")
+            save_masks(masks, masks_file)
 
     # 4. Joint training through the masks; test is evaluated once, on the dev-selected joint model.
-    clock = time.perf_counter()
     joint_config = dataclasses.replace(config, output_dir=str(out / "joint"))
 
     def build_joint(cfg, task_data):
         model = copy.deepcopy(template)
         if rewind is not None:
             model.load_state_dict(rewind, strict=True)
-        model.sharing.set_masks(masks, where=str(out / "masks.safetensors"))
+        model.sharing.set_masks(masks, where=masks_file)
         return model
 
     joint = _run_stage(joint_config, data, build_joint, log, evaluate_test=True)
-    costs["joint_s"] = round(time.perf_counter() - clock, 1)
-    costs["total_s"] = round(time.perf_counter() - started, 1)
+    costs = stage_costs(out, config.tasks, search)
 
     # 5. The report.
     return write_report(config, out, joint, search, costs, log, write=state.is_main_process)
@@ -158,7 +150,6 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
         n = s.search_max_train_sentences
         train = dataclasses.replace(task_data, train_tokens=task_data.train_tokens[:n],
                                     train_labels=task_data.train_labels[:n], train_word_ids=task_data.train_word_ids[:n])
-    main = PartialState()
     mask = template.sharing.dense_masks([task])[task]
     records = []
     for r in range(s.rounds + 1):
@@ -168,23 +159,18 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
             records.append(json.loads(done.read_text()))
             mask = load_masks(round_dir / "mask.safetensors")[task]
         else:
-            if main.is_main_process:
-                round_dir.mkdir(parents=True, exist_ok=True)
-                if not (round_dir / "mask.safetensors").is_file():
-                    save_masks({task: mask}, round_dir / "mask.safetensors")
-            main.wait_for_everyone()
+            round_dir.mkdir(parents=True, exist_ok=True)
+            if not (round_dir / "mask.safetensors").is_file():
+                save_masks({task: mask}, round_dir / "mask.safetensors")
             mask = load_masks(round_dir / "mask.safetensors")[task]
-            clock = time.perf_counter()
             round_config = _stage_config(config, round_dir, tasks=[task], epochs=s.search_epochs)
             results = _run_stage(round_config, {task: train}, _search_builder(template, task, rewind, mask), log,
                                  evaluate_test=False)
             record = {"round": r, "density": density(mask), "dev": results["dev"][task]["score"],
                       "epochs": results["epochs_run"], "train_sentences": len(train.train_tokens),
-                      "wall_s": round(time.perf_counter() - clock, 1)}
-            main.wait_for_everyone()
-            if main.is_main_process:
-                shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
-                done.write_text(json.dumps(record, indent=1))
+                      "wall_s": _stage_seconds(round_dir)}
+            shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
+            _write_json(done, record)
             records.append(record)
             log(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
                 f"({record['wall_s']:.0f}s)")
@@ -202,21 +188,31 @@ def search_distributed(config: Config, state: PartialState, out: Path, log) -> d
     distributed_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
     env = {k: v for k, v in os.environ.items() if k not in distributed_env and not k.startswith("ACCELERATE_")}
-    if torch.cuda.is_available() and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = str(state.local_process_index)
+    if torch.cuda.is_available():  # the child sees only this process's GPU
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
+        env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[state.local_process_index]
     for task in config.tasks[state.process_index::state.num_processes]:
-        if not (out / "search" / task / SEARCH_DONE).is_file():
+        folder = out / "search" / task
+        (folder / SEARCH_FAILED).unlink(missing_ok=True)
+        if not (folder / SEARCH_DONE).is_file():
             print(f"[{task}] mask search in process {state.process_index}", flush=True)  # every rank reports
-            subprocess.run([sys.executable, "-m", "sparseshare.sparse.pipeline", "search", str(out), task],
-                           env=env, check=True)
-    waiting = [out / "search" / task / SEARCH_DONE for task in config.tasks]
-    while not all(path.is_file() for path in waiting):  # file polling: a collective would time out
+            child = subprocess.run([sys.executable, "-m", "sparseshare.sparse.pipeline", "search", str(out), task],
+                                   env=env)
+            if child.returncode != 0:  # tell the other processes, which are polling for this task
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / SEARCH_FAILED).write_text(f"exit code {child.returncode}\n")
+                raise RuntimeError(f"mask search for task {task!r} failed (exit code {child.returncode})")
+    waiting = {task: out / "search" / task for task in config.tasks}
+    while not all((folder / SEARCH_DONE).is_file() for folder in waiting.values()):  # a collective would time out
+        failed = [task for task, folder in waiting.items() if (folder / SEARCH_FAILED).is_file()]
+        if failed:
+            raise RuntimeError(f"mask search for task(s) {failed} failed in another process; see its output")
         time.sleep(5)
     state.wait_for_everyone()
-    return {task: json.loads(path.read_text()) for task, path in zip(config.tasks, waiting)}
+    return {task: json.loads((folder / SEARCH_DONE).read_text()) for task, folder in waiting.items()}
 
 
-SEARCH_DONE = "search.json"
+SEARCH_DONE, SEARCH_FAILED = "search.json", "search.failed"
 
 
 def _search_one_task(out: Path, task: str) -> None:
@@ -227,7 +223,7 @@ def _search_one_task(out: Path, task: str) -> None:
     template = build_model(config, data)
     rewind = warm_up(config, data, template, out / "warmup", print)
     records = search_masks(config, data[task], template, rewind, out / "search" / task, print)
-    (out / "search" / task / SEARCH_DONE).write_text(json.dumps(records, indent=1))
+    _write_json(out / "search" / task / SEARCH_DONE, records)
 
 
 def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: dict):
@@ -332,12 +328,42 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
     return dataclasses.replace(config, output_dir=str(folder), model=model, tasks=tasks or config.tasks, train=train)
 
 
+STAGE_TIME = "stage_time.json"
+
+
 def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_test: bool) -> dict:
+    """One training run of the pipeline; skipped when finished, resumed from its checkpoints when not.
+    Its wall time, summed over resumptions, goes to ``stage_time.json``."""
     folder = Path(config.output_dir)
     if (folder / "results.json").is_file():
         return json.loads((folder / "results.json").read_text())
     resume = latest_checkpoint(folder) is not None
-    return run_training(config, resume=resume, log=log, data=data, build=build, evaluate_test=evaluate_test)
+    started = time.perf_counter()
+    results = run_training(config, resume=resume, log=log, data=data, build=build, evaluate_test=evaluate_test)
+    if PartialState().is_main_process:
+        _write_json(folder / STAGE_TIME, {"seconds": round(_stage_seconds(folder) + time.perf_counter() - started, 1)})
+    return results
+
+
+def _stage_seconds(folder: Path) -> float:
+    path = folder / STAGE_TIME
+    return json.loads(path.read_text())["seconds"] if path.is_file() else 0.0
+
+
+def stage_costs(out: Path, tasks: list[str], search: dict[str, list[dict]]) -> dict[str, float]:
+    """Wall seconds of the training stages (summed over resumptions; data loading not included)."""
+    costs = {"warmup_s": _stage_seconds(out / "warmup")}
+    costs.update({f"search_{task}_s": round(sum(rec["wall_s"] for rec in search.get(task, [])), 1) for task in tasks})
+    costs["joint_s"] = _stage_seconds(out / "joint")
+    costs["total_s"] = round(sum(costs.values()), 1)
+    return costs
+
+
+def _write_json(path: Path, value) -> None:
+    """Write-then-rename: a file that marks a stage as done is never half written."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1))
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":  # python -m sparseshare.sparse.pipeline search OUTPUT_DIR TASK (see search_distributed)

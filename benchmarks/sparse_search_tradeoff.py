@@ -5,7 +5,9 @@ against training epochs per round, from the same rewind point as a finished spar
         --epochs-per-round 1 2 --rounds 7
 
 Runs the pipeline's own search (sparseshare.sparse.pipeline.search_masks) once per epochs-per-round
-setting, resumably, into <out>/e<E>/, and writes <out>/tradeoff.json and <out>/tradeoff.png.
+setting, resumably, into <out>/e<E>/, and writes <out>/tradeoff.json and <out>/tradeoff.png (curves of
+earlier invocations with other settings are kept). A round already run by the sparse run itself (same
+config, same rewind point) can be reused by copying <run>/search/<task> into <out>/e1/<task>.
 """
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ def main():
     template = build_model(config, data)  # the run's vocabulary, so its warm-up weights fit
     rewind = load_file(str(run / "warmup" / "model" / "model.safetensors"))
     out = Path(args.out)
-    result = {"run": str(run), "task": args.task, "rounds": args.rounds, "curves": {}}
+    # curves from earlier invocations (e.g. other --rounds per setting) are kept
+    previous = out / "tradeoff.json"
+    result = json.loads(previous.read_text()) if previous.is_file() else {"run": str(run), "task": args.task, "curves": {}}
     for epochs in args.epochs_per_round:
         sparse = dataclasses.replace(config.sparse, rounds=args.rounds, search_epochs=epochs)
         cfg = dataclasses.replace(config, sparse=sparse)

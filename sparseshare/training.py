@@ -325,7 +325,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         # The global batch is split across processes by hand below; declaring split_batches also makes
         # the prepared LR scheduler step once per optimisation step (not once per process).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        # No model has buffers that need syncing across processes (no BatchNorm).
+        # Our buffers are constants (e.g. position ids; no BatchNorm): no need to broadcast them every step.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     log = log or accelerator.print
@@ -348,7 +348,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     if config.model.sharing == "sparse":
         if config.sparse.masks:  # the file may hold masks of more tasks than this run trains
             masks = load_masks(config.sparse.masks)
-            model.sharing.set_masks({t: masks[t] for t in data if t in masks}, where=config.sparse.masks)
+            model.sharing.set_masks({task: masks[task] for task in data if task in masks}, where=config.sparse.masks)
         for task in data:
             model.sharing.mask_of(task)  # every trained task needs a mask before training starts
     log(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "

@@ -23,8 +23,13 @@ class _Masked:
         """``{parameter: bool mask}`` for the next step(s); None = no parameter is masked."""
         self._masks = {id(p): m for p, m in (masks or {}).items()}
 
-    def _mask_of(self, p):
-        return getattr(self, "_masks", {}).get(id(p))
+    def _params_to_update(self):
+        """(group, parameter, its mask or None) for every parameter that has a gradient."""
+        masks = getattr(self, "_masks", {})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    yield group, p, masks.get(id(p))
 
 
 class MaskedSGD(_Masked, torch.optim.SGD):
@@ -36,27 +41,22 @@ class MaskedSGD(_Masked, torch.optim.SGD):
         if not getattr(self, "_masks", None):
             return super().step(closure)
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
+        for group, p, mask in self._params_to_update():
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                mask = self._mask_of(p)
-                grad = p.grad if not decay else p.grad.add(p, alpha=decay)
-                update = grad
-                if momentum:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:  # torch starts the buffer at the first gradient
-                        buf = state["momentum_buffer"] = torch.zeros_like(p) if mask is not None else grad.clone()
-                        if mask is not None:
-                            buf.copy_(torch.where(mask, grad, buf))
-                    elif mask is None:
-                        buf.mul_(momentum).add_(grad)
-                    else:
-                        buf.copy_(torch.where(mask, buf * momentum + grad, buf))
-                    update = buf
-                p.add_(update if mask is None else update * mask, alpha=-lr)
+            grad = p.grad if not decay else p.grad.add(p, alpha=decay)
+            update = grad
+            if momentum:
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:  # torch starts the buffer at the first gradient
+                    buf = grad.clone() if mask is None else torch.where(mask, grad, torch.zeros_like(grad))
+                    state["momentum_buffer"] = buf
+                elif mask is None:
+                    buf.mul_(momentum).add_(grad)
+                else:
+                    buf.copy_(torch.where(mask, buf * momentum + grad, buf))
+                update = buf
+            p.add_(update if mask is None else update * mask, alpha=-lr)
         return loss
 
 
@@ -72,26 +72,22 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         if not getattr(self, "_masks", None):
             return super().step(closure)
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
+        for group, p, mask in self._params_to_update():
             lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                mask = self._mask_of(p)
-                state = self.state[p]
-                if not state:
-                    # torch's own keys, so that a masked and an unmasked step can follow each other
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                if mask is None:
-                    self._dense_step(p, state, lr, beta1, beta2, eps, decay)
-                    continue
-                if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
-                    state["masked_steps"] = torch.full(p.shape, float(state["step"]), dtype=torch.float64,
-                                                       device=p.device)
-                self._masked_step(p, state, mask, lr, beta1, beta2, eps, decay)
-                state["step"] += 1
+            state = self.state[p]
+            if not state:
+                # torch's own keys, so that a masked and an unmasked step can follow each other
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            if mask is None:
+                self._dense_step(p, state, lr, beta1, beta2, eps, decay)
+                continue
+            if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
+                state["masked_steps"] = torch.full(p.shape, float(state["step"]), dtype=torch.float64,
+                                                   device=p.device)
+            self._masked_step(p, state, mask, lr, beta1, beta2, eps, decay)
+            state["step"] += 1
         return loss
 
     @staticmethod

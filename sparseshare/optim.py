@@ -23,41 +23,43 @@ class _Masked:
         """``{parameter: bool mask}`` for the next step(s); None = no parameter is masked."""
         self._masks = {id(p): m for p, m in (masks or {}).items()}
 
-    def _params_to_update(self):
-        """(group, parameter, its mask or None) for every parameter that has a gradient."""
-        masks = getattr(self, "_masks", {})
+    @torch.no_grad()
+    def step(self, closure=None):
+        masks = getattr(self, "_masks", None)
+        if not masks:
+            return super().step(closure)  # torch's own step
+        loss = closure() if closure is not None else None
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    yield group, p, masks.get(id(p))
+                    self._update(group, p, masks.get(id(p)))
+        return loss
+
+    def _update(self, group: dict, p: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """One parameter's update; ``mask`` None = update it as torch would."""
+        raise NotImplementedError
 
 
 class MaskedSGD(_Masked, torch.optim.SGD):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=False)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        if not getattr(self, "_masks", None):
-            return super().step(closure)
-        loss = closure() if closure is not None else None
-        for group, p, mask in self._params_to_update():
-            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            grad = p.grad if not decay else p.grad.add(p, alpha=decay)
-            update = grad
-            if momentum:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:  # torch starts the buffer at the first gradient
-                    buf = grad.clone() if mask is None else torch.where(mask, grad, torch.zeros_like(grad))
-                    state["momentum_buffer"] = buf
-                elif mask is None:
-                    buf.mul_(momentum).add_(grad)
-                else:
-                    buf.copy_(torch.where(mask, buf * momentum + grad, buf))
-                update = buf
-            p.add_(update if mask is None else update * mask, alpha=-lr)
-        return loss
+    def _update(self, group, p, mask):
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+        grad = p.grad if not decay else p.grad.add(p, alpha=decay)
+        update = grad
+        if momentum:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:  # torch starts the buffer at the first gradient
+                buf = grad.clone() if mask is None else torch.where(mask, grad, torch.zeros_like(grad))
+                state["momentum_buffer"] = buf
+            elif mask is None:
+                buf.mul_(momentum).add_(grad)
+            else:
+                buf.copy_(torch.where(mask, buf * momentum + grad, buf))
+            update = buf
+        p.add_(update if mask is None else update * mask, alpha=-lr)
 
 
 class MaskedAdamW(_Masked, torch.optim.AdamW):
@@ -67,28 +69,22 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
     def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        if not getattr(self, "_masks", None):
-            return super().step(closure)
-        loss = closure() if closure is not None else None
-        for group, p, mask in self._params_to_update():
-            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            state = self.state[p]
-            if not state:
-                # torch's own keys, so that a masked and an unmasked step can follow each other
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-            if mask is None:
-                self._dense_step(p, state, lr, beta1, beta2, eps, decay)
-                continue
-            if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
-                state["masked_steps"] = torch.full(p.shape, float(state["step"]), dtype=torch.float64,
-                                                   device=p.device)
-            self._masked_step(p, state, mask, lr, beta1, beta2, eps, decay)
-            state["step"] += 1
-        return loss
+    def _update(self, group, p, mask):
+        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            # torch's own keys, so that a masked and an unmasked step can follow each other
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        if mask is None:
+            self._dense_step(p, state, lr, beta1, beta2, eps, decay)
+            return
+        if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
+            state["masked_steps"] = torch.full(p.shape, float(state["step"]), dtype=torch.float64,
+                                               device=p.device)
+        self._masked_step(p, state, mask, lr, beta1, beta2, eps, decay)
+        state["step"] += 1
 
     @staticmethod
     def _masked_step(p, state, mask, lr, beta1, beta2, eps, decay):

@@ -27,6 +27,9 @@ RUNS = {
     "pos": ("conll03_pos", []), "chunk": ("conll03_chunk", []), "ner": ("conll03_ner", []),
     "hard": ("conll03_hard", []), "sparse": ("conll03_sparse", []),
     "minilm_ner": ("conll03_minilm_ner", []), "minilm_hard": ("conll03_minilm_hard", []),
+    "minilm_sparse": ("conll03_minilm_sparse", []),
+    # a softmax head can be exported to transformers (a CRF cannot): the export benchmark's model
+    "minilm_ner_softmax": ("conll03_minilm_ner", ["model.head=softmax"]),
     "xpos": ("conll03_pos", ["tasks=[xpos]"]), "chunk2000": ("conll03_chunk", ["tasks=[chunk2000]"]),
     "pp": ("conll03_pos", ["tasks=[pp]"]),
     "mixed_hard": ("conll03_hard", [MIXED]), "mixed_sparse": ("conll03_sparse", [MIXED]),

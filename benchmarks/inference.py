@@ -21,23 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def conll_to_text(path: Path, out: Path) -> int:
-    sentences, current = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        fields = line.split()
-        if not fields or fields[0] == "-DOCSTART-":
-            if current:
-                sentences.append(current)
-            current = []
-        else:
-            current.append(fields[0])
-    if current:
-        sentences.append(current)
+    from tagger_throughput import read_conll_tokens  # benchmarks/ is on sys.path when run as a script
+
+    sentences = read_conll_tokens(path)
     out.write_text("\n".join(" ".join(s) for s in sentences) + "\n", encoding="utf-8")
     return sum(len(s) for s in sentences)
 
 
 def tag(model: str, text: Path, tasks: list[str] | None) -> dict:
-    cmd = [sys.executable, "-m", "sparseshare.cli", "tag", model, str(text)] + (["--tasks", *tasks] if tasks else [])
+    cmd = [sys.executable, "-m", "sparseshare.cli", "tag", model, str(text), "--tokenized"] + (["--tasks", *tasks] if tasks else [])
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     wall = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""``sparseshare train | train-sparse | masks show | evaluate | tag``."""
+"""``sparseshare train | train-sparse | masks show | evaluate | tag | push | export``."""
 from __future__ import annotations
 
 import argparse
@@ -56,37 +56,62 @@ def _evaluate(args):
         print(f"wrote {args.output}")
 
 
-def read_sentences(handle) -> list[list[str]]:
-    """One sentence per line, tokens separated by whitespace; blank lines are skipped."""
-    return [line.split() for line in handle if line.strip()]
+def _read_lines(path: str) -> list[str]:
+    if path == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    with open(path, encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle if line.strip()]
 
 
 def _tag(args):
+    from .tagger import Tagger
+
+    tagger = Tagger.from_pretrained(args.model)
+    tasks = tagger.model.check_tasks(args.tasks)
+    lines = _read_lines(args.input)
+    if not lines:
+        raise SystemExit(f"sparseshare tag: no text to tag in {'stdin' if args.input == '-' else args.input}")
+    started = time.perf_counter()
+    if args.tokenized:
+        docs = tagger.tag_tokens([line.split() for line in lines], tasks, batch_size=args.batch_size)
+    else:
+        docs = tagger(lines, tasks, batch_size=args.batch_size)
+    elapsed = time.perf_counter() - started
+    out = sys.stdout
+    for doc in docs:
+        if args.format == "json":
+            out.write(json.dumps(doc.to_dict(), ensure_ascii=False) + "\n")
+            continue
+        for start, end in doc.sentences:  # CoNLL: one block per sentence, one column per task
+            for j in range(start, end):
+                out.write("\t".join([doc.tokens[j]] + [doc.tags[t][j] for t in tasks]) + "\n")
+            out.write("\n")
+    n_tokens = sum(len(doc) for doc in docs)
+    print(f"tagged {len(docs)} lines, {n_tokens} tokens in {elapsed:.2f}s "
+          f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
+
+
+def _push(args):
+    from huggingface_hub.errors import HfHubHTTPError
+
     from .model import MultiTaskTagger
 
     model = MultiTaskTagger.from_pretrained(args.model)
-    tasks = model.check_tasks(args.tasks)
-    if args.input == "-":
-        sentences = read_sentences(sys.stdin)
-    else:
-        with open(args.input, encoding="utf-8") as handle:
-            sentences = read_sentences(handle)
-    if not sentences:
-        raise SystemExit(f"sparseshare tag: no text to tag in {'stdin' if args.input == '-' else args.input}")
-    started = time.perf_counter()
-    tags = model.predict(sentences, tasks, batch_size=args.batch_size)
-    elapsed = time.perf_counter() - started
-    out = sys.stdout
-    for i, tokens in enumerate(sentences):
-        if args.format == "json":
-            out.write(json.dumps({"tokens": tokens, "tags": {t: tags[t][i] for t in tasks}}, ensure_ascii=False) + "\n")
-        else:
-            for j, token in enumerate(tokens):
-                out.write("\t".join([token] + [tags[t][i][j] for t in tasks]) + "\n")
-            out.write("\n")
-    n_tokens = sum(len(s) for s in sentences)
-    print(f"tagged {len(sentences)} sentences, {n_tokens} tokens in {elapsed:.2f}s "
-          f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
+    try:
+        commit = model.push_to_hub(args.repo_id, private=args.private or None, token=args.token,
+                                   commit_message=args.message, revision=args.revision)
+    except (OSError, HfHubHTTPError) as err:
+        raise SystemExit(f"sparseshare push: could not upload {args.model} to {args.repo_id}: "
+                         f"{type(err).__name__}: {err}") from None
+    print(f"pushed {args.model} to {getattr(commit, 'commit_url', commit)}")
+
+
+def _export(args):
+    from .export import export_task
+    from .model import MultiTaskTagger
+
+    out = export_task(MultiTaskTagger.from_pretrained(args.model), args.task, args.output)
+    print(f"wrote {out}: load it with transformers.pipeline('token-classification', model='{out}')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,13 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="write the results as JSON here")
     ev.set_defaults(run=_evaluate)
 
-    tag = sub.add_parser("tag", help="tag whitespace-tokenised text, one sentence per line")
-    tag.add_argument("model", help="model folder")
+    tag = sub.add_parser("tag", help="tag raw text (one text per line) or whitespace-tokenised sentences")
+    tag.add_argument("model", help="model folder or Hub repo id")
     tag.add_argument("input", nargs="?", default="-", help="text file, or - for stdin (default)")
+    tag.add_argument("--tokenized", action="store_true",
+                     help="each line is one sentence of whitespace-separated tokens, tagged as is")
     tag.add_argument("--tasks", nargs="+", help="subset of the model's tasks")
-    tag.add_argument("--format", default="conll", choices=["conll", "json"])
+    tag.add_argument("--format", default="conll", choices=["conll", "json"],
+                     help="conll: token + one column per task, a blank line after each sentence; "
+                          "json: one object per input line with tokens, offsets, tags and spans")
     tag.add_argument("--batch-size", type=int, default=256)
     tag.set_defaults(run=_tag)
+
+    push = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub")
+    push.add_argument("model", help="model folder")
+    push.add_argument("repo_id", help="e.g. your-name/conll03-sparse")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", help="Hub token (default: the one saved by `hf auth login` or HF_TOKEN)")
+    push.add_argument("--message", default="Upload sparseshare model", help="commit message")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.set_defaults(run=_push)
+
+    export = sub.add_parser("export", help="write one task of a Transformer model as a plain transformers "
+                                           "AutoModelForTokenClassification folder")
+    export.add_argument("model", help="model folder or Hub repo id")
+    export.add_argument("output", help="folder to write")
+    export.add_argument("--task", required=True, help="the task to export, e.g. ner")
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -8,6 +8,10 @@ A saved model is a folder of JSON and safetensors files only (no pickle)::
     model.safetensors    all weights
     masks.safetensors    sparse sharing only: the task masks (see sharing/sparse.py)
     encoder/             Transformer encoders only: the HF config and tokenizer files
+    README.md            the model card (sparseshare/hub.py)
+
+The same folder is a Hugging Face Hub model repository: ``from_pretrained`` takes a folder or a Hub id,
+``push_to_hub`` uploads what ``save_pretrained`` writes.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ class MultiTaskTagger(nn.Module):
         self.tasks = {spec.name: spec for spec in tasks}
         self.labels = {name: list(labels[name]) for name in self.tasks}
         self.featurizer = Featurizer(words, chars, lowercase, normalize_digits)
+        self.info: dict = {}  # scores, command and training config shown in the model card
 
         def build_encoder():
             c = config.bilstm
@@ -116,6 +121,13 @@ class MultiTaskTagger(nn.Module):
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write the model folder; ``extra`` (scores, command, training config) replaces :attr:`info` and
+        goes into config.json and the model card."""
+        from .hub import model_card
+
+        if extra is not None:
+            self.info = dict(extra)
+        extra = self.info
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         featurizer = self.featurizer
@@ -136,21 +148,40 @@ class MultiTaskTagger(nn.Module):
             encoder = _transformer_of(self)
             encoder.tokenizer.save_pretrained(directory / "encoder")
             encoder.model.config.save_pretrained(directory / "encoder")
+        model_card(self, self.info).save(directory / "README.md")
         return directory
 
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload sparseshare model", revision: str | None = None):
+        """Upload the model folder (as :meth:`save_pretrained` writes it) to the Hub in one commit."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
+                           revision=revision)
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MultiTaskTagger":
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise ModelFolderError(f"model folder not found: {directory}")
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu", *,
+                        revision: str | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, token: str | bool | None = None) -> "MultiTaskTagger":
+        """Load a model folder, or a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``:
+        JSON, safetensors and tokenizer files only)."""
+        from .hub import resolve_model_folder
+
+        directory = resolve_model_folder(name_or_path, revision=revision, cache_dir=cache_dir,
+                                         local_files_only=local_files_only, token=token)
         missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
         if missing:
             raise ModelFolderError(f"model folder {directory} is missing {', '.join(missing)}")
         config = _load_json_file(directory / "config.json")
         version = config.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{directory / 'config.json'}: format_version {version!r} is not supported by sparseshare "
-                             f"{__version__} (expects {FORMAT_VERSION}); upgrade sparseshare to load this model")
+            written_by = config.get("sparseshare_version", "an unknown version")
+            advice = ("upgrade sparseshare (pip install -U sparseshare) to load it"
+                      if isinstance(version, int) and version > FORMAT_VERSION else "this is not a model this "
+                      "sparseshare can read")
+            raise ValueError(f"{directory / 'config.json'}: model folder format {version!r} (written by sparseshare "
+                             f"{written_by}) is not supported by sparseshare {__version__}, which reads format "
+                             f"{FORMAT_VERSION}; {advice}")
         try:
             model_config = _build(ModelConfig, config["model"], "model")
             tasks = [TaskSpec.from_dict(spec, source=f"tasks.{name}") for name, spec in config["tasks"].items()]
@@ -179,6 +210,7 @@ class MultiTaskTagger(nn.Module):
         except Exception as err:  # safetensors raises several types for truncated / mismatched files
             raise ValueError(f"{directory / 'model.safetensors'}: cannot load weights ({err})") from err
         model.sharing.load_files(directory)
+        model.info = dict(config.get("info") or {})
         return model.to(device).eval()
 
 

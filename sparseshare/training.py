@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,6 +470,11 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
                "parameters": sum(p.numel() for p in best.parameters()), "num_processes": world}
     if accelerator.is_main_process:
         (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+        # the model card shows the scores, the command and the config that produced them
+        save_model_atomically(best, output_dir / "model", {
+            "selected_epoch": state.best_epoch, "dev": _summary(dev), **({"test": _summary(test)} if test else {}),
+            "command": shlex.join(sys.argv),
+            "training_config": config.to_dict()})
     log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
     if test:
         log("test:\n" + format_table(test))

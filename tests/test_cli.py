@@ -60,10 +60,34 @@ def test_tag_file(model_dir, tmp_path):
     assert sparseshare("tag", model, tmp_path / "in.txt").stdout.startswith("Rome\t")
 
 
+def test_tag_raw_text_is_tokenised_and_split_into_sentences(model_dir):
+    model, _ = model_dir
+    done = sparseshare("tag", model, "--format", "json", stdin="John lives in Paris. Mary visited Rome.\n")
+    doc = json.loads(done.stdout)
+    assert doc["tokens"] == ["John", "lives", "in", "Paris", ".", "Mary", "visited", "Rome", "."]
+    assert doc["sentences"] == [[0, 5], [5, 9]] and doc["offsets"][3] == [14, 19]
+    assert all(doc["text"][s["start_char"]:s["end_char"]] == s["text"] for s in doc["spans"]["ner"])
+    conll = sparseshare("tag", model, stdin="John lives in Paris. Mary visited Rome.\n").stdout
+    assert len(conll.strip().split("\n\n")) == 2  # one block per sentence
+    tokenized = sparseshare("tag", model, "--tokenized", stdin="Paris. Rome\n").stdout
+    assert [line.split("\t")[0] for line in tokenized.strip().splitlines()] == ["Paris.", "Rome"]
+
+
+def test_push_without_network_fails_clearly(model_dir):
+    model, _ = model_dir
+    done = subprocess.run([sys.executable, "-m", "sparseshare.cli", "push", str(model), "someone/tiny"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "could not upload" in done.stderr and "OfflineModeIsEnabled" in done.stderr
+
+
 @pytest.mark.parametrize("args,stdin,message", [
     (["tag", "{model}", "-"], "\n  \n", "no text to tag"),
     (["tag", "{model}", "-", "--tasks", "srl"], "a b\n", "unknown task(s) ['srl']"),
     (["tag", "{tmp}/missing"], "a\n", "model folder not found"),
+    (["export", "{model}", "{tmp}/out", "--task", "ner"], None, "'bilstm' encoder, which has no transformers"),
+    (["export", "{model}", "{tmp}/out", "--task", "srl"], None, "unknown task(s) ['srl']"),
     (["train", "train.lrr=0.1"], None, "unknown config key 'train.lrr'"),
     (["train", "tasks=[nerr]", "train.epochs=1"], None, "unknown task 'nerr'"),
     (["train", "model.sharing=soft"], None, "unknown strategy 'soft'"),

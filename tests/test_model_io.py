@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 def test_model_folder_holds_only_json_and_safetensors(trained):
     names = sorted(p.name for p in trained.iterdir())
-    assert names == ["config.json", "labels.json", "model.safetensors", "vocab.json"]
+    assert names == ["README.md", "config.json", "labels.json", "model.safetensors", "vocab.json"]
     config = json.loads((trained / "config.json").read_text())
     assert config["format_version"] == 1 and set(config["tasks"]) == {"pos", "chunk", "ner"}
 
@@ -92,7 +92,7 @@ def test_newer_format_version_is_refused(trained, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["format_version"] = 99
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="format_version 99 is not supported"):
+    with pytest.raises(ValueError, match=r"format 99 \(written by sparseshare .*\) is not supported .* upgrade"):
         MultiTaskTagger.from_pretrained(folder)
 
 

@@ -47,6 +47,12 @@ class SharingStrategy(nn.Module):
         """Features for several tasks at once; strategies override this to compute what tasks share once."""
         return {task: self(batch, task) for task in tasks}
 
+    def task_encoder_state(self, task: str) -> dict[str, torch.Tensor]:
+        """The weights of the one plain encoder that ``task`` runs through (``encoder.state_dict()`` names),
+        for exporting a task as a standalone model. Strategies whose task path is not one plain encoder
+        (several encoders, routing) cannot be exported and say so."""
+        raise NotImplementedError(f"sharing {self.name!r} cannot export a single task's encoder")
+
     # Strategies with state outside the parameters (e.g. sparse masks) write and read it beside
     # model.safetensors; the model folder calls these on save and load.
     def save_files(self, directory: Path) -> None:

@@ -21,6 +21,9 @@ class HardSharing(SharingStrategy):
         top = self.encoder(batch)[-1]  # the encoder is shared: run it once for all tasks
         return {task: top for task in tasks}
 
+    def task_encoder_state(self, task):
+        return dict(self.encoder.state_dict())
+
 
 @register("single")
 class SingleTask(HardSharing):

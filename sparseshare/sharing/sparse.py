@@ -76,6 +76,13 @@ class SparseSharing(SharingStrategy):
         masked = {name: p * self._on_device(mask, name, p) for name, p in prunable.items()}
         return functional_call(self.encoder, masked, (batch,), strict=False)[-1]
 
+    def task_encoder_state(self, task):
+        mask = self.mask_of(task)
+        state = dict(self.encoder.state_dict())
+        for name, m in mask.items():
+            state[name] = state[name] * m.to(state[name].device, state[name].dtype)
+        return state
+
     # -- persistence ----------------------------------------------------------------------------
     def save_files(self, directory: Path) -> None:
         missing = [t for t in self.tasks if t not in self.masks]

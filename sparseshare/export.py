@@ -1,0 +1,82 @@
+"""Export one task of a Transformer-encoder model as a plain ``AutoModelForTokenClassification`` folder.
+
+The exported folder needs only transformers: ``pipeline("token-classification", model=OUT)`` loads it.
+The task's encoder weights are the ones it runs through (``weight * mask`` for sparse sharing) and its
+softmax head becomes the ``classifier``. What cannot be exported is refused with the reason:
+
+- BiLSTM (and scratch-Transformer) encoders have no transformers architecture to map onto;
+- a CRF head decodes with Viterbi over transition scores, which a token-classification model (argmax per
+  token) cannot reproduce, so the export would predict differently: train with ``model.head: softmax``.
+
+Labels are exported in the head's scheme (``id2label``; e.g. BIOES for NER trained in BIOES), each word
+labelled at its first subword, like the sparseshare model.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model import MultiTaskTagger, _transformer_of
+
+
+class ExportError(ValueError):
+    pass
+
+
+def export_task(model: MultiTaskTagger, task: str, out: str | Path) -> Path:
+    from transformers import AutoModelForTokenClassification
+
+    model.check_tasks([task])
+    config = model.config
+    if config.encoder != "transformer":
+        raise ExportError(f"export needs a Hugging Face Transformer encoder; this model has a {config.encoder!r} "
+                          f"encoder, which has no transformers equivalent (use sparseshare to run it)")
+    if config.head != "softmax":
+        raise ExportError(f"task {task!r} has a {config.head!r} head: CRF (Viterbi) decoding cannot be expressed "
+                          f"by AutoModelForTokenClassification, so the export would predict differently; "
+                          f"train with model.head=softmax to export")
+    try:
+        state = model.sharing.task_encoder_state(task)
+    except NotImplementedError as err:
+        raise ExportError(str(err)) from None
+    encoder = _transformer_of(model)
+    labels = model.labels[task]
+    hf_config = copy.deepcopy(encoder.model.config)
+    hf_config.num_labels = len(labels)
+    hf_config.id2label = dict(enumerate(labels))
+    hf_config.label2id = {label: i for i, label in enumerate(labels)}
+    token_model = AutoModelForTokenClassification.from_config(hf_config)
+
+    prefix = "model."  # TransformerEncoder keeps the AutoModel as .model
+    base_state = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+    base = getattr(token_model, token_model.base_model_prefix)
+    missing, unexpected = base.load_state_dict(base_state, strict=False)
+    unexpected = [n for n in unexpected if not n.startswith("pooler.")]  # token classifiers have no pooler
+    if missing or unexpected:
+        raise ExportError(f"the encoder's weights do not fit {type(token_model).__name__}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+    classifier = getattr(token_model, "classifier", None)
+    head = model.heads[task].proj
+    if not isinstance(classifier, nn.Linear) or classifier.weight.shape != head.weight.shape:
+        raise ExportError(f"{type(token_model).__name__} has no linear classifier of shape "
+                          f"{tuple(head.weight.shape)} to take the {task!r} head")
+    with torch.no_grad():
+        classifier.weight.copy_(head.weight)
+        classifier.bias.copy_(head.bias)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    token_model.eval().save_pretrained(out)  # safetensors
+    encoder.tokenizer.save_pretrained(out)
+    spec = model.tasks[task]
+    (out / "README.md").write_text(
+        f"---\nlibrary_name: transformers\npipeline_tag: token-classification\ntags: [sparseshare-export, {task}]\n---\n\n"
+        f"# {task}: exported from a sparseshare {config.sharing}-sharing model\n\n"
+        f"{spec.description}. Labels ({spec.train_scheme.upper()}): {', '.join(labels)}.\n\n"
+        f"```python\nfrom transformers import pipeline\n\ntagger = pipeline(\"token-classification\", "
+        f"model=\"<this folder>\", aggregation_strategy=\"first\")\n```\n\n"
+        f"Each word is labelled at its first subword, as in training.\n", encoding="utf-8")
+    return out

@@ -1,0 +1,123 @@
+"""Raw text -> CoNLL/PTB-style tokens with character offsets, and sentences.
+
+The models are trained on CoNLL-2003 / Penn Treebank tokenisation, so raw text is cut the same way:
+punctuation is split off words (``lamb.`` -> ``lamb`` ``.``), clitics are separated (``don't`` -> ``do``
+``n't``, ``EU's`` -> ``EU`` ``'s``), while abbreviations (``U.S.``, ``Mr.``), numbers (``3.5``, ``1,000``),
+hyphenated words, e-mail addresses and URLs stay whole, and so does a number with a period that opens
+the text (``1. Hingis``, a list or ranking item). Quotes are kept as written (CoNLL-2003 writes
+``"``, not PTB's ``` `` ``` / ``''``). Every token keeps its ``[start, end)`` character span in the input.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Abbreviations whose final period belongs to the token (lower-cased, without the period).
+ABBREVIATIONS = frozenset("""
+mr mrs ms dr prof sr jr st mt ft gen col lt sgt capt cmdr adm gov sen rep rev hon pres supt messrs
+inc corp co ltd plc bros dept univ assn vol vols fig figs est approx vs etc al cf ie eg
+jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu thur thurs fri sat sun
+ala ariz ark calif colo conn del fla ga ill ind kan kans ky la md mass mich minn miss mo mont neb nev
+okla ore pa penn tenn tex va vt wash wis wyo
+""".split())
+CLITICS = ("n't", "'s", "'re", "'ve", "'ll", "'d", "'m", "’s", "n’t", "’re", "’ve", "’ll", "’d", "’m")
+LEADING = "\"'`([{<“‘«$£€¥#"
+TRAILING = "\"'`)]}>”’»,;:!?%"
+SENTENCE_END = {".", "!", "?"}
+
+_URL_OR_EMAIL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.-]+)$", re.IGNORECASE)
+_INITIALS = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]?\.?$")  # U.S. / U.N. / e.g.
+_NUMBER = re.compile(r"^[+-]?\d[\d,.:/]*\d$|^\d$")  # 1,000  3.5  12:30  1/2
+_LIST_NUMBER = re.compile(r"^\d{1,3}\.$")
+_INNER_SPLIT = re.compile(r"(--+|\.\.\.+|…)")  # dashes and ellipses split even inside a word
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+    start: int  # character offset in the input text
+    end: int  # exclusive
+
+
+def tokenize(text: str) -> list[Token]:
+    """Tokens of ``text`` with their character spans; whitespace is never part of a token."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    tokens: list[Token] = []
+    for match in re.finditer(r"\S+", text):
+        start, chunk = match.start(), match.group()
+        if not tokens and _LIST_NUMBER.match(chunk):  # "1. Hingis ...": a ranking or list item number
+            tokens.append(Token(chunk, start, match.end()))
+            continue
+        for piece in _INNER_SPLIT.split(chunk):
+            if piece:
+                tokens.extend(_split_chunk(piece, start))
+                start += len(piece)
+    return tokens
+
+
+def _split_chunk(chunk: str, offset: int) -> list[Token]:
+    if chunk.isalnum():  # most words: nothing to split
+        return [Token(chunk, offset, offset + len(chunk))]
+    if _INNER_SPLIT.fullmatch(chunk):
+        return [Token(chunk, offset, offset + len(chunk))]
+    address = chunk.rstrip(TRAILING + ".")
+    if _URL_OR_EMAIL.match(address):  # trailing punctuation after an address is still split off
+        return [Token(address, offset, offset + len(address))] + [
+            Token(c, offset + i, offset + i + 1) for i, c in enumerate(chunk) if i >= len(address)]
+    head: list[Token] = []
+    tail: list[Token] = []
+    start, end = 0, len(chunk)
+    while start < end and chunk[start] in LEADING:
+        head.append(Token(chunk[start], offset + start, offset + start + 1))
+        start += 1
+    while end > start:
+        core, last, cut = chunk[start:end], chunk[end - 1], end
+        if last in TRAILING or (last == "." and not _keeps_period(core)):
+            cut = end - 1
+        else:
+            lower = core.lower()
+            clitic = next((c for c in CLITICS if lower.endswith(c) and len(core) > len(c)), None) \
+                if "'" in core or "’" in core else None
+            if clitic is None:
+                break
+            cut = end - len(clitic)
+        tail.append(Token(chunk[cut:end], offset + cut, offset + end))
+        end = cut
+    core_tokens = [Token(chunk[start:end], offset + start, offset + end)] if end > start else []
+    return head + core_tokens + tail[::-1]
+
+
+def _keeps_period(word: str) -> bool:
+    """Does the final period of ``word`` belong to it (an abbreviation or initials)?"""
+    stem = word[:-1]
+    if not stem or stem.endswith("."):
+        return bool(_INITIALS.match(word)) and len(word) > 2
+    return stem.lower() in ABBREVIATIONS or bool(_INITIALS.match(word)) or (len(stem) == 1 and stem.isupper())
+
+
+def split_sentences(tokens: list[Token]) -> list[tuple[int, int]]:
+    """Token ranges ``[start, end)`` of sentences: a sentence ends after ``.``, ``!`` or ``?`` (and any closing
+    quotes or brackets written right after it) when the next token starts with an upper-case letter, a digit or an
+    opening quote/bracket."""
+    ranges, start, i, n = [], 0, 0, len(tokens)
+    while i < n:
+        if tokens[i].text in SENTENCE_END or tokens[i].text in ("...", "…"):
+            end = i + 1
+            # closing quotes/brackets written right after the punctuation belong to this sentence
+            while end < n and tokens[end].text in "\"')]}”’»" and tokens[end].start == tokens[end - 1].end:
+                end += 1
+            if end < n and _opens_sentence(tokens[end].text) and tokens[i].text not in ("...", "…"):
+                ranges.append((start, end))
+                start = end
+            i = end
+        else:
+            i += 1
+    if start < n:
+        ranges.append((start, n))
+    return ranges
+
+
+def _opens_sentence(text: str) -> bool:
+    first = text[0]
+    return first.isupper() or first.isdigit() or first in "\"'“‘([{«"

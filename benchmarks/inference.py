@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def conll_to_text(path: Path, out: Path) -> int:
-    from tagger_throughput import read_conll_tokens  # benchmarks/ is on sys.path when run as a script
+    from sparseshare.data.readers import read_conll
 
-    sentences = read_conll_tokens(path)
+    sentences = [row["tokens"] for row in read_conll(path, ["tokens", "pos", "chunk", "ner"])]
     out.write_text("\n".join(" ".join(s) for s in sentences) + "\n", encoding="utf-8")
     return sum(len(s) for s in sentences)
 

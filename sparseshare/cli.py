@@ -3,9 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
+
+
+def command_line() -> str:
+    """How this process was started, for the model card: ``python recipes/train.py ...`` or ``sparseshare ...``."""
+    program, rest = sys.argv[0], sys.argv[1:]
+    if program.endswith(".py") and Path(program).name != "cli.py":
+        return shlex.join(["python", os.path.relpath(program), *rest])
+    return shlex.join(["sparseshare", *rest])
 
 
 def _train(args):
@@ -13,7 +23,7 @@ def _train(args):
     from .training import run_training
 
     config = load_config(args.config, args.overrides)
-    run_training(config, resume=args.resume)
+    run_training(config, resume=args.resume, command=command_line())
 
 
 def _train_sparse(args):
@@ -21,7 +31,7 @@ def _train_sparse(args):
     from .sparse.pipeline import run_sparse
 
     config = load_config(args.config, args.overrides)
-    run_sparse(config, resume=args.resume)
+    run_sparse(config, resume=args.resume, command=command_line())
 
 
 def _masks_show(args):
@@ -94,12 +104,13 @@ def _tag(args):
 def _push(args):
     from huggingface_hub.errors import HfHubHTTPError
 
+    from .hub import push_folder
     from .model import MultiTaskTagger
 
-    model = MultiTaskTagger.from_pretrained(args.model)
+    MultiTaskTagger.from_pretrained(args.model)  # only a folder that loads is uploaded, and as it is on disk
     try:
-        commit = model.push_to_hub(args.repo_id, private=args.private or None, token=args.token,
-                                   commit_message=args.message, revision=args.revision)
+        commit = push_folder(Path(args.model), args.repo_id, private=args.private or None, token=args.token,
+                             commit_message=args.message, revision=args.revision)
     except (OSError, HfHubHTTPError) as err:
         raise SystemExit(f"sparseshare push: could not upload {args.model} to {args.repo_id}: "
                          f"{type(err).__name__}: {err}") from None
@@ -162,12 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     tag.set_defaults(run=_tag)
 
     push = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub")
-    push.add_argument("model", help="model folder")
+    push.add_argument("model", help="model folder (uploaded as it is, model card included)")
     push.add_argument("repo_id", help="e.g. your-name/conll03-sparse")
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", help="Hub token (default: the one saved by `hf auth login` or HF_TOKEN)")
     push.add_argument("--message", default="Upload sparseshare model", help="commit message")
-    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--revision", help="an existing branch to push to (default: main)")
     push.set_defaults(run=_push)
 
     export = sub.add_parser("export", help="write one task of a Transformer model as a plain transformers "

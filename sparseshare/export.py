@@ -8,8 +8,12 @@ softmax head becomes the ``classifier``. What cannot be exported is refused with
 - a CRF head decodes with Viterbi over transition scores, which a token-classification model (argmax per
   token) cannot reproduce, so the export would predict differently: train with ``model.head: softmax``.
 
-Labels are exported in the head's scheme (``id2label``; e.g. BIOES for NER trained in BIOES), each word
-labelled at its first subword, like the sparseshare model.
+Labels are exported in the corpus scheme, so that transformers' span aggregation understands them: a
+head trained in BIOES for an IOB2 corpus has its ``S-``/``E-`` classes named ``B-``/``I-``. On well-formed
+predictions this is exactly sparseshare's conversion; where a softmax head predicts an ill-formed BIOES
+sequence (``O`` then ``E-PER``), sparseshare repairs it as conlleval reads it and the export cannot.
+Each word is labelled at its first subword, as in sparseshare; transformers' own pre-tokeniser may split
+a word further (``U.N.`` -> ``u . n .``), so compare per word, at the word's first character.
 """
 from __future__ import annotations
 
@@ -22,11 +26,24 @@ from torch import nn
 from .model import MultiTaskTagger, _transformer_of
 
 
+BIOES_TO_IOB2_PREFIX = {"S": "B", "E": "I"}  # a single-token chunk begins one; a chunk's last token is inside it
+
+
 class ExportError(ValueError):
     pass
 
 
-def export_task(model: MultiTaskTagger, task: str, out: str | Path) -> Path:
+def _corpus_label(label: str, train_scheme: str, scheme: str) -> str:
+    """The name of a head class in the corpus scheme, one token at a time."""
+    if train_scheme == scheme or label == "O" or "-" not in label:
+        return label
+    prefix, kind = label.split("-", 1)
+    if train_scheme == "bioes" and scheme == "iob2":
+        return f"{BIOES_TO_IOB2_PREFIX.get(prefix, prefix)}-{kind}"
+    raise ExportError(f"cannot name {train_scheme} classes in the {scheme} scheme token by token")
+
+
+def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: bool = False) -> Path:
     from transformers import AutoModelForTokenClassification
 
     model.check_tasks([task])
@@ -43,11 +60,13 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path) -> Path:
     except NotImplementedError as err:
         raise ExportError(str(err)) from None
     encoder = _transformer_of(model)
-    labels = model.labels[task]
+    spec = model.tasks[task]
+    labels = [_corpus_label(label, spec.train_scheme, spec.scheme) for label in model.labels[task]]
     hf_config = copy.deepcopy(encoder.model.config)
     hf_config.num_labels = len(labels)
     hf_config.id2label = dict(enumerate(labels))
-    hf_config.label2id = {label: i for i, label in enumerate(labels)}
+    # S-X and B-X share a name: label2id keeps the first class of each name (only id2label decodes)
+    hf_config.label2id = {label: i for i, label in reversed(list(enumerate(labels)))}
     token_model = AutoModelForTokenClassification.from_config(hf_config)
 
     prefix = "model."  # TransformerEncoder keeps the AutoModel as .model
@@ -68,15 +87,17 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path) -> Path:
         classifier.bias.copy_(head.bias)
 
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"{out} exists and is not an empty folder; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     token_model.eval().save_pretrained(out)  # safetensors
     encoder.tokenizer.save_pretrained(out)
-    spec = model.tasks[task]
     (out / "README.md").write_text(
         f"---\nlibrary_name: transformers\npipeline_tag: token-classification\ntags: [sparseshare-export, {task}]\n---\n\n"
         f"# {task}: exported from a sparseshare {config.sharing}-sharing model\n\n"
-        f"{spec.description}. Labels ({spec.train_scheme.upper()}): {', '.join(labels)}.\n\n"
+        f"{spec.description}. Labels ({spec.scheme.upper()}): {', '.join(sorted(set(labels)))}.\n\n"
         f"```python\nfrom transformers import pipeline\n\ntagger = pipeline(\"token-classification\", "
         f"model=\"<this folder>\", aggregation_strategy=\"first\")\n```\n\n"
-        f"Each word is labelled at its first subword, as in training.\n", encoding="utf-8")
+        f"Each word is labelled at its first subword, as in training: give the text tokenised as in the training "
+        f"corpus (CoNLL/PTB style), tokens separated by spaces.\n", encoding="utf-8")
     return out

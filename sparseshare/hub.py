@@ -7,15 +7,12 @@ temporary folder followed by one ``upload_folder`` commit.
 """
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 
 # Everything a model folder may hold; nothing else is downloaded (no pickles, no code).
 MODEL_FILE_PATTERNS = ["config.json", "vocab.json", "labels.json", "model.safetensors", "masks.safetensors",
                        "README.md", "encoder/*.json", "encoder/*.txt", "encoder/*.model"]
-
-REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "name" or "owner/name"; anything else can only be a path
 
 CITATIONS = {
     "sparse": """@inproceedings{sun2020sparse,
@@ -46,25 +43,32 @@ ENCODER_CITATIONS = {
 def resolve_model_folder(name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
                          local_files_only: bool = False, token: str | bool | None = None) -> Path:
     """A local model folder for a folder path or a Hub repo id (downloaded into the Hub cache)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.utils import validate_repo_id
+
     from .model import ModelFolderError
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if not REPO_ID.match(name):
-        raise ModelFolderError(f"model folder not found: {name}")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
+    not_found = f"model folder not found: {path.resolve()}"
+    if isinstance(name_or_path, Path) or name.startswith((".", "~", "/")) or "\\" in name or path.exists() \
+            or name.count("/") > 1:
+        raise ModelFolderError(not_found)
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelFolderError(f"{not_found} ({name!r} is not a Hub repo id either)") from None
     try:
         return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                                       token=token, allow_patterns=MODEL_FILE_PATTERNS, library_name="sparseshare"))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
-        raise ModelFolderError(f"{name!r} is not a local folder and the Hub cannot be reached or has no cached copy "
-                               f"({type(err).__name__}: {err})") from err
+        raise ModelFolderError(f"{not_found}; as a Hub repo id, {name!r} has no cached copy and the Hub cannot be "
+                               f"reached ({type(err).__name__}: {err})") from err
     except HfHubHTTPError as err:
-        raise ModelFolderError(f"{name!r} is not a local folder, and downloading it from the Hub failed: {err}") from err
+        raise ModelFolderError(f"{not_found}; as a Hub repo id, downloading {name!r} failed: {err}") from err
 
 
 def push_folder(folder: Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
@@ -132,7 +136,8 @@ def model_card(model, info: dict | None = None):
               "PTB/CoNLL-style by `Tagger`). Expect lower scores on other domains, on lower-cased or noisy "
               "text, and on languages other than English.",
               "- The label sets are fixed by the training corpora (listed above); the model cannot produce others.",
-              "- Scores were measured once on the test split named below, after model selection on dev.",
+              "- Test scores, where shown, were measured once on each task's test split, after the model was "
+              "selected on dev.",
               "", "## Citation", ""]
     citations = [CITATIONS[config.sharing]] if config.sharing in CITATIONS else []
     citations += [ENCODER_CITATIONS[config.encoder]] if config.encoder in ENCODER_CITATIONS else []

@@ -82,7 +82,11 @@ class MultiTaskTagger(nn.Module):
 
     # -- inference ------------------------------------------------------------------------------
     def check_tasks(self, tasks) -> list[str]:
+        if isinstance(tasks, str):
+            raise TypeError(f"tasks must be a list of task names, got the string {tasks!r}; write [{tasks!r}]")
         tasks = list(self.tasks) if tasks is None else list(tasks)
+        if not tasks:
+            raise ValueError(f"tasks is empty; give some of {list(self.tasks)}, or None for all")
         unknown = [t for t in tasks if t not in self.tasks]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; this model has {list(self.tasks)}")

@@ -79,7 +79,7 @@ class Tagger:
                     raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
         texts = [texts] if single else list(texts)
         tokenized = [tokenize(text) for text in texts]
-        sentences = [split_sentences(tokens) for tokens in tokenized]
+        sentences = [split_sentences(tokens, text) for text, tokens in zip(texts, tokenized)]
         docs = [Doc(tokens=[t.text for t in tokens], sentences=ranges, text=text,
                     offsets=[(t.start, t.end) for t in tokens])
                 for text, tokens, ranges in zip(texts, tokenized, sentences)]

@@ -21,13 +21,16 @@ ala ariz ark calif colo conn del fla ga ill ind kan kans ky la md mass mich minn
 okla ore pa penn tenn tex va vt wash wis wyo
 """.split())
 CLITICS = ("n't", "'s", "'re", "'ve", "'ll", "'d", "'m", "’s", "n’t", "’re", "’ve", "’ll", "’d", "’m")
-LEADING = "\"'`([{<“‘«$£€¥#"
-TRAILING = "\"'`)]}>”’»,;:!?%"
+LEADING = "\"'`([{<“‘«‹„‚$£€¥#"
+TRAILING = "\"'`)]}>”’»›“‘«‹,;:!?%"  # German and French texts close with “ ‘ « ‹
+CLOSING = set("\"')]}>”’»›“‘«‹")
+NUMBER_SIGNS = {"No.", "no.", "Nos.", "nos."}  # keep their period before a number: "No. 1"
 SENTENCE_END = {".", "!", "?"}
 
 _URL_OR_EMAIL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.-]+)$", re.IGNORECASE)
 _INITIALS = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]?\.?$")  # U.S. / U.N. / e.g.
 _NUMBER = re.compile(r"^[+-]?\d[\d,.:/]*\d$|^\d$")  # 1,000  3.5  12:30  1/2
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 _LIST_NUMBER = re.compile(r"^\d{1,3}\.$")
 _INNER_SPLIT = re.compile(r"(--+|\.\.\.+|…)")  # dashes and ellipses split even inside a word
 
@@ -44,9 +47,12 @@ def tokenize(text: str) -> list[Token]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     tokens: list[Token] = []
-    for match in re.finditer(r"\S+", text):
+    matches = list(re.finditer(r"\S+", text))
+    for i, match in enumerate(matches):
         start, chunk = match.start(), match.group()
-        if not tokens and _LIST_NUMBER.match(chunk):  # "1. Hingis ...": a ranking or list item number
+        keep = (not tokens and _LIST_NUMBER.match(chunk)) or (  # "1. Hingis ...": a ranking or list item
+            chunk in NUMBER_SIGNS and i + 1 < len(matches) and matches[i + 1].group()[0].isdigit())
+        if keep:
             tokens.append(Token(chunk, start, match.end()))
             continue
         for piece in _INNER_SPLIT.split(chunk):
@@ -96,16 +102,23 @@ def _keeps_period(word: str) -> bool:
     return stem.lower() in ABBREVIATIONS or bool(_INITIALS.match(word)) or (len(stem) == 1 and stem.isupper())
 
 
-def split_sentences(tokens: list[Token]) -> list[tuple[int, int]]:
+def split_sentences(tokens: list[Token], text: str | None = None) -> list[tuple[int, int]]:
     """Token ranges ``[start, end)`` of sentences: a sentence ends after ``.``, ``!`` or ``?`` (and any closing
     quotes or brackets written right after it) when the next token starts with an upper-case letter, a digit or an
-    opening quote/bracket."""
+    opening quote/bracket. With ``text``, a blank line also ends a sentence (headlines, datelines)."""
+    if text is not None:  # paragraphs first, then sentences within each
+        ranges, first = [], 0
+        for i in range(1, len(tokens) + 1):
+            if i == len(tokens) or _BLANK_LINE.search(text, tokens[i - 1].end, tokens[i].start):
+                ranges += [(first + s, first + e) for s, e in split_sentences(tokens[first:i])]
+                first = i
+        return ranges
     ranges, start, i, n = [], 0, 0, len(tokens)
     while i < n:
         if tokens[i].text in SENTENCE_END or tokens[i].text in ("...", "…"):
             end = i + 1
             # closing quotes/brackets written right after the punctuation belong to this sentence
-            while end < n and tokens[end].text in "\"')]}”’»" and tokens[end].start == tokens[end - 1].end:
+            while end < n and tokens[end].text in CLOSING and tokens[end].start == tokens[end - 1].end:
                 end += 1
             if end < n and _opens_sentence(tokens[end].text) and tokens[i].text not in ("...", "…"):
                 ranges.append((start, end))

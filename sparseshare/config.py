@@ -69,6 +69,12 @@ class ModelConfig:
     # sharing: sparse only: fnmatch patterns over encoder parameter names selecting the prunable weight
     # matrices; null = the encoder's default (sparseshare/sparse/masks.py: DEFAULT_PRUNABLE)
     prunable: list[str] | None = None
+    # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
+    # read the top layer (Søgaard & Goldberg 2016)
+    task_layers: dict[str, int] = field(default_factory=dict)
+    # sharing: bottom only: how many of the lowest encoder layers each task owns; the layers above are shared
+    # (Zhang et al. 2021); bilstm and scratch encoders
+    bottom_layers: int = 1
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     scratch: ScratchTransformerConfig = field(default_factory=ScratchTransformerConfig)
@@ -275,7 +281,61 @@ def validate(config: Config) -> None:
         value = getattr(config.model.bilstm, key)
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key 'model.bilstm.{key}' must be in [0, 1), got {value}")
+    validate_layer_options(config.model, config.tasks)
     validate_sparse(config.sparse)
+
+
+def config_depth(model: ModelConfig) -> tuple[str, int] | None:
+    """``(key, layers)`` of the encoder depth the config sets, or None when only the loaded model knows it
+    (a Hugging Face Transformer)."""
+    if model.encoder == "bilstm":
+        return "model.bilstm.layers", model.bilstm.layers
+    if model.encoder == "scratch":
+        return "model.scratch.layers", model.scratch.layers
+    return None
+
+
+def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
+    """``model.task_layers`` (hierarchical) and ``model.bottom_layers`` (bottom). The strategies check again
+    against the built encoder's depth, which for a Transformer only the loaded model knows."""
+    if model.task_layers and model.sharing != "hierarchical":
+        raise ConfigError(f"config key 'model.task_layers' only applies to model.sharing=hierarchical "
+                          f"(model.sharing is {model.sharing!r})")
+    if model.bottom_layers != 1 and model.sharing != "bottom":
+        raise ConfigError(f"config key 'model.bottom_layers' only applies to model.sharing=bottom "
+                          f"(model.sharing is {model.sharing!r})")
+    depth = config_depth(model)
+    for task, layer in model.task_layers.items():
+        check_task_layer(task, layer, tasks, depth[1] if depth else None, depth[0] if depth else "")
+    if model.sharing == "bottom":
+        if model.encoder == "transformer":
+            raise ConfigError(BOTTOM_TRANSFORMER)
+        check_bottom_layers(model.bottom_layers, depth[1], depth[0])
+
+
+BOTTOM_TRANSFORMER = (
+    "config keys 'model.sharing' = 'bottom' and 'model.encoder' = 'transformer': not supported yet. Separate "
+    "bottom layers need the encoder as embeddings + a list of layers that can be copied per task and run one "
+    "by one, and a Hugging Face AutoModel offers no generic per-layer API (each architecture names and calls "
+    "its embeddings and layers differently); use model.encoder=bilstm or scratch")
+
+
+def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None, depth_key: str = "") -> None:
+    key = f"config key 'model.task_layers.{task}'"
+    if task not in tasks:
+        raise ConfigError(f"{key}: {task!r} is not one of the model's tasks {list(tasks)}")
+    if layer < 1:
+        raise ConfigError(f"{key} must be a 1-based encoder layer >= 1, got {layer}")
+    if depth is not None and layer > depth:
+        where = f" ({depth_key})" if depth_key else ""
+        raise ConfigError(f"{key} must be <= the encoder depth {depth}{where}, got {layer}")
+
+
+def check_bottom_layers(k: int, depth: int, depth_key: str = "") -> None:
+    where = f" ({depth_key})" if depth_key else ""
+    if not 1 <= k < depth:
+        raise ConfigError(f"config key 'model.bottom_layers' must be >= 1 and < the encoder depth {depth}{where}, "
+                          f"so that each task owns at least one layer and at least one is shared; got {k}")
 
 
 def validate_sparse(s: SparseConfig) -> None:

@@ -1,5 +1,5 @@
 """Sharing strategies, one module each, looked up by the config key ``model.sharing``."""
-from . import hard, sparse  # noqa: F401  (each module registers its strategies)
+from . import bottom, hard, hierarchical, sparse  # noqa: F401  (each module registers its strategies)
 from .base import STRATEGIES, SharingStrategy, register
 
 

@@ -1,0 +1,325 @@
+"""Hierarchical sharing (tasks read different encoder layers) and separate bottom layers (each task owns the
+lowest encoder layers, the upper ones are shared): equivalences, gradients, parameter counts, bad configs,
+training and reloading. Tiny fixtures only."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparseshare.config import ConfigError, ModelConfig, load_config
+from sparseshare.data.vocab import Vocab
+from sparseshare.model import MultiTaskTagger
+from sparseshare.sharing.bottom import BottomSharing
+from sparseshare.training import build_model, check_resume_config, load_task_data, run_training
+
+from conftest import tiny_overrides
+
+TASKS = ["pos", "chunk", "ner"]
+SENTENCES = [["John", "lives", "in", "Paris", "."], ["The", "United", "Nations", "met", "in", "New", "York", "."],
+             ["Unknownword", "zzz", "1999"]]
+SCRATCH = {"model.encoder": "scratch", "model.scratch.dim": 16, "model.scratch.heads": 2, "model.scratch.ff": 32,
+           "model.scratch.dropout": 0.0}
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _config(tiny_corpus, tmp_path, **extra):
+    return load_config(None, tiny_overrides(tiny_corpus, tmp_path, **extra))
+
+
+def _model(config, data=None, seed=0):
+    data = data or load_task_data(config, log=_quiet)
+    torch.manual_seed(seed)
+    return build_model(config, data).eval(), data
+
+
+def _batch(model, data, task, n=8):
+    d = data[task]
+    return model.featurizer.collate(d.train_tokens[:n], d.train_labels[:n], d.train_word_ids[:n])
+
+
+def _grads(model, data, task):
+    model.zero_grad(set_to_none=True)
+    model(_batch(model, data, task), task).sum().backward()
+    return {n: p.grad for n, p in model.sharing.named_parameters()}
+
+
+def _has_grad(grad):
+    return grad is not None and bool((grad != 0).any())
+
+
+# -- hierarchical ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task_layers", ["{}", "{pos: 2, chunk: 2, ner: 2}"])
+def test_hierarchical_with_every_task_on_the_top_layer_is_hard_sharing(tiny_corpus, tmp_path, task_layers):
+    hard, data = _model(_config(tiny_corpus, tmp_path))
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers": task_layers})
+    hierarchical, _ = _model(config, data, seed=1)
+    hierarchical.load_state_dict(hard.state_dict())  # strict: the same parameter names
+    batch = _batch(hard, data, "ner")
+    expected = hard.sharing.features_for_tasks(batch, TASKS)
+    got = hierarchical.sharing.features_for_tasks(batch, TASKS)
+    for task in TASKS:
+        assert torch.equal(got[task], expected[task]), task
+        assert torch.equal(hierarchical.sharing(batch, task), expected[task]), task
+        own = _batch(hard, data, task)  # the task's labels, for its loss
+        assert torch.equal(hierarchical(own, task), hard(own, task)), task
+    assert hierarchical.predict(SENTENCES) == hard.predict(SENTENCES)
+
+
+def test_a_task_reading_layer_1_gets_no_gradient_from_layer_2(tiny_corpus, tmp_path):
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers.pos": 1})
+    model, data = _model(config)
+    assert model.sharing.task_layers == {"pos": 1, "chunk": 2, "ner": 2}
+    upper = [n for n, _ in model.sharing.named_parameters() if n.startswith("encoder.layers.1.")]
+    lower = [n for n, _ in model.sharing.named_parameters() if n.startswith("encoder.layers.0.")]
+    assert upper and lower
+    pos = _grads(model, data, "pos")
+    assert not any(_has_grad(pos[n]) for n in upper)
+    assert all(_has_grad(pos[n]) for n in lower)
+    ner = _grads(model, data, "ner")
+    assert all(_has_grad(ner[n]) for n in upper + lower)
+
+
+def test_hierarchical_runs_the_encoder_once_for_all_tasks(tiny_corpus, tmp_path):
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers.pos": 1})
+    model, data = _model(config)
+    batch = _batch(model, data, "pos")
+    layers = model.sharing.encoder(batch)
+    calls = []
+    model.sharing.encoder.register_forward_hook(lambda *args: calls.append(1))
+    features = model.sharing.features_for_tasks(batch, TASKS)
+    assert len(calls) == 1
+    assert torch.equal(features["pos"], layers[0]) and not torch.equal(features["pos"], layers[1])
+    assert torch.equal(features["ner"], layers[1]) and torch.equal(features["chunk"], layers[1])
+    assert torch.equal(model.sharing(batch, "pos"), layers[0])
+
+
+def test_hierarchical_exports_only_tasks_on_the_top_layer(tiny_corpus, tmp_path):
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers.pos": 1})
+    model, _ = _model(config)
+    assert model.sharing.task_encoder_state("ner").keys() == model.sharing.encoder.state_dict().keys()
+    with pytest.raises(NotImplementedError, match="task 'pos' reads encoder layer 1 of 2"):
+        model.sharing.task_encoder_state("pos")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.sharing": "hierarchical", "model.task_layers.pos": 0}, "'model.task_layers.pos' must be a 1-based"),
+    ({"model.sharing": "hierarchical", "model.task_layers.pos": -1}, "'model.task_layers.pos' must be a 1-based"),
+    ({"model.sharing": "hierarchical", "model.task_layers.ner": 3},
+     r"'model.task_layers.ner' must be <= the encoder depth 2 \(model.bilstm.layers\)"),
+    ({"model.sharing": "hierarchical", "model.task_layers.ner": 3, **SCRATCH},
+     r"'model.task_layers.ner' must be <= the encoder depth 2 \(model.scratch.layers\)"),
+    ({"model.sharing": "hierarchical", "model.task_layers.upos": 1},
+     r"'model.task_layers.upos': 'upos' is not one of the model's tasks"),
+    ({"model.sharing": "hierarchical", "model.task_layers.pos": "low"}, "'model.task_layers.pos'"),
+    ({"model.task_layers.pos": 1}, "'model.task_layers' only applies to model.sharing=hierarchical"),
+    ({"model.sharing": "sparse", "model.task_layers.pos": 1}, "'model.task_layers' only applies"),
+    ({"model.sharing": "bottom", "model.bottom_layers": 0}, "'model.bottom_layers' must be >= 1 and < the encoder"),
+    ({"model.sharing": "bottom", "model.bottom_layers": 2},
+     r"'model.bottom_layers' must be .* depth 2 \(model.bilstm.layers\), so that .* got 2"),
+    ({"model.sharing": "bottom", "model.bilstm.layers": 1}, r"'model.bottom_layers' .* depth 1 .* got 1"),
+    ({"model.sharing": "bottom", "model.bottom_layers": 3, **SCRATCH}, r"depth 2 \(model.scratch.layers\)"),
+    ({"model.bottom_layers": 2}, "'model.bottom_layers' only applies to model.sharing=bottom"),
+])
+def test_bad_layer_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_corpus, tmp_path, **overrides)
+
+
+def test_the_built_encoder_depth_is_checked_again(tiny_corpus, tmp_path):
+    """A config that skipped validation (e.g. a hand-edited model folder) is caught when the model is built."""
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical"})
+    data = load_task_data(config, log=_quiet)
+    config.model.task_layers = {"pos": 3}
+    with pytest.raises(ConfigError, match=r"'model.task_layers.pos' must be <= the encoder depth 2, got 3"):
+        build_model(config, data)
+    config.model.task_layers = {"upos": 1}
+    with pytest.raises(ConfigError, match="'model.task_layers.upos'"):
+        build_model(config, data)
+    config.model.sharing, config.model.task_layers, config.model.bottom_layers = "bottom", {}, 2
+    with pytest.raises(ConfigError, match=r"'model.bottom_layers' .* depth 2 \(model.bilstm.layers\)"):
+        build_model(config, data)
+
+
+def test_hierarchical_on_a_transformer_encoder(tiny_corpus, tmp_path):
+    """A tiny randomly initialised BERT (3 layers) with MiniLM's tokenizer: each task reads its layer, and a
+    layer beyond the depth, which only the built encoder knows, is refused by key."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sparseshare.encoders.transformer import resolve_model_path
+
+    config = _config(tiny_corpus, tmp_path, **{"model.encoder": "transformer", "model.sharing": "hierarchical",
+                                               "model.task_layers.pos": 2, "model.transformer.dropout": 0.0})
+    data = load_task_data(config, log=_quiet)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model.transformer.name_or_path))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=3,
+                                num_attention_heads=2, intermediate_size=32))
+
+    def build():
+        return MultiTaskTagger(config.model, [d.spec for d in data.values()],
+                               {n: d.labels.itos for n, d in data.items()}, Vocab([]), Vocab([]),
+                               transformer_parts=(tokenizer, bert)).eval()
+
+    model = build()
+    batch = model.featurizer.collate(SENTENCES)
+    with torch.no_grad():
+        layers = model.sharing.encoder(batch)
+        features = model.sharing.features_for_tasks(batch, TASKS)
+    assert len(layers) == 3
+    assert torch.equal(features["pos"], layers[1]) and torch.equal(features["ner"], layers[2])
+    config.model.task_layers = {"pos": 4}
+    with pytest.raises(ConfigError, match=r"'model.task_layers.pos' must be <= the encoder depth 3, got 4"):
+        build()
+
+
+# -- separate bottom layers ------------------------------------------------------------------------------
+def _bottom_state_from_hard(state: dict, tasks: list[str], k: int) -> dict:
+    """Hard sharing's weights renamed for the bottom strategy: every task's bottom = hard's lowest k layers."""
+    out = {}
+    for name, value in state.items():
+        prefix = "sharing.encoder.layers."
+        if not name.startswith(prefix):
+            out[name] = value
+            continue
+        index, rest = name[len(prefix):].split(".", 1)
+        if int(index) < k:
+            out.update({f"sharing.bottom.{task}.{index}.{rest}": value for task in tasks})
+        else:
+            out[f"sharing.top.{int(index) - k}.{rest}"] = value
+    return out
+
+
+@pytest.mark.parametrize("extra,k", [({}, 1), ({"model.bilstm.layers": 3}, 2), (SCRATCH, 1),
+                                     ({**SCRATCH, "model.scratch.layers": 3}, 2)])
+def test_bottom_layers_with_identical_bottoms_are_hard_sharing(tiny_corpus, tmp_path, extra, k):
+    """The strategy composes the encoder's parts itself; with every task's bottom equal to hard sharing's
+    lowest layers it computes exactly hard sharing's features (guards the composition against drifting from
+    the encoders' own forward)."""
+    hard, data = _model(_config(tiny_corpus, tmp_path, **extra))
+    bottom, _ = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.bottom_layers": k,
+                                                         **extra}), data, seed=1)
+    bottom.load_state_dict(_bottom_state_from_hard(hard.state_dict(), TASKS, k))  # strict
+    batch = _batch(hard, data, "chunk")
+    expected = hard.sharing.encoder(batch)[-1]
+    features = bottom.sharing.features_for_tasks(batch, TASKS)
+    for task in TASKS:
+        assert torch.equal(features[task], expected), task
+        assert torch.equal(bottom.sharing(batch, task), expected), task
+
+
+@pytest.mark.parametrize("extra,k", [({}, 1), ({"model.bilstm.layers": 3}, 2), (SCRATCH, 1)])
+def test_bottom_parameter_count_is_hard_plus_one_bottom_per_extra_task(tiny_corpus, tmp_path, extra, k):
+    hard, data = _model(_config(tiny_corpus, tmp_path, **extra))
+    bottom, _ = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.bottom_layers": k,
+                                                         **extra}), data)
+    per_task = sum(p.numel() for layer in hard.sharing.encoder.layers[:k] for p in layer.parameters())
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert per_task > 0
+    assert count(bottom) == count(hard) + (len(TASKS) - 1) * per_task
+    assert len(bottom.sharing.top) == bottom.sharing.num_layers - k
+    assert all(len(bottom.sharing.bottom[t]) == k for t in TASKS)
+    assert len(bottom.sharing.encoder.layers) == 0  # the originals were moved, not kept as unused weights
+    # every task's bottom is its own copy, not a shared module
+    first = {id(p) for p in bottom.sharing.bottom["pos"].parameters()}
+    assert not first & {id(p) for p in bottom.sharing.bottom["ner"].parameters()}
+
+
+@pytest.mark.parametrize("extra", [{}, SCRATCH])
+def test_bottom_layers_get_gradients_from_their_task_only_and_shared_layers_from_all(tiny_corpus, tmp_path, extra):
+    model, data = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", **extra}))
+    names = [n for n, _ in model.sharing.named_parameters()]
+    top = [n for n in names if n.startswith("top.")]
+    embeddings = [n for n in names if n.startswith("encoder.embedder.words.")]
+    assert top and embeddings
+    for task in TASKS:
+        grads = _grads(model, data, task)
+        for other in TASKS:
+            own = [n for n in names if n.startswith(f"bottom.{other}.")]
+            assert own
+            if other == task:
+                assert all(_has_grad(grads[n]) for n in own), (task, other)
+            else:
+                assert not any(_has_grad(grads[n]) for n in own), (task, other)
+        assert all(_has_grad(grads[n]) for n in top + embeddings), task
+
+
+def test_bottom_embeds_once_per_batch(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom"}))
+    for task in TASKS[1:]:  # make the bottoms differ
+        for p in model.sharing.bottom[task].parameters():
+            p.data.add_(0.1 * torch.randn_like(p))
+    batch = _batch(model, data, "pos")
+    calls = []
+    model.sharing.encoder.embedder.register_forward_hook(lambda *args: calls.append(1))
+    features = model.sharing.features_for_tasks(batch, TASKS)
+    assert len(calls) == 1
+    for task in TASKS:
+        assert torch.equal(features[task], model.sharing(batch, task)), task
+    assert not torch.equal(features["pos"], features["ner"])
+    with pytest.raises(NotImplementedError, match="cannot export"):
+        model.sharing.task_encoder_state("pos")
+
+
+def test_bottom_with_a_transformer_encoder_is_refused_before_loading_it(tiny_corpus, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        _config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.encoder": "transformer"})
+    message = str(info.value)
+    for part in ("'model.sharing'", "'model.encoder'", "not supported yet", "per-layer API"):
+        assert part in message
+
+    def build_encoder():
+        raise AssertionError("the Transformer must not be loaded")
+
+    with pytest.raises(ConfigError, match="not supported yet"):
+        BottomSharing(build_encoder, TASKS, ModelConfig(encoder="transformer", sharing="bottom"))
+
+
+# -- training, saving and reloading --------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [
+    {"model.sharing": "hierarchical", "model.task_layers": "{pos: 1}"},
+    {"model.sharing": "bottom"},
+    {"model.sharing": "bottom", **SCRATCH, "train.optimizer": "adamw", "train.lr": 3e-3},
+])
+def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_path, extra):
+    config = _config(tiny_corpus, tmp_path, **extra)
+    results = run_training(config, log=_quiet)
+    assert set(results["dev"]) == set(TASKS)
+    folder = tmp_path / "model"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "labels.json",
+                                                        "model.safetensors", "vocab.json"]
+    saved = json.loads((folder / "config.json").read_text())["model"]
+    assert saved["sharing"] == extra["model.sharing"]
+    model = MultiTaskTagger.from_pretrained(folder)
+    assert model.config == config.model
+    before = model.predict(SENTENCES)
+    model.save_pretrained(tmp_path / "again")
+    again = MultiTaskTagger.from_pretrained(tmp_path / "again")
+    assert again.predict(SENTENCES) == before
+    a, b = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    if extra["model.sharing"] == "bottom":  # the bottoms started equal and were trained apart by their tasks
+        pos, ner = (dict(model.sharing.bottom[t].named_parameters()) for t in ("pos", "ner"))
+        assert any(not torch.equal(pos[n], ner[n]) for n in pos)
+    else:
+        assert model.sharing.task_layers == {"pos": 1, "chunk": 2, "ner": 2}
+
+
+def test_runs_checkpointed_before_the_new_keys_existed_still_resume():
+    """A config.yaml written before model.task_layers / model.bottom_layers existed lacks them: resuming with
+    their defaults is no change, resuming with another value is."""
+    current = load_config(None, []).to_dict()
+    saved = copy.deepcopy(current)
+    del saved["model"]["task_layers"], saved["model"]["bottom_layers"]
+    check_resume_config(saved, current)
+    current = load_config(None, ["model.sharing=bottom", "model.bilstm.layers=3", "model.bottom_layers=2"]).to_dict()
+    saved = copy.deepcopy(current)
+    del saved["model"]["bottom_layers"]
+    with pytest.raises(ValueError, match="model.bottom_layers: 1 -> 2"):
+        check_resume_config(saved, current)

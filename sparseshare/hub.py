@@ -21,6 +21,17 @@ CITATIONS = {
   booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
   year = {2020}
 }""",
+    "hierarchical": """@inproceedings{sogaard2016deep,
+  title = {Deep multi-task learning with low level tasks supervised at lower layers},
+  author = {S{\\o}gaard, Anders and Goldberg, Yoav},
+  booktitle = {Proceedings of ACL},
+  year = {2016}
+}""",
+    "bottom": """@misc{zhang2021rethinking,
+  title = {Rethinking Hard-Parameter Sharing in Multi-Task Learning},
+  author = {Zhang and others},
+  year = {2021}
+}""",
     "hard": """@article{caruana1997multitask,
   title = {Multitask Learning},
   author = {Caruana, Rich},

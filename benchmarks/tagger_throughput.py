@@ -14,7 +14,8 @@ memory (VmHWM) after tagging. For every multi-task model: all tasks, then each t
 task costs). ``--export``: the model's task is exported to transformers and
 ``pipeline("token-classification")`` tags the corpus tokens joined by spaces; the script reports both
 speeds and the share of words whose pipeline tag (read at the word's first character, i.e. its first
-subword) equals the sparseshare tag.
+subword) equals the sparseshare tag, and equals the class the sparseshare head chose (named in the corpus
+scheme, before sparseshare repairs ill-formed BIOES sequences).
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def run_export(path: str, gold: list[list[str]]) -> dict:
     from transformers import pipeline
 
     from sparseshare import Tagger
-    from sparseshare.export import export_task
+    from sparseshare.data.schemes import first_invalid_transition
+    from sparseshare.export import corpus_label, export_task
 
     tagger = Tagger.from_pretrained(path)
     task = "ner" if "ner" in tagger.tasks else tagger.tasks[0]
@@ -108,16 +110,22 @@ def run_export(path: str, gold: list[list[str]]) -> dict:
     tagger(spaced, tasks=[task], batch_size=64)
     tagger_s = time.perf_counter() - started
     ours = tagger.model.predict(gold, [task], batch_size=64)[task]
-    agree = total = 0
-    for words, entities, expected in zip(gold, every_token, ours):
+    head = tagger.model.predict(gold, [task], batch_size=64, head_scheme=True)[task]
+    spec = tagger.model.tasks[task]
+    agree = same_class = ill_formed = 0
+    for words, entities, expected, classes in zip(gold, every_token, ours, head):
         starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
         at = {e["start"]: e["entity"] for e in entities}
-        agree += sum(at.get(s) == tag for s, tag in zip(starts, expected))  # a word without a subword disagrees
-        total += len(words)
+        exported = [at.get(s) for s in starts]  # None: no subword starts at the word (counts as a disagreement)
+        agree += sum(a == b for a, b in zip(exported, expected))
+        same_class += sum(a == corpus_label(c, spec.train_scheme, spec.scheme) for a, c in zip(exported, classes))
+        ill_formed += first_invalid_transition(classes, spec.train_scheme) is not None
     n = sum(map(len, gold))
     return {"model": path, "task": task, "threads": torch.get_num_threads(), "words": n,
             "pipeline_words_per_s": n / pipeline_s, "tagger_words_per_s": n / tagger_s,
-            "agreement": agree / total, "words_compared": total, "words_disagreeing": total - agree}
+            "agreement_with_tagger_tags": agree / n, "words_disagreeing": n - agree,
+            "agreement_with_head_classes": same_class / n, "sentences": len(gold),
+            "sentences_with_ill_formed_head_output": ill_formed}
 
 
 def _memory() -> dict[str, float]:

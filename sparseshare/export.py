@@ -33,7 +33,7 @@ class ExportError(ValueError):
     pass
 
 
-def _corpus_label(label: str, train_scheme: str, scheme: str) -> str:
+def corpus_label(label: str, train_scheme: str, scheme: str) -> str:
     """The name of a head class in the corpus scheme, one token at a time."""
     if train_scheme == scheme or label == "O" or "-" not in label:
         return label
@@ -61,7 +61,7 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: b
         raise ExportError(str(err)) from None
     encoder = _transformer_of(model)
     spec = model.tasks[task]
-    labels = [_corpus_label(label, spec.train_scheme, spec.scheme) for label in model.labels[task]]
+    labels = [corpus_label(label, spec.train_scheme, spec.scheme) for label in model.labels[task]]
     hf_config = copy.deepcopy(encoder.model.config)
     hf_config.num_labels = len(labels)
     hf_config.id2label = dict(enumerate(labels))

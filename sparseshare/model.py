@@ -93,19 +93,22 @@ class MultiTaskTagger(nn.Module):
         return tasks
 
     @torch.inference_mode()
-    def predict_batch(self, batch: Batch, tasks: list[str] | None = None) -> dict[str, list[list[str]]]:
-        """Labels per task in each task's corpus scheme (e.g. NER trained in BIOES comes back in IOB2)."""
+    def predict_batch(self, batch: Batch, tasks: list[str] | None = None,
+                      head_scheme: bool = False) -> dict[str, list[list[str]]]:
+        """Labels per task in each task's corpus scheme (e.g. NER trained in BIOES comes back in IOB2), or with
+        ``head_scheme`` the head's own classes (BIOES), unconverted."""
         tasks = self.check_tasks(tasks)
         features = self.sharing.features_for_tasks(batch, tasks)
         result = {}
         for task in tasks:
             spec, names = self.tasks[task], self.labels[task]
             ids = self.heads[task].decode(features[task], batch.mask)
-            result[task] = [convert([names[i] for i in seq], spec.train_scheme, spec.scheme) for seq in ids]
+            target = spec.train_scheme if head_scheme else spec.scheme
+            result[task] = [convert([names[i] for i in seq], spec.train_scheme, target) for seq in ids]
         return result
 
     def predict(self, sentences: list[list[str]], tasks: list[str] | None = None, batch_size: int = 256,
-                device: torch.device | str | None = None) -> dict[str, list[list[str]]]:
+                device: torch.device | str | None = None, head_scheme: bool = False) -> dict[str, list[list[str]]]:
         """Tag pre-tokenised sentences, in length-sorted batches, returning results in input order."""
         tasks = self.check_tasks(tasks)
         for i, sentence in enumerate(sentences):
@@ -117,7 +120,7 @@ class MultiTaskTagger(nn.Module):
         result = {task: [None] * len(sentences) for task in tasks}
         for index in bucketed_batches([len(s) for s in sentences], batch_size, None):
             batch = self.featurizer.collate([sentences[i] for i in index]).to(device)
-            for task, labels in self.predict_batch(batch, tasks).items():
+            for task, labels in self.predict_batch(batch, tasks, head_scheme).items():
                 for i, seq in zip(index, labels):
                     result[task][i] = seq
         self.train(was_training)

@@ -236,10 +236,7 @@ def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path):
     sentences = [["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
                  ["The", "U.S.", "and", "United", "Nations", "met", "in", "New", "York", "."],
                  ["Peter", "Blackburn"]]
-    batch = model.featurizer.collate(sentences)
-    with torch.inference_mode():  # the head's own classes (BIOES), before sparseshare's conversion to IOB2
-        ids = model.heads["ner"].decode(model.sharing.features_for_tasks(batch, ["ner"])["ner"], batch.mask)
-    raw = [[model.labels["ner"][i] for i in seq] for seq in ids]
+    raw = model.predict(sentences, ["ner"], head_scheme=True)["ner"]  # BIOES, before the conversion to IOB2
     converted = model.predict(sentences, ["ner"])["ner"]
     runner = pipeline("token-classification", model=str(out), device="cpu")
     for words, own, expected in zip(sentences, raw, converted):

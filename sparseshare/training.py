@@ -347,6 +347,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     # 2. Data and model.
     data = data if data is not None else load_task_data(config, log)
     model = (build or build_model)(config, data)
+    model.sharing.initialize(t.seed)  # e.g. Maximum Roaming's initial masks; a resumed checkpoint replaces them
     add_word_ids(model, data)
     if config.model.sharing == "sparse":
         if config.sparse.masks:  # the file may hold masks of more tasks than this run trains
@@ -418,6 +419,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
 
             state.global_step += 1
             state.step_in_epoch = step + 1
+            tagger.sharing.after_step(state.global_step)  # e.g. Maximum Roaming moves its masks (saved below)
             sentences_seen += len(indices)
             if weight:  # this process's mean sentence loss (rank 0's, for the progress bar and tracker)
                 loss_sum, steps_run = loss_sum + loss.item() / weight / len(local), steps_run + 1
@@ -444,11 +446,14 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
                 save_model_atomically(tagger, output_dir / "model", {"selected_epoch": epoch + 1, "dev": _summary(dev)})
         else:
             state.bad_epochs += 1
+        sharing_values = tagger.sharing.log_values()  # e.g. Maximum Roaming's progress r(c)
         state.history.append({"epoch": epoch + 1, "dev": _summary(dev), "dev_mean": score,
-                              "train_sentences_per_s": sentences_seen / max(elapsed, 1e-9)})
-        accelerator.log({"train/loss": loss_sum / max(1, steps_run)}, step=state.global_step)
+                              "train_sentences_per_s": sentences_seen / max(elapsed, 1e-9),
+                              **({"sharing": sharing_values} if sharing_values else {})})
+        accelerator.log({"train/loss": loss_sum / max(1, steps_run), **sharing_values}, step=state.global_step)
         log(f"epoch {epoch + 1}: dev " + ", ".join(f"{k} {r['score']:.2f}" for k, r in dev.items())
-            + f" | mean {score:.2f}{' (best)' if improved else ''} | {sentences_seen / max(elapsed, 1e-9):.0f} sent/s")
+            + f" | mean {score:.2f}{' (best)' if improved else ''} | {sentences_seen / max(elapsed, 1e-9):.0f} sent/s"
+            + "".join(f" | {k} {v:.3f}" for k, v in sharing_values.items()))
         accelerator.log({f"dev/{k}": r["score"] for k, r in dev.items()} | {"dev/mean": score}, step=state.global_step)
         state.stopped_early = bool(t.patience and state.bad_epochs >= t.patience)
         save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)

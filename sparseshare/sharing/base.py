@@ -53,6 +53,20 @@ class SharingStrategy(nn.Module):
         (several encoders, routing) cannot be exported and say so."""
         raise NotImplementedError(f"sharing {self.name!r} cannot export a single task's encoder")
 
+    # Strategies whose structure changes during training (Maximum Roaming's masks) hook into the training loop.
+    # Their state must live in persistent buffers (or parameters): then it is part of model.safetensors and of
+    # every checkpoint, and a resumed run continues exactly.
+    def initialize(self, seed: int) -> None:
+        """Called once by the training loop on a freshly built model, with ``train.seed`` (before a resumed
+        checkpoint is loaded over it). Randomness here must come from a generator seeded with ``seed``."""
+
+    def after_step(self, global_step: int) -> None:
+        """Called by the training loop after every optimiser step; ``global_step`` counts steps from 1."""
+
+    def log_values(self) -> dict[str, float]:
+        """Numbers the training loop logs at every epoch end (tracker, epoch line, results.json history)."""
+        return {}
+
     # Strategies with state outside the parameters (e.g. sparse masks) write and read it beside
     # model.safetensors; the model folder calls these on save and load.
     def save_files(self, directory: Path) -> None:

@@ -51,18 +51,10 @@ class BottomSharing(SharingStrategy):
 
     # -- the encoder's forward pass, in parts -----------------------------------------------------
     def embed(self, batch) -> torch.Tensor:
-        """The shared input of the first layer (ScratchTransformerEncoder.forward / BiLSTMEncoder.embed)."""
-        encoder = self.encoder
-        if not self.scratch:
-            return encoder.embed(batch)
-        length = batch.mask.shape[1]
-        if length > encoder.max_positions:
-            raise ValueError(f"sentence of {length} tokens exceeds model.scratch.max_positions={encoder.max_positions}")
-        x = encoder.project(encoder.embedder(batch)) * math.sqrt(encoder.output_dim)
-        return x + encoder.positions(torch.arange(length, device=x.device)).unsqueeze(0)
+        return encoder_input(self.encoder, batch)
 
     def _layer(self, layer, x, mask):
-        return layer(x, src_key_padding_mask=~mask) if self.scratch else layer(x, mask)
+        return run_layer(layer, x, mask)
 
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
         """Top-layer features of ``task`` from the shared embeddings ``x``."""
@@ -76,3 +68,23 @@ class BottomSharing(SharingStrategy):
     def features_for_tasks(self, batch, tasks):
         x = self.embed(batch)  # embeddings once per batch; layers per task, as they differ from the first
         return {task: self.encode(x, batch, task) for task in tasks}
+
+
+def encoder_input(encoder, batch) -> torch.Tensor:
+    """The input of an encoder's first layer: ``BiLSTMEncoder.embed``, or for the scratch Transformer its
+    embeddings -> projection -> scaled + positions (``ScratchTransformerEncoder.forward`` up to the layers).
+    Strategies that run an encoder's layers themselves (bottom, cross_stitch, roaming) start here."""
+    if not isinstance(encoder, ScratchTransformerEncoder):
+        return encoder.embed(batch)
+    length = batch.mask.shape[1]
+    if length > encoder.max_positions:
+        raise ValueError(f"sentence of {length} tokens exceeds model.scratch.max_positions={encoder.max_positions}")
+    x = encoder.project(encoder.embedder(batch)) * math.sqrt(encoder.output_dim)
+    return x + encoder.positions(torch.arange(length, device=x.device)).unsqueeze(0)
+
+
+def run_layer(layer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One encoder layer (a BiLSTMLayer or a scratch nn.TransformerEncoderLayer) over ``x``; ``mask`` marks words."""
+    if isinstance(layer, nn.TransformerEncoderLayer):
+        return layer(x, src_key_padding_mask=~mask)
+    return layer(x, mask)

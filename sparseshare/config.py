@@ -75,6 +75,15 @@ class ModelConfig:
     # sharing: bottom only: how many of the lowest encoder layers each task owns; the layers above are shared
     # (Zhang et al. 2021); bilstm and scratch encoders
     bottom_layers: int = 1
+    # sharing: cross_stitch only: initial weight alpha of a task's own column in every layer's (T x T) mixing
+    # matrix, (1 - alpha) / (T - 1) for each other task's column (Misra et al. 2016); in [0, 1]
+    cross_stitch_init: float = 0.9
+    # sharing: roaming only: share p in (0, 1] of each layer's units that each task is active on; every unit is
+    # covered by some task at initialisation, so p * len(tasks) >= 1 (Pascal et al. 2021)
+    roaming_ratio: float = 0.5
+    # sharing: roaming only: training steps between two mask updates; 0 switches roaming off (a fixed random
+    # partition, the paper's baseline)
+    roaming_delta: int = 100
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     scratch: ScratchTransformerConfig = field(default_factory=ScratchTransformerConfig)
@@ -311,6 +320,37 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
         if model.encoder == "transformer":
             raise ConfigError(BOTTOM_TRANSFORMER)
         check_bottom_layers(model.bottom_layers, depth[1], depth[0])
+    validate_mixing_options(model, tasks)
+
+
+STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming"}
+
+
+def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
+    """``model.cross_stitch_init`` (cross_stitch), ``model.roaming_ratio`` and ``model.roaming_delta`` (roaming)."""
+    defaults = ModelConfig()
+    for key, strategy in STRATEGY_OPTIONS.items():
+        if getattr(model, key) != getattr(defaults, key) and model.sharing != strategy:
+            raise ConfigError(f"config key 'model.{key}' only applies to model.sharing={strategy} "
+                              f"(model.sharing is {model.sharing!r})")
+    if not 0.0 <= model.cross_stitch_init <= 1.0:
+        raise ConfigError(f"config key 'model.cross_stitch_init' must be in [0, 1], got {model.cross_stitch_init}")
+    if not 0.0 < model.roaming_ratio <= 1.0:
+        raise ConfigError(f"config key 'model.roaming_ratio' must be in (0, 1], got {model.roaming_ratio}")
+    if model.roaming_delta < 0:
+        raise ConfigError(f"config key 'model.roaming_delta' must be >= 0 (0 = no roaming), got {model.roaming_delta}")
+    if model.sharing == "roaming" and model.roaming_ratio * len(tasks) < 1:
+        raise ConfigError(f"config key 'model.roaming_ratio' ({model.roaming_ratio}) times the number of tasks "
+                          f"({len(tasks)}) must be >= 1, so that every unit can be covered by at least one task")
+    if model.sharing in ("cross_stitch", "roaming") and model.encoder == "transformer":
+        raise ConfigError(layerwise_transformer_error(model.sharing))
+
+
+def layerwise_transformer_error(sharing: str) -> str:
+    return (f"config keys 'model.sharing' = {sharing!r} and 'model.encoder' = 'transformer': not supported yet. "
+            f"Sharing {sharing!r} runs the encoder layer by layer (embeddings, then each layer, acting between "
+            f"layers), and a Hugging Face AutoModel offers no generic per-layer API (each architecture names and "
+            f"calls its embeddings and layers differently); use model.encoder=bilstm or scratch")
 
 
 BOTTOM_TRANSFORMER = (

@@ -32,6 +32,18 @@ CITATIONS = {
   author = {Zhang and others},
   year = {2021}
 }""",
+    "cross_stitch": """@inproceedings{misra2016cross,
+  title = {Cross-stitch Networks for Multi-task Learning},
+  author = {Misra, Ishan and Shrivastava, Abhinav and Gupta, Abhinav and Hebert, Martial},
+  booktitle = {Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year = {2016}
+}""",
+    "roaming": """@inproceedings{pascal2021maximum,
+  title = {Maximum Roaming Multi-Task Learning},
+  author = {Pascal, Lucas and Michiardi, Pietro and Bost, Xavier and Huet, Benoit and Zuluaga, Maria A.},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year = {2021}
+}""",
     "hard": """@article{caruana1997multitask,
   title = {Multitask Learning},
   author = {Caruana, Rich},

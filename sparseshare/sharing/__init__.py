@@ -1,5 +1,6 @@
 """Sharing strategies, one module each, looked up by the config key ``model.sharing``."""
-from . import bottom, hard, hierarchical, sparse  # noqa: F401  (each module registers its strategies)
+# each module registers its strategies
+from . import bottom, cross_stitch, hard, hierarchical, roaming, sparse  # noqa: F401
 from .base import STRATEGIES, SharingStrategy, register
 
 

@@ -1,0 +1,98 @@
+"""Cross-stitch networks (Misra et al., CVPR 2016): one encoder column per task, the tasks' activations mixed
+after every layer by a learned (T x T) matrix.
+
+After layer l, task t's column continues from ``sum_s alpha_l[t, s] * h_l^s``, the mix of every column's output
+(``mixing[l]`` is the layer's matrix, rows = the receiving task). The matrices start with ``model.cross_stitch_init``
+(alpha) on the diagonal and ``(1 - alpha) / (T - 1)`` elsewhere; alpha = 1 makes the columns independent
+single-task encoders. A batch of task t runs *every* column (training cost grows linearly with the number of
+tasks: that is the method) and returns task t's top mixed activation; :meth:`features_for_tasks` runs the
+columns once and returns each task's.
+
+Shared part: the word/char embeddings (for the scratch Transformer also its input projection and positions)
+are computed once and read by every column. The paper has no shared part; the embedding table is most of a
+tagger's parameters (a GloVe vocabulary), so copying it T times would multiply the model's size for little
+(every column would start from the same vectors anyway). Everything above the embeddings is per task: the
+layers and, for the scratch Transformer, the final LayerNorm. Served for the ``bilstm`` and ``scratch``
+encoders; a Hugging Face AutoModel is refused before it is loaded.
+
+Parameter names: ``encoder.*`` (shared embeddings), ``columns.<task>.<i>.*`` (layer i of the task's column,
+0-based), ``norms.<task>.*`` (scratch only), ``mixing`` (layers x T x T).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, layerwise_transformer_error
+from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder
+from .base import SharingStrategy, register
+from .bottom import encoder_input, run_layer
+
+
+def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
+    """(layers, T, T): alpha on the diagonal, (1 - alpha) / (T - 1) elsewhere (1 for a single task)."""
+    if tasks == 1:
+        return torch.ones(layers, 1, 1)
+    matrix = torch.full((tasks, tasks), (1.0 - alpha) / (tasks - 1))
+    matrix.fill_diagonal_(alpha)
+    return matrix.expand(layers, tasks, tasks).clone()
+
+
+def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:
+    """The built encoder, for strategies that run its layers one by one (bilstm and scratch only): a Transformer
+    is refused before it is loaded."""
+    if config.encoder == "transformer":
+        raise ConfigError(layerwise_transformer_error(sharing))
+    encoder = build_encoder()
+    if not isinstance(encoder, (BiLSTMEncoder, ScratchTransformerEncoder)):
+        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves the bilstm and scratch encoders, "
+                          f"not {type(encoder).__name__} (model.encoder = {config.encoder!r})")
+    return encoder
+
+
+@register("cross_stitch")
+class CrossStitchSharing(SharingStrategy):
+    def __init__(self, build_encoder, tasks, config):
+        super().__init__(build_encoder, tasks, config)
+        encoder = layerwise_encoder("cross_stitch", build_encoder, config)
+        layers = encoder.layers
+        encoder.layers = nn.ModuleList()  # the columns own the layers now: no unused originals
+        self.scratch = isinstance(encoder, ScratchTransformerEncoder)
+        if self.scratch:
+            self.norms = nn.ModuleDict({task: copy.deepcopy(encoder.norm) for task in self.tasks})
+            encoder.norm = None
+        self.encoder = encoder
+        # every column starts as a copy of the same initialisation, like the paper's columns that all start
+        # from one pretrained network
+        self.columns = nn.ModuleDict({task: copy.deepcopy(layers) for task in self.tasks})
+        self.num_layers = encoder.num_layers
+        self.mixing = nn.Parameter(mixing_init(self.num_layers, len(self.tasks), config.cross_stitch_init))
+
+    @property
+    def output_dim(self) -> int:
+        return self.encoder.output_dim
+
+    def columns_forward(self, batch, rows: list[int] | None = None) -> torch.Tensor:
+        """(T', B, L, H): the top mixed activations of the tasks at ``rows`` (all tasks when None)."""
+        x = encoder_input(self.encoder, batch)
+        h = x.unsqueeze(0).expand(len(self.tasks), *x.shape)  # every column reads the shared embeddings
+        for i in range(self.num_layers):
+            out = torch.stack([run_layer(self.columns[task][i], h[j], batch.mask) for j, task in enumerate(self.tasks)])
+            mixing = self.mixing[i]
+            if i == self.num_layers - 1 and rows is not None:
+                mixing = mixing[rows]  # the top layer: only the rows that are read
+            h = torch.einsum("ts,s...->t...", mixing, out)
+        return h
+
+    def _top(self, h: torch.Tensor, task: str, batch) -> torch.Tensor:
+        return self.norms[task](h) * batch.mask.unsqueeze(-1) if self.scratch else h
+
+    def forward(self, batch, task):
+        return self._top(self.columns_forward(batch, [self.tasks.index(task)])[0], task, batch)
+
+    def features_for_tasks(self, batch, tasks):
+        rows = [self.tasks.index(task) for task in tasks]
+        top = self.columns_forward(batch, rows)
+        return {task: self._top(top[j], task, batch) for j, task in enumerate(tasks)}

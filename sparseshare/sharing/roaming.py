@@ -1,0 +1,140 @@
+"""Maximum Roaming (Pascal et al., AAAI 2021): one shared encoder, per task a binary mask over the units of each
+layer, and the masks move ("roam") during training until every task has used every unit.
+
+Units: for the BiLSTM, the ``2 x hidden`` output units of each layer (the layer's output is multiplied by the
+task's mask, so a switched-off unit reaches neither the next layer nor the head; inside its own layer the LSTM's
+recurrence still sees it, as cuDNN's LSTM cannot mask a unit's state). For the scratch Transformer, the
+``model.scratch.ff`` feed-forward units of each layer (the activations between the two linear maps): a
+switched-off unit's rows of ``linear1`` and column of ``linear2`` get no gradient from that task. The residual
+stream itself is not masked, which would also cut the embeddings and attention passing through it. A Hugging
+Face Transformer is refused before it is loaded.
+
+* Initialisation: each task is active on ``k = round(model.roaming_ratio x units)`` units per layer, drawn so that
+  every unit is covered by at least one task (a random permutation dealt out to the tasks, then each task filled
+  up to k at random), hence ``k x tasks >= units``.
+* Every ``model.roaming_delta`` training steps (``after_step``), for each layer and task that has not visited every
+  unit yet: one unit it never visited is switched on and one of its active units is switched off, both at random.
+  k stays constant. ``model.roaming_delta: 0`` never moves the masks: the paper's fixed random partition baseline.
+* Progress r(c) = share of (task, layer, unit) triples visited so far (:meth:`roaming_progress`), logged per epoch.
+
+Randomness comes from a ``torch.Generator`` seeded with ``train.seed`` (:meth:`initialize`), never from the global
+RNG. Masks, visited sets and the generator state are persistent buffers (``masks``, ``visited``, ``rng_state``),
+so they are saved in ``model.safetensors`` and in every training checkpoint: every process of a distributed run
+and a resumed run draw exactly the masks of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..encoders import ScratchTransformerEncoder
+from .base import SharingStrategy, register
+from .bottom import encoder_input
+from .cross_stitch import layerwise_encoder
+
+
+def initial_masks(layers: int, tasks: int, units: int, active: int, generator: torch.Generator) -> torch.Tensor:
+    """(layers, tasks, units) bool: ``active`` units per task and layer, every unit covered by some task."""
+    masks = torch.zeros(layers, tasks, units, dtype=torch.bool)
+    for layer in range(layers):
+        order = torch.randperm(units, generator=generator)
+        for i, unit in enumerate(order.tolist()):  # deal every unit to one task: full coverage
+            masks[layer, i % tasks, unit] = True
+        for task in range(tasks):  # then fill each task up to `active` units at random
+            free = (~masks[layer, task]).nonzero().squeeze(1)
+            missing = active - int(masks[layer, task].sum())
+            extra = free[torch.randperm(len(free), generator=generator)[:missing]]
+            masks[layer, task, extra] = True
+    return masks
+
+
+@register("roaming")
+class MaximumRoaming(SharingStrategy):
+    def __init__(self, build_encoder, tasks, config):
+        super().__init__(build_encoder, tasks, config)
+        self.encoder = layerwise_encoder("roaming", build_encoder, config)
+        self.scratch = isinstance(self.encoder, ScratchTransformerEncoder)
+        self.units = self.encoder.layers[0].linear1.out_features if self.scratch else self.encoder.output_dim
+        self.active = round(config.roaming_ratio * self.units)
+        self.delta = config.roaming_delta
+        if self.active < 1 or self.active * len(self.tasks) < self.units:
+            raise ConfigError(
+                f"config key 'model.roaming_ratio' ({config.roaming_ratio}) gives {self.active} of {self.units} units "
+                f"per layer to each of {len(self.tasks)} task(s), too few to cover every unit")
+        shape = (self.encoder.num_layers, len(self.tasks), self.units)
+        self.register_buffer("masks", torch.zeros(shape, dtype=torch.bool))
+        self.register_buffer("visited", torch.zeros(shape, dtype=torch.bool))
+        self.register_buffer("rng_state", torch.Generator().get_state())
+        self.initialize(0)
+
+    @property
+    def output_dim(self) -> int:
+        return self.encoder.output_dim
+
+    # -- masks ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, seed: int) -> None:
+        """Draw the initial masks from a generator seeded with ``seed`` (the training loop passes train.seed)."""
+        generator = torch.Generator().manual_seed(seed)
+        layers, tasks, units = self.masks.shape
+        self.masks.copy_(initial_masks(layers, tasks, units, self.active, generator))
+        self.visited.copy_(self.masks)
+        self.rng_state.copy_(generator.get_state())
+
+    @torch.no_grad()
+    def roam(self) -> None:
+        """One update: per layer and task, switch on a never-visited unit and switch off an active one."""
+        generator = torch.Generator()
+        generator.set_state(self.rng_state.cpu())
+        masks, visited = self.masks.cpu(), self.visited.cpu()
+        for layer in range(masks.shape[0]):
+            for task in range(masks.shape[1]):
+                unseen = (~visited[layer, task]).nonzero().squeeze(1)
+                if len(unseen) == 0:
+                    continue  # this task has visited every unit of the layer: its mask stays
+                on = unseen[torch.randint(len(unseen), (1,), generator=generator)]
+                current = masks[layer, task].nonzero().squeeze(1)
+                off = current[torch.randint(len(current), (1,), generator=generator)]
+                masks[layer, task, off] = False
+                masks[layer, task, on] = True
+                visited[layer, task, on] = True
+        self.masks.copy_(masks)
+        self.visited.copy_(visited)
+        self.rng_state.copy_(generator.get_state())
+
+    def after_step(self, global_step: int) -> None:
+        if self.delta and global_step % self.delta == 0:
+            self.roam()
+
+    def roaming_progress(self) -> float:
+        """r(c): the share of (task, layer, unit) triples visited so far (1.0 once roaming is complete)."""
+        return float(self.visited.float().mean())
+
+    def log_values(self) -> dict[str, float]:
+        return {"roaming/progress": self.roaming_progress()}
+
+    # -- forward --------------------------------------------------------------------------------
+    def _layer(self, i: int, x: torch.Tensor, mask: torch.Tensor, unit_mask: torch.Tensor) -> torch.Tensor:
+        layer = self.encoder.layers[i]
+        unit_mask = unit_mask.to(x.dtype)
+        if not self.scratch:
+            return layer(x, mask) * unit_mask
+        # nn.TransformerEncoderLayer(norm_first=True) written out, with the mask between the feed-forward maps
+        x = x + layer._sa_block(layer.norm1(x), None, ~mask)
+        hidden = layer.activation(layer.linear1(layer.norm2(x))) * unit_mask
+        return x + layer.dropout2(layer.linear2(layer.dropout(hidden)))
+
+    def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
+        """Top-layer features of ``task`` from the shared embeddings ``x``."""
+        t = self.tasks.index(task)
+        for i in range(self.encoder.num_layers):
+            x = self._layer(i, x, batch.mask, self.masks[i, t])
+        return self.encoder.norm(x) * batch.mask.unsqueeze(-1) if self.scratch else x
+
+    def forward(self, batch, task):
+        return self.encode(encoder_input(self.encoder, batch), batch, task)
+
+    def features_for_tasks(self, batch, tasks):
+        x = encoder_input(self.encoder, batch)  # embeddings once per batch; the masks differ from the first layer
+        return {task: self.encode(x, batch, task) for task in tasks}

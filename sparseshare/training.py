@@ -407,7 +407,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
             d = data[task]
             batch = tagger.featurizer.collate([d.train_tokens[i] for i in local], [d.train_labels[i] for i in local],
                                               [d.train_word_ids[i] for i in local]).to(accelerator.device)
-            loss = model(batch, task).sum() * weight
+            losses = model(batch, task)
+            loss = losses.sum() * weight
             accelerator.backward(loss)
             if t.clip:
                 accelerator.clip_grad_norm_(model.parameters(), t.clip)
@@ -419,6 +420,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
 
             state.global_step += 1
             state.step_in_epoch = step + 1
+            # e.g. a router scores its routes (a process without sentences passes none)
+            tagger.sharing.observe_losses(task, losses.detach() if weight else losses.detach()[:0])
             tagger.sharing.after_step(state.global_step)  # e.g. Maximum Roaming moves its masks (saved below)
             sentences_seen += len(indices)
             if weight:  # this process's mean sentence loss (rank 0's, for the progress bar and tracker)
@@ -440,13 +443,14 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         score = mean_score(dev)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         improved = score > state.best_score
+        # e.g. Maximum Roaming's progress r(c), routing's epoch map; before the save, so the saved model has this epoch
+        sharing_values = tagger.sharing.log_values()
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
             if accelerator.is_main_process:
                 save_model_atomically(tagger, output_dir / "model", {"selected_epoch": epoch + 1, "dev": _summary(dev)})
         else:
             state.bad_epochs += 1
-        sharing_values = tagger.sharing.log_values()  # e.g. Maximum Roaming's progress r(c)
         state.history.append({"epoch": epoch + 1, "dev": _summary(dev), "dev_mean": score,
                               "train_sentences_per_s": sentences_seen / max(elapsed, 1e-9),
                               **({"sharing": sharing_values} if sharing_values else {})})

@@ -53,7 +53,7 @@ class SharingStrategy(nn.Module):
         (several encoders, routing) cannot be exported and say so."""
         raise NotImplementedError(f"sharing {self.name!r} cannot export a single task's encoder")
 
-    # Strategies whose structure changes during training (Maximum Roaming's masks) hook into the training loop.
+    # Strategies whose structure changes during training (Maximum Roaming's masks, routers) hook into the training loop.
     # Their state must live in persistent buffers (or parameters): then it is part of model.safetensors and of
     # every checkpoint, and a resumed run continues exactly.
     def initialize(self, seed: int) -> None:
@@ -63,8 +63,16 @@ class SharingStrategy(nn.Module):
     def after_step(self, global_step: int) -> None:
         """Called by the training loop after every optimiser step; ``global_step`` counts steps from 1."""
 
+    def observe_losses(self, task: str, losses: torch.Tensor) -> None:
+        """Called by the training loop after every optimiser step with the detached per-sentence losses (B,) of
+        the step's forward pass ``model(batch, task)`` on this process's slice of the global batch (empty when the
+        process had no sentences at this step), e.g. as rewards for a router. Under a distributed launch every
+        process calls it at every step; a strategy that learns from them must combine the processes' statistics
+        (``torch.distributed.all_reduce``) so that their states stay identical."""
+
     def log_values(self) -> dict[str, float]:
-        """Numbers the training loop logs at every epoch end (tracker, epoch line, results.json history)."""
+        """Numbers the training loop logs at every epoch end (tracker, epoch line, results.json history); called
+        once per epoch, after the dev evaluation and before the epoch's model and checkpoint are saved."""
         return {}
 
     # Strategies with state outside the parameters (e.g. sparse masks) write and read it beside

@@ -1,4 +1,4 @@
-"""``sparseshare train | train-sparse | masks show | evaluate | tag | push | export``."""
+"""``sparseshare train | train-sparse | masks show | routing show | evaluate | tag | push | export``."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,16 @@ def _masks_show(args):
     print(format_report(model.sharing.masks, model_statistics(model)["parameters"]))
     if args.png:
         print(f"wrote {draw_overlap(model.sharing.masks, args.png)}")
+
+
+def _routing_show(args):
+    from .hub import resolve_model_folder
+    from .sharing.routing import draw_routing_map, format_routing_map, load_routing_map
+
+    routing = load_routing_map(resolve_model_folder(args.model))
+    print(format_routing_map(routing))
+    if args.png:
+        print(f"wrote {draw_routing_map(routing, args.png)}")
 
 
 def _evaluate(args):
@@ -147,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("model", help="model folder")
     show.add_argument("--png", help="also draw the overlap-ratio heatmap into this PNG file")
     show.set_defaults(run=_masks_show)
+
+    routing = sub.add_parser("routing", help="inspect the routing map of a routing-network model")
+    routing_sub = routing.add_subparsers(dest="routing_command", required=True)
+    show = routing_sub.add_parser("show", help="the share of each task's sentences routed through each block")
+    show.add_argument("model", help="model folder or Hub repo id")
+    show.add_argument("--png", help="also draw the map (one heatmap per task) into this PNG file")
+    show.set_defaults(run=_routing_show)
 
     ev = sub.add_parser("evaluate", help="score a saved model on a split; prints a per-task table")
     ev.add_argument("model", help="model folder")

@@ -84,6 +84,18 @@ class ModelConfig:
     # sharing: roaming only: training steps between two mask updates; 0 switches roaming off (a fixed random
     # partition, the paper's baseline)
     roaming_delta: int = 100
+    # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing.py): function blocks (copies of the
+    # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
+    routing_blocks: int | list[int] = 2
+    # sharing: routing only: also offer a PASS block (the identity) at every layer whose input and output widths agree
+    routing_pass: bool = False
+    # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one MLP agent over
+    # the layer input and the task, REINFORCE with a running-mean baseline)
+    routing_router: str = "wpl"
+    # sharing: routing only: weight rho of the collaboration reward rho x (historical probability of the chosen block)
+    routing_rho: float = 0.3
+    # sharing: routing only: the router's step size (WPL policy step / REINFORCE SGD learning rate)
+    routing_lr: float = 0.05
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     scratch: ScratchTransformerConfig = field(default_factory=ScratchTransformerConfig)
@@ -323,11 +335,15 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
     validate_mixing_options(model, tasks)
 
 
-STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming"}
+STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming",
+                    "routing_blocks": "routing", "routing_pass": "routing", "routing_router": "routing",
+                    "routing_rho": "routing", "routing_lr": "routing"}
+ROUTERS = ("wpl", "reinforce")
 
 
 def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
-    """``model.cross_stitch_init`` (cross_stitch), ``model.roaming_ratio`` and ``model.roaming_delta`` (roaming)."""
+    """``model.cross_stitch_init`` (cross_stitch), ``model.roaming_ratio`` and ``model.roaming_delta`` (roaming),
+    ``model.routing_*`` (routing)."""
     defaults = ModelConfig()
     for key, strategy in STRATEGY_OPTIONS.items():
         if getattr(model, key) != getattr(defaults, key) and model.sharing != strategy:
@@ -342,8 +358,29 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
     if model.sharing == "roaming" and model.roaming_ratio * len(tasks) < 1:
         raise ConfigError(f"config key 'model.roaming_ratio' ({model.roaming_ratio}) times the number of tasks "
                           f"({len(tasks)}) must be >= 1, so that every unit can be covered by at least one task")
-    if model.sharing in ("cross_stitch", "roaming") and model.encoder == "transformer":
+    if model.routing_router not in ROUTERS:
+        raise ConfigError(f"config key 'model.routing_router': {model.routing_router!r} is not one of {list(ROUTERS)}")
+    if model.routing_rho < 0:
+        raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {model.routing_rho}")
+    if model.routing_lr <= 0:
+        raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {model.routing_lr}")
+    if model.sharing in ("cross_stitch", "roaming", "routing") and model.encoder == "transformer":
         raise ConfigError(layerwise_transformer_error(model.sharing))
+    depth = config_depth(model)
+    routing_blocks_per_layer(model.routing_blocks, depth[1] if depth else None, depth[0] if depth else "")
+
+
+def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_key: str = "") -> list[int]:
+    """``model.routing_blocks`` as one count per layer (``depth`` layers; None: only checks the counts)."""
+    counts = [blocks] * (depth or 1) if isinstance(blocks, int) else list(blocks)
+    if depth is not None and len(counts) != depth:
+        where = f" ({depth_key})" if depth_key else ""
+        raise ConfigError(f"config key 'model.routing_blocks' lists {len(counts)} layer(s) but the encoder has "
+                          f"{depth}{where}; give one block count per layer, or one int for all")
+    bad = [k for k in counts if k < 1]
+    if bad or not counts:
+        raise ConfigError(f"config key 'model.routing_blocks' must give every layer >= 1 block(s), got {blocks!r}")
+    return counts
 
 
 def layerwise_transformer_error(sharing: str) -> str:

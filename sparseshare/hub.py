@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Everything a model folder may hold; nothing else is downloaded (no pickles, no code).
 MODEL_FILE_PATTERNS = ["config.json", "vocab.json", "labels.json", "model.safetensors", "masks.safetensors",
-                       "README.md", "encoder/*.json", "encoder/*.txt", "encoder/*.model"]
+                       "routing.json", "README.md", "encoder/*.json", "encoder/*.txt", "encoder/*.model"]
 
 CITATIONS = {
     "sparse": """@inproceedings{sun2020sparse,
@@ -43,6 +43,12 @@ CITATIONS = {
   author = {Pascal, Lucas and Michiardi, Pietro and Bost, Xavier and Huet, Benoit and Zuluaga, Maria A.},
   booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
   year = {2021}
+}""",
+    "routing": """@inproceedings{rosenbaum2018routing,
+  title = {Routing Networks: Adaptive Selection of Non-linear Functions for Multi-Task Learning},
+  author = {Rosenbaum, Clemens and Klinger, Tim and Riemer, Matthew},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year = {2018}
 }""",
     "hard": """@article{caruana1997multitask,
   title = {Multitask Learning},

@@ -1,6 +1,6 @@
 """Sharing strategies, one module each, looked up by the config key ``model.sharing``."""
 # each module registers its strategies
-from . import bottom, cross_stitch, hard, hierarchical, roaming, sparse  # noqa: F401
+from . import bottom, cross_stitch, hard, hierarchical, roaming, routing, sparse  # noqa: F401
 from .base import STRATEGIES, SharingStrategy, register
 
 

@@ -1,0 +1,500 @@
+"""Routing networks (Rosenbaum, Klinger & Riemer, "Routing Networks: Adaptive Selection of Non-linear Functions for
+Multi-Task Learning", ICLR 2018): every routed encoder layer offers k function blocks, and a router picks one block
+per layer for each sentence.
+
+Blocks. Layer l has ``model.routing_blocks`` (an int for every layer, or a list with one entry per layer) copies of
+the encoder's layer l, all starting from the same initialisation, plus with ``model.routing_pass: true`` a PASS block
+(the identity) at every layer whose input and output widths agree (every scratch layer; BiLSTM layers above the
+first, whose input is the embeddings). Choice j < k is copy j, choice k is PASS. The word/char embeddings (for the
+scratch Transformer also its input projection, positions and final LayerNorm) are shared, computed once per batch.
+A batch's sentences are grouped by their chosen block (``index_select`` -> the block on that sub-batch with its own
+mask -> ``index_copy``; a loop over blocks, never over sentences), so a block gets gradients only from the sentences
+routed through it, and an unchosen block is not run at all: per-step cost stays that of one encoder whatever k is.
+k = 1 without PASS is hard sharing. Served for the ``bilstm`` and ``scratch`` encoders; a Hugging Face AutoModel is
+refused before it is loaded.
+
+Routers (``model.routing_router``):
+
+* ``wpl`` (the paper's multi-agent setting): one tabular agent per task. Its policy ``policy[task, layer]`` is a
+  distribution over the layer's choices that does not look at the input. Each agent keeps action values
+  ``q[task, layer, choice]`` (the running mean of the returns that followed the choice, rate ``VALUE_RATE``; the
+  first observation sets it) and takes the Weighted Policy Learner step of Abdallah & Lesser (2008) after every
+  training batch of its task: with the gradient ``delta(a) = q(a) - sum_b pi(b) q(b)``, ``pi(a) += lr x delta(a) x
+  (1 - pi(a))`` where delta > 0 and ``pi(a) += lr x delta(a) x pi(a)`` where delta <= 0, then the policy is
+  projected back onto the simplex (clipped to [0, 1], renormalised). See :func:`wpl_update`.
+* ``reinforce``: a single agent for all tasks, one small MLP per layer (the layers' inputs differ in width and
+  choice count) over [the layer input mean-pooled over the sentence's words and standardised, the task one-hot],
+  softmax over the layer's choices, trained with REINFORCE against a running-mean baseline per task and layer
+  (rate ``VALUE_RATE``, set by the first batch). Its last layer starts at zero: the initial policy is uniform.
+
+``model.routing_lr`` is the router's step size (the WPL policy step, the REINFORCE SGD learning rate). The routers'
+state is kept in buffers, not parameters: the training optimiser never sees it, the router takes its own steps in
+:meth:`observe_losses`.
+
+Rewards. The final reward of a sentence is its negative per-token training loss, ``-loss / words`` (the
+per-sentence loss ``model(batch, task)`` returns, which the training loop hands over through
+:meth:`observe_losses`). Why not the paper's +1/-1 for a correct prediction: a tagger's prediction is a sequence,
+"correct" would need a token-accuracy threshold (a new hyperparameter, and with an untrained model nearly every
+sentence fails it, so the signal is flat at -1 early on), and it would need a decode (Viterbi for the CRF) of every
+training batch; the loss is already computed, dense and graded, and the paper itself uses the negative loss for
+objectives other than classification. Dividing by the sentence length keeps long sentences from looking like bad
+routes. Every routing decision also gets the paper's immediate collaboration reward ``rho x`` the historical
+probability of the chosen block at that layer (``model.routing_rho``; the share of all training sentences of all
+tasks routed through that block so far, uniform before the first step), which rewards reuse. The return of the
+decision at layer l is the undiscounted sum of the rewards from l on: the final reward plus the collaboration
+rewards of layers l..L (:func:`returns_to_go`).
+
+Randomness and resume. Routes are sampled in training mode only; in evaluation mode (``model.eval()``) the policy
+is greedy (argmax; WPL: the same route for every sentence of a task). Sampling uses a private generator: its state
+is the persistent buffer ``rng_state``, seeded by :meth:`initialize` (``train.seed``), advanced by exactly one draw
+per training forward pass (the seed of that pass's uniforms, plus the process rank), never the global RNG. Policies,
+values, baselines, MLP weights, usage counts and the routing-map history are persistent buffers too, so they are
+saved in ``model.safetensors`` and in every checkpoint, and a resumed run routes like an uninterrupted one.
+Distributed runs: every process routes and scores its own slice of the global batch, and the router statistics
+(return sums and counts per choice, the REINFORCE gradient) are summed over processes with
+``torch.distributed.all_reduce`` before the update, so every process takes the same router step and the routers
+never diverge.
+
+Routing map. The share of each task's training sentences routed through each block of each layer is counted over
+the epoch; :meth:`log_values` (called at every epoch end) closes the epoch: the epoch's map is appended to the
+``map_history`` buffer and the mean normalised entropy of the routes is logged as ``routing/entropy``.
+:meth:`save_files` writes ``routing.json`` into the model folder (per-epoch maps, the historical usage per layer,
+the WPL policies and greedy routes); :func:`draw_routing_map` draws it into a PNG (``sparseshare routing show MODEL
+--png out.png``).
+
+Parameter names: ``encoder.*`` (shared embeddings), ``blocks.<layer>.<j>.*`` (block j of a layer, 0-based).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError, routing_blocks_per_layer
+from ..encoders import ScratchTransformerEncoder
+from .base import SharingStrategy, register
+from .bottom import encoder_input, run_layer
+from .cross_stitch import layerwise_encoder
+
+VALUE_RATE = 0.1  # running-mean rate of the WPL action values and of the REINFORCE baselines
+ROUTER_HIDDEN = 64  # hidden units of the REINFORCE router MLPs
+ROUTING_FILE = "routing.json"
+
+
+# -- the pieces, as functions (tested on their own) ------------------------------------------------------------------
+def wpl_update(policy: torch.Tensor, q: torch.Tensor, returns_sum: torch.Tensor, counts: torch.Tensor,
+               valid: torch.Tensor, lr: float, value_rate: float = VALUE_RATE,
+               seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Weighted Policy Learner step for tabular policies ``(..., K)`` (rows: e.g. layers).
+
+    ``returns_sum`` / ``counts``: the returns observed after each choice in this batch and how many. A chosen
+    action's value moves towards its mean return (``q += value_rate x (mean - q)``; set to the mean where ``seen``
+    is False). Then ``delta = q - sum(pi x q)``, the step ``delta x (1 - pi)`` where delta > 0 and ``delta x pi``
+    elsewhere, ``pi += lr x step``, clipped to [0, 1] and renormalised over the ``valid`` choices. A row without
+    any observation keeps its policy. Returns ``(policy, q)``."""
+    taken = counts > 0
+    mean = returns_sum / counts.clamp(min=1)
+    rate = torch.full_like(q, value_rate) if seen is None else torch.where(seen, value_rate, 1.0).to(q.dtype)
+    q = torch.where(taken, q + rate * (mean - q), q)
+    value = (policy * q).sum(-1, keepdim=True)
+    delta = (q - value) * valid
+    step = torch.where(delta > 0, delta * (1 - policy), delta * policy)
+    new = (policy + lr * step).clamp(0.0, 1.0) * valid
+    new = new / new.sum(-1, keepdim=True).clamp(min=1e-12)
+    return torch.where(taken.any(-1, keepdim=True), new, policy), q
+
+
+def returns_to_go(final: torch.Tensor, immediate: torch.Tensor) -> torch.Tensor:
+    """(L, B): the undiscounted return of the decision at layer l, ``final + sum_{l' >= l} immediate[l']``."""
+    return final.unsqueeze(0) + immediate.flip(0).cumsum(0).flip(0)
+
+
+def sample_choices(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """(B,) choice indices drawn from the rows of ``probs`` (B, K) by inverting the CDF at ``uniforms`` (B,)."""
+    cdf = probs.cumsum(-1)
+    return (uniforms.unsqueeze(-1) >= cdf).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def dispatch(blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """Run each sentence through its chosen block: ``blocks[j]`` (an encoder layer, or None for PASS) on the
+    sub-batch of the sentences with ``choice == j``, with that sub-batch's mask; vectorised per block.
+    BiLSTM sub-batches keep the batch's longest-first order (indices ascend), so packing needs no sort."""
+    out = None
+    for j, block in enumerate(blocks):
+        index = (choice == j).nonzero().squeeze(1)
+        if index.numel() == 0:
+            continue
+        if index.numel() == x.shape[0]:  # the whole batch took this block: no gather/scatter
+            return x if block is None else run_layer(block, x, mask)
+        sub = x.index_select(0, index)
+        y = sub if block is None else run_layer(block, sub, mask.index_select(0, index))
+        out = (x.new_zeros(x.shape[0], x.shape[1], out_dim) if out is None else out).index_copy(0, index, y)
+    return out
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class RouterMLP(nn.Module):
+    """One layer's REINFORCE router: ``[pooled input, task one-hot] -> hidden (ReLU) -> choice logits``. The
+    weights are buffers: the router trains itself (:meth:`RoutingNetwork.observe_losses`), not the optimiser."""
+
+    def __init__(self, in_dim: int, choices: int, hidden: int = ROUTER_HIDDEN):
+        super().__init__()
+        self.register_buffer("w1", torch.zeros(in_dim, hidden))
+        self.register_buffer("b1", torch.zeros(hidden))
+        self.register_buffer("w2", torch.zeros(hidden, choices))
+        self.register_buffer("b2", torch.zeros(choices))
+
+    def weights(self) -> list[torch.Tensor]:
+        return [self.w1, self.b1, self.w2, self.b2]
+
+    @staticmethod
+    def logits(weights, inputs: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = weights
+        return torch.relu(inputs @ w1 + b1) @ w2 + b2
+
+
+@register("routing")
+class RoutingNetwork(SharingStrategy):
+    def __init__(self, build_encoder, tasks, config):
+        super().__init__(build_encoder, tasks, config)
+        encoder = layerwise_encoder("routing", build_encoder, config)
+        layers = list(encoder.layers)
+        encoder.layers = nn.ModuleList()  # the blocks own the layers now: no unused originals
+        self.encoder = encoder
+        self.scratch = isinstance(encoder, ScratchTransformerEncoder)
+        self.num_layers = len(layers)
+        self.copies = routing_blocks_per_layer(config.routing_blocks, self.num_layers,
+                                               "model.scratch.layers" if self.scratch else "model.bilstm.layers")
+        self.in_dims = [self._in_dim(layer) for layer in layers]
+        self.has_pass = [bool(config.routing_pass) and d == encoder.output_dim for d in self.in_dims]
+        self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
+        # block 0 is the encoder's own layer, the others copies of its initialisation
+        self.blocks = nn.ModuleList(nn.ModuleList([layer] + [_copy(layer) for _ in range(k - 1)])
+                                    for layer, k in zip(layers, self.copies))
+        self.router, self.rho, self.lr = config.routing_router, config.routing_rho, config.routing_lr
+        if self.router not in ("wpl", "reinforce"):
+            raise ConfigError(f"config key 'model.routing_router': {self.router!r} is not one of ['wpl', 'reinforce']")
+        T, L, K = len(self.tasks), self.num_layers, max(self.choices)
+        valid = torch.zeros(L, K)
+        for i, k in enumerate(self.choices):
+            valid[i, :k] = 1.0
+        self.register_buffer("valid", valid, persistent=False)
+        self.register_buffer("rng_state", torch.Generator().get_state())
+        self.register_buffer("usage", torch.zeros(L, K, dtype=torch.float64))  # all tasks, for the collaboration reward
+        self.register_buffer("epoch_counts", torch.zeros(T, L, K, dtype=torch.float64))
+        self.register_buffer("map_history", torch.zeros(0, T, L, K))
+        if self.router == "wpl":
+            self.register_buffer("policy", torch.zeros(T, L, K))
+            self.register_buffer("q", torch.zeros(T, L, K))
+            self.register_buffer("q_seen", torch.zeros(T, L, K, dtype=torch.bool))
+        else:
+            self.routers = nn.ModuleList(RouterMLP(d + T, k) for d, k in zip(self.in_dims, self.choices))
+            self.register_buffer("baseline", torch.zeros(T, L))
+            self.register_buffer("baseline_seen", torch.zeros(T, L, dtype=torch.bool))
+        self._pending = None  # the routes of the last training forward pass, until observe_losses scores them
+        self.last_routes: torch.Tensor | None = None  # (L, B) choices of the last forward pass, for inspection
+        self.initialize(0)
+
+    def _in_dim(self, layer) -> int:
+        return layer.self_attn.embed_dim if self.scratch else layer.lstm.input_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.encoder.output_dim
+
+    def choice_names(self, layer: int) -> list[str]:
+        return [f"block {j}" for j in range(self.copies[layer])] + (["PASS"] if self.has_pass[layer] else [])
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, seed: int) -> None:
+        """Uniform policies, empty statistics, REINFORCE weights drawn from a generator seeded with ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        self.usage.zero_()
+        self.epoch_counts.zero_()
+        self.map_history = self.map_history.new_zeros(0, *self.map_history.shape[1:])
+        if self.router == "wpl":
+            self.policy.copy_((self.valid / self.valid.sum(-1, keepdim=True)).expand_as(self.policy))
+            self.q.zero_()
+            self.q_seen.zero_()
+        else:
+            for mlp in self.routers:
+                fan_in = mlp.w1.shape[0]
+                bound = 1.0 / math.sqrt(fan_in)
+                mlp.w1.copy_((torch.rand(mlp.w1.shape, generator=generator) * 2 - 1) * bound)
+                mlp.b1.copy_((torch.rand(mlp.b1.shape, generator=generator) * 2 - 1) * bound)
+                mlp.w2.zero_()  # uniform initial policy
+                mlp.b2.zero_()
+            self.baseline.zero_()
+            self.baseline_seen.zero_()
+        self.rng_state.copy_(generator.get_state())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the map history grows by one entry per epoch: take the saved length
+        key = prefix + "map_history"
+        if key in state_dict and state_dict[key].shape != self.map_history.shape:
+            self.map_history = self.map_history.new_zeros(state_dict[key].shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def historical_probs(self) -> torch.Tensor:
+        """(L, K): the share of all routed training sentences (all tasks) that took each choice; uniform over the
+        valid choices before the first step."""
+        total = self.usage.sum(-1, keepdim=True)
+        uniform = (self.valid / self.valid.sum(-1, keepdim=True)).to(self.usage.dtype)
+        return torch.where(total > 0, self.usage / total.clamp(min=1), uniform)
+
+    # -- routing -----------------------------------------------------------------------------------------------------
+    def _router_input(self, x: torch.Tensor, mask: torch.Tensor, t: int) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x.detach() * m).sum(1) / m.sum(1).clamp(min=1)
+        pooled = F.layer_norm(pooled.float(), pooled.shape[-1:])
+        onehot = F.one_hot(torch.full((x.shape[0],), t, device=x.device), len(self.tasks)).float()
+        return torch.cat([pooled, onehot], dim=-1)
+
+    def _probs(self, layer: int, t: int, inputs: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        k = self.choices[layer]
+        if self.router == "wpl":
+            return self.policy[t, layer, :k].unsqueeze(0).expand(batch_size, k)
+        return torch.softmax(RouterMLP.logits(self.routers[layer].weights(), inputs), dim=-1)
+
+    def _uniforms(self, batch_size: int) -> torch.Tensor:
+        """(L, B) uniforms for this training pass: one draw from the persistent generator (the pass's seed, the
+        same on every process), then this process's own stream."""
+        generator = torch.Generator()
+        generator.set_state(self.rng_state.cpu())
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        self.rng_state.copy_(generator.get_state())
+        stream = torch.Generator().manual_seed(seed + _rank())
+        return torch.rand(self.num_layers, batch_size, generator=stream)
+
+    def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
+        """Top-layer features of ``task`` from the shared embeddings ``x``, each sentence along its route."""
+        t, mask, batch_size = self.tasks.index(task), batch.mask, x.shape[0]
+        sampling = self.training
+        uniforms = self._uniforms(batch_size).to(x.device) if sampling else None
+        routes, inputs = [], []
+        for layer in range(self.num_layers):
+            with torch.no_grad():
+                router_in = self._router_input(x, mask, t) if self.router == "reinforce" else None
+                probs = self._probs(layer, t, router_in, batch_size)
+                choice = sample_choices(probs, uniforms[layer]) if sampling else probs.argmax(-1)
+            routes.append(choice)
+            inputs.append(router_in)
+            blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
+            x = dispatch(blocks, x, mask, choice, self.output_dim)
+        self.last_routes = torch.stack(routes)
+        if sampling:
+            words = mask.sum(1).clamp(min=1).to(torch.float64)
+            self._pending = (t, self.last_routes, inputs, words)
+        return self.encoder.norm(x) * mask.unsqueeze(-1) if self.scratch else x
+
+    def forward(self, batch, task):
+        return self.encode(encoder_input(self.encoder, batch), batch, task)
+
+    def features_for_tasks(self, batch, tasks):
+        x = encoder_input(self.encoder, batch)  # embeddings once per batch; routes differ per task
+        return {task: self.encode(x, batch, task) for task in tasks}
+
+    # -- learning the router -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def observe_losses(self, task: str, losses: torch.Tensor) -> None:
+        """Score the routes of the last training forward pass with its per-sentence losses and update the router.
+        Empty ``losses``: this process had no sentences at this step (it still joins the all-reduce)."""
+        if self._pending is None:
+            raise RuntimeError("routing: observe_losses() without a training forward pass before it")
+        t, routes, inputs, words = self._pending
+        self._pending = None
+        if self.tasks[t] != task:
+            raise RuntimeError(f"routing: losses of task {task!r} for routes of task {self.tasks[t]!r}")
+        L, K = self.usage.shape
+        device = self.usage.device
+        counts = torch.zeros(L, K, dtype=torch.float64, device=device)
+        sums = torch.zeros(L, K, dtype=torch.float64, device=device)
+        returns = None
+        if losses.numel():
+            final = -losses.to(device=device, dtype=torch.float64) / words.to(device)
+            immediate = self.rho * self.historical_probs().gather(1, routes.to(device))
+            returns = returns_to_go(final, immediate)
+            onehot = F.one_hot(routes.to(device), K).to(torch.float64)  # (L, B, K)
+            counts = onehot.sum(1)
+            sums = (onehot * returns.unsqueeze(-1)).sum(1)
+        if self.router == "wpl":
+            stats = _all_reduce(torch.cat([sums.flatten(), counts.flatten()]))
+            sums, counts = stats[:L * K].view(L, K), stats[L * K:].view(L, K)
+            policy, q = wpl_update(self.policy[t].double(), self.q[t].double(), sums, counts,
+                                   self.valid.double(), self.lr, VALUE_RATE, self.q_seen[t])
+            self.policy[t] = policy.to(self.policy.dtype)
+            self.q[t] = q.to(self.q.dtype)
+            self.q_seen[t] |= counts > 0
+        else:
+            self._reinforce_step(t, routes, inputs, returns, sums, counts)
+        self.usage += counts
+        self.epoch_counts[t] += counts
+
+    def _reinforce_step(self, t, routes, inputs, returns, sums, counts):
+        L, K = self.usage.shape
+        weights = [[w.detach().clone().requires_grad_() for w in mlp.weights()] for mlp in self.routers]
+        flat = [w for layer in weights for w in layer]
+        grads = [torch.zeros_like(w) for w in flat]
+        if returns is not None:
+            seen = self.baseline_seen[t]
+            batch_mean = (sums.sum(-1) / counts.sum(-1).clamp(min=1)).to(self.baseline.dtype)
+            baseline = torch.where(seen, self.baseline[t], batch_mean)  # the first batch sets it
+            with torch.enable_grad():
+                objective = 0.0
+                for layer in range(L):
+                    logp = torch.log_softmax(RouterMLP.logits(weights[layer], inputs[layer]), dim=-1)
+                    chosen = logp.gather(1, routes[layer].to(logp.device).unsqueeze(1)).squeeze(1)
+                    advantage = (returns[layer].to(logp.dtype) - baseline[layer]).detach()
+                    objective = objective - (advantage * chosen).sum()
+                grads = list(torch.autograd.grad(objective, flat))
+        sizes = [g.numel() for g in grads]
+        stats = _all_reduce(torch.cat([g.flatten().double() for g in grads] + [sums.flatten(), counts.flatten()]))
+        n = float(stats[-L * K:].view(L, K)[0].sum())  # sentences routed at this step over all processes
+        if n == 0:
+            return
+        sums[:] = stats[sum(sizes):sum(sizes) + L * K].view(L, K)
+        counts[:] = stats[-L * K:].view(L, K)
+        offset = 0
+        for mlp in self.routers:
+            for w in mlp.weights():
+                w -= self.lr * stats[offset:offset + w.numel()].view_as(w).to(w.dtype) / n
+                offset += w.numel()
+        mean = (sums.sum(-1) / n).to(self.baseline.dtype)
+        seen = self.baseline_seen[t]
+        self.baseline[t] = torch.where(seen, self.baseline[t] + VALUE_RATE * (mean - self.baseline[t]), mean)
+        self.baseline_seen[t] = True
+
+    # -- the routing map ---------------------------------------------------------------------------------------------
+    def epoch_map(self) -> torch.Tensor:
+        """(T, L, K): the share of each task's training sentences routed through each choice since the last epoch
+        end (zeros for a task not trained since)."""
+        total = self.epoch_counts.sum(-1, keepdim=True)
+        return (self.epoch_counts / total.clamp(min=1)).float()
+
+    @torch.no_grad()
+    def log_values(self) -> dict[str, float]:
+        """Close the epoch: append its routing map to ``map_history``; log the routes' mean normalised entropy."""
+        current = self.epoch_map()
+        self.map_history = torch.cat([self.map_history, current.unsqueeze(0).to(self.map_history)])
+        self.epoch_counts.zero_()
+        entropies = []
+        for t in range(len(self.tasks)):
+            for layer, k in enumerate(self.choices):
+                p = current[t, layer, :k]
+                if k > 1 and p.sum() > 0:
+                    entropies.append(float(-(p * p.clamp(min=1e-12).log()).sum()) / math.log(k))
+        return {"routing/entropy": sum(entropies) / len(entropies)} if entropies else {}
+
+    def routing_map(self) -> dict:
+        """Everything ``routing.json`` holds (JSON-ready)."""
+        def table(values):  # (L, K) -> per layer, the valid choices only
+            return [[round(float(v), 6) for v in row[:k]] for row, k in zip(values, self.choices)]
+
+        result = {
+            "router": self.router, "tasks": list(self.tasks), "layers": self.num_layers,
+            "choices": [self.choice_names(layer) for layer in range(self.num_layers)],
+            "rho": self.rho,
+            "epochs": [{task: table(epoch[t]) for t, task in enumerate(self.tasks)} for epoch in self.map_history],
+            "usage": table(self.historical_probs()),
+        }
+        if self.router == "wpl":
+            result["policy"] = {task: table(self.policy[t]) for t, task in enumerate(self.tasks)}
+            result["greedy"] = {task: [int(self.policy[t, layer, :k].argmax()) for layer, k in enumerate(self.choices)]
+                                for t, task in enumerate(self.tasks)}
+        return result
+
+    def save_files(self, directory: Path) -> None:
+        text = json.dumps(self.routing_map(), indent=1)
+        # one line per innermost list (a layer's shares, a layer's choice names)
+        text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+        (Path(directory) / ROUTING_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def _copy(layer):
+    import copy
+
+    return copy.deepcopy(layer)
+
+
+# -- the picture -----------------------------------------------------------------------------------------------------
+def load_routing_map(source) -> dict:
+    """A routing map from a dict, a ``routing.json`` file or a model folder holding one."""
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        path = path / ROUTING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no routing map at {path} (only models with model.sharing=routing have one)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def final_map(routing: dict) -> tuple[dict, str]:
+    """The map to show: the last epoch's route shares, else (WPL, untrained) the policies."""
+    if routing.get("epochs"):
+        return routing["epochs"][-1], f"epoch {len(routing['epochs'])}: share of training sentences"
+    if routing.get("policy"):
+        return routing["policy"], "policy"
+    raise ValueError("the routing map has no epoch recorded yet (the model was not trained)")
+
+
+def format_routing_map(routing: dict) -> str:
+    table, what = final_map(routing)
+    lines = [f"router {routing['router']}, rho {routing['rho']}; {what}"]
+    for task in routing["tasks"]:
+        for layer, names in enumerate(routing["choices"]):
+            shares = ", ".join(f"{name} {p:.3f}" for name, p in zip(names, table[task][layer]))
+            lines.append(f"  {task:>10} layer {layer + 1}: {shares}")
+    lines.append("  historical usage (all tasks): " + " | ".join(
+        ", ".join(f"{name} {p:.3f}" for name, p in zip(names, row))
+        for names, row in zip(routing["choices"], routing["usage"])))
+    return "\n".join(lines)
+
+
+def draw_routing_map(source, path: str | Path) -> Path:
+    """One heatmap per task (rows: layers, columns: choices) of the last epoch's route shares, into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    routing = load_routing_map(source)
+    table, what = final_map(routing)
+    tasks, choices = routing["tasks"], routing["choices"]
+    width = max(len(c) for c in choices)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.0 * width * len(tasks) + 3, 0.7 * len(choices) + 2),
+                             squeeze=False, layout="constrained")
+    for i, (ax, task) in enumerate(zip(axes[0], tasks)):
+        grid = [row + [float("nan")] * (width - len(row)) for row in table[task]]
+        image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        for layer, row in enumerate(table[task]):
+            for j, p in enumerate(row):
+                ax.text(j, layer, f"{p:.2f}", ha="center", va="center", color="black" if p > 0.6 else "white")
+        longest = max(choices, key=len)
+        ax.set_xticks(range(width), labels=[name.replace("block ", "b") for name in longest])
+        ax.set_yticks(range(len(choices)), labels=[f"layer {n + 1}" for n in range(len(choices))] if i == 0 else [])
+        ax.set_title(task)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.046)
+    fig.suptitle(f"Routing map ({routing['router']}; {what})")
+    fig.savefig(str(path), dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,386 @@
+"""Routing networks: the WPL step and the returns by hand, greedy evaluation, vectorised dispatch against a per-sentence
+loop, gradients along the chosen route only, k = 1 = hard sharing, save/reload with the routing map, exact resume,
+bad configs. Tiny fixtures only."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from sparseshare.cli import main as cli_main
+from sparseshare.config import ConfigError, ModelConfig, load_config
+from sparseshare.encoders.bilstm import BiLSTMLayer
+from sparseshare.model import MultiTaskTagger
+from sparseshare.sharing.bottom import encoder_input, run_layer
+from sparseshare.sharing.routing import (RoutingNetwork, dispatch, draw_routing_map, returns_to_go, sample_choices,
+                                         wpl_update)
+from sparseshare.training import build_model, latest_checkpoint, load_task_data, run_training
+
+from conftest import tiny_overrides
+
+TASKS = ["pos", "chunk", "ner"]
+SENTENCES = [["John", "lives", "in", "Paris", "."], ["The", "United", "Nations", "met", "in", "New", "York", "."],
+             ["Unknownword", "zzz", "1999"]]
+SCRATCH = {"model.encoder": "scratch", "model.scratch.dim": 16, "model.scratch.heads": 2, "model.scratch.ff": 32,
+           "model.scratch.dropout": 0.0}
+ROUTING = {"model.sharing": "routing"}
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _config(tiny_corpus, tmp_path, **extra):
+    return load_config(None, tiny_overrides(tiny_corpus, tmp_path, **extra))
+
+
+def _model(config, data=None, seed=0):
+    data = data or load_task_data(config, log=_quiet)
+    torch.manual_seed(seed)
+    return build_model(config, data).eval(), data
+
+
+def _batch(model, data, task, n=8, start=0):
+    d = data[task]
+    return model.featurizer.collate(d.train_tokens[start:start + n], d.train_labels[start:start + n],
+                                    d.train_word_ids[start:start + n])
+
+
+# -- the pieces by hand ----------------------------------------------------------------------------------------------
+def test_wpl_update_matches_a_hand_computed_step():
+    policy = torch.tensor([[0.5, 0.3, 0.2, 0.0]], dtype=torch.float64)
+    q = torch.zeros(1, 4, dtype=torch.float64)
+    sums = torch.tensor([[2.0, -1.0, 0.0, 0.0]], dtype=torch.float64)  # action 0: two returns of mean 1, action 1: -1
+    counts = torch.tensor([[2.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    valid = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)  # a 4th, invalid choice stays at 0
+    # q = [0.5, -0.5, 0]; V = 0.25 - 0.15 = 0.1; delta = [0.4, -0.6, -0.1]
+    # positive: x (1 - pi) -> 0.2; negative: x pi -> -0.18, -0.02; lr 0.2 -> [0.54, 0.264, 0.196] (sums to 1)
+    new, new_q = wpl_update(policy, q, sums, counts, valid, lr=0.2, value_rate=0.5)
+    torch.testing.assert_close(new_q, torch.tensor([[0.5, -0.5, 0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(new, torch.tensor([[0.54, 0.264, 0.196, 0.0]], dtype=torch.float64))
+    # lr 2: [0.9, -0.06, 0.16] -> clipped to [0.9, 0, 0.16] -> renormalised by 1.06
+    new, _ = wpl_update(policy, q, sums, counts, valid, lr=2.0, value_rate=0.5)
+    torch.testing.assert_close(new, torch.tensor([[0.9 / 1.06, 0.0, 0.16 / 1.06, 0.0]], dtype=torch.float64))
+    # action 1 never seen before: its value is set to its mean return -1 (not moved by the rate):
+    # q = [0.5, -1, 0]; V = 0.25 - 0.3 = -0.05; delta = [0.55, -0.95, 0.05]
+    # step = [0.55 x 0.5, -0.95 x 0.3, 0.05 x 0.8] = [0.275, -0.285, 0.04]; lr 0.2 -> [0.555, 0.243, 0.208] / 1.006
+    seen = torch.tensor([[True, False, True, True]])
+    new, new_q = wpl_update(policy, q, sums, counts, valid, lr=0.2, value_rate=0.5, seen=seen)
+    torch.testing.assert_close(new_q, torch.tensor([[0.5, -1.0, 0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(new, torch.tensor([[0.555, 0.243, 0.208, 0.0]], dtype=torch.float64) / 1.006)
+    # nothing observed in a row: its values and policy stay (though delta = q - V is not zero)
+    q = torch.tensor([[1.0, 0.0, -1.0, 0.0]], dtype=torch.float64)
+    new, new_q = wpl_update(policy, q, torch.zeros_like(sums), torch.zeros_like(counts), valid, lr=0.2)
+    assert torch.equal(new, policy) and torch.equal(new_q, q)
+
+
+def test_returns_to_go_add_the_later_collaboration_rewards():
+    final = torch.tensor([1.0, -1.0])
+    immediate = torch.tensor([[0.1, 0.2], [0.3, 0.4]])  # (layers, sentences)
+    torch.testing.assert_close(returns_to_go(final, immediate), torch.tensor([[1.4, -0.4], [1.3, -0.6]]))
+
+
+def test_sampling_inverts_the_cdf():
+    probs = torch.tensor([[0.2, 0.0, 0.8]]).expand(5, 3)
+    uniforms = torch.tensor([0.0, 0.19, 0.2, 0.5, 0.9999])
+    assert sample_choices(probs, uniforms).tolist() == [0, 0, 2, 2, 2]  # the zero-probability choice never
+
+
+def test_wpl_observation_scores_routes_with_the_loss_and_the_collaboration_reward(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_rho": 0.5,
+                                                                        "model.routing_pass": "true"}))
+    s = model.sharing
+    assert s.choices == [2, 3]  # the first BiLSTM layer's input is the embeddings: no PASS there
+    s.usage.copy_(torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 2.0]], dtype=torch.float64))  # history: (3/4, 1/4), ...
+    hist = [[0.75, 0.25, 0.0], [0.25, 0.25, 0.5]]
+    model.train()
+    batch = _batch(model, data, "chunk")
+    model(batch, "chunk")
+    routes = s.last_routes.clone()
+    words = batch.mask.sum(1).double()
+    losses = torch.linspace(1.0, 8.0, len(words), dtype=torch.float64)
+    s.observe_losses("chunk", losses.float())
+    t = TASKS.index("chunk")
+    for layer in range(2):
+        for a in range(s.choices[layer]):
+            returns = [-losses[i] / words[i] + sum(0.5 * hist[later][routes[later, i]] for later in range(layer, 2))
+                       for i in range(len(words)) if routes[layer, i] == a]
+            if returns:  # first observation: the value is the mean return
+                assert float(s.q[t, layer, a]) == pytest.approx(float(sum(returns) / len(returns)), rel=1e-5)
+                assert s.q_seen[t, layer, a]
+            else:
+                assert float(s.q[t, layer, a]) == 0.0 and not s.q_seen[t, layer, a]
+    assert not s.q_seen[[0, 2]].any()  # other tasks' agents untouched
+    for layer in range(2):
+        assert s.usage[layer].sum() == 4 + len(words)
+        assert s.policy[t, layer].sum() == pytest.approx(1.0)
+    assert not torch.allclose(s.policy[t, 1, :3], torch.full((3,), 1 / 3))  # the policy moved
+    before = (s.policy.clone(), s.usage.clone())
+    model(batch, "chunk")
+    s.observe_losses("chunk", losses[:0].float())  # a process without sentences at this step
+    assert torch.equal(s.policy, before[0]) and torch.equal(s.usage, before[1])
+    with pytest.raises(RuntimeError, match="without a training forward pass"):
+        s.observe_losses("chunk", losses.float())
+
+
+# -- routing and evaluation ------------------------------------------------------------------------------------------
+def test_greedy_evaluation_is_deterministic_and_takes_the_argmax_wpl(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **SCRATCH,
+                                 **{"model.routing_blocks": "[3,2]", "model.routing_pass": "true"}))
+    s = model.sharing
+    assert s.choices == [4, 3]
+    s.policy[0, 0, :4] = torch.tensor([0.1, 0.2, 0.6, 0.1])
+    s.policy[0, 1, :3] = torch.tensor([0.5, 0.1, 0.4])
+    s.policy[2, 0, :4] = torch.tensor([0.1, 0.1, 0.1, 0.7])
+    s.policy[2, 1, :3] = torch.tensor([0.2, 0.7, 0.1])
+    batch = _batch(model, data, "pos")
+    rng, state = torch.random.get_rng_state(), s.rng_state.clone()
+    for task, expected in (("pos", [2, 0]), ("ner", [3, 1])):
+        first = s(batch, task)
+        routes = s.last_routes.clone()
+        assert routes.tolist() == [[expected[0]] * 8, [expected[1]] * 8]
+        assert torch.equal(s(batch, task), first) and torch.equal(s.last_routes, routes)
+    assert torch.equal(torch.random.get_rng_state(), rng) and torch.equal(s.rng_state, state)  # no draws in eval
+    model.train()  # training samples: routes vary over sentences and the private generator advances
+    s(batch, "pos")
+    assert not torch.equal(s.rng_state, state) and torch.equal(torch.random.get_rng_state(), rng)
+    assert len(set(s.last_routes[0].tolist())) > 1
+
+
+def test_greedy_evaluation_takes_the_argmax_reinforce(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_router": "reinforce",
+                                                                        "model.routing_blocks": 3}))
+    s = model.sharing
+    generator = torch.Generator().manual_seed(3)
+    for mlp in s.routers:
+        mlp.w2.copy_(torch.randn(mlp.w2.shape, generator=generator))
+    batch = _batch(model, data, "ner", n=16)
+    s(batch, "ner")
+    routes = s.last_routes.clone()
+    x = encoder_input(s.encoder, batch)  # layer 1's router reads the mean-pooled embeddings and the task
+    m = batch.mask.unsqueeze(-1).float()
+    pooled = F.layer_norm((x * m).sum(1) / m.sum(1), (x.shape[-1],))
+    inputs = torch.cat([pooled, F.one_hot(torch.full((16,), 2), 3).float()], -1)
+    w1, b1, w2, b2 = s.routers[0].weights()
+    expected = (torch.relu(inputs @ w1 + b1) @ w2 + b2).argmax(-1)
+    assert torch.equal(routes[0], expected)
+    assert len(set(routes[0].tolist())) > 1  # input-dependent: sentences take different routes
+    for _ in range(2):
+        s(batch, "ner")
+        assert torch.equal(s.last_routes, routes)
+
+
+def _bilstm_blocks(k, dim, hidden):
+    return [BiLSTMLayer(dim, hidden, 0.0) for _ in range(k)]
+
+
+def _scratch_blocks(k, dim):
+    return [nn.TransformerEncoderLayer(dim, 2, 32, 0.0, batch_first=True, norm_first=True).eval() for _ in range(k)]
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "scratch"])
+def test_vectorised_dispatch_equals_a_per_sentence_loop(kind):
+    torch.manual_seed(0)
+    dim = 16
+    blocks = _bilstm_blocks(3, dim, dim // 2) if kind == "bilstm" else _scratch_blocks(3, dim)
+    blocks = blocks + [None]  # PASS
+    batch_size, length = 12, 9
+    lengths = torch.sort(torch.randint(1, length + 1, (batch_size,)), descending=True).values
+    lengths[0] = length
+    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    x = torch.randn(batch_size, length, dim) * mask.unsqueeze(-1)
+    x.requires_grad_()
+    choice = torch.randint(0, 4, (batch_size,))
+    choice[:4] = torch.tensor([0, 1, 3, 0])  # every choice but block 2 at least once
+    choice[choice == 2] = 1
+    out = dispatch(blocks, x, mask, choice, dim)
+    for i in range(batch_size):
+        block = blocks[int(choice[i])]
+        expected = x[i:i + 1] if block is None else run_layer(block, x[i:i + 1], mask[i:i + 1])
+        torch.testing.assert_close(out[i][mask[i]], expected[0][mask[i]], rtol=0, atol=1e-5)
+    out[mask].sum().backward()
+    assert all(p.grad is None for p in blocks[2].parameters())  # an unchosen block is not even run
+    for j in (0, 1):
+        assert all(p.grad is not None and p.grad.any() for p in blocks[j].parameters() if p.dim() > 1)
+    assert x.grad[choice == 3].abs().sum() > 0  # PASS passes the gradient through
+
+
+@pytest.mark.parametrize("extra", [{}, SCRATCH])
+def test_blocks_get_gradients_only_along_chosen_routes(tiny_corpus, tmp_path, extra):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **extra, **{"model.routing_blocks": 3}))
+    s = model.sharing
+    s.policy[0, 0] = torch.tensor([0.5, 0.5, 0.0])  # pos: layer 1 never block 2, layer 2 always block 2
+    s.policy[0, 1] = torch.tensor([0.0, 0.0, 1.0])
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(_batch(model, data, "pos"), "pos").sum().backward()
+    routes = s.last_routes
+    assert set(routes[0].tolist()) == {0, 1} and set(routes[1].tolist()) == {2}
+    for layer, used in ((0, {0, 1}), (1, {2})):
+        for j in range(3):
+            grads = [p.grad for p in s.blocks[layer][j].parameters()]
+            if j in used:
+                assert all(g is not None for g in grads) and any(g.any() for g in grads), (layer, j)
+            else:
+                assert all(g is None for g in grads), (layer, j)
+    assert s.encoder.embedder.words.weight.grad.any()
+
+
+@pytest.mark.parametrize("extra", [{}, SCRATCH])
+def test_one_block_without_pass_is_hard_sharing(tiny_corpus, tmp_path, extra):
+    hard, data = _model(_config(tiny_corpus, tmp_path, **extra))
+    routing, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **extra, **{"model.routing_blocks": 1}), data, 1)
+    state = {_rename(n): v for n, v in hard.state_dict().items()}
+    missing, unexpected = routing.load_state_dict(state, strict=False)
+    assert not unexpected and all(n.startswith("sharing.") and "blocks" not in n for n in missing), missing
+    batch = _batch(hard, data, "ner")
+    expected = hard.sharing.encoder(batch)[-1]
+    features = routing.sharing.features_for_tasks(batch, TASKS)
+    for task in TASKS:
+        torch.testing.assert_close(features[task], expected, rtol=0, atol=1e-6)
+    hard.train(), routing.train()
+    for task in TASKS:
+        batch = _batch(hard, data, task)
+        torch.testing.assert_close(routing(batch, task), hard(batch, task), rtol=0, atol=1e-5)
+
+
+def _rename(name: str) -> str:
+    """Hard sharing's ``sharing.encoder.layers.<l>.*`` is routing's ``sharing.blocks.<l>.0.*``."""
+    prefix = "sharing.encoder.layers."
+    if not name.startswith(prefix):
+        return name
+    layer, rest = name[len(prefix):].split(".", 1)
+    return f"sharing.blocks.{layer}.0.{rest}"
+
+
+def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corpus, tmp_path):
+    hard, data = _model(_config(tiny_corpus, tmp_path))
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_blocks": "[2,3]"}), data)
+    s = model.sharing
+    assert [len(b) for b in s.blocks] == [2, 3]
+    for layer in s.blocks:
+        for block in layer[1:]:
+            for a, b in zip(layer[0].parameters(), block.parameters()):
+                assert torch.equal(a, b) and a is not b
+    layer_sizes = [sum(p.numel() for p in layer.parameters()) for layer in hard.sharing.encoder.layers]
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in hard.parameters())
+    assert extra == layer_sizes[0] + 2 * layer_sizes[1]
+
+
+# -- configuration ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,message", [
+    ({**ROUTING, "model.routing_blocks": 0}, r"'model.routing_blocks' must give every layer >= 1 block"),
+    ({**ROUTING, "model.routing_blocks": "[2,0]"}, r"'model.routing_blocks' must give every layer >= 1"),
+    ({**ROUTING, "model.routing_blocks": "[2,2,2]"}, r"'model.routing_blocks' lists 3 layer\(s\) but the encoder has 2 "
+                                                     r"\(model.bilstm.layers\)"),
+    ({**ROUTING, **SCRATCH, "model.routing_blocks": "[2]"}, r"has 2 \(model.scratch.layers\)"),
+    ({**ROUTING, "model.routing_blocks": "many"}, "'model.routing_blocks'"),
+    ({**ROUTING, "model.routing_rho": -0.1}, "'model.routing_rho' must be >= 0"),
+    ({**ROUTING, "model.routing_lr": 0}, "'model.routing_lr' must be > 0"),
+    ({**ROUTING, "model.routing_router": "qlearning"}, r"'model.routing_router': 'qlearning' is not one of \['wpl', "
+                                                        r"'reinforce'\]"),
+    ({"model.routing_blocks": 3}, r"'model.routing_blocks' only applies to model.sharing=routing \(model.sharing is "
+                                  r"'hard'\)"),
+    ({"model.sharing": "roaming", "model.routing_pass": "true"},
+     "'model.routing_pass' only applies to model.sharing=routing"),
+    ({"model.routing_router": "reinforce"}, "'model.routing_router' only applies"),
+    ({"model.sharing": "bottom", "model.routing_rho": 0.1}, "'model.routing_rho' only applies"),
+    ({**ROUTING, "model.encoder": "transformer"}, "'model.sharing' = 'routing' and 'model.encoder'"),
+])
+def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_corpus, tmp_path, **overrides)
+
+
+def test_transformer_encoder_is_refused_before_loading_it():
+    def build_encoder():
+        raise AssertionError("the Transformer must not be loaded")
+
+    with pytest.raises(ConfigError, match="'routing' and 'model.encoder' = 'transformer': not supported yet"):
+        RoutingNetwork(build_encoder, TASKS, ModelConfig(encoder="transformer", sharing="routing"))
+
+
+# -- training, saving, reloading, resuming ---------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [
+    {**ROUTING, "model.routing_pass": "true", "model.routing_lr": 0.5},
+    {**ROUTING, **SCRATCH, "model.routing_router": "reinforce", "model.routing_blocks": "[3,2]",
+     "train.optimizer": "adamw", "train.lr": 3e-3, "model.routing_lr": 0.5},
+])
+def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tiny_corpus, tmp_path, extra, capsys):
+    config = _config(tiny_corpus, tmp_path, **extra, **{"train.epochs": 2})
+    results = run_training(config, log=_quiet)
+    assert set(results["dev"]) == set(TASKS)
+    folder = tmp_path / "model"
+    routing = json.loads((folder / "routing.json").read_text())
+    model = MultiTaskTagger.from_pretrained(folder)
+    assert model.config == config.model
+    s = model.sharing
+    epochs = results["selected_epoch"]
+    assert len(s.map_history) == epochs and len(routing["epochs"]) == epochs
+    assert [h["sharing"]["routing/entropy"] for h in results["history"]]
+    steps = 6  # 48 sentences / batch 8 per task and epoch
+    for task in TASKS:  # every sentence of every epoch was routed once per layer
+        for layer in range(2):
+            assert sum(routing["epochs"][-1][task][layer]) == pytest.approx(1.0, abs=1e-5)
+    assert s.usage.sum(-1).tolist() == [float(len(TASKS) * steps * 8 * epochs)] * 2
+    if config.model.routing_router == "wpl":  # the policies moved away from uniform, and were saved
+        assert set(routing["policy"]) == set(TASKS) and routing["greedy"]
+        assert not torch.allclose(s.policy[:, 1, :3], torch.full((3, 3), 1 / 3))
+    else:
+        assert any(mlp.w2.any() for mlp in s.routers)
+    before = model.predict(SENTENCES)
+    model.save_pretrained(tmp_path / "again")
+    again = MultiTaskTagger.from_pretrained(tmp_path / "again")
+    assert again.predict(SENTENCES) == before
+    assert json.loads((tmp_path / "again" / "routing.json").read_text()) == routing
+    a, b = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert "Routing Networks: Adaptive Selection" in (folder / "README.md").read_text()
+    png = draw_routing_map(folder, tmp_path / "map.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cli_main(["routing", "show", str(folder), "--png", str(tmp_path / "cli.png")])
+    out = capsys.readouterr().out
+    assert f"epoch {epochs}" in out and "ner layer 2:" in out and (tmp_path / "cli.png").is_file()
+
+
+@pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"}])
+def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
+    extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
+             "train.seed": 7}
+    reference = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "a", **extra)), log=_quiet)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_at(global_step):
+        if global_step == 18 + 7:  # mid-epoch 2, three steps after the checkpoint of step 24
+            raise Interrupt
+
+    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "b", **extra))
+    with pytest.raises(Interrupt):
+        run_training(config, callbacks=[crash_at], log=_quiet)
+    assert latest_checkpoint(tmp_path / "b").name == "step_00000024"
+    resumed = run_training(config, resume=True, log=_quiet)
+
+    router_state = [n for n in load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+                    if n.startswith("sharing.") and "blocks" not in n and "encoder" not in n]
+    assert "sharing.rng_state" in router_state and "sharing.map_history" in router_state
+    for folder in ("model", f"checkpoints/step_{54:08d}"):  # the selected model and the final state
+        a, b = load_file(str(tmp_path / "a" / folder / "model.safetensors")), \
+            load_file(str(tmp_path / "b" / folder / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for name in router_state:
+            assert torch.equal(a[name], b[name]), (folder, name)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    final = load_file(str(tmp_path / "a" / f"checkpoints/step_{54:08d}" / "model.safetensors"))
+    assert final["sharing.map_history"].shape[0] == 3
+    assert (final["sharing.usage"].sum(-1) == 54 * 8).all()  # the loop handed every step's losses over
+    assert [h["sharing"] for h in resumed["history"]] == [h["sharing"] for h in reference["history"]]
+    assert resumed["dev"] == reference["dev"]
+    assert json.loads((tmp_path / "a" / "model" / "routing.json").read_text()) == \
+        json.loads((tmp_path / "b" / "model" / "routing.json").read_text())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -91,3 +92,39 @@ def test_distributed_sparse_pipeline_searches_tasks_on_different_processes(tiny_
             assert [(r["density"], r["dev"]) for r in a] == [(r["density"], r["dev"]) for r in b]
     assert (tmp_path / "one" / "masks.safetensors").read_bytes() == (tmp_path / "two" / "masks.safetensors").read_bytes()
     assert json.loads((tmp_path / "two" / "report.json").read_text())["test"]
+
+
+STRATEGY_OPTIONS = {
+    "hierarchical": {"model.task_layers": "{pos: 1}"},
+    "bottom": {},
+    "cross_stitch": {},
+    "roaming": {"model.roaming_delta": 2},  # the masks move several times during the run
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_OPTIONS))
+def test_other_strategies_two_processes_match_one_process(tiny_corpus, tmp_path, strategy):
+    extra = {"model.sharing": strategy, "train.epochs": 1, **STRATEGY_OPTIONS[strategy]}
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch(["--cpu", "--num_processes", "1"], tiny_overrides(tiny_corpus, one, **extra))
+    _launch(["--multi_gpu", "--num_processes", "2"], tiny_overrides(tiny_corpus, two, **extra))
+    a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name].float(), b[name].float(), rtol=1e-4, atol=1e-4, msg=name)
+    ra, rb = json.loads((one / "results.json").read_text()), json.loads((two / "results.json").read_text())
+    assert ra["test"] == rb["test"] and rb["num_processes"] == 2
+
+
+def test_routing_trains_and_reloads_under_two_processes(tiny_corpus, tmp_path):
+    # Each process samples the routes of its own half of the batch, so this run is not the 1-process run;
+    # that both processes take the same router steps (all-reduced statistics) is not checked here.
+    out = tmp_path / "two"
+    _launch(["--multi_gpu", "--num_processes", "2"],
+            tiny_overrides(tiny_corpus, out, **{"model.sharing": "routing", "train.epochs": 1}))
+    from sparseshare.model import MultiTaskTagger
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_processes"] == 2 and set(results["test"]) == {"pos", "chunk", "ner"}
+    model = MultiTaskTagger.from_pretrained(out / "model")
+    assert len(model.predict([["John", "lives", "in", "Paris", "."]])["ner"][0]) == 5

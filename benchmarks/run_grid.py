@@ -34,6 +34,13 @@ RUNS = {
     "pp": ("conll03_pos", ["tasks=[pp]"]),
     "mixed_hard": ("conll03_hard", [MIXED]), "mixed_sparse": ("conll03_sparse", [MIXED]),
     "nerpp_hard": ("conll03_hard", [NER_PP]), "nerpp_sparse": ("conll03_sparse", [NER_PP]),
+    # the other strategies on the hard-sharing model, optimiser and budget (issue 4's comparison; not run yet)
+    "hierarchical": ("conll03_hard", ["model.sharing=hierarchical", "model.task_layers={pos: 1}"]),
+    "bottom": ("conll03_hard", ["model.sharing=bottom"]),
+    "cross_stitch": ("conll03_hard", ["model.sharing=cross_stitch"]),
+    "roaming": ("conll03_hard", ["model.sharing=roaming"]),
+    "roaming_fixed": ("conll03_hard", ["model.sharing=roaming", "model.roaming_delta=0"]),
+    "routing": ("conll03_hard", ["model.sharing=routing"]),
 }
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 

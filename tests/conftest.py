@@ -95,3 +95,36 @@ def tiny_overrides(data_dir: Path, output_dir: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+# -- tiny models for the sharing-strategy tests ---------------------------------------------------
+TINY_TASKS = ["pos", "chunk", "ner"]
+TINY_SENTENCES = [["John", "lives", "in", "Paris", "."], ["The", "United", "Nations", "met", "in", "New", "York", "."],
+                  ["Unknownword", "zzz", "1999"]]
+TINY_SCRATCH = {"model.encoder": "scratch", "model.scratch.dim": 16, "model.scratch.heads": 2, "model.scratch.ff": 32,
+                "model.scratch.dropout": 0.0}
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def tiny_config(data_dir: Path, output_dir: Path, **extra):
+    from sparseshare.config import load_config
+
+    return load_config(None, tiny_overrides(data_dir, output_dir, **extra))
+
+
+def tiny_model(config, data=None, seed=0):
+    """(model in eval mode, task data) for ``config``, initialised from ``seed``."""
+    from sparseshare.training import build_model, load_task_data
+
+    data = data or load_task_data(config, log=quiet)
+    torch.manual_seed(seed)
+    return build_model(config, data).eval(), data
+
+
+def tiny_batch(model, data, task, n=8, start=0):
+    d = data[task]
+    return model.featurizer.collate(d.train_tokens[start:start + n], d.train_labels[start:start + n],
+                                    d.train_word_ids[start:start + n])

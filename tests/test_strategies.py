@@ -16,32 +16,9 @@ from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing.bottom import BottomSharing
 from sparseshare.training import build_model, check_resume_config, load_task_data, run_training
 
-from conftest import tiny_overrides
+from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS
+from conftest import quiet as _quiet, tiny_batch as _batch, tiny_config as _config, tiny_model as _model
 
-TASKS = ["pos", "chunk", "ner"]
-SENTENCES = [["John", "lives", "in", "Paris", "."], ["The", "United", "Nations", "met", "in", "New", "York", "."],
-             ["Unknownword", "zzz", "1999"]]
-SCRATCH = {"model.encoder": "scratch", "model.scratch.dim": 16, "model.scratch.heads": 2, "model.scratch.ff": 32,
-           "model.scratch.dropout": 0.0}
-
-
-def _quiet(*args, **kwargs):
-    pass
-
-
-def _config(tiny_corpus, tmp_path, **extra):
-    return load_config(None, tiny_overrides(tiny_corpus, tmp_path, **extra))
-
-
-def _model(config, data=None, seed=0):
-    data = data or load_task_data(config, log=_quiet)
-    torch.manual_seed(seed)
-    return build_model(config, data).eval(), data
-
-
-def _batch(model, data, task, n=8):
-    d = data[task]
-    return model.featurizer.collate(d.train_tokens[:n], d.train_labels[:n], d.train_word_ids[:n])
 
 
 def _grads(model, data, task):

@@ -330,7 +330,7 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
         check_task_layer(task, layer, tasks, depth[1] if depth else None, depth[0] if depth else "")
     if model.sharing == "bottom":
         if model.encoder == "transformer":
-            raise ConfigError(BOTTOM_TRANSFORMER)
+            raise ConfigError(layerwise_transformer_error("bottom"))
         check_bottom_layers(model.bottom_layers, depth[1], depth[0])
     validate_mixing_options(model, tasks)
 
@@ -388,13 +388,6 @@ def layerwise_transformer_error(sharing: str) -> str:
             f"Sharing {sharing!r} runs the encoder layer by layer (embeddings, then each layer, acting between "
             f"layers), and a Hugging Face AutoModel offers no generic per-layer API (each architecture names and "
             f"calls its embeddings and layers differently); use model.encoder=bilstm or scratch")
-
-
-BOTTOM_TRANSFORMER = (
-    "config keys 'model.sharing' = 'bottom' and 'model.encoder' = 'transformer': not supported yet. Separate "
-    "bottom layers need the encoder as embeddings + a list of layers that can be copied per task and run one "
-    "by one, and a Hugging Face AutoModel offers no generic per-layer API (each architecture names and calls "
-    "its embeddings and layers differently); use model.encoder=bilstm or scratch")
 
 
 def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None, depth_key: str = "") -> None:

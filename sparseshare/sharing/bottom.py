@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import BOTTOM_TRANSFORMER, ConfigError, check_bottom_layers, config_depth
+from ..config import ConfigError, check_bottom_layers, config_depth, layerwise_transformer_error
 from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder
 from .base import SharingStrategy, register
 
@@ -30,7 +30,7 @@ class BottomSharing(SharingStrategy):
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         if config.encoder == "transformer":  # before build_encoder(): do not load a model we cannot serve
-            raise ConfigError(BOTTOM_TRANSFORMER)
+            raise ConfigError(layerwise_transformer_error("bottom"))
         encoder = build_encoder()
         if not isinstance(encoder, (BiLSTMEncoder, ScratchTransformerEncoder)):
             raise ConfigError(f"config key 'model.sharing' = 'bottom' serves the bilstm and scratch encoders, "

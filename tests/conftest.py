@@ -128,3 +128,46 @@ def tiny_batch(model, data, task, n=8, start=0):
     d = data[task]
     return model.featurizer.collate(d.train_tokens[start:start + n], d.train_labels[start:start + n],
                                     d.train_word_ids[start:start + n])
+
+
+class Interrupt(Exception):
+    """Raised from a training callback: a crash in the middle of a run."""
+
+
+def train_interrupted_and_resumed(data_dir: Path, tmp_path: Path, extra: dict, crash_step: int = 18 + 7):
+    """``(reference, resumed)`` results of the same tiny run trained straight through in ``tmp_path/a`` and, in
+    ``tmp_path/b``, crashed after step ``crash_step`` and resumed from its newest checkpoint. With 48 sentences,
+    batch 8 and three tasks an epoch is 18 steps: the default crashes mid-epoch 2, three steps after the
+    checkpoint of step 24 (``train.checkpoint_every: 4`` in ``extra``)."""
+    from sparseshare.training import latest_checkpoint, run_training
+
+    reference = run_training(tiny_config(data_dir, tmp_path / "a", **extra), log=quiet)
+
+    def crash(global_step):
+        if global_step == crash_step:
+            raise Interrupt
+
+    config = tiny_config(data_dir, tmp_path / "b", **extra)
+    with pytest.raises(Interrupt):
+        run_training(config, callbacks=[crash], log=quiet)
+    every = int(extra["train.checkpoint_every"])
+    checkpoint = latest_checkpoint(tmp_path / "b")
+    assert checkpoint is not None and checkpoint.name == f"step_{crash_step // every * every:08d}"
+    return reference, run_training(config, resume=True, log=quiet)
+
+
+def assert_reloads_identically(folder: Path, tmp_path: Path, config):
+    """The model in ``folder`` has ``config``'s model settings, and saving and loading it again changes neither
+    its weights nor its predictions on TINY_SENTENCES; returns the loaded model."""
+    from safetensors.torch import load_file
+
+    from sparseshare.model import MultiTaskTagger
+
+    model = MultiTaskTagger.from_pretrained(folder)
+    assert model.config == config.model
+    before = model.predict(TINY_SENTENCES)
+    model.save_pretrained(tmp_path / "again")
+    assert MultiTaskTagger.from_pretrained(tmp_path / "again").predict(TINY_SENTENCES) == before
+    a, b = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    return model

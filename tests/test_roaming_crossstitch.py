@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sparseshare.config import ConfigError, ModelConfig, load_config
+from sparseshare.config import ConfigError, ModelConfig
 from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing.cross_stitch import CrossStitchSharing
 from sparseshare.sharing.roaming import MaximumRoaming
-from sparseshare.training import latest_checkpoint, run_training
+from sparseshare.training import run_training
 
-from conftest import tiny_overrides
-from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS
+from conftest import assert_reloads_identically, train_interrupted_and_resumed
+from conftest import TINY_SCRATCH as SCRATCH, TINY_TASKS as TASKS
 from conftest import quiet as _quiet, tiny_batch as _batch, tiny_config as _config, tiny_model as _model
 
 ROAMING = {"model.sharing": "roaming"}
@@ -150,20 +150,7 @@ def test_roaming_masked_feed_forward_units_get_zero_gradient_scratch(tiny_corpus
 def test_roaming_resumed_run_ends_with_the_masks_of_an_uninterrupted_run(tiny_corpus, tmp_path):
     extra = {**ROAMING, "model.roaming_delta": 4, "train.epochs": 3, "train.checkpoint_every": 4,
              "train.seed": 7}
-    reference = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "a", **extra)), log=_quiet)
-
-    class Interrupt(Exception):
-        pass
-
-    def crash_at(global_step):
-        if global_step == 18 + 7:  # mid-epoch 2, three steps after the checkpoint of step 24
-            raise Interrupt
-
-    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "b", **extra))
-    with pytest.raises(Interrupt):
-        run_training(config, callbacks=[crash_at], log=_quiet)
-    assert latest_checkpoint(tmp_path / "b").name == "step_00000024"
-    resumed = run_training(config, resume=True, log=_quiet)
+    reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)
 
     for folder in ("model", f"checkpoints/step_{54:08d}"):  # the selected model and the final state
         a, b = load_file(str(tmp_path / "a" / folder / "model.safetensors")), \
@@ -322,14 +309,8 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
     assert set(results["dev"]) == set(TASKS)
     folder = tmp_path / "model"
     assert json.loads((folder / "config.json").read_text())["model"]["sharing"] == extra["model.sharing"]
-    model = MultiTaskTagger.from_pretrained(folder)
-    assert model.config == config.model
-    before = model.predict(SENTENCES)
-    model.save_pretrained(tmp_path / "again")
-    again = MultiTaskTagger.from_pretrained(tmp_path / "again")
-    assert again.predict(SENTENCES) == before
-    a, b = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    model = assert_reloads_identically(folder, tmp_path, config)
+    again, a = MultiTaskTagger.from_pretrained(tmp_path / "again"), load_file(str(folder / "model.safetensors"))
     card = (folder / "README.md").read_text()
     assert ("Maximum Roaming" if extra["model.sharing"] == "roaming" else "Cross-stitch Networks") in card
     if extra["model.sharing"] == "roaming":  # the masks moved in training and were saved and loaded with it

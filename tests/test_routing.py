@@ -12,15 +12,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sparseshare.cli import main as cli_main
-from sparseshare.config import ConfigError, ModelConfig, load_config
+from sparseshare.config import ConfigError, ModelConfig
 from sparseshare.encoders.bilstm import BiLSTMLayer
 from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing.bottom import encoder_input, run_layer
 from sparseshare.sharing.routing import (RoutingNetwork, dispatch, draw_routing_map, returns_to_go, sample_choices,
                                          wpl_update)
-from sparseshare.training import latest_checkpoint, run_training
+from sparseshare.training import run_training
 
-from conftest import tiny_overrides
+from conftest import train_interrupted_and_resumed
 from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS
 from conftest import quiet as _quiet, tiny_batch as _batch, tiny_config as _config, tiny_model as _model
 
@@ -328,20 +328,7 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
              "train.seed": 7}
-    reference = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "a", **extra)), log=_quiet)
-
-    class Interrupt(Exception):
-        pass
-
-    def crash_at(global_step):
-        if global_step == 18 + 7:  # mid-epoch 2, three steps after the checkpoint of step 24
-            raise Interrupt
-
-    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "b", **extra))
-    with pytest.raises(Interrupt):
-        run_training(config, callbacks=[crash_at], log=_quiet)
-    assert latest_checkpoint(tmp_path / "b").name == "step_00000024"
-    resumed = run_training(config, resume=True, log=_quiet)
+    reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)
 
     router_state = [n for n in load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
                     if n.startswith("sharing.") and "blocks" not in n and "encoder" not in n]

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from sparseshare.config import ConfigError, ModelConfig, load_config
 from sparseshare.data.vocab import Vocab
@@ -16,6 +15,7 @@ from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing.bottom import BottomSharing
 from sparseshare.training import build_model, check_resume_config, load_task_data, run_training
 
+from conftest import assert_reloads_identically
 from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS
 from conftest import quiet as _quiet, tiny_batch as _batch, tiny_config as _config, tiny_model as _model
 
@@ -273,14 +273,7 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
                                                         "model.safetensors", "vocab.json"]
     saved = json.loads((folder / "config.json").read_text())["model"]
     assert saved["sharing"] == extra["model.sharing"]
-    model = MultiTaskTagger.from_pretrained(folder)
-    assert model.config == config.model
-    before = model.predict(SENTENCES)
-    model.save_pretrained(tmp_path / "again")
-    again = MultiTaskTagger.from_pretrained(tmp_path / "again")
-    assert again.predict(SENTENCES) == before
-    a, b = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    model = assert_reloads_identically(folder, tmp_path, config)
     if extra["model.sharing"] == "bottom":  # the bottoms started equal and were trained apart by their tasks
         pos, ner = (dict(model.sharing.bottom[t].named_parameters()) for t in ("pos", "ner"))
         assert any(not torch.equal(pos[n], ner[n]) for n in pos)

@@ -12,6 +12,7 @@ from sparseshare.config import load_config
 from sparseshare.model import MultiTaskTagger
 from sparseshare.training import latest_checkpoint, run_training
 
+from conftest import train_interrupted_and_resumed
 from conftest import tiny_overrides
 
 
@@ -47,26 +48,7 @@ def _weights(folder):
 
 def test_interrupted_training_resumes_to_the_same_model(tiny_corpus, tmp_path):
     extra = {"train.epochs": 3, "train.checkpoint_every": 4, "model.bilstm.dropout": 0.3, "train.patience": 0}
-    reference = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "a", **extra)), log=_quiet)
-
-    class Interrupt(Exception):
-        pass
-
-    def crash_at(step):
-        def callback(global_step):
-            if global_step == step:
-                raise Interrupt
-
-        return callback
-
-    config = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "b", **extra))
-    steps_per_epoch = 3 * 6  # 48 sentences / batch 8, three tasks
-    crash = steps_per_epoch + 7  # mid-epoch 2, three steps after the last checkpoint (step 24)
-    with pytest.raises(Interrupt):
-        run_training(config, callbacks=[crash_at(crash)], log=_quiet)
-    checkpoint = latest_checkpoint(tmp_path / "b")
-    assert checkpoint is not None and checkpoint.name == f"step_{crash // 4 * 4:08d}"
-    resumed = run_training(config, resume=True, log=_quiet)
+    reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)
 
     a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
     assert a.keys() == b.keys()

@@ -328,9 +328,7 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
     depth = config_depth(model)
     for task, layer in model.task_layers.items():
         check_task_layer(task, layer, tasks, depth[1] if depth else None, depth[0] if depth else "")
-    if model.sharing == "bottom":
-        if model.encoder == "transformer":
-            raise ConfigError(layerwise_transformer_error("bottom"))
+    if model.sharing == "bottom" and depth:  # a Transformer's depth: checked by the strategy once it is loaded
         check_bottom_layers(model.bottom_layers, depth[1], depth[0])
     validate_mixing_options(model, tasks)
 
@@ -364,8 +362,6 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
         raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {model.routing_rho}")
     if model.routing_lr <= 0:
         raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {model.routing_lr}")
-    if model.sharing in ("cross_stitch", "roaming", "routing") and model.encoder == "transformer":
-        raise ConfigError(layerwise_transformer_error(model.sharing))
     depth = config_depth(model)
     routing_blocks_per_layer(model.routing_blocks, depth[1] if depth else None, depth[0] if depth else "")
 
@@ -381,13 +377,6 @@ def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_k
     if bad or not counts:
         raise ConfigError(f"config key 'model.routing_blocks' must give every layer >= 1 block(s), got {blocks!r}")
     return counts
-
-
-def layerwise_transformer_error(sharing: str) -> str:
-    return (f"config keys 'model.sharing' = {sharing!r} and 'model.encoder' = 'transformer': not supported yet. "
-            f"Sharing {sharing!r} runs the encoder layer by layer (embeddings, then each layer, acting between "
-            f"layers), and a Hugging Face AutoModel offers no generic per-layer API (each architecture names and "
-            f"calls its embeddings and layers differently); use model.encoder=bilstm or scratch")
 
 
 def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None, depth_key: str = "") -> None:

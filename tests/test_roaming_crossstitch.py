@@ -9,10 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sparseshare.config import ConfigError, ModelConfig
+from sparseshare.config import ConfigError
 from sparseshare.model import MultiTaskTagger
-from sparseshare.sharing.cross_stitch import CrossStitchSharing
-from sparseshare.sharing.roaming import MaximumRoaming
 from sparseshare.training import run_training
 
 from conftest import assert_reloads_identically, train_interrupted_and_resumed
@@ -272,8 +270,6 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
     ({"model.cross_stitch_init": 0.5}, "'model.cross_stitch_init' only applies to model.sharing=cross_stitch"),
     ({**ROAMING, "model.cross_stitch_init": 0.5}, "'model.cross_stitch_init' only applies"),
     ({**CROSS, "model.cross_stitch_init": 1.2}, r"'model.cross_stitch_init' must be in \[0, 1\]"),
-    ({**CROSS, "model.encoder": "transformer"}, "'model.sharing' = 'cross_stitch' and 'model.encoder'"),
-    ({**ROAMING, "model.encoder": "transformer"}, "'model.sharing' = 'roaming' and 'model.encoder'"),
 ])
 def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -285,15 +281,6 @@ def test_a_ratio_too_small_for_the_units_is_rejected_when_built(tiny_corpus, tmp
     config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_ratio": 0.34, "model.bilstm.hidden": 8})
     with pytest.raises(ConfigError, match=r"'model.roaming_ratio' \(0.34\) gives 5 of 16 units"):
         _model(config)
-
-
-@pytest.mark.parametrize("cls,sharing", [(CrossStitchSharing, "cross_stitch"), (MaximumRoaming, "roaming")])
-def test_transformer_encoder_is_refused_before_loading_it(cls, sharing):
-    def build_encoder():
-        raise AssertionError("the Transformer must not be loaded")
-
-    with pytest.raises(ConfigError, match="not supported yet.*per-layer API"):
-        cls(build_encoder, TASKS, ModelConfig(encoder="transformer", sharing=sharing))
 
 
 # -- training, saving and reloading --------------------------------------------------------------------------

@@ -12,12 +12,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sparseshare.cli import main as cli_main
-from sparseshare.config import ConfigError, ModelConfig
+from sparseshare.config import ConfigError
 from sparseshare.encoders.bilstm import BiLSTMLayer
 from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing.bottom import encoder_input, run_layer
-from sparseshare.sharing.routing import (RoutingNetwork, dispatch, draw_routing_map, returns_to_go, sample_choices,
-                                         wpl_update)
+from sparseshare.sharing.routing import dispatch, draw_routing_map, returns_to_go, sample_choices, wpl_update
 from sparseshare.training import run_training
 
 from conftest import train_interrupted_and_resumed
@@ -266,19 +265,10 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
      "'model.routing_pass' only applies to model.sharing=routing"),
     ({"model.routing_router": "reinforce"}, "'model.routing_router' only applies"),
     ({"model.sharing": "bottom", "model.routing_rho": 0.1}, "'model.routing_rho' only applies"),
-    ({**ROUTING, "model.encoder": "transformer"}, "'model.sharing' = 'routing' and 'model.encoder'"),
 ])
 def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(tiny_corpus, tmp_path, **overrides)
-
-
-def test_transformer_encoder_is_refused_before_loading_it():
-    def build_encoder():
-        raise AssertionError("the Transformer must not be loaded")
-
-    with pytest.raises(ConfigError, match="'routing' and 'model.encoder' = 'transformer': not supported yet"):
-        RoutingNetwork(build_encoder, TASKS, ModelConfig(encoder="transformer", sharing="routing"))
 
 
 # -- training, saving, reloading, resuming ---------------------------------------------------------------------------

@@ -9,10 +9,9 @@ import json
 import pytest
 import torch
 
-from sparseshare.config import ConfigError, ModelConfig, load_config
+from sparseshare.config import ConfigError, load_config
 from sparseshare.data.vocab import Vocab
 from sparseshare.model import MultiTaskTagger
-from sparseshare.sharing.bottom import BottomSharing
 from sparseshare.training import build_model, check_resume_config, load_task_data, run_training
 
 from conftest import assert_reloads_identically
@@ -242,20 +241,6 @@ def test_bottom_embeds_once_per_batch(tiny_corpus, tmp_path):
     assert not torch.equal(features["pos"], features["ner"])
     with pytest.raises(NotImplementedError, match="cannot export"):
         model.sharing.task_encoder_state("pos")
-
-
-def test_bottom_with_a_transformer_encoder_is_refused_before_loading_it(tiny_corpus, tmp_path):
-    with pytest.raises(ConfigError) as info:
-        _config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.encoder": "transformer"})
-    message = str(info.value)
-    for part in ("'model.sharing'", "'model.encoder'", "not supported yet", "per-layer API"):
-        assert part in message
-
-    def build_encoder():
-        raise AssertionError("the Transformer must not be loaded")
-
-    with pytest.raises(ConfigError, match="not supported yet"):
-        BottomSharing(build_encoder, TASKS, ModelConfig(encoder="transformer", sharing="bottom"))
 
 
 # -- training, saving and reloading --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ in which it has the most context on both sides. Nothing is truncated.
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -59,6 +60,17 @@ def assign_words(windows: list[tuple[int, int]], n_words: int) -> list[int]:
     return best
 
 
+class SubwordRows(NamedTuple):
+    """A batch as model input: ``input_ids`` / ``attention_mask`` (rows, S); each word's first subword at
+    (``word_rows``, ``word_positions``) in batch order; ``row_sentence`` (rows,): the sentence each row belongs to
+    (a sentence longer than the model input spans several rows)."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    word_rows: torch.Tensor
+    word_positions: torch.Tensor
+    row_sentence: torch.Tensor
+
+
 class TransformerEncoder(nn.Module):
     def __init__(self, name_or_path: str, max_length: int | None = None, stride: int = 128, dropout: float = 0.1,
                  tokenizer=None, model=None):
@@ -103,9 +115,10 @@ class TransformerEncoder(nn.Module):
         return list(encoded["input_ids"]), where
 
     def _rows(self, sentences: list[list[str]]):
-        """Token id rows for a batch and, per word, its (row, position); one tokenizer call in the common case."""
+        """Token id rows for a batch, per word its (row, position), and per row its sentence; one tokenizer call
+        in the common case."""
         encoded = self.tokenizer(sentences, is_split_into_words=True, truncation=False)
-        rows, where = [], []
+        rows, where, owners = [], [], []
         for b, words in enumerate(sentences):
             ids, word_ids = encoded["input_ids"][b], encoded.word_ids(b)
             firsts = self._first_subwords(word_ids, len(words))
@@ -120,15 +133,18 @@ class TransformerEncoder(nn.Module):
             if len(ids) <= self.max_length:  # the common case: the sentence fits in one row
                 where.extend((len(rows), p) for p in firsts)
                 rows.append(ids)
+                owners.append(b)
             else:
                 window_rows, window_where = self._windows(words, word_ids)
                 where.extend((len(rows) + r, p) for r, p in window_where)
                 rows.extend(window_rows)
-        return rows, where
+                owners.extend([b] * len(window_rows))
+        return rows, where, owners
 
-    def forward(self, batch) -> list[torch.Tensor]:
+    def subword_rows(self, batch) -> SubwordRows:
+        """The model input for a batch of word sequences (on the batch's device)."""
         device = batch.mask.device
-        rows, where = self._rows(batch.words)
+        rows, where, owners = self._rows(batch.words)
         width = max(len(ids) for ids in rows)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -136,13 +152,39 @@ class TransformerEncoder(nn.Module):
         for r, ids in enumerate(rows):
             input_ids[r, : len(ids)] = torch.tensor(ids)
             attention[r, : len(ids)] = 1
-        out = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
-        index_rows = torch.tensor([r for r, _ in where], device=device)
-        index_cols = torch.tensor([c for _, c in where], device=device)
-        batch_size, length = batch.mask.shape
-        layers = []
-        for hidden in out.hidden_states[1:]:
-            words = hidden.new_zeros(batch_size, length, hidden.shape[-1])
-            words[batch.mask] = hidden[index_rows, index_cols]
-            layers.append(self.dropout(words))
-        return layers
+        return SubwordRows(input_ids.to(device), attention.to(device),
+                           torch.tensor([r for r, _ in where], device=device),
+                           torch.tensor([c for _, c in where], device=device), torch.tensor(owners, device=device))
+
+    def word_features(self, hidden: torch.Tensor, rows: SubwordRows, batch) -> torch.Tensor:
+        """(B, T, H) word vectors (first subwords, dropout applied) from subword states (rows, S, H)."""
+        words = hidden.new_zeros(*batch.mask.shape, hidden.shape[-1])
+        words[batch.mask] = hidden[rows.word_rows, rows.word_positions]
+        return self.dropout(words)
+
+    def forward(self, batch) -> list[torch.Tensor]:
+        rows = self.subword_rows(batch)
+        out = self.model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, output_hidden_states=True)
+        return [self.word_features(hidden, rows, batch) for hidden in out.hidden_states[1:]]
+
+    def top_features(self, batch, replicas: int = 1, rows: SubwordRows | None = None) -> torch.Tensor:
+        """(replicas, B, T, H): the top layer's word vectors, with the batch's rows (``rows``, else built here)
+        run ``replicas`` times in one model call (stacked along the batch). For strategies that replace the
+        model's layers by their own modules (sparseshare.sharing.hf_layers): their layers see the stacked rows
+        (e.g. one stack per task for cross-stitch), and ``output_hidden_states``, recorded by hooks on the
+        original layer classes, is not used."""
+        rows = self.subword_rows(batch) if rows is None else rows
+        count = rows.input_ids.shape[0]
+        out = self.model(input_ids=rows.input_ids.repeat(replicas, 1),
+                         attention_mask=rows.attention_mask.repeat(replicas, 1))
+        hidden = out.last_hidden_state.view(replicas, count, *out.last_hidden_state.shape[1:])
+        return torch.stack([self.word_features(h, rows, batch) for h in hidden])
+
+    def layer_stack(self) -> nn.ModuleList:
+        """The model's list of ``num_layers`` Transformer layers (e.g. ``encoder.layer`` of BERT,
+        ``transformer.layer`` of DistilBERT): the shortest-named ModuleList of that length."""
+        found = [(name, module) for name, module in self.model.named_modules()
+                 if isinstance(module, nn.ModuleList) and len(module) == self.num_layers]
+        if not found:
+            raise ValueError(f"{type(self.model).__name__}: no list of its {self.num_layers} layers found")
+        return min(found, key=lambda item: (item[0].count("."), len(item[0])))[1]

@@ -6,11 +6,15 @@ LayerNorm) stay shared. Each task's bottom layers start as copies of the built e
 originals are moved out of the encoder, so the model has ``(tasks - 1) x bottom-layer`` parameters more than
 hard sharing. The strategy composes the encoder's parts itself (embeddings once per batch -> the task's
 bottom layers -> the shared upper layers); the encoder classes are unchanged, but the encoder instance
-kept here holds no layers of its own and is not run as a whole. Served for the ``bilstm`` and ``scratch``
-encoders; a Hugging Face AutoModel has no generic per-layer API and is refused before it is loaded.
+kept here holds no layers of its own and is not run as a whole.
+
+A Hugging Face Transformer runs as a whole, once per task: its ``bottom_layers`` lowest layers are replaced by
+:class:`~.hf_layers.TaskLayers` (one copy per task; the active task's runs), the embeddings and upper layers are
+the model's own.
 
 Parameter names: ``encoder.*`` (shared embeddings), ``bottom.<task>.<i>.*`` (layer i of the task's bottom,
-0-based), ``top.<j>.*`` (shared layer ``bottom_layers + j``).
+0-based), ``top.<j>.*`` (shared layer ``bottom_layers + j``). Hugging Face Transformer: task t's layer i is
+``encoder.model.<layer list>.<i>.copies.<t>.*``.
 """
 from __future__ import annotations
 
@@ -20,29 +24,34 @@ import math
 import torch
 from torch import nn
 
-from ..config import ConfigError, check_bottom_layers, config_depth, layerwise_transformer_error
-from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder
+from ..config import ConfigError, check_bottom_layers, config_depth
+from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
+from .hf_layers import TaskLayers, layer_stack
 
 
 @register("bottom")
 class BottomSharing(SharingStrategy):
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
-        if config.encoder == "transformer":  # before build_encoder(): do not load a model we cannot serve
-            raise ConfigError(layerwise_transformer_error("bottom"))
-        encoder = build_encoder()
-        if not isinstance(encoder, (BiLSTMEncoder, ScratchTransformerEncoder)):
-            raise ConfigError(f"config key 'model.sharing' = 'bottom' serves the bilstm and scratch encoders, "
-                              f"not {type(encoder).__name__} (model.encoder = {config.encoder!r})")
+        encoder = layerwise_encoder("bottom", build_encoder, config)
         k = config.bottom_layers
-        check_bottom_layers(k, encoder.num_layers, config_depth(config)[0])
+        depth = config_depth(config)
+        check_bottom_layers(k, encoder.num_layers, depth[0] if depth else "the Transformer's num_hidden_layers")
+        self.bottom_layers, self.num_layers = k, encoder.num_layers
+        self.hf = isinstance(encoder, TransformerEncoder)
+        if self.hf:  # the model's k lowest layers become one copy per task
+            self.encoder, self.scratch = encoder, False
+            stack = layer_stack(encoder, "bottom")
+            for i in range(k):
+                stack[i] = TaskLayers(stack[i], self.tasks)
+            self.task_switches = list(stack)[:k]
+            return
         layers = list(encoder.layers)
         encoder.layers = nn.ModuleList()  # its layers live in bottom/top now: no unused originals
         self.encoder = encoder
         self.bottom = nn.ModuleDict({task: nn.ModuleList(copy.deepcopy(layers[:k])) for task in self.tasks})
         self.top = nn.ModuleList(layers[k:])
-        self.bottom_layers, self.num_layers = k, encoder.num_layers
         self.scratch = isinstance(encoder, ScratchTransformerEncoder)
 
     @property
@@ -63,11 +72,28 @@ class BottomSharing(SharingStrategy):
         return self.encoder.norm(x) * batch.mask.unsqueeze(-1) if self.scratch else x
 
     def forward(self, batch, task):
+        if self.hf:
+            for layer in self.task_switches:
+                layer.task = task
+            return self.encoder.top_features(batch)[0]
         return self.encode(self.embed(batch), batch, task)
 
     def features_for_tasks(self, batch, tasks):
+        if self.hf:  # the model runs as a whole, once per task
+            return {task: self(batch, task) for task in tasks}
         x = self.embed(batch)  # embeddings once per batch; layers per task, as they differ from the first
         return {task: self.encode(x, batch, task) for task in tasks}
+
+
+def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:
+    """The built encoder, for strategies that act between or inside its layers: the bilstm and scratch encoders'
+    layers are run one by one by the strategy, a Hugging Face Transformer's are replaced by stand-ins
+    (:mod:`.hf_layers`)."""
+    encoder = build_encoder()
+    if not isinstance(encoder, (BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder)):
+        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves the bilstm, scratch and transformer "
+                          f"encoders, not {type(encoder).__name__} (model.encoder = {config.encoder!r})")
+    return encoder
 
 
 def encoder_input(encoder, batch) -> torch.Tensor:

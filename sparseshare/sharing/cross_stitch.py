@@ -12,11 +12,15 @@ Shared part: the word/char embeddings (for the scratch Transformer also its inpu
 are computed once and read by every column. The paper has no shared part; the embedding table is most of a
 tagger's parameters (a GloVe vocabulary), so copying it T times would multiply the model's size for little
 (every column would start from the same vectors anyway). Everything above the embeddings is per task: the
-layers and, for the scratch Transformer, the final LayerNorm. Served for the ``bilstm`` and ``scratch``
-encoders; a Hugging Face AutoModel is refused before it is loaded.
+layers and, for the scratch Transformer, the final LayerNorm.
+
+A Hugging Face Transformer: every entry of its layer list becomes a :class:`~.hf_layers.StitchedLayer` holding
+the T columns' copies of that layer; the model runs once on T stacked copies of the batch (stack t = task t's
+column; the embeddings are shared, computed per stack), and after each layer the stacks are mixed.
 
 Parameter names: ``encoder.*`` (shared embeddings), ``columns.<task>.<i>.*`` (layer i of the task's column,
-0-based), ``norms.<task>.*`` (scratch only), ``mixing`` (layers x T x T).
+0-based), ``norms.<task>.*`` (scratch only), ``mixing`` (layers x T x T). Hugging Face Transformer: column t's
+layer i is ``encoder.model.<layer list>.<i>.columns.<t>.*``.
 """
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ import copy
 import torch
 from torch import nn
 
-from ..config import ConfigError, layerwise_transformer_error
-from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder
+from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
-from .bottom import encoder_input, run_layer
+from .bottom import encoder_input, layerwise_encoder, run_layer
+from .hf_layers import StitchedLayer, layer_stack
 
 
 def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
@@ -40,23 +44,21 @@ def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
     return matrix.expand(layers, tasks, tasks).clone()
 
 
-def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:
-    """The built encoder, for strategies that run its layers one by one (bilstm and scratch only): a Transformer
-    is refused before it is loaded."""
-    if config.encoder == "transformer":
-        raise ConfigError(layerwise_transformer_error(sharing))
-    encoder = build_encoder()
-    if not isinstance(encoder, (BiLSTMEncoder, ScratchTransformerEncoder)):
-        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves the bilstm and scratch encoders, "
-                          f"not {type(encoder).__name__} (model.encoder = {config.encoder!r})")
-    return encoder
-
-
 @register("cross_stitch")
 class CrossStitchSharing(SharingStrategy):
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("cross_stitch", build_encoder, config)
+        self.num_layers = encoder.num_layers
+        self.mixing = nn.Parameter(mixing_init(self.num_layers, len(self.tasks), config.cross_stitch_init))
+        self.hf = isinstance(encoder, TransformerEncoder)
+        if self.hf:  # every layer of the model becomes T columns' layers + the mix
+            self.encoder, self.scratch = encoder, False
+            stack = layer_stack(encoder, "cross_stitch")
+            for i in range(self.num_layers):
+                stack[i] = StitchedLayer(stack[i], len(self.tasks))
+            self.stitched = list(stack)
+            return
         layers = encoder.layers
         encoder.layers = nn.ModuleList()  # the columns own the layers now: no unused originals
         self.scratch = isinstance(encoder, ScratchTransformerEncoder)
@@ -67,8 +69,6 @@ class CrossStitchSharing(SharingStrategy):
         # every column starts as a copy of the same initialisation, like the paper's columns that all start
         # from one pretrained network
         self.columns = nn.ModuleDict({task: copy.deepcopy(layers) for task in self.tasks})
-        self.num_layers = encoder.num_layers
-        self.mixing = nn.Parameter(mixing_init(self.num_layers, len(self.tasks), config.cross_stitch_init))
 
     @property
     def output_dim(self) -> int:
@@ -76,6 +76,11 @@ class CrossStitchSharing(SharingStrategy):
 
     def columns_forward(self, batch, rows: list[int] | None = None) -> torch.Tensor:
         """(T', B, L, H): the top mixed activations of the tasks at ``rows`` (all tasks when None)."""
+        if self.hf:  # the model runs one stack of the batch per task; its layers are StitchedLayers
+            for i, layer in enumerate(self.stitched):
+                layer.mixing = self.mixing[i]
+            top = self.encoder.top_features(batch, replicas=len(self.tasks))
+            return top if rows is None else top[rows]
         x = encoder_input(self.encoder, batch)
         h = x.unsqueeze(0).expand(len(self.tasks), *x.shape)  # every column reads the shared embeddings
         for i in range(self.num_layers):

@@ -6,8 +6,9 @@ task's mask, so a switched-off unit reaches neither the next layer nor the head;
 recurrence still sees it, as cuDNN's LSTM cannot mask a unit's state). For the scratch Transformer, the
 ``model.scratch.ff`` feed-forward units of each layer (the activations between the two linear maps): a
 switched-off unit's rows of ``linear1`` and column of ``linear2`` get no gradient from that task. The residual
-stream itself is not masked, which would also cut the embeddings and attention passing through it. A Hugging
-Face Transformer is refused before it is loaded.
+stream itself is not masked, which would also cut the embeddings and attention passing through it. For a Hugging
+Face Transformer, likewise its feed-forward units: the input of each layer's down projection (BERT's
+``output.dense``) is multiplied by the mask (:class:`~.hf_layers.MaskedUnits`).
 
 * Initialisation: each task is active on ``k = round(model.roaming_ratio x units)`` units per layer, drawn so that
   every unit is covered by at least one task (a random permutation dealt out to the tasks, then each task filled
@@ -25,13 +26,12 @@ and a resumed run draw exactly the masks of an uninterrupted one.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..config import ConfigError
-from ..encoders import ScratchTransformerEncoder
+from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
-from .bottom import encoder_input
-from .cross_stitch import layerwise_encoder
+from .bottom import encoder_input, layerwise_encoder
+from .hf_layers import layer_stack, mask_feed_forward_units
 
 
 def initial_masks(layers: int, tasks: int, units: int, active: int, generator: torch.Generator) -> torch.Tensor:
@@ -55,7 +55,17 @@ class MaximumRoaming(SharingStrategy):
         super().__init__(build_encoder, tasks, config)
         self.encoder = layerwise_encoder("roaming", build_encoder, config)
         self.scratch = isinstance(self.encoder, ScratchTransformerEncoder)
-        self.units = self.encoder.layers[0].linear1.out_features if self.scratch else self.encoder.output_dim
+        self.hf = isinstance(self.encoder, TransformerEncoder)
+        if self.hf:  # each layer's feed-forward down projection gets its input units masked
+            hidden = self.encoder.output_dim
+            self.gates = [mask_feed_forward_units(layer, hidden) for layer in layer_stack(self.encoder, "roaming")]
+            widths = {gate.linear.in_features for gate in self.gates}
+            if len(widths) != 1:
+                raise ConfigError(f"config key 'model.sharing' = 'roaming' needs feed-forward layers of one width, "
+                                  f"the Transformer's have {sorted(widths)}")
+            self.units = widths.pop()
+        else:
+            self.units = self.encoder.layers[0].linear1.out_features if self.scratch else self.encoder.output_dim
         self.active = round(config.roaming_ratio * self.units)
         self.delta = config.roaming_delta
         if self.active < 1 or self.active * len(self.tasks) < self.units:
@@ -128,13 +138,17 @@ class MaximumRoaming(SharingStrategy):
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
         """Top-layer features of ``task`` from the shared embeddings ``x``."""
         t = self.tasks.index(task)
+        if self.hf:  # the model runs as a whole (x is not used): its gates read the task's masks
+            for i, gate in enumerate(self.gates):
+                gate.unit_mask = self.masks[i, t]
+            return self.encoder.top_features(batch)[0]
         for i in range(self.encoder.num_layers):
             x = self._layer(i, x, batch.mask, self.masks[i, t])
         return self.encoder.norm(x) * batch.mask.unsqueeze(-1) if self.scratch else x
 
     def forward(self, batch, task):
-        return self.encode(encoder_input(self.encoder, batch), batch, task)
+        return self.encode(None if self.hf else encoder_input(self.encoder, batch), batch, task)
 
     def features_for_tasks(self, batch, tasks):
-        x = encoder_input(self.encoder, batch)  # embeddings once per batch; the masks differ from the first layer
+        x = None if self.hf else encoder_input(self.encoder, batch)  # embeddings once per batch; the masks differ from the first layer
         return {task: self.encode(x, batch, task) for task in tasks}

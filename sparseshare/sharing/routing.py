@@ -10,8 +10,9 @@ scratch Transformer also its input projection, positions and final LayerNorm) ar
 A batch's sentences are grouped by their chosen block (``index_select`` -> the block on that sub-batch with its own
 mask -> ``index_copy``; a loop over blocks, never over sentences), so a block gets gradients only from the sentences
 routed through it, and an unchosen block is not run at all: per-step cost stays that of one encoder whatever k is.
-k = 1 without PASS is hard sharing. Served for the ``bilstm`` and ``scratch`` encoders; a Hugging Face AutoModel is
-refused before it is loaded.
+k = 1 without PASS is hard sharing. A Hugging Face Transformer keeps its own forward pass: each entry of its layer
+list becomes a :class:`~.hf_layers.RoutedLayer` that holds the blocks and asks the router for its rows' choices
+(all rows of a sentence follow the sentence's route); PASS is offered at every layer.
 
 Routers (``model.routing_router``):
 
@@ -62,7 +63,8 @@ the epoch; :meth:`log_values` (called at every epoch end) closes the epoch: the 
 the WPL policies and greedy routes); :func:`draw_routing_map` draws it into a PNG (``sparseshare routing show MODEL
 --png out.png``).
 
-Parameter names: ``encoder.*`` (shared embeddings), ``blocks.<layer>.<j>.*`` (block j of a layer, 0-based).
+Parameter names: ``encoder.*`` (shared embeddings), ``blocks.<layer>.<j>.*`` (block j of a layer, 0-based). Hugging
+Face Transformer: ``encoder.model.<layer list>.<layer>.blocks.<j>.*``.
 """
 from __future__ import annotations
 
@@ -76,10 +78,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, routing_blocks_per_layer
-from ..encoders import ScratchTransformerEncoder
+from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
-from .bottom import encoder_input, run_layer
-from .cross_stitch import layerwise_encoder
+from .bottom import encoder_input, layerwise_encoder, run_layer
+from .hf_layers import RoutedLayer, layer_stack
 
 VALUE_RATE = 0.1  # running-mean rate of the WPL action values and of the REINFORCE baselines
 ROUTER_HIDDEN = 64  # hidden units of the REINFORCE router MLPs
@@ -176,19 +178,29 @@ class RoutingNetwork(SharingStrategy):
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("routing", build_encoder, config)
-        layers = list(encoder.layers)
-        encoder.layers = nn.ModuleList()  # the blocks own the layers now: no unused originals
         self.encoder = encoder
         self.scratch = isinstance(encoder, ScratchTransformerEncoder)
-        self.num_layers = len(layers)
-        self.copies = routing_blocks_per_layer(config.routing_blocks, self.num_layers,
-                                               "model.scratch.layers" if self.scratch else "model.bilstm.layers")
-        self.in_dims = [self._in_dim(layer) for layer in layers]
-        self.has_pass = [bool(config.routing_pass) and d == encoder.output_dim for d in self.in_dims]
+        self.hf = isinstance(encoder, TransformerEncoder)
+        self.num_layers = encoder.num_layers
+        depth_key = "the Transformer's num_hidden_layers" if self.hf else (
+            "model.scratch.layers" if self.scratch else "model.bilstm.layers")
+        self.copies = routing_blocks_per_layer(config.routing_blocks, self.num_layers, depth_key)
+        if self.hf:  # the model's layers become RoutedLayers; its embeddings and forward pass stay
+            self.in_dims = [encoder.output_dim] * self.num_layers
+            self.has_pass = [bool(config.routing_pass)] * self.num_layers
+            stack = layer_stack(encoder, "routing")
+            for i, k in enumerate(self.copies):
+                stack[i] = RoutedLayer(stack[i], k, self.has_pass[i])
+            self.routed = list(stack)
+        else:
+            layers = list(encoder.layers)
+            encoder.layers = nn.ModuleList()  # the blocks own the layers now: no unused originals
+            self.in_dims = [self._in_dim(layer) for layer in layers]
+            self.has_pass = [bool(config.routing_pass) and d == encoder.output_dim for d in self.in_dims]
+            # block 0 is the encoder's own layer, the others copies of its initialisation
+            self.blocks = nn.ModuleList(nn.ModuleList([layer] + [_copy(layer) for _ in range(k - 1)])
+                                        for layer, k in zip(layers, self.copies))
         self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
-        # block 0 is the encoder's own layer, the others copies of its initialisation
-        self.blocks = nn.ModuleList(nn.ModuleList([layer] + [_copy(layer) for _ in range(k - 1)])
-                                    for layer, k in zip(layers, self.copies))
         self.router, self.rho, self.lr = config.routing_router, config.routing_rho, config.routing_lr
         if self.router not in ("wpl", "reinforce"):
             raise ConfigError(f"config key 'model.routing_router': {self.router!r} is not one of ['wpl', 'reinforce']")
@@ -262,11 +274,15 @@ class RoutingNetwork(SharingStrategy):
         return torch.where(total > 0, self.usage / total.clamp(min=1), uniform)
 
     # -- routing -----------------------------------------------------------------------------------------------------
-    def _router_input(self, x: torch.Tensor, mask: torch.Tensor, t: int) -> torch.Tensor:
+    @staticmethod
+    def _pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, H): the mean of ``x`` (B, T, H) over the positions ``mask`` marks."""
         m = mask.unsqueeze(-1).to(x.dtype)
-        pooled = (x.detach() * m).sum(1) / m.sum(1).clamp(min=1)
+        return (x.detach() * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def _router_input(self, pooled: torch.Tensor, t: int) -> torch.Tensor:
         pooled = F.layer_norm(pooled.float(), pooled.shape[-1:])
-        onehot = F.one_hot(torch.full((x.shape[0],), t, device=x.device), len(self.tasks)).float()
+        onehot = F.one_hot(torch.full((pooled.shape[0],), t, device=pooled.device), len(self.tasks)).float()
         return torch.cat([pooled, onehot], dim=-1)
 
     def _probs(self, layer: int, t: int, inputs: torch.Tensor | None, batch_size: int) -> torch.Tensor:
@@ -285,32 +301,72 @@ class RoutingNetwork(SharingStrategy):
         stream = torch.Generator().manual_seed(seed + _rank())
         return torch.rand(self.num_layers, batch_size, generator=stream)
 
+    @torch.no_grad()
+    def _choose(self, layer: int, t: int, pooled: torch.Tensor | None, uniforms: torch.Tensor | None,
+                batch_size: int, record: list) -> torch.Tensor:
+        """(B,) the choice at ``layer`` for each sentence (``pooled``: the sentences' pooled layer input, read by
+        the REINFORCE router); sampled when ``uniforms`` are given, else greedy. Appended to ``record``."""
+        router_in = self._router_input(pooled, t) if self.router == "reinforce" else None
+        probs = self._probs(layer, t, router_in, batch_size)
+        choice = sample_choices(probs, uniforms[layer]) if uniforms is not None else probs.argmax(-1)
+        record.append((choice, router_in))
+        return choice
+
+    def _routed(self, t: int, record: list, words: torch.Tensor) -> None:
+        """Keep the routes of a forward pass: for inspection, and for the next observe_losses in training."""
+        self.last_routes = torch.stack([choice for choice, _ in record])
+        if self.training:
+            self._pending = (t, self.last_routes, [router_in for _, router_in in record], words)
+
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
         """Top-layer features of ``task`` from the shared embeddings ``x``, each sentence along its route."""
-        t, mask, batch_size = self.tasks.index(task), batch.mask, x.shape[0]
-        sampling = self.training
-        uniforms = self._uniforms(batch_size).to(x.device) if sampling else None
-        routes, inputs = [], []
-        for layer in range(self.num_layers):
-            with torch.no_grad():
-                router_in = self._router_input(x, mask, t) if self.router == "reinforce" else None
-                probs = self._probs(layer, t, router_in, batch_size)
-                choice = sample_choices(probs, uniforms[layer]) if sampling else probs.argmax(-1)
-            routes.append(choice)
-            inputs.append(router_in)
-            blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
-            x = dispatch(blocks, x, mask, choice, self.output_dim)
-        self.last_routes = torch.stack(routes)
-        if sampling:
-            words = mask.sum(1).clamp(min=1).to(torch.float64)
-            self._pending = (t, self.last_routes, inputs, words)
+        t, mask, batch_size = self.tasks.index(task), batch.mask, batch.mask.shape[0]
+        uniforms = self._uniforms(batch_size).to(mask.device) if self.training else None
+        words = mask.sum(1).clamp(min=1).to(torch.float64)
+        record = []
+        if self.hf:
+            x = self._encode_hf(batch, t, uniforms, record)
+        else:
+            for layer in range(self.num_layers):
+                pooled = self._pool(x, mask) if self.router == "reinforce" else None
+                choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
+                blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
+                x = dispatch(blocks, x, mask, choice, self.output_dim)
+        self._routed(t, record, words)
         return self.encoder.norm(x) * mask.unsqueeze(-1) if self.scratch else x
 
+    def _encode_hf(self, batch, t: int, uniforms, record: list) -> torch.Tensor:
+        """The Transformer runs as a whole; each RoutedLayer asks for its sentences' choices with its input. A
+        sentence longer than the model input spans several rows, which all follow the sentence's route; the
+        REINFORCE router reads the mean of the sentence's subword states (special tokens included)."""
+        rows = self.encoder.subword_rows(batch)
+        batch_size = batch.mask.shape[0]
+
+        def router(layer):
+            def route(hidden: torch.Tensor) -> torch.Tensor:
+                pooled = None
+                if self.router == "reinforce":
+                    m = rows.attention_mask.unsqueeze(-1).to(hidden.dtype)
+                    sums = hidden.new_zeros(batch_size, hidden.shape[-1]).index_add(
+                        0, rows.row_sentence, (hidden.detach() * m).sum(1))
+                    counts = hidden.new_zeros(batch_size, 1).index_add(0, rows.row_sentence, m.sum(1))
+                    pooled = sums / counts.clamp(min=1)
+                return self._choose(layer, t, pooled, uniforms, batch_size, record)[rows.row_sentence]
+            return route
+
+        for layer, routed in enumerate(self.routed):
+            routed.route = router(layer)
+        try:
+            return self.encoder.top_features(batch, rows=rows)[0]
+        finally:
+            for routed in self.routed:
+                routed.route = None
+
     def forward(self, batch, task):
-        return self.encode(encoder_input(self.encoder, batch), batch, task)
+        return self.encode(None if self.hf else encoder_input(self.encoder, batch), batch, task)
 
     def features_for_tasks(self, batch, tasks):
-        x = encoder_input(self.encoder, batch)  # embeddings once per batch; routes differ per task
+        x = None if self.hf else encoder_input(self.encoder, batch)  # embeddings once per batch; routes per task
         return {task: self.encode(x, batch, task) for task in tasks}
 
     # -- learning the router -----------------------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""Layer-wise strategies on a Hugging Face encoder: stand-ins for the model's own layers.
+
+bottom, cross_stitch, roaming and routing act between or inside a Transformer's layers. A Hugging Face model
+has no generic way to run its embeddings and layers one by one (each architecture builds its attention mask,
+positions and layer arguments differently), so these strategies leave the model's forward pass alone and replace
+the entries of its layer list (:meth:`TransformerEncoder.layer_stack`, e.g. BERT's ``encoder.layer``) by the
+modules below. The model calls them exactly as it calls its layers; they pass the call on to per-task copies or
+routed blocks, with the arguments that carry the batch cut down to the rows each copy serves (:func:`call_rows`).
+
+What each stand-in needs per forward pass (the active task, the mixing matrix, a unit mask, a router) the
+strategy sets as a plain attribute just before it runs the model. The model is then called for its top layer
+only (:meth:`TransformerEncoder.top_features`): ``output_hidden_states`` is recorded by hooks on the original
+layer classes, which would see the copies' calls instead of the stand-ins' results.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+
+
+def layer_stack(encoder, sharing: str) -> nn.ModuleList:
+    try:
+        return encoder.layer_stack()
+    except ValueError as err:
+        raise ConfigError(f"config key 'model.sharing' = {sharing!r} needs the Transformer's list of layers: {err}; "
+                          f"use a model with a standard layer list (BERT, RoBERTa, DistilBERT, ...)") from None
+
+
+def _rows(value, index: torch.Tensor, total: int):
+    """``value`` (an argument of a layer call) restricted to the batch rows ``index``: tensors of 2 or more
+    dimensions whose first is the batch (``total`` rows), inside tuples and lists too. 1-D tensors (e.g. cache
+    positions) and broadcast tensors (first dimension 1) pass unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, index) if value.dim() >= 2 and value.shape[0] == total else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rows(v, index, total) for v in value)
+    return value
+
+
+def call_rows(layer: nn.Module, index: torch.Tensor, hidden: torch.Tensor, args, kwargs):
+    """``layer`` called on the rows ``index`` of the batch (all rows when ``index`` is None)."""
+    if index is None:
+        return layer(hidden, *args, **kwargs)
+    total = hidden.shape[0]
+    return layer(hidden.index_select(0, index), *_rows(args, index, total),
+                 **{key: _rows(value, index, total) for key, value in kwargs.items()})
+
+
+def hidden_of(output) -> torch.Tensor:
+    """A layer's output hidden states (Transformers 5 layers return a tensor; some return a tuple)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def like(output, hidden: torch.Tensor):
+    """``hidden`` in the form the layer returned (a tensor, or a tuple led by it)."""
+    return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
+
+
+class TaskLayers(nn.Module):
+    """bottom: one copy of the layer per task; runs the copy of ``self.task``."""
+
+    def __init__(self, layer: nn.Module, tasks: list[str]):
+        super().__init__()
+        self.copies = nn.ModuleDict({task: copy.deepcopy(layer) for task in tasks})
+        self.task: str | None = None
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.copies[self.task](hidden_states, *args, **kwargs)
+
+
+class StitchedLayer(nn.Module):
+    """cross_stitch: the layer of every task's column, then the cross-stitch mix. The model runs on T stacked
+    copies of the batch (``top_features(batch, replicas=T)``); stack t is task t's column. ``self.mixing`` is the
+    layer's (T x T) matrix (a view of the strategy's parameter, set before every forward pass)."""
+
+    def __init__(self, layer: nn.Module, tasks: int):
+        super().__init__()
+        self.columns = nn.ModuleList(copy.deepcopy(layer) for _ in range(tasks))
+        self.mixing: torch.Tensor | None = None
+
+    def forward(self, hidden_states, *args, **kwargs):
+        tasks = len(self.columns)
+        rows = hidden_states.shape[0] // tasks
+        outputs = [call_rows(column, torch.arange(t * rows, (t + 1) * rows, device=hidden_states.device),
+                             hidden_states, args, kwargs) for t, column in enumerate(self.columns)]
+        stacked = torch.stack([hidden_of(output) for output in outputs])  # (T, rows, S, H)
+        mixed = torch.einsum("ts,s...->t...", self.mixing, stacked)
+        return like(outputs[-1], mixed.flatten(0, 1))
+
+
+class MaskedUnits(nn.Module):
+    """roaming: a layer's feed-forward down projection, its input (the feed-forward units, after the
+    activation) multiplied by ``self.unit_mask``: a switched-off unit reaches nothing and its weights get no
+    gradient from the task."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+        self.unit_mask: torch.Tensor | None = None
+
+    def forward(self, x):
+        return self.linear(x * self.unit_mask.to(x.dtype))
+
+
+def mask_feed_forward_units(layer: nn.Module, hidden_size: int) -> MaskedUnits:
+    """Put a :class:`MaskedUnits` around ``layer``'s feed-forward down projection: the Linear that maps the
+    widest input back to ``hidden_size`` (BERT's ``output.dense``, DistilBERT's ``ffn.lin2``)."""
+    candidates = [(name, module) for name, module in layer.named_modules()
+                  if isinstance(module, nn.Linear) and module.out_features == hidden_size
+                  and module.in_features > hidden_size]
+    if not candidates:
+        raise ConfigError(f"config key 'model.sharing' = 'roaming': no feed-forward down projection (a Linear from "
+                          f"more than {hidden_size} units to {hidden_size}) in {type(layer).__name__}")
+    name, linear = max(candidates, key=lambda item: item[1].in_features)
+    parent_name, _, attribute = name.rpartition(".")
+    wrapped = MaskedUnits(linear)
+    setattr(layer.get_submodule(parent_name) if parent_name else layer, attribute, wrapped)
+    return wrapped
+
+
+class RoutedLayer(nn.Module):
+    """routing: k blocks (block 0 the model's layer, the others copies of it) plus optionally PASS (the
+    identity). ``self.route(hidden_states)`` (set by the strategy before every forward pass) picks each row's
+    block; the rows are grouped by block, a block runs once on its rows (no loop over sentences)."""
+
+    def __init__(self, layer: nn.Module, copies: int, has_pass: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList([layer] + [copy.deepcopy(layer) for _ in range(copies - 1)])
+        self.has_pass = has_pass
+        self.route = None
+        self._returns_tuple = False  # the layers' output form, for a call where every row took PASS
+
+    def forward(self, hidden_states, *args, **kwargs):
+        choice = self.route(hidden_states)
+        blocks = list(self.blocks) + ([None] if self.has_pass else [])
+        total, out = hidden_states.shape[0], None
+        for j, block in enumerate(blocks):
+            index = (choice == j).nonzero().squeeze(1)
+            if index.numel() == 0:
+                continue
+            whole = index.numel() == total  # the whole batch took this block: no gather/scatter
+            if block is None:
+                y = hidden_states if whole else hidden_states.index_select(0, index)
+            else:
+                output = call_rows(block, None if whole else index, hidden_states, args, kwargs)
+                self._returns_tuple = not isinstance(output, torch.Tensor)
+                y = hidden_of(output)
+            if whole:
+                out = y
+                break
+            out = (hidden_states.new_zeros(hidden_states.shape) if out is None else out).index_copy(0, index, y)
+        return (out,) if self._returns_tuple else out

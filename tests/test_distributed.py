@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, tiny_config, tiny_model, tiny_overrides
+from conftest import ROOT, tiny_bert_overrides, tiny_config, tiny_model, tiny_overrides
 
 
 def _launch(args: list[str], overrides: list[str], script: Path = ROOT / "recipes" / "train.py"):
@@ -99,15 +99,24 @@ STRATEGY_OPTIONS = {
     "bottom": {},
     "cross_stitch": {},
     "roaming": {"model.roaming_delta": 2},  # the masks move several times during the run
+    # on a Hugging Face Transformer, through the stand-ins for its layers (sparseshare/sharing/hf_layers.py)
+    "cross_stitch on a tiny BERT": {"model.sharing": "cross_stitch"},
+    "roaming on a tiny BERT": {"model.sharing": "roaming", "model.roaming_delta": 2},
 }
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGY_OPTIONS))
-def test_other_strategies_two_processes_match_one_process(tiny_corpus, tmp_path, strategy):
+def test_other_strategies_two_processes_match_one_process(tiny_corpus, tmp_path, strategy, request):
     extra = {"model.sharing": strategy, "train.epochs": 1, **STRATEGY_OPTIONS[strategy]}
+
+    def overrides(out):
+        if strategy.endswith("BERT"):
+            return tiny_bert_overrides(tiny_corpus, out, request.getfixturevalue("tiny_bert"), **extra)
+        return tiny_overrides(tiny_corpus, out, **extra)
+
     one, two = tmp_path / "one", tmp_path / "two"
-    _launch(["--cpu", "--num_processes", "1"], tiny_overrides(tiny_corpus, one, **extra))
-    _launch(["--multi_gpu", "--num_processes", "2"], tiny_overrides(tiny_corpus, two, **extra))
+    _launch(["--cpu", "--num_processes", "1"], overrides(one))
+    _launch(["--multi_gpu", "--num_processes", "2"], overrides(two))
     a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
@@ -176,3 +185,15 @@ def test_routing_routers_stay_identical_across_two_processes_and_reload(tiny_cor
     assert results["num_processes"] == 2 and set(results["test"]) == {"pos", "chunk", "ner"}
     model = MultiTaskTagger.from_pretrained(out / "model")
     assert len(model.predict([["John", "lives", "in", "Paris", "."]])["ner"][0]) == 5
+
+
+def test_routing_on_a_tiny_bert_trains_under_two_processes_with_identical_routers(tiny_corpus, tmp_path, tiny_bert):
+    """The routed stand-ins for a Transformer's layers (blocks a process may not run at a step) under DDP."""
+    extra = {"model.sharing": "routing", "model.routing_pass": "true"}
+    out, script = tmp_path / "two", tmp_path / "router_state.py"
+    script.write_text(ROUTER_STATE_SCRIPT)
+    _launch(["--multi_gpu", "--num_processes", "2"], tiny_bert_overrides(tiny_corpus, out, tiny_bert, **extra), script)
+    ranks = [load_file(str(out / f"router_state_{rank}.safetensors")) for rank in (0, 1)]
+    assert [name for name in ranks[0] if not torch.equal(ranks[0][name], ranks[1][name])] == []
+    assert ranks[0]["usage"].sum() == 3 * 3 * 48  # 3 layers x 3 tasks x 48 sentences
+    assert json.loads((out / "results.json").read_text())["num_processes"] == 2

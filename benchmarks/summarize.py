@@ -1,6 +1,8 @@
 """Summarise benchmark runs as a markdown table: mean ± std over seeds.
 
     python benchmarks/summarize.py benchmarks/runs/conll03
+    python benchmarks/summarize.py benchmarks/results/conll03 --runs pos chunk ner hard sparse routing  # these rows
+
 
 A run is ``<name>_seed<k>/results.json`` (recipes/train.py) or ``<name>_seed<k>/report.json`` with
 ``joint/results.json`` (recipes/train_sparse.py). For sparse runs "params" is the effective count
@@ -9,6 +11,7 @@ training's; their wall time includes warm-up and mask search.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -28,7 +31,7 @@ def fmt(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def main(folder: str):
+def main(folder: str, only: list[str] | None = None):
     groups = defaultdict(list)
     for run in sorted(p for p in Path(folder).glob("*_seed*") if p.is_dir()):
         name, seed = re.match(r"(.+)_seed(\d+)$", run.name).groups()
@@ -43,6 +46,8 @@ def main(folder: str):
         data["wall"] = json.loads(wall.read_text())["seconds"] if wall.is_file() else float("nan")
         data["seed"] = int(seed)
         groups[name].append(data)
+    if only:  # the named runs, in the order given
+        groups = {name: groups[name] for name in only if name in groups}
     found = dict.fromkeys(t for runs in groups.values() for r in runs for t in r["dev"])
     tasks = sorted(found, key=lambda t: (ORDER.index(t) if t in ORDER else len(ORDER), t))
     print("| run | seeds | " + " | ".join(f"{t} dev" for t in tasks) + " | " + " | ".join(f"{t} test" for t in tasks)
@@ -59,4 +64,8 @@ def main(folder: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/runs/conll03")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", default="benchmarks/runs/conll03")
+    parser.add_argument("--runs", nargs="+", help="only these runs (names without _seed<k>), in this order")
+    args = parser.parse_args()
+    main(args.folder, args.runs)

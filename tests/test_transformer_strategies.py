@@ -43,9 +43,12 @@ def _layers(model):
 ])
 def test_each_strategy_reduces_to_the_plain_transformer(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
     """Fresh copies (bottom), independent columns (cross-stitch alpha = 1), every unit active (roaming p = 1), one
-    block (routing k = 1): every task reads exactly the pretrained model's top layer."""
+    block (routing k = 1): every task reads exactly the pretrained model's top layer, also for a sentence longer
+    than the model input (several rows, which the stand-ins must keep together)."""
     model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, **extra})
-    batch = tiny_batch(model, data, "ner")
+    long = [word for _ in range(20) for word in TINY_SENTENCES[1]]  # 160 words: several 64-position windows
+    batch = model.featurizer.collate(TINY_SENTENCES + [long])
+    assert model.sharing.encoder.subword_rows(batch).row_sentence.tolist().count(3) > 2
     with torch.no_grad():
         expected = _plain_top(model, batch)
         for task, features in model.sharing.features_for_tasks(batch, ["pos", "chunk", "ner"]).items():

@@ -90,8 +90,11 @@ class ModelConfig:
     # sharing: routing only: also offer a PASS block (the identity) at every layer whose input and output widths agree
     routing_pass: bool = False
     # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one MLP agent over
-    # the layer input and the task, REINFORCE with a running-mean baseline)
+    # the layer input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE dispatcher
+    # assigns each sentence to one of model.routing_agents tabular WPL agents)
     routing_router: str = "wpl"
+    # sharing: routing with routing_router: dispatched only: the number of WPL agents (0: one per task)
+    routing_agents: int = 0
     # sharing: routing only: weight rho of the collaboration reward rho x (historical probability of the chosen block)
     routing_rho: float = 0.3
     # sharing: routing only: the router's step size (WPL policy step / REINFORCE SGD learning rate)
@@ -335,8 +338,8 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
 
 STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming",
                     "routing_blocks": "routing", "routing_pass": "routing", "routing_router": "routing",
-                    "routing_rho": "routing", "routing_lr": "routing"}
-ROUTERS = ("wpl", "reinforce")
+                    "routing_rho": "routing", "routing_lr": "routing", "routing_agents": "routing"}
+ROUTERS = ("wpl", "reinforce", "dispatched")
 
 
 def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
@@ -362,6 +365,12 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
         raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {model.routing_rho}")
     if model.routing_lr <= 0:
         raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {model.routing_lr}")
+    if model.routing_agents < 0:
+        raise ConfigError(f"config key 'model.routing_agents' must be >= 0 (0 = one agent per task), "
+                          f"got {model.routing_agents}")
+    if model.routing_agents and model.routing_router != "dispatched":
+        raise ConfigError(f"config key 'model.routing_agents' only applies to model.routing_router=dispatched "
+                          f"(model.routing_router is {model.routing_router!r})")
     depth = config_depth(model)
     routing_blocks_per_layer(model.routing_blocks, depth[1] if depth else None, depth[0] if depth else "")
 

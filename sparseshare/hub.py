@@ -208,12 +208,17 @@ def _routing_section(model) -> list[str]:
     s, routing = model.sharing, model.sharing.routing_map()
     blocks = ", ".join(f"{k}{' + PASS' if p else ''}" for k, p in zip(s.copies, s.has_pass))
     router = {"wpl": "one tabular policy per task, Weighted Policy Learner",
-              "reinforce": "one MLP per layer over the layer input and the task, REINFORCE"}[s.router]
+              "reinforce": "one MLP per layer over the layer input and the task, REINFORCE",
+              "dispatched": f"a REINFORCE dispatcher assigns each sentence to one of {s.agents} tabular WPL agents"
+              }[s.router]
     lines = ["## Routing", "",
              "Every encoder layer offers several blocks (copies of the layer; PASS is the identity) and a router "
              "picks one per layer for each sentence.", "",
              f"- Router: `{s.router}` ({router}); collaboration reward rho {s.rho}.",
              f"- Blocks per layer: {blocks}."]
+    if routing.get("dispatch") and any(any(shares) for shares in routing["dispatch"].values()):
+        lines.append("- Dispatch (share of each task's training sentences per agent): " + "; ".join(
+            f"{task} " + ", ".join(f"{p:.3f}" for p in shares) for task, shares in routing["dispatch"].items()) + ".")
     try:
         table, what = final_map(routing)
     except ValueError:  # REINFORCE before any epoch: no routes to show
@@ -237,7 +242,8 @@ def _routing_section(model) -> list[str]:
                       "most-used block)." if greedy else
                       "At inference each sentence takes the router's argmax for its input."]
     held = "every epoch's routing map and the historical block usage" + (
-        ", the policies and the greedy routes" if s.router == "wpl" else "")
+        ", the policies and the greedy routes" if s.router == "wpl" else
+        ", the dispatch shares per task and the agents' policies and greedy routes" if s.router == "dispatched" else "")
     lines += ["", f"`{ROUTING_FILE}` holds {held}; draw it with "
                   f"`sparseshare routing show <repo id or folder> --png routing.png`."]
     return lines
@@ -245,7 +251,7 @@ def _routing_section(model) -> list[str]:
 
 def _roaming_section(model) -> list[str]:
     s = model.sharing
-    units = "feed-forward units" if s.scratch else "output units"
+    units = "feed-forward units" if s.scratch or s.hf else "output units"
     return ["## Maximum Roaming", "",
             f"Each task runs every encoder layer through its own binary mask over the layer's {s.units} {units}.", "",
             f"- Sharing ratio p: {model.config.roaming_ratio} ({s.active} of {s.units} units per layer and task).",

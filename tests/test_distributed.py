@@ -153,7 +153,9 @@ dist.destroy_process_group()
 """
 ROUTER_STATE = {"wpl": ["policy", "q", "q_seen", "usage", "rng_state"],
                 "reinforce": ["routers.0.w1", "routers.0.b1", "routers.0.w2", "routers.0.b2", "routers.1.w1",
-                              "routers.1.b1", "routers.1.w2", "routers.1.b2", "baseline", "usage", "rng_state"]}
+                              "routers.1.b1", "routers.1.w2", "routers.1.b2", "baseline", "usage", "rng_state"],
+                "dispatched": ["policy", "q", "q_seen", "usage", "dispatcher.w1", "dispatcher.b1", "dispatcher.w2",
+                               "dispatcher.b2", "dispatch_baseline", "dispatch_counts", "rng_state"]}
 
 
 @pytest.mark.parametrize("router", sorted(ROUTER_STATE))

@@ -16,7 +16,8 @@ from sparseshare.config import ConfigError
 from sparseshare.encoders.bilstm import BiLSTMLayer
 from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing.bottom import encoder_input, run_layer
-from sparseshare.sharing.routing import dispatch, draw_routing_map, returns_to_go, sample_choices, wpl_update
+from sparseshare.sharing.routing import (RouterMLP, dispatch, draw_routing_map, returns_to_go, sample_choices,
+                                         wpl_update)
 from sparseshare.training import run_training
 
 from conftest import train_interrupted_and_resumed
@@ -150,6 +151,41 @@ def test_greedy_evaluation_takes_the_argmax_reinforce(tiny_corpus, tmp_path):
         assert torch.equal(s.last_routes, routes)
 
 
+def test_dispatched_agents_learn_from_their_own_sentences_and_the_dispatcher_from_whole_returns(tiny_corpus,
+                                                                                               tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_router": "dispatched",
+                                                                        "model.routing_pass": "true"}))
+    s = model.sharing
+    assert s.agents == 3 and s.policy.shape == (3, 2, 3)  # routing_agents 0: one agent per task
+    generator = torch.Generator().manual_seed(5)
+    s.dispatcher.w2.copy_(torch.randn(s.dispatcher.w2.shape, generator=generator))  # input-dependent dispatch
+    batch = _batch(model, data, "chunk", n=16)
+    # evaluation: the dispatcher's argmax agent (from the pooled embeddings and the task), then its greedy route
+    s.policy[:, 0, :2] = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    s(batch, "chunk")
+    x = encoder_input(s.encoder, batch)
+    m = batch.mask.unsqueeze(-1).float()
+    inputs = torch.cat([F.layer_norm((x * m).sum(1) / m.sum(1), (x.shape[-1],)),
+                        F.one_hot(torch.full((16,), 1), 3).float()], -1)
+    agents = RouterMLP.logits(s.dispatcher.weights(), inputs).argmax(-1)
+    assert torch.equal(s.last_agents, agents) and len(set(agents.tolist())) > 1
+    assert s.last_routes[0].tolist() == [[0, 1, 0][a] for a in agents.tolist()]
+    # training: the WPL step of each agent sees only the sentences dispatched to it
+    model.train()
+    s(batch, "chunk")
+    agents, routes = s.last_agents.clone(), s.last_routes.clone()
+    policy, dispatcher = s.policy.clone(), [w.clone() for w in s.dispatcher.weights()]
+    s.observe_losses("chunk", torch.linspace(1.0, 16.0, 16))
+    for a in range(3):
+        assert torch.equal(s.q_seen[a].any(-1), torch.tensor([bool((agents == a).any())] * 2))
+        if not (agents == a).any():
+            assert torch.equal(s.policy[a], policy[a])
+    assert s.dispatch_counts[1].tolist() == torch.bincount(agents, minlength=3).double().tolist()
+    assert s.dispatch_counts[[0, 2]].sum() == 0 and bool(s.dispatch_baseline_seen[1])
+    assert all(not torch.equal(a, b) for a, b in zip(s.dispatcher.weights()[2:], dispatcher[2:]))
+    assert s.usage.sum(-1).tolist() == [16.0, 16.0] and routes.shape == (2, 16)
+
+
 def _bilstm_blocks(k, dim, hidden):
     return [BiLSTMLayer(dim, hidden, 0.0) for _ in range(k)]
 
@@ -258,7 +294,11 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
     ({**ROUTING, "model.routing_rho": -0.1}, "'model.routing_rho' must be >= 0"),
     ({**ROUTING, "model.routing_lr": 0}, "'model.routing_lr' must be > 0"),
     ({**ROUTING, "model.routing_router": "qlearning"}, r"'model.routing_router': 'qlearning' is not one of \['wpl', "
-                                                        r"'reinforce'\]"),
+                                                        r"'reinforce', 'dispatched'\]"),
+    ({**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": -1},
+     r"'model.routing_agents' must be >= 0 \(0 = one agent per task\), got -1"),
+    ({**ROUTING, "model.routing_agents": 2}, r"'model.routing_agents' only applies to model.routing_router=dispatched "
+                                             r"\(model.routing_router is 'wpl'\)"),
     ({"model.routing_blocks": 3}, r"'model.routing_blocks' only applies to model.sharing=routing \(model.sharing is "
                                   r"'hard'\)"),
     ({"model.sharing": "roaming", "model.routing_pass": "true"},
@@ -276,6 +316,8 @@ def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, messa
     {**ROUTING, "model.routing_pass": "true", "model.routing_lr": 0.5},
     {**ROUTING, **SCRATCH, "model.routing_router": "reinforce", "model.routing_blocks": "[3,2]",
      "train.optimizer": "adamw", "train.lr": 3e-3, "model.routing_lr": 0.5},
+    {**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": 2, "model.routing_pass": "true",
+     "model.routing_lr": 0.5},
 ])
 def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tiny_corpus, tmp_path, extra, capsys):
     config = _config(tiny_corpus, tmp_path, **extra, **{"train.epochs": 2})
@@ -297,6 +339,10 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
     if config.model.routing_router == "wpl":  # the policies moved away from uniform, and were saved
         assert set(routing["policy"]) == set(TASKS) and routing["greedy"]
         assert not torch.allclose(s.policy[:, 1, :3], torch.full((3, 3), 1 / 3))
+    elif config.model.routing_router == "dispatched":  # every training sentence was dispatched to an agent
+        assert set(routing["agents"]) == {"agent 0", "agent 1"} and set(routing["dispatch"]) == set(TASKS)
+        assert s.dispatch_counts.sum().item() == len(TASKS) * steps * 8 * epochs and s.dispatcher.w2.any()
+        assert not torch.allclose(s.policy[:, 1, :3], torch.full((2, 3), 1 / 3))
     else:
         assert any(mlp.w2.any() for mlp in s.routers)
     before = model.predict(SENTENCES)
@@ -314,7 +360,8 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
     assert f"epoch {epochs}" in out and "ner layer 2:" in out and (tmp_path / "cli.png").is_file()
 
 
-@pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"}])
+@pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},
+                                   {"model.routing_router": "dispatched"}])
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
              "train.seed": 7}

@@ -115,7 +115,7 @@ def test_roaming_masks_the_feed_forward_units(tiny_corpus, tmp_path, tiny_bert):
         assert bool(grad[:, ~sharing.masks[i, t]].eq(0).all()) and bool(grad[:, sharing.masks[i, t]].ne(0).any())
 
 
-@pytest.mark.parametrize("router", ["wpl", "reinforce"])
+@pytest.mark.parametrize("router", ["wpl", "reinforce", "dispatched"])
 def test_routing_sends_each_sentence_through_its_own_blocks(tiny_corpus, tmp_path, tiny_bert, router):
     """A batch routed by sampling gives every sentence the features it gets alone along the same route."""
     model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{

@@ -27,6 +27,12 @@ Routers (``model.routing_router``):
   choice count) over [the layer input mean-pooled over the sentence's words and standardised, the task one-hot],
   softmax over the layer's choices, trained with REINFORCE against a running-mean baseline per task and layer
   (rate ``VALUE_RATE``, set by the first batch). Its last layer starts at zero: the initial policy is uniform.
+* ``dispatched`` (the paper's dispatched routing): ``model.routing_agents`` tabular WPL agents (0: one per task),
+  not tied to tasks, and a dispatcher, an MLP over [the first layer's pooled input, the task one-hot], that
+  assigns each sentence to one agent; that agent's policy then routes the sentence through every layer. The
+  agents take the WPL step on the returns of the sentences dispatched to them; the dispatcher is trained with
+  REINFORCE on the sentence's whole return (the return of the first decision) against a running-mean baseline
+  per task. Tasks may thus share an agent (and its routes) or not, as the dispatcher learns.
 
 ``model.routing_lr`` is the router's step size (the WPL policy step, the REINFORCE SGD learning rate). The routers'
 state is kept in buffers, not parameters: the training optimiser never sees it, the router takes its own steps in
@@ -46,7 +52,8 @@ decision at layer l is the undiscounted sum of the rewards from l on: the final 
 rewards of layers l..L (:func:`returns_to_go`).
 
 Randomness and resume. Routes are sampled in training mode only; in evaluation mode (``model.eval()``) the policy
-is greedy (argmax; WPL: the same route for every sentence of a task). Sampling uses a private generator: its state
+is greedy (argmax; WPL: the same route for every sentence of a task; dispatched: the dispatcher's argmax agent,
+then that agent's argmax route). Sampling uses a private generator: its state
 is the persistent buffer ``rng_state``, seeded by :meth:`initialize` (``train.seed``), advanced by exactly one draw
 per training forward pass (the seed of that pass's uniforms, plus the process rank), never the global RNG. Policies,
 values, baselines, MLP weights, usage counts and the routing-map history are persistent buffers too, so they are
@@ -77,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, routing_blocks_per_layer
+from ..config import ROUTERS, ConfigError, routing_blocks_per_layer
 from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
 from .bottom import encoder_input, layerwise_encoder, run_layer
@@ -167,6 +174,36 @@ class RouterMLP(nn.Module):
     def weights(self) -> list[torch.Tensor]:
         return [self.w1, self.b1, self.w2, self.b2]
 
+    @torch.no_grad()
+    def reset(self, generator: torch.Generator) -> None:
+        """Uniform(+-1/sqrt(fan_in)) hidden layer from ``generator``; a zero output layer (a uniform policy)."""
+        bound = 1.0 / math.sqrt(self.w1.shape[0])
+        self.w1.copy_((torch.rand(self.w1.shape, generator=generator) * 2 - 1) * bound)
+        self.b1.copy_((torch.rand(self.b1.shape, generator=generator) * 2 - 1) * bound)
+        self.w2.zero_()
+        self.b2.zero_()
+
+    def step(self, objective_of, lr: float, scale_stats: list[torch.Tensor]) -> torch.Tensor:
+        """One SGD step of the weights on ``objective_of(weights)`` (None: this process has no sentences), with the
+        gradient summed over processes and divided by the number of sentences ``n`` over all processes. ``scale_stats``
+        are further statistics to sum over processes in the same all-reduce; their first element must be ``n``.
+        Returns the all-reduced statistics."""
+        weights = [w.detach().clone().requires_grad_() for w in self.weights()]
+        grads = [torch.zeros_like(w) for w in weights]
+        with torch.enable_grad():
+            objective = objective_of(weights)
+        if objective is not None:
+            grads = list(torch.autograd.grad(objective, weights))
+        sizes = sum(g.numel() for g in grads)
+        reduced = _all_reduce(torch.cat([g.flatten().double() for g in grads] + [x.flatten().double() for x in scale_stats]))
+        stats, n = reduced[sizes:], float(reduced[sizes])
+        if n > 0:
+            offset = 0
+            for w in self.weights():
+                w -= lr * reduced[offset:offset + w.numel()].view_as(w).to(w.dtype) / n
+                offset += w.numel()
+        return stats
+
     @staticmethod
     def logits(weights, inputs: torch.Tensor) -> torch.Tensor:
         w1, b1, w2, b2 = weights
@@ -202,9 +239,10 @@ class RoutingNetwork(SharingStrategy):
                                         for layer, k in zip(layers, self.copies))
         self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
         self.router, self.rho, self.lr = config.routing_router, config.routing_rho, config.routing_lr
-        if self.router not in ("wpl", "reinforce"):
-            raise ConfigError(f"config key 'model.routing_router': {self.router!r} is not one of ['wpl', 'reinforce']")
+        if self.router not in ROUTERS:
+            raise ConfigError(f"config key 'model.routing_router': {self.router!r} is not one of {list(ROUTERS)}")
         T, L, K = len(self.tasks), self.num_layers, max(self.choices)
+        self.agents = (config.routing_agents or T) if self.router == "dispatched" else 0
         valid = torch.zeros(L, K)
         for i, k in enumerate(self.choices):
             valid[i, :k] = 1.0
@@ -213,16 +251,23 @@ class RoutingNetwork(SharingStrategy):
         self.register_buffer("usage", torch.zeros(L, K, dtype=torch.float64))  # all tasks, for the collaboration reward
         self.register_buffer("epoch_counts", torch.zeros(T, L, K, dtype=torch.float64))
         self.register_buffer("map_history", torch.zeros(0, T, L, K))
-        if self.router == "wpl":
-            self.register_buffer("policy", torch.zeros(T, L, K))
-            self.register_buffer("q", torch.zeros(T, L, K))
-            self.register_buffer("q_seen", torch.zeros(T, L, K, dtype=torch.bool))
-        else:
+        if self.router in ("wpl", "dispatched"):  # tabular policies: one per task (wpl) or per agent (dispatched)
+            rows = self.agents or T
+            self.register_buffer("policy", torch.zeros(rows, L, K))
+            self.register_buffer("q", torch.zeros(rows, L, K))
+            self.register_buffer("q_seen", torch.zeros(rows, L, K, dtype=torch.bool))
+        if self.router == "dispatched":
+            self.dispatcher = RouterMLP(self.in_dims[0] + T, self.agents)
+            self.register_buffer("dispatch_baseline", torch.zeros(T))
+            self.register_buffer("dispatch_baseline_seen", torch.zeros(T, dtype=torch.bool))
+            self.register_buffer("dispatch_counts", torch.zeros(T, self.agents, dtype=torch.float64))
+        if self.router == "reinforce":
             self.routers = nn.ModuleList(RouterMLP(d + T, k) for d, k in zip(self.in_dims, self.choices))
             self.register_buffer("baseline", torch.zeros(T, L))
             self.register_buffer("baseline_seen", torch.zeros(T, L, dtype=torch.bool))
         self._pending = None  # the routes of the last training forward pass, until observe_losses scores them
         self.last_routes: torch.Tensor | None = None  # (L, B) choices of the last forward pass, for inspection
+        self.last_agents: torch.Tensor | None = None  # (B,) dispatched agents of the last forward pass
         self.initialize(0)
 
     def _in_dim(self, layer) -> int:
@@ -243,18 +288,18 @@ class RoutingNetwork(SharingStrategy):
         self.usage.zero_()
         self.epoch_counts.zero_()
         self.map_history = self.map_history.new_zeros(0, *self.map_history.shape[1:])
-        if self.router == "wpl":
+        if self.router in ("wpl", "dispatched"):
             self.policy.copy_((self.valid / self.valid.sum(-1, keepdim=True)).expand_as(self.policy))
             self.q.zero_()
             self.q_seen.zero_()
-        else:
+        if self.router == "dispatched":
+            self.dispatcher.reset(generator)
+            self.dispatch_baseline.zero_()
+            self.dispatch_baseline_seen.zero_()
+            self.dispatch_counts.zero_()
+        if self.router == "reinforce":
             for mlp in self.routers:
-                fan_in = mlp.w1.shape[0]
-                bound = 1.0 / math.sqrt(fan_in)
-                mlp.w1.copy_((torch.rand(mlp.w1.shape, generator=generator) * 2 - 1) * bound)
-                mlp.b1.copy_((torch.rand(mlp.b1.shape, generator=generator) * 2 - 1) * bound)
-                mlp.w2.zero_()  # uniform initial policy
-                mlp.b2.zero_()
+                mlp.reset(generator)
             self.baseline.zero_()
             self.baseline_seen.zero_()
         self.rng_state.copy_(generator.get_state())
@@ -285,67 +330,85 @@ class RoutingNetwork(SharingStrategy):
         onehot = F.one_hot(torch.full((pooled.shape[0],), t, device=pooled.device), len(self.tasks)).float()
         return torch.cat([pooled, onehot], dim=-1)
 
-    def _probs(self, layer: int, t: int, inputs: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    def _probs(self, layer: int, t: int, inputs: torch.Tensor | None, batch_size: int,
+               agents: torch.Tensor | None) -> torch.Tensor:
         k = self.choices[layer]
         if self.router == "wpl":
             return self.policy[t, layer, :k].unsqueeze(0).expand(batch_size, k)
+        if self.router == "dispatched":
+            return self.policy[agents, layer, :k]
         return torch.softmax(RouterMLP.logits(self.routers[layer].weights(), inputs), dim=-1)
 
+    def _reads_input(self, layer: int) -> bool:
+        """Whether the decision at ``layer`` looks at the layer's input (else no pooling is needed)."""
+        return self.router == "reinforce" or (self.router == "dispatched" and layer == 0)
+
     def _uniforms(self, batch_size: int) -> torch.Tensor:
-        """(L, B) uniforms for this training pass: one draw from the persistent generator (the pass's seed, the
-        same on every process), then this process's own stream."""
+        """(L, B) uniforms for this training pass (dispatched: (L + 1, B), the last row for the dispatcher): one draw
+        from the persistent generator (the pass's seed, the same on every process), then this process's own
+        stream."""
         generator = torch.Generator()
         generator.set_state(self.rng_state.cpu())
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
         self.rng_state.copy_(generator.get_state())
         stream = torch.Generator().manual_seed(seed + _rank())
-        return torch.rand(self.num_layers, batch_size, generator=stream)
+        return torch.rand(self.num_layers + int(self.router == "dispatched"), batch_size, generator=stream)
 
     @torch.no_grad()
     def _choose(self, layer: int, t: int, pooled: torch.Tensor | None, uniforms: torch.Tensor | None,
-                batch_size: int, record: list) -> torch.Tensor:
-        """(B,) the choice at ``layer`` for each sentence (``pooled``: the sentences' pooled layer input, read by
-        the REINFORCE router); sampled when ``uniforms`` are given, else greedy. Appended to ``record``."""
+                batch_size: int, record: dict) -> torch.Tensor:
+        """(B,) the choice at ``layer`` for each sentence (``pooled``: the sentences' pooled layer input, where
+        :meth:`_reads_input`); sampled when ``uniforms`` are given, else greedy. Kept in ``record``."""
+        def pick(probs, row):
+            return sample_choices(probs, uniforms[row]) if uniforms is not None else probs.argmax(-1)
+
+        if self.router == "dispatched" and layer == 0:  # first, the dispatcher assigns each sentence an agent
+            record["dispatch_in"] = self._router_input(pooled, t)
+            logits = RouterMLP.logits(self.dispatcher.weights(), record["dispatch_in"])
+            record["agents"] = pick(torch.softmax(logits, dim=-1), self.num_layers)
         router_in = self._router_input(pooled, t) if self.router == "reinforce" else None
-        probs = self._probs(layer, t, router_in, batch_size)
-        choice = sample_choices(probs, uniforms[layer]) if uniforms is not None else probs.argmax(-1)
-        record.append((choice, router_in))
+        choice = pick(self._probs(layer, t, router_in, batch_size, record.get("agents")), layer)
+        record["choices"].append(choice)
+        record["inputs"].append(router_in)
         return choice
 
-    def _routed(self, t: int, record: list, words: torch.Tensor) -> None:
+    def _routed(self, t: int, record: dict, words: torch.Tensor) -> None:
         """Keep the routes of a forward pass: for inspection, and for the next observe_losses in training."""
-        self.last_routes = torch.stack([choice for choice, _ in record])
+        self.last_routes = torch.stack(record["choices"])
+        self.last_agents = record.get("agents")
         if self.training:
-            self._pending = (t, self.last_routes, [router_in for _, router_in in record], words)
+            self._pending = (t, self.last_routes, record["inputs"], words, record.get("agents"),
+                             record.get("dispatch_in"))
 
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
         """Top-layer features of ``task`` from the shared embeddings ``x``, each sentence along its route."""
         t, mask, batch_size = self.tasks.index(task), batch.mask, batch.mask.shape[0]
         uniforms = self._uniforms(batch_size).to(mask.device) if self.training else None
         words = mask.sum(1).clamp(min=1).to(torch.float64)
-        record = []
+        record = {"choices": [], "inputs": []}
         if self.hf:
             x = self._encode_hf(batch, t, uniforms, record)
         else:
             for layer in range(self.num_layers):
-                pooled = self._pool(x, mask) if self.router == "reinforce" else None
+                pooled = self._pool(x, mask) if self._reads_input(layer) else None
                 choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
                 blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
                 x = dispatch(blocks, x, mask, choice, self.output_dim)
         self._routed(t, record, words)
         return self.encoder.norm(x) * mask.unsqueeze(-1) if self.scratch else x
 
-    def _encode_hf(self, batch, t: int, uniforms, record: list) -> torch.Tensor:
+    def _encode_hf(self, batch, t: int, uniforms, record: dict) -> torch.Tensor:
         """The Transformer runs as a whole; each RoutedLayer asks for its sentences' choices with its input. A
-        sentence longer than the model input spans several rows, which all follow the sentence's route; the
-        REINFORCE router reads the mean of the sentence's subword states (special tokens included)."""
+        sentence longer than the model input spans several rows, which all follow the sentence's route; a router
+        that reads the input (REINFORCE, the dispatcher) reads the mean of the sentence's subword states
+        (special tokens included)."""
         rows = self.encoder.subword_rows(batch)
         batch_size = batch.mask.shape[0]
 
         def router(layer):
             def route(hidden: torch.Tensor) -> torch.Tensor:
                 pooled = None
-                if self.router == "reinforce":
+                if self._reads_input(layer):
                     m = rows.attention_mask.unsqueeze(-1).to(hidden.dtype)
                     sums = hidden.new_zeros(batch_size, hidden.shape[-1]).index_add(
                         0, rows.row_sentence, (hidden.detach() * m).sum(1))
@@ -376,7 +439,7 @@ class RoutingNetwork(SharingStrategy):
         Empty ``losses``: this process had no sentences at this step (it still joins the all-reduce)."""
         if self._pending is None:
             raise RuntimeError("routing: observe_losses() without a training forward pass before it")
-        t, routes, inputs, words = self._pending
+        t, routes, inputs, words, agents, dispatch_in = self._pending
         self._pending = None
         if self.tasks[t] != task:
             raise RuntimeError(f"routing: losses of task {task!r} for routes of task {self.tasks[t]!r}")
@@ -392,7 +455,9 @@ class RoutingNetwork(SharingStrategy):
             onehot = F.one_hot(routes.to(device), K).to(torch.float64)  # (L, B, K)
             counts = onehot.sum(1)
             sums = (onehot * returns.unsqueeze(-1)).sum(1)
-        if self.router == "wpl":
+        if self.router == "dispatched":
+            counts = self._dispatched_step(t, routes, agents, dispatch_in, returns)
+        elif self.router == "wpl":
             stats = _all_reduce(torch.cat([sums.flatten(), counts.flatten()]))
             sums, counts = stats[:L * K].view(L, K), stats[L * K:].view(L, K)
             policy, q = wpl_update(self.policy[t].double(), self.q[t].double(), sums, counts,
@@ -404,6 +469,49 @@ class RoutingNetwork(SharingStrategy):
             self._reinforce_step(t, routes, inputs, returns, sums, counts)
         self.usage += counts
         self.epoch_counts[t] += counts
+
+    def _dispatched_step(self, t, routes, agents, dispatch_in, returns) -> torch.Tensor:
+        """The agents' WPL step on the returns of the sentences dispatched to them, and the dispatcher's REINFORCE
+        step on each sentence's whole return. Returns the (L, K) route counts over all processes."""
+        (L, K), A, device = self.usage.shape, self.agents, self.usage.device
+        counts = torch.zeros(A, L, K, dtype=torch.float64, device=device)
+        sums = torch.zeros(A, L, K, dtype=torch.float64, device=device)
+        if returns is not None:
+            by_agent = F.one_hot(agents.to(device), A).to(torch.float64)  # (B, A)
+            taken = F.one_hot(routes.to(device), K).to(torch.float64)  # (L, B, K)
+            counts = torch.einsum("ba,lbk->alk", by_agent, taken)
+            sums = torch.einsum("ba,lbk->alk", by_agent, taken * returns.unsqueeze(-1))
+        stats = _all_reduce(torch.cat([sums.flatten(), counts.flatten()]))
+        sums, counts = stats[:A * L * K].view(A, L, K), stats[A * L * K:].view(A, L, K)
+        policy, q = wpl_update(self.policy.double(), self.q.double(), sums, counts, self.valid.double(), self.lr,
+                               VALUE_RATE, self.q_seen)
+        self.policy.copy_(policy.to(self.policy.dtype))
+        self.q.copy_(q.to(self.q.dtype))
+        self.q_seen |= counts > 0
+
+        whole = returns[0] if returns is not None else None  # the return of the first decision: the whole route
+        seen = bool(self.dispatch_baseline_seen[t])
+
+        def objective(weights):
+            if whole is None:
+                return None
+            baseline = self.dispatch_baseline[t].double() if seen else whole.mean()  # the first batch sets it
+            logp = torch.log_softmax(RouterMLP.logits(weights, dispatch_in), dim=-1)
+            chosen = logp.gather(1, agents.to(logp.device).unsqueeze(1)).squeeze(1)
+            return -((whole.to(logp.dtype) - baseline.to(logp.dtype)).detach() * chosen).sum()
+
+        n = torch.tensor([0.0 if whole is None else float(whole.numel())], dtype=torch.float64)
+        total = torch.zeros(1, dtype=torch.float64) if whole is None else whole.sum().reshape(1).cpu()
+        per_agent = torch.zeros(A, dtype=torch.float64) if whole is None else \
+            torch.bincount(agents.cpu(), minlength=A).to(torch.float64)
+        reduced = self.dispatcher.step(objective, self.lr, [n, total, per_agent])
+        if float(reduced[0]) > 0:
+            mean = float(reduced[1] / reduced[0])
+            self.dispatch_baseline[t] = self.dispatch_baseline[t] + VALUE_RATE * (mean - self.dispatch_baseline[t]) \
+                if seen else mean
+            self.dispatch_baseline_seen[t] = True
+            self.dispatch_counts[t] += reduced[2:].to(self.dispatch_counts)
+        return counts.sum(0)
 
     def _reinforce_step(self, t, routes, inputs, returns, sums, counts):
         L, K = self.usage.shape
@@ -472,6 +580,12 @@ class RoutingNetwork(SharingStrategy):
             "epochs": [{task: table(epoch[t]) for t, task in enumerate(self.tasks)} for epoch in self.map_history],
             "usage": table(self.historical_probs()),
         }
+        if self.router == "dispatched":
+            shares = self.dispatch_counts / self.dispatch_counts.sum(-1, keepdim=True).clamp(min=1)
+            result["dispatch"] = {task: [round(float(v), 6) for v in shares[t]] for t, task in enumerate(self.tasks)}
+            result["agents"] = {f"agent {a}": {"policy": table(self.policy[a]), "greedy": [
+                int(self.policy[a, layer, :k].argmax()) for layer, k in enumerate(self.choices)]}
+                for a in range(self.agents)}
         if self.router == "wpl":
             result["policy"] = {task: table(self.policy[t]) for t, task in enumerate(self.tasks)}
             result["greedy"] = {task: [int(self.policy[t, layer, :k].argmax()) for layer, k in enumerate(self.choices)]
@@ -520,6 +634,10 @@ def format_routing_map(routing: dict) -> str:
         for layer, names in enumerate(routing["choices"]):
             shares = ", ".join(f"{name} {p:.3f}" for name, p in zip(names, table[task][layer]))
             lines.append(f"  {task:>10} layer {layer + 1}: {shares}")
+    if routing.get("dispatch"):
+        agents = list(routing["agents"])
+        for task, shares in routing["dispatch"].items():
+            lines.append(f"  {task:>10} dispatched to: " + ", ".join(f"{a} {p:.3f}" for a, p in zip(agents, shares)))
     lines.append("  historical usage (all tasks): " + " | ".join(
         ", ".join(f"{name} {p:.3f}" for name, p in zip(names, row))
         for names, row in zip(routing["choices"], routing["usage"])))

@@ -31,10 +31,12 @@ def fmt(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def main(folder: str, only: list[str] | None = None):
+def main(folder: str, only: list[str] | None = None, seeds: list[int] | None = None):
     groups = defaultdict(list)
     for run in sorted(p for p in Path(folder).glob("*_seed*") if p.is_dir()):
         name, seed = re.match(r"(.+)_seed(\d+)$", run.name).groups()
+        if seeds and int(seed) not in seeds:
+            continue
         if (run / "report.json").is_file():
             data = json.loads((run / "joint" / "results.json").read_text())
             data["parameters"] = json.loads((run / "report.json").read_text())["parameters"]["total"]
@@ -67,5 +69,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default="benchmarks/runs/conll03")
     parser.add_argument("--runs", nargs="+", help="only these runs (names without _seed<k>), in this order")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     args = parser.parse_args()
-    main(args.folder, args.runs)
+    main(args.folder, args.runs, args.seeds)

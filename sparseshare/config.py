@@ -73,7 +73,7 @@ class ModelConfig:
     # read the top layer (Søgaard & Goldberg 2016)
     task_layers: dict[str, int] = field(default_factory=dict)
     # sharing: bottom only: how many of the lowest encoder layers each task owns; the layers above are shared
-    # (Zhang et al. 2021); bilstm and scratch encoders
+    # (Zhang et al. 2021)
     bottom_layers: int = 1
     # sharing: cross_stitch only: initial weight alpha of a task's own column in every layer's (T x T) mixing
     # matrix, (1 - alpha) / (T - 1) for each other task's column (Misra et al. 2016); in [0, 1]

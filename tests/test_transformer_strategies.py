@@ -175,5 +175,62 @@ def test_a_transformer_without_a_layer_list_is_refused_by_key(tiny_bert, sharing
     bert.config.num_hidden_layers = 5  # no list of 5 layers to be found
     encoder = TransformerEncoder(str(tiny_bert), model=bert)
     with pytest.raises(ConfigError, match=f"'model.sharing' = '{sharing}' needs the Transformer's list of layers: "
-                                          f"BertModel: no list of its 5 layers found"):
+                                          f"BertModel: no list of its 5 layers \\(each with an "
+                                          f"attention module\\) found"):
         STRATEGIES[sharing](lambda: encoder, ["pos", "ner"], ModelConfig(encoder="transformer", sharing=sharing))
+
+
+def _save_tiny(folder, model, tokenizer_source):
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=["distilbert", "deberta-v2"])
+def other_architecture(request, tmp_path_factory, tiny_bert):
+    """Tiny DistilBERT (its layers under ``transformer.layer``, FF ``ffn.lin2``) and DeBERTa-v2 (eager attention,
+    relative position tables passed to every layer, layers that return a tuple) with the same tokenizer."""
+    from transformers import DebertaV2Config, DebertaV2Model, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    vocab = 30522
+    if request.param == "distilbert":
+        model = DistilBertModel(DistilBertConfig(vocab_size=vocab, dim=16, n_layers=3, n_heads=2, hidden_dim=32,
+                                                 dropout=0.0, attention_dropout=0.0, max_position_embeddings=64))
+    else:
+        model = DebertaV2Model(DebertaV2Config(vocab_size=vocab, hidden_size=16, num_hidden_layers=3,
+                                               num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.0,
+                                               attention_probs_dropout_prob=0.0, max_position_embeddings=64,
+                                               relative_attention=True, position_buckets=8, max_relative_positions=64,
+                                               pos_att_type=["p2c", "c2p"], position_biased_input=False))
+    return _save_tiny(tmp_path_factory.mktemp(request.param), model, str(tiny_bert))
+
+
+@pytest.mark.parametrize("sharing, extra", [
+    ("bottom", {}), ("cross_stitch", {"model.cross_stitch_init": 1.0}), ("roaming", {"model.roaming_ratio": 1.0}),
+    ("routing", {"model.routing_blocks": 1}),
+])
+def test_other_architectures_reduce_to_the_plain_model(tiny_corpus, tmp_path, other_architecture, sharing, extra):
+    model, data = _model(tiny_corpus, tmp_path, other_architecture, **{"model.sharing": sharing, **extra})
+    batch = model.featurizer.collate(TINY_SENTENCES)
+    with torch.no_grad():
+        expected = _plain_top(model, batch)
+        for task, features in model.sharing.features_for_tasks(batch, ["pos", "ner"]).items():
+            torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5, msg=task)
+
+
+def test_a_routed_layer_where_every_sentence_takes_pass_keeps_the_layer_output_form(tiny_corpus, tmp_path,
+                                                                                    other_architecture):
+    """Right after loading, a greedy PASS everywhere runs no block: the layer's output form (DeBERTa-v2 returns
+    a tuple its encoder unpacks) must still be right; the top layer is then the embeddings' output."""
+    model, data = _model(tiny_corpus, tmp_path, other_architecture, **{
+        "model.sharing": "routing", "model.routing_pass": "true"})
+    sharing = model.sharing
+    sharing.policy[:, :, :] = torch.tensor([0.1, 0.1, 0.8])  # PASS (choice 2) is every layer's argmax
+    batch = model.featurizer.collate(TINY_SENTENCES)
+    with torch.no_grad():
+        features = sharing(batch, "ner")
+    assert sharing.last_routes.eq(2).all() and features.shape == (3, 8, 16)
+    assert {layer._tuple_size for layer in _layers(model)} == {2 if "deberta" in str(other_architecture) else 0}

@@ -182,9 +182,14 @@ class TransformerEncoder(nn.Module):
 
     def layer_stack(self) -> nn.ModuleList:
         """The model's list of ``num_layers`` Transformer layers (e.g. ``encoder.layer`` of BERT,
-        ``transformer.layer`` of DistilBERT): the shortest-named ModuleList of that length."""
+        ``transformer.layer`` of DistilBERT): the shortest-named ModuleList of that length whose entries hold an
+        attention module (so not a list of only feed-forward parts, as XLM keeps beside its attention list)."""
+        def whole_layers(module: nn.ModuleList) -> bool:
+            return all(any("att" in name.lower() for name, _ in entry.named_modules()) for entry in module)
+
         found = [(name, module) for name, module in self.model.named_modules()
-                 if isinstance(module, nn.ModuleList) and len(module) == self.num_layers]
+                 if isinstance(module, nn.ModuleList) and len(module) == self.num_layers and whole_layers(module)]
         if not found:
-            raise ValueError(f"{type(self.model).__name__}: no list of its {self.num_layers} layers found")
+            raise ValueError(f"{type(self.model).__name__}: no list of its {self.num_layers} layers (each with an "
+                             f"attention module) found")
         return min(found, key=lambda item: (item[0].count("."), len(item[0])))[1]

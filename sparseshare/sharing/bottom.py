@@ -14,7 +14,7 @@ the model's own.
 
 Parameter names: ``encoder.*`` (shared embeddings), ``bottom.<task>.<i>.*`` (layer i of the task's bottom,
 0-based), ``top.<j>.*`` (shared layer ``bottom_layers + j``). Hugging Face Transformer: task t's layer i is
-``encoder.model.<layer list>.<i>.copies.<t>.*``.
+``encoder.model.<layer list>.<i>.copies.<task>.*``.
 """
 from __future__ import annotations
 
@@ -73,14 +73,18 @@ class BottomSharing(SharingStrategy):
 
     def forward(self, batch, task):
         if self.hf:
-            for layer in self.task_switches:
-                layer.task = task
-            return self.encoder.top_features(batch)[0]
+            return self._hf_forward(batch, task, self.encoder.subword_rows(batch))
         return self.encode(self.embed(batch), batch, task)
 
+    def _hf_forward(self, batch, task, rows):
+        for layer in self.task_switches:
+            layer.task = task
+        return self.encoder.top_features(batch, rows=rows)[0]
+
     def features_for_tasks(self, batch, tasks):
-        if self.hf:  # the model runs as a whole, once per task
-            return {task: self(batch, task) for task in tasks}
+        if self.hf:  # the model runs as a whole, once per task (the batch is tokenised once)
+            rows = self.encoder.subword_rows(batch)
+            return {task: self._hf_forward(batch, task, rows) for task in tasks}
         x = self.embed(batch)  # embeddings once per batch; layers per task, as they differ from the first
         return {task: self.encode(x, batch, task) for task in tasks}
 

@@ -79,7 +79,11 @@ class CrossStitchSharing(SharingStrategy):
         if self.hf:  # the model runs one stack of the batch per task; its layers are StitchedLayers
             for i, layer in enumerate(self.stitched):
                 layer.mixing = self.mixing[i]
-            top = self.encoder.top_features(batch, replicas=len(self.tasks))
+            try:
+                top = self.encoder.top_features(batch, replicas=len(self.tasks))
+            finally:  # no views of the parameter (with their graph) are kept between passes
+                for layer in self.stitched:
+                    layer.mixing = None
             return top if rows is None else top[rows]
         x = encoder_input(self.encoder, batch)
         h = x.unsqueeze(0).expand(len(self.tasks), *x.shape)  # every column reads the shared embeddings

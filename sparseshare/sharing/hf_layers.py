@@ -6,6 +6,10 @@ positions and layer arguments differently), so these strategies leave the model'
 the entries of its layer list (:meth:`TransformerEncoder.layer_stack`, e.g. BERT's ``encoder.layer``) by the
 modules below. The model calls them exactly as it calls its layers; they pass the call on to per-task copies or
 routed blocks, with the arguments that carry the batch cut down to the rows each copy serves (:func:`call_rows`).
+Checked on BERT, RoBERTa, DistilBERT and ELECTRA (sdpa and eager attention) and DeBERTa-v2 (eager); the layer
+list is found by :meth:`TransformerEncoder.layer_stack`. Copies of a layer share the model's config object, so
+switching the attention implementation of the model switches theirs. Gradient checkpointing is not supported: a
+recomputed layer would read the per-pass attributes of the last pass.
 
 What each stand-in needs per forward pass (the active task, the mixing matrix, a unit mask, a router) the
 strategy sets as a plain attribute just before it runs the model. The model is then called for its top layer
@@ -18,8 +22,12 @@ import copy
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from ..config import ConfigError
+
+# keyword arguments of layer calls that are never batch-first (DeBERTa's relative position embeddings and indices)
+NOT_BATCH = frozenset({"rel_embeddings", "relative_pos"})
 
 
 def layer_stack(encoder, sharing: str) -> nn.ModuleList:
@@ -30,14 +38,23 @@ def layer_stack(encoder, sharing: str) -> nn.ModuleList:
                           f"use a model with a standard layer list (BERT, RoBERTa, DistilBERT, ...)") from None
 
 
-def _rows(value, index: torch.Tensor, total: int):
-    """``value`` (an argument of a layer call) restricted to the batch rows ``index``: tensors of 2 or more
-    dimensions whose first is the batch (``total`` rows), inside tuples and lists too. 1-D tensors (e.g. cache
-    positions) and broadcast tensors (first dimension 1) pass unchanged."""
+def copy_layer(layer: nn.Module) -> nn.Module:
+    """A deep copy of ``layer`` that shares its config objects (the model's, e.g. the attention implementation)."""
+    shared = {id(value): value for module in layer.modules() for value in vars(module).values()
+              if isinstance(value, PretrainedConfig)}
+    return copy.deepcopy(layer, shared)
+
+
+def _rows(value, index: torch.Tensor, total: int, length: int):
+    """``value`` (an argument of a layer call) restricted to the batch rows ``index``: tensors whose first
+    dimension is the batch (``total`` rows) and that also span the sequence (``length`` in a later dimension:
+    hidden states, attention masks, position ids), inside tuples and lists too. Other tensors (cache positions,
+    broadcast masks, per-model tables) pass unchanged."""
     if isinstance(value, torch.Tensor):
-        return value.index_select(0, index) if value.dim() >= 2 and value.shape[0] == total else value
+        batch_first = value.dim() >= 2 and value.shape[0] == total and length in value.shape[1:]
+        return value.index_select(0, index) if batch_first else value
     if isinstance(value, (tuple, list)):
-        return type(value)(_rows(v, index, total) for v in value)
+        return type(value)(_rows(v, index, total, length) for v in value)
     return value
 
 
@@ -45,9 +62,10 @@ def call_rows(layer: nn.Module, index: torch.Tensor, hidden: torch.Tensor, args,
     """``layer`` called on the rows ``index`` of the batch (all rows when ``index`` is None)."""
     if index is None:
         return layer(hidden, *args, **kwargs)
-    total = hidden.shape[0]
-    return layer(hidden.index_select(0, index), *_rows(args, index, total),
-                 **{key: _rows(value, index, total) for key, value in kwargs.items()})
+    total, length = hidden.shape[:2]
+    return layer(hidden.index_select(0, index), *_rows(args, index, total, length),
+                 **{key: value if key in NOT_BATCH else _rows(value, index, total, length)
+                    for key, value in kwargs.items()})
 
 
 def hidden_of(output) -> torch.Tensor:
@@ -56,7 +74,8 @@ def hidden_of(output) -> torch.Tensor:
 
 
 def like(output, hidden: torch.Tensor):
-    """``hidden`` in the form the layer returned (a tensor, or a tuple led by it)."""
+    """``hidden`` in the form the layer returned (a tensor, or a tuple led by it, e.g. DeBERTa's (hidden,
+    attentions))."""
     return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
 
 
@@ -65,7 +84,7 @@ class TaskLayers(nn.Module):
 
     def __init__(self, layer: nn.Module, tasks: list[str]):
         super().__init__()
-        self.copies = nn.ModuleDict({task: copy.deepcopy(layer) for task in tasks})
+        self.copies = nn.ModuleDict({task: copy_layer(layer) for task in tasks})
         self.task: str | None = None
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -79,12 +98,14 @@ class StitchedLayer(nn.Module):
 
     def __init__(self, layer: nn.Module, tasks: int):
         super().__init__()
-        self.columns = nn.ModuleList(copy.deepcopy(layer) for _ in range(tasks))
+        self.columns = nn.ModuleList(copy_layer(layer) for _ in range(tasks))
         self.mixing: torch.Tensor | None = None
 
     def forward(self, hidden_states, *args, **kwargs):
         tasks = len(self.columns)
         rows = hidden_states.shape[0] // tasks
+        if rows * tasks != hidden_states.shape[0]:
+            raise ValueError(f"cross-stitch: {hidden_states.shape[0]} rows are not {tasks} stacks of the batch")
         outputs = [call_rows(column, torch.arange(t * rows, (t + 1) * rows, device=hidden_states.device),
                              hidden_states, args, kwargs) for t, column in enumerate(self.columns)]
         stacked = torch.stack([hidden_of(output) for output in outputs])  # (T, rows, S, H)
@@ -129,10 +150,12 @@ class RoutedLayer(nn.Module):
 
     def __init__(self, layer: nn.Module, copies: int, has_pass: bool):
         super().__init__()
-        self.blocks = nn.ModuleList([layer] + [copy.deepcopy(layer) for _ in range(copies - 1)])
+        self.blocks = nn.ModuleList([layer] + [copy_layer(layer) for _ in range(copies - 1)])
         self.has_pass = has_pass
         self.route = None
-        self._returns_tuple = False  # the layers' output form, for a call where every row took PASS
+        # the layers' output form: 0 = a tensor, n = a tuple of n (hidden first; the others, e.g. attention weights,
+        # are returned as None); None until a block has run
+        self._tuple_size: int | None = None
 
     def forward(self, hidden_states, *args, **kwargs):
         choice = self.route(hidden_states)
@@ -147,10 +170,14 @@ class RoutedLayer(nn.Module):
                 y = hidden_states if whole else hidden_states.index_select(0, index)
             else:
                 output = call_rows(block, None if whole else index, hidden_states, args, kwargs)
-                self._returns_tuple = not isinstance(output, torch.Tensor)
+                self._tuple_size = 0 if isinstance(output, torch.Tensor) else len(output)
                 y = hidden_of(output)
             if whole:
                 out = y
                 break
             out = (hidden_states.new_zeros(hidden_states.shape) if out is None else out).index_copy(0, index, y)
-        return (out,) if self._returns_tuple else out
+        if self._tuple_size is None:  # every row took PASS before any block ever ran: learn the form from one row
+            with torch.no_grad():
+                probe = call_rows(self.blocks[0], choice.new_zeros(1), hidden_states, args, kwargs)
+            self._tuple_size = 0 if isinstance(probe, torch.Tensor) else len(probe)
+        return (out, *[None] * (self._tuple_size - 1)) if self._tuple_size else out

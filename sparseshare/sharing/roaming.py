@@ -8,7 +8,8 @@ recurrence still sees it, as cuDNN's LSTM cannot mask a unit's state). For the s
 switched-off unit's rows of ``linear1`` and column of ``linear2`` get no gradient from that task. The residual
 stream itself is not masked, which would also cut the embeddings and attention passing through it. For a Hugging
 Face Transformer, likewise its feed-forward units: the input of each layer's down projection (BERT's
-``output.dense``) is multiplied by the mask (:class:`~.hf_layers.MaskedUnits`).
+``output.dense``) is multiplied by the mask (:class:`~.hf_layers.MaskedUnits`, which holds the projection:
+its weights are named ``...output.dense.linear.*``).
 
 * Initialisation: each task is active on ``k = round(model.roaming_ratio x units)`` units per layer, drawn so that
   every unit is covered by at least one task (a random permutation dealt out to the tasks, then each task filled
@@ -138,17 +139,20 @@ class MaximumRoaming(SharingStrategy):
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
         """Top-layer features of ``task`` from the shared embeddings ``x``."""
         t = self.tasks.index(task)
-        if self.hf:  # the model runs as a whole (x is not used): its gates read the task's masks
+        if self.hf:  # the model runs as a whole; x: the batch's subword rows (tokenised once per batch)
             for i, gate in enumerate(self.gates):
                 gate.unit_mask = self.masks[i, t]
-            return self.encoder.top_features(batch)[0]
+            return self.encoder.top_features(batch, rows=x)[0]
         for i in range(self.encoder.num_layers):
             x = self._layer(i, x, batch.mask, self.masks[i, t])
         return self.encoder.norm(x) * batch.mask.unsqueeze(-1) if self.scratch else x
 
+    def _input(self, batch):
+        return self.encoder.subword_rows(batch) if self.hf else encoder_input(self.encoder, batch)
+
     def forward(self, batch, task):
-        return self.encode(None if self.hf else encoder_input(self.encoder, batch), batch, task)
+        return self.encode(self._input(batch), batch, task)
 
     def features_for_tasks(self, batch, tasks):
-        x = None if self.hf else encoder_input(self.encoder, batch)  # embeddings once per batch; the masks differ from the first layer
+        x = self._input(batch)  # embeddings once per batch; the masks differ from the first layer
         return {task: self.encode(x, batch, task) for task in tasks}

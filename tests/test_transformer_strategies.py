@@ -83,7 +83,8 @@ def test_cross_stitch_mixes_the_columns_after_every_layer(tiny_corpus, tmp_path,
         expected = _plain_top(model, batch)
         torch.testing.assert_close(independent["pos"], expected, atol=1e-5, rtol=1e-5)  # alpha = 1: no mixing
         assert not torch.allclose(independent["chunk"], expected, atol=1e-3)
-        sharing.mixing.copy_(torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).expand_as(sharing.mixing))
+        mixing = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        sharing.mixing.copy_(mixing.expand_as(sharing.mixing))
         mixed = sharing.features_for_tasks(batch, ["pos", "chunk"])
     assert not torch.allclose(mixed["pos"], independent["pos"], atol=1e-3)  # pos now reads chunk's column too
     torch.testing.assert_close(mixed["chunk"], independent["chunk"])

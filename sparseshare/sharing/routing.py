@@ -195,7 +195,9 @@ class RouterMLP(nn.Module):
         if objective is not None:
             grads = list(torch.autograd.grad(objective, weights))
         sizes = sum(g.numel() for g in grads)
-        reduced = _all_reduce(torch.cat([g.flatten().double() for g in grads] + [x.flatten().double() for x in scale_stats]))
+        device = grads[0].device  # one device for the all-reduce (NCCL reduces GPU tensors only)
+        reduced = _all_reduce(torch.cat([g.flatten().double() for g in grads]
+                                        + [x.flatten().to(device, torch.float64) for x in scale_stats]))
         stats, n = reduced[sizes:], float(reduced[sizes])
         if n > 0:
             offset = 0
@@ -500,10 +502,10 @@ class RoutingNetwork(SharingStrategy):
             chosen = logp.gather(1, agents.to(logp.device).unsqueeze(1)).squeeze(1)
             return -((whole.to(logp.dtype) - baseline.to(logp.dtype)).detach() * chosen).sum()
 
-        n = torch.tensor([0.0 if whole is None else float(whole.numel())], dtype=torch.float64)
-        total = torch.zeros(1, dtype=torch.float64) if whole is None else whole.sum().reshape(1).cpu()
-        per_agent = torch.zeros(A, dtype=torch.float64) if whole is None else \
-            torch.bincount(agents.cpu(), minlength=A).to(torch.float64)
+        n = torch.tensor([0.0 if whole is None else float(whole.numel())], dtype=torch.float64, device=device)
+        total = torch.zeros(1, dtype=torch.float64, device=device) if whole is None else whole.sum().reshape(1)
+        per_agent = torch.zeros(A, dtype=torch.float64, device=device) if whole is None else \
+            torch.bincount(agents.to(device), minlength=A).to(torch.float64)
         reduced = self.dispatcher.step(objective, self.lr, [n, total, per_agent])
         if float(reduced[0]) > 0:
             mean = float(reduced[1] / reduced[0])

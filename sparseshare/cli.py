@@ -51,7 +51,8 @@ def _routing_show(args):
     from .hub import resolve_model_folder
     from .sharing.routing import draw_routing_map, format_routing_map, load_routing_map
 
-    routing = load_routing_map(resolve_model_folder(args.model))
+    source = Path(args.model)  # a routing.json of its own (e.g. a benchmark record), else a model folder / repo id
+    routing = load_routing_map(source if source.is_file() else resolve_model_folder(args.model))
     print(format_routing_map(routing))
     if args.png:
         print(f"wrote {draw_routing_map(routing, args.png)}")
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     routing = sub.add_parser("routing", help="inspect the routing map of a routing-network model")
     routing_sub = routing.add_subparsers(dest="routing_command", required=True)
     show = routing_sub.add_parser("show", help="the share of each task's sentences routed through each block")
-    show.add_argument("model", help="model folder or Hub repo id")
+    show.add_argument("model", help="model folder, Hub repo id or routing.json file")
     show.add_argument("--png", help="also draw the map (one heatmap per task) into this PNG file")
     show.set_defaults(run=_routing_show)
 

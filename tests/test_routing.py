@@ -358,6 +358,8 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
     cli_main(["routing", "show", str(folder), "--png", str(tmp_path / "cli.png")])
     out = capsys.readouterr().out
     assert f"epoch {epochs}" in out and "ner layer 2:" in out and (tmp_path / "cli.png").is_file()
+    cli_main(["routing", "show", str(folder / "routing.json")])  # a routing.json on its own (benchmark records)
+    assert capsys.readouterr().out == out.replace(f"wrote {tmp_path / 'cli.png'}\n", "")
 
 
 @pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from step_timing import alternating_seconds, round_robin_plan, run_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,6 @@ def main():
     args = parser.parse_args()
 
     from sparseshare.config import load_config
-    from sparseshare.data.batching import bucketed_batches
     from sparseshare.sparse.masks import density, load_masks
     from sparseshare.training import build_model, build_optimizer, load_task_data
 
@@ -54,34 +52,16 @@ def main():
     hard.load_state_dict(sparse.state_dict())
     runs = {"hard": (hard, build_optimizer(hard_config, hard)), "sparse": (sparse, build_optimizer(config, sparse))}
 
-    rng = np.random.default_rng(0)
-    order = {t: bucketed_batches([len(s) for s in d.train_tokens], 32, rng) for t, d in data.items()}
-    tasks = list(data)
-    plan = [(tasks[i % 3], order[tasks[i % 3]][i // 3]) for i in range(args.steps * args.repeats)]
+    plan = round_robin_plan(data, list(data), args.steps * args.repeats)
 
-    def run_block(name, block):
+    def run(name, block):
         model, optimizer = runs[name]
-        model.train()
-        started = time.perf_counter()
-        for task, index in block:
-            d = data[task]
-            batch = model.featurizer.collate([d.train_tokens[i] for i in index], [d.train_labels[i] for i in index],
-                                             [d.train_word_ids[i] for i in index])
-            loss = model(batch, task).sum() / len(index)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            if name == "sparse":
-                optimizer.set_masks(model.sharing.parameter_masks(task))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - started
+        def take_masks(task):  # the masked optimiser updates the task's masked weights only
+            optimizer.set_masks(model.sharing.parameter_masks(task))
 
-    run_block("hard", plan[:6]), run_block("sparse", plan[:6])  # warm-up: allocator, thread pools
-    seconds = {"hard": 0.0, "sparse": 0.0}
-    for r in range(args.repeats):
-        block = plan[r * args.steps:(r + 1) * args.steps]
-        for name in (("hard", "sparse") if r % 2 == 0 else ("sparse", "hard")):
-            seconds[name] += run_block(name, block)
+        return run_block(model, optimizer, data, block, before_step=take_masks if name == "sparse" else None)
+
+    seconds = alternating_seconds(run, ["hard", "sparse"], plan, args.steps, args.repeats, warmup=plan[:6])
     steps = args.steps * args.repeats
     result = {"steps": steps, "hard_s_per_step": seconds["hard"] / steps, "sparse_s_per_step": seconds["sparse"] / steps,
               "ratio_sparse_over_hard": seconds["sparse"] / seconds["hard"], "threads": torch.get_num_threads(),

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from step_timing import alternating_seconds, round_robin_plan, run_block
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["pos", "chunk", "ner", "chunk2000"]
@@ -39,37 +38,13 @@ def build(data, tasks, sharing, extra, args):
 
 def measure(data, tasks, variants, args) -> dict:
     """Seconds per step of each variant (name -> (sharing, overrides)) on the same round-robin batches."""
-    from sparseshare.data.batching import bucketed_batches
-
     runs = {name: build(data, tasks, sharing, extra, args) for name, (sharing, extra) in variants.items()}
-    rng = np.random.default_rng(0)
-    order = {t: bucketed_batches([len(s) for s in data[t].train_tokens], 32, rng) for t in tasks}
-    plan = [(tasks[i % len(tasks)], order[tasks[i % len(tasks)]][i // len(tasks)])
-            for i in range(args.steps * args.repeats + 8)]
+    plan = round_robin_plan(data, tasks, args.steps * args.repeats + 8)
 
-    def run_block(name, block):
-        model, optimizer = runs[name]
-        model.train()
-        started = time.perf_counter()
-        for task, index in block:
-            d = data[task]
-            batch = model.featurizer.collate([d.train_tokens[i] for i in index], [d.train_labels[i] for i in index])
-            loss = model(batch, task)
-            (loss.sum() / len(index)).backward()
-            model.sharing.observe_losses(task, loss.detach())
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - started
+    def run(name, block):  # word ids are cached per vocabulary, and the task subsets' vocabularies differ
+        return run_block(*runs[name], data, block, word_ids=False)
 
-    for name in runs:  # warm-up: allocator, thread pools
-        run_block(name, plan[-8:])
-    seconds = dict.fromkeys(runs, 0.0)
-    names = list(runs)
-    for r in range(args.repeats):
-        block = plan[r * args.steps:(r + 1) * args.steps]
-        for name in (names if r % 2 == 0 else names[::-1]):
-            seconds[name] += run_block(name, block)
+    seconds = alternating_seconds(run, list(runs), plan, args.steps, args.repeats, warmup=plan[-8:])
     steps = args.steps * args.repeats
     return {name: {"s_per_step": s / steps, "ratio_to_hard": s / seconds["hard"]} for name, s in seconds.items()}
 

@@ -160,6 +160,32 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def router_sgd_step(weights: list[torch.Tensor], objective_of, lr: float,
+                    scale_stats: list[torch.Tensor]) -> torch.Tensor:
+    """One SGD step of router buffers ``weights`` on ``objective_of(copies)`` (None: this process has no sentences),
+    with the gradient summed over processes and divided by the number of sentences ``n`` over all processes.
+    ``scale_stats`` are further statistics to sum over processes in the same all-reduce; their first element must be
+    ``n``. Returns the all-reduced statistics. The routers train themselves rather than through the optimiser
+    because their gradient is a policy gradient on the returns, not a gradient of the tagging loss."""
+    copies = [w.detach().clone().requires_grad_() for w in weights]
+    grads = [torch.zeros_like(w) for w in copies]
+    with torch.enable_grad():
+        objective = objective_of(copies)
+    if objective is not None:
+        grads = list(torch.autograd.grad(objective, copies))
+    sizes = sum(g.numel() for g in grads)
+    device = grads[0].device  # one device for the all-reduce (NCCL reduces GPU tensors only)
+    reduced = _all_reduce(torch.cat([g.flatten().double() for g in grads]
+                                    + [x.flatten().to(device, torch.float64) for x in scale_stats]))
+    stats, n = reduced[sizes:], float(reduced[sizes])
+    if n > 0:
+        offset = 0
+        for w in weights:
+            w -= lr * reduced[offset:offset + w.numel()].view_as(w).to(w.dtype) / n
+            offset += w.numel()
+    return stats
+
+
 class RouterMLP(nn.Module):
     """One layer's REINFORCE router: ``[pooled input, task one-hot] -> hidden (ReLU) -> choice logits``. The
     weights are buffers: the router trains itself (:meth:`RoutingNetwork.observe_losses`), not the optimiser."""
@@ -182,29 +208,6 @@ class RouterMLP(nn.Module):
         self.b1.copy_((torch.rand(self.b1.shape, generator=generator) * 2 - 1) * bound)
         self.w2.zero_()
         self.b2.zero_()
-
-    def step(self, objective_of, lr: float, scale_stats: list[torch.Tensor]) -> torch.Tensor:
-        """One SGD step of the weights on ``objective_of(weights)`` (None: this process has no sentences), with the
-        gradient summed over processes and divided by the number of sentences ``n`` over all processes. ``scale_stats``
-        are further statistics to sum over processes in the same all-reduce; their first element must be ``n``.
-        Returns the all-reduced statistics."""
-        weights = [w.detach().clone().requires_grad_() for w in self.weights()]
-        grads = [torch.zeros_like(w) for w in weights]
-        with torch.enable_grad():
-            objective = objective_of(weights)
-        if objective is not None:
-            grads = list(torch.autograd.grad(objective, weights))
-        sizes = sum(g.numel() for g in grads)
-        device = grads[0].device  # one device for the all-reduce (NCCL reduces GPU tensors only)
-        reduced = _all_reduce(torch.cat([g.flatten().double() for g in grads]
-                                        + [x.flatten().to(device, torch.float64) for x in scale_stats]))
-        stats, n = reduced[sizes:], float(reduced[sizes])
-        if n > 0:
-            offset = 0
-            for w in self.weights():
-                w -= lr * reduced[offset:offset + w.numel()].view_as(w).to(w.dtype) / n
-                offset += w.numel()
-        return stats
 
     @staticmethod
     def logits(weights, inputs: torch.Tensor) -> torch.Tensor:
@@ -468,7 +471,7 @@ class RoutingNetwork(SharingStrategy):
             self.q[t] = q.to(self.q.dtype)
             self.q_seen[t] |= counts > 0
         else:
-            self._reinforce_step(t, routes, inputs, returns, sums, counts)
+            counts = self._reinforce_step(t, routes, inputs, returns, sums, counts)
         self.usage += counts
         self.epoch_counts[t] += counts
 
@@ -506,7 +509,7 @@ class RoutingNetwork(SharingStrategy):
         total = torch.zeros(1, dtype=torch.float64, device=device) if whole is None else whole.sum().reshape(1)
         per_agent = torch.zeros(A, dtype=torch.float64, device=device) if whole is None else \
             torch.bincount(agents.to(device), minlength=A).to(torch.float64)
-        reduced = self.dispatcher.step(objective, self.lr, [n, total, per_agent])
+        reduced = router_sgd_step(self.dispatcher.weights(), objective, self.lr, [n, total, per_agent])
         if float(reduced[0]) > 0:
             mean = float(reduced[1] / reduced[0])
             self.dispatch_baseline[t] = self.dispatch_baseline[t] + VALUE_RATE * (mean - self.dispatch_baseline[t]) \
@@ -515,39 +518,37 @@ class RoutingNetwork(SharingStrategy):
             self.dispatch_counts[t] += reduced[2:].to(self.dispatch_counts)
         return counts.sum(0)
 
-    def _reinforce_step(self, t, routes, inputs, returns, sums, counts):
+    def _reinforce_step(self, t, routes, inputs, returns, sums, counts) -> torch.Tensor:
+        """The REINFORCE step of every layer's router on the returns of its decisions, with a per-task, per-layer
+        running-mean baseline. Returns the (L, K) route counts over all processes."""
         L, K = self.usage.shape
-        weights = [[w.detach().clone().requires_grad_() for w in mlp.weights()] for mlp in self.routers]
-        flat = [w for layer in weights for w in layer]
-        grads = [torch.zeros_like(w) for w in flat]
-        if returns is not None:
+
+        def objective(weights):
+            if returns is None:
+                return None
             seen = self.baseline_seen[t]
             batch_mean = (sums.sum(-1) / counts.sum(-1).clamp(min=1)).to(self.baseline.dtype)
             baseline = torch.where(seen, self.baseline[t], batch_mean)  # the first batch sets it
-            with torch.enable_grad():
-                objective = 0.0
-                for layer in range(L):
-                    logp = torch.log_softmax(RouterMLP.logits(weights[layer], inputs[layer]), dim=-1)
-                    chosen = logp.gather(1, routes[layer].to(logp.device).unsqueeze(1)).squeeze(1)
-                    advantage = (returns[layer].to(logp.dtype) - baseline[layer]).detach()
-                    objective = objective - (advantage * chosen).sum()
-                grads = list(torch.autograd.grad(objective, flat))
-        sizes = [g.numel() for g in grads]
-        stats = _all_reduce(torch.cat([g.flatten().double() for g in grads] + [sums.flatten(), counts.flatten()]))
-        n = float(stats[-L * K:].view(L, K)[0].sum())  # sentences routed at this step over all processes
-        if n == 0:
-            return
-        sums[:] = stats[sum(sizes):sum(sizes) + L * K].view(L, K)
-        counts[:] = stats[-L * K:].view(L, K)
-        offset = 0
-        for mlp in self.routers:
-            for w in mlp.weights():
-                w -= self.lr * stats[offset:offset + w.numel()].view_as(w).to(w.dtype) / n
-                offset += w.numel()
-        mean = (sums.sum(-1) / n).to(self.baseline.dtype)
-        seen = self.baseline_seen[t]
-        self.baseline[t] = torch.where(seen, self.baseline[t] + VALUE_RATE * (mean - self.baseline[t]), mean)
-        self.baseline_seen[t] = True
+            total, per_layer = 0.0, len(weights) // L
+            for layer in range(L):
+                mlp = weights[layer * per_layer:(layer + 1) * per_layer]
+                logp = torch.log_softmax(RouterMLP.logits(mlp, inputs[layer]), dim=-1)
+                chosen = logp.gather(1, routes[layer].to(logp.device).unsqueeze(1)).squeeze(1)
+                advantage = (returns[layer].to(logp.dtype) - baseline[layer]).detach()
+                total = total - (advantage * chosen).sum()
+            return total
+
+        routed = counts[0].sum().reshape(1)  # sentences routed at this step (each takes one choice per layer)
+        weights = [w for mlp in self.routers for w in mlp.weights()]
+        stats = router_sgd_step(weights, objective, self.lr, [routed, sums, counts])
+        n = float(stats[0])
+        sums, counts = stats[1:1 + L * K].view(L, K), stats[1 + L * K:].view(L, K)
+        if n > 0:
+            mean = (sums.sum(-1) / n).to(self.baseline.dtype)
+            seen = self.baseline_seen[t]
+            self.baseline[t] = torch.where(seen, self.baseline[t] + VALUE_RATE * (mean - self.baseline[t]), mean)
+            self.baseline_seen[t] = True
+        return counts
 
     # -- the routing map ---------------------------------------------------------------------------------------------
     def epoch_map(self) -> torch.Tensor:

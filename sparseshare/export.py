@@ -1,8 +1,12 @@
 """Export one task of a Transformer-encoder model as a plain ``AutoModelForTokenClassification`` folder.
 
 The exported folder needs only transformers: ``pipeline("token-classification", model=OUT)`` loads it.
-The task's encoder weights are the ones it runs through (``weight * mask`` for sparse sharing) and its
-softmax head becomes the ``classifier``. What cannot be exported is refused with the reason:
+The task's encoder weights are those of the one plain model it runs through (the strategy's
+``task_encoder_state``: ``weight * mask`` for sparse sharing, the task's own bottom layers, roaming's unit masks
+folded into the down projections, a WPL router's greedy blocks) and its softmax head becomes the ``classifier``.
+What cannot be exported is refused with the reason:
+
+- strategies whose task path is not one plain model: cross-stitch, routers that choose per sentence;
 
 - BiLSTM (and scratch-Transformer) encoders have no transformers architecture to map onto;
 - a CRF head decodes with Viterbi over transition scores, which a token-classification model (argmax per

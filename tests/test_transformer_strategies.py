@@ -1,7 +1,7 @@
 """bottom, cross_stitch, roaming and routing on a Hugging Face Transformer (sparseshare/sharing/hf_layers.py): a
 tiny randomly initialised BERT saved to a local folder (loaded by path, as a user's model id would be), MiniLM's
 tokenizer, no dropout. Each strategy is pinned against the plain model it must reduce to, and trains, saves and
-reloads with identical predictions."""
+reloads with identical predictions; a task whose path is one plain model exports as that model."""
 from __future__ import annotations
 
 import pytest
@@ -164,6 +164,64 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
     assert again.predict(TINY_SENTENCES) == first
     for name, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[name]), name
+
+
+def _perturb(*modules):
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.add_(0.05)
+
+
+@pytest.mark.parametrize("sharing, extra", [
+    ("bottom", {"model.bottom_layers": 2}), ("roaming", {"model.roaming_ratio": 0.5}),
+    ("routing", {"model.routing_blocks": 2, "model.routing_pass": "true"}),
+])
+def test_a_task_exports_as_the_plain_model_it_runs_through(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
+    """bottom (the task's own lowest layers), roaming (its unit masks folded into the down projections) and WPL
+    routing (its greedy blocks) run each task through one plain Transformer: the export is that model, whose top
+    layer equals the task's features, and not another task's."""
+    from transformers import AutoModel, AutoModelForTokenClassification
+
+    from sparseshare.encoders.transformer import TransformerEncoder
+    from sparseshare.export import export_task
+
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, "model.head": "softmax",
+                                                              **extra})
+    layers, s = _layers(model), model.sharing
+    if sharing == "bottom":
+        _perturb(layers[0].copies["pos"], layers[1].copies["chunk"])
+    if sharing == "routing":  # pos: blocks 1, 0, 1 (chunk and ner: uniform policies, greedy block 0)
+        _perturb(layers[0].blocks[1], layers[2].blocks[1])
+        s.policy[s.tasks.index("pos")] = torch.tensor([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    out = export_task(model, "pos", tmp_path / "export")
+    exported = AutoModelForTokenClassification.from_pretrained(out)
+    torch.testing.assert_close(exported.classifier.weight, model.heads["pos"].proj.weight)
+    plain = TransformerEncoder(str(out), tokenizer=s.encoder.tokenizer, model=AutoModel.from_pretrained(out),
+                               dropout=0.0).eval()
+    batch = tiny_batch(model, data, "pos", n=8)
+    with torch.no_grad():
+        features = s.features_for_tasks(batch, ["pos", "chunk"])
+        top = plain(batch)[-1]
+    torch.testing.assert_close(top, features["pos"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(top, features["chunk"], atol=1e-3)
+
+
+@pytest.mark.parametrize("sharing, extra, message", [
+    ("cross_stitch", {}, "cross_stitch mixes every task's column after each layer"),
+    ("routing", {"model.routing_router": "reinforce"}, "the 'reinforce' router chooses each sentence's route"),
+    ("routing", {"model.routing_pass": "true"}, r"greedy route skips layer\(s\) \[2\] \(PASS\)"),
+])
+def test_export_refuses_a_task_without_one_plain_model(tiny_corpus, tmp_path, tiny_bert, sharing, extra, message):
+    from sparseshare.export import ExportError, export_task
+
+    model, _ = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, "model.head": "softmax",
+                                                           **extra})
+    if "model.routing_pass" in extra:
+        model.sharing.policy[model.sharing.tasks.index("pos"), 1] = torch.tensor([0.1, 0.1, 0.8])
+    with pytest.raises(ExportError, match=message):
+        export_task(model, "pos", tmp_path / "export")
+    assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.parametrize("sharing", ["bottom", "cross_stitch", "roaming", "routing"])

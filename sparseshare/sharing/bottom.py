@@ -27,7 +27,7 @@ from torch import nn
 from ..config import ConfigError, check_bottom_layers, config_depth
 from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
-from .hf_layers import TaskLayers, layer_stack
+from .hf_layers import TaskLayers, layer_stack, plain_state
 
 
 @register("bottom")
@@ -80,6 +80,11 @@ class BottomSharing(SharingStrategy):
         for layer in self.task_switches:
             layer.task = task
         return self.encoder.top_features(batch, rows=rows)[0]
+
+    def task_encoder_state(self, task):
+        if not self.hf:
+            return super().task_encoder_state(task)
+        return plain_state(self.encoder, {layer: f"copies.{task}" for layer in self.task_switches})
 
     def features_for_tasks(self, batch, tasks):
         if self.hf:  # the model runs as a whole, once per task (the batch is tokenised once)

@@ -105,3 +105,7 @@ class CrossStitchSharing(SharingStrategy):
         rows = [self.tasks.index(task) for task in tasks]
         top = self.columns_forward(batch, rows)
         return {task: self._top(top[j], task, batch) for j, task in enumerate(tasks)}
+
+    def task_encoder_state(self, task):
+        raise NotImplementedError(f"cross_stitch mixes every task's column after each layer, so task {task!r} runs "
+                                  f"through all {len(self.tasks)} columns, not one encoder that could be exported")

@@ -45,6 +45,23 @@ def copy_layer(layer: nn.Module) -> nn.Module:
     return copy.deepcopy(layer, shared)
 
 
+def plain_state(encoder: nn.Module, chosen: dict[nn.Module, str]) -> dict[str, torch.Tensor]:
+    """``encoder.state_dict()`` as the plain model would name it, with each stand-in replaced by one module it
+    holds: ``chosen`` maps a stand-in to the attribute path of that module in it (``"copies.pos"``,
+    ``"blocks.1"``, ``"linear"``). That module's weights take the stand-in's names; the stand-in's other weights
+    (the other tasks' copies, the unchosen blocks) are dropped. For exporting one task's path as a plain model."""
+    names = {id(module): name for name, module in encoder.named_modules()}
+    keep = {f"{names[id(standin)]}.": f"{names[id(standin)]}.{inner}." for standin, inner in chosen.items()}
+    state = {}
+    for key, tensor in encoder.state_dict().items():
+        owner = next((prefix for prefix in keep if key.startswith(prefix)), None)
+        if owner is None:
+            state[key] = tensor
+        elif key.startswith(keep[owner]):
+            state[owner + key[len(keep[owner]):]] = tensor
+    return state
+
+
 def _rows(value, index: torch.Tensor, total: int, length: int):
     """``value`` (an argument of a layer call) restricted to the batch rows ``index``: tensors whose first
     dimension is the batch (``total`` rows) and that also span the sequence (``length`` in a later dimension:

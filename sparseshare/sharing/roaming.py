@@ -32,7 +32,7 @@ from ..config import ConfigError
 from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
 from .bottom import encoder_input, layerwise_encoder
-from .hf_layers import layer_stack, mask_feed_forward_units
+from .hf_layers import layer_stack, mask_feed_forward_units, plain_state
 
 
 def initial_masks(layers: int, tasks: int, units: int, active: int, generator: torch.Generator) -> torch.Tensor:
@@ -146,6 +146,19 @@ class MaximumRoaming(SharingStrategy):
         for i in range(self.encoder.num_layers):
             x = self._layer(i, x, batch.mask, self.masks[i, t])
         return self.encoder.norm(x) * batch.mask.unsqueeze(-1) if self.scratch else x
+
+    def task_encoder_state(self, task):
+        """A Hugging Face Transformer only: the task's path is the plain model with the down projections' columns
+        of its switched-off units zeroed (``(x * m) W^T = x (W * m)^T``)."""
+        if not self.hf:
+            return super().task_encoder_state(task)
+        t = self.tasks.index(task)
+        state = plain_state(self.encoder, {gate: "linear" for gate in self.gates})
+        names = {id(module): name for name, module in self.encoder.named_modules()}
+        for i, gate in enumerate(self.gates):
+            key = f"{names[id(gate)]}.weight"
+            state[key] = state[key] * self.masks[i, t].to(state[key].dtype)
+        return state
 
     def _input(self, batch):
         return self.encoder.subword_rows(batch) if self.hf else encoder_input(self.encoder, batch)

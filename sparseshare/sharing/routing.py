@@ -88,7 +88,7 @@ from ..config import ROUTERS, ConfigError, routing_blocks_per_layer
 from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
 from .bottom import encoder_input, layerwise_encoder, run_layer
-from .hf_layers import RoutedLayer, layer_stack
+from .hf_layers import RoutedLayer, layer_stack, plain_state
 
 VALUE_RATE = 0.1  # running-mean rate of the WPL action values and of the REINFORCE baselines
 ROUTER_HIDDEN = 64  # hidden units of the REINFORCE router MLPs
@@ -429,6 +429,22 @@ class RoutingNetwork(SharingStrategy):
         finally:
             for routed in self.routed:
                 routed.route = None
+
+    def task_encoder_state(self, task):
+        """WPL on a Hugging Face Transformer: the greedy route of a task is one block per layer whatever the
+        sentence, so the task runs through one plain model (its blocks). The other routers choose per sentence."""
+        if self.router != "wpl":
+            raise NotImplementedError(f"routing with the {self.router!r} router chooses each sentence's route from "
+                                      f"the sentence, so task {task!r} has no single encoder to export")
+        if not self.hf:
+            return super().task_encoder_state(task)
+        t = self.tasks.index(task)
+        greedy = [int(self.policy[t, layer, :k].argmax()) for layer, k in enumerate(self.choices)]
+        passes = [layer + 1 for layer, j in enumerate(greedy) if j == self.copies[layer]]
+        if passes:
+            raise NotImplementedError(f"task {task!r}'s greedy route skips layer(s) {passes} (PASS): the exported "
+                                      f"model would need fewer layers than the Transformer it is built from")
+        return plain_state(self.encoder, {routed: f"blocks.{j}" for routed, j in zip(self.routed, greedy)})
 
     def forward(self, batch, task):
         return self.encode(None if self.hf else encoder_input(self.encoder, batch), batch, task)

@@ -41,7 +41,7 @@ RUNS = {
     "bottom": ("conll03_hard", ["model.sharing=bottom"]),
     "cross_stitch": ("conll03_hard", ["model.sharing=cross_stitch"]),
     "roaming": ("conll03_hard", ["model.sharing=roaming", "model.roaming_delta=40"]),
-    "roaming_fixed": ("conll03_hard", ["model.sharing=roaming", "model.roaming_delta=0"]),
+    "roaming_fixed": ("conll03_hard", ["model.sharing=roaming", "model.roaming_fixed=true"]),
     "routing": ("conll03_hard", ["model.sharing=routing"]),
 }
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs

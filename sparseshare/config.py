@@ -81,9 +81,11 @@ class ModelConfig:
     # sharing: roaming only: share p in (0, 1] of each layer's units that each task is active on; every unit is
     # covered by some task at initialisation, so p * len(tasks) >= 1 (Pascal et al. 2021)
     roaming_ratio: float = 0.5
-    # sharing: roaming only: training steps between two mask updates; 0 switches roaming off (a fixed random
-    # partition, the paper's baseline)
+    # sharing: roaming only: training steps Δ >= 1 between two mask updates
     roaming_delta: int = 100
+    # sharing: roaming only: switch roaming off: the initial random masks stay for the whole run (the paper's fixed
+    # random partition baseline, from the same masks that roaming would start from)
+    roaming_fixed: bool = False
     # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing.py): function blocks (copies of the
     # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
     routing_blocks: int | list[int] = 2
@@ -337,13 +339,14 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
 
 
 STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming",
+                    "roaming_fixed": "roaming",
                     "routing_blocks": "routing", "routing_pass": "routing", "routing_router": "routing",
                     "routing_rho": "routing", "routing_lr": "routing", "routing_agents": "routing"}
 ROUTERS = ("wpl", "reinforce", "dispatched")
 
 
 def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
-    """``model.cross_stitch_init`` (cross_stitch), ``model.roaming_ratio`` and ``model.roaming_delta`` (roaming),
+    """``model.cross_stitch_init`` (cross_stitch), ``model.roaming_{ratio,delta,fixed}`` (roaming),
     ``model.routing_*`` (routing)."""
     defaults = ModelConfig()
     for key, strategy in STRATEGY_OPTIONS.items():
@@ -354,8 +357,9 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
         raise ConfigError(f"config key 'model.cross_stitch_init' must be in [0, 1], got {model.cross_stitch_init}")
     if not 0.0 < model.roaming_ratio <= 1.0:
         raise ConfigError(f"config key 'model.roaming_ratio' must be in (0, 1], got {model.roaming_ratio}")
-    if model.roaming_delta < 0:
-        raise ConfigError(f"config key 'model.roaming_delta' must be >= 0 (0 = no roaming), got {model.roaming_delta}")
+    if model.roaming_delta < 1:
+        raise ConfigError(f"config key 'model.roaming_delta' must be >= 1 (training steps between mask updates; "
+                          f"model.roaming_fixed: true switches roaming off), got {model.roaming_delta}")
     if model.sharing == "roaming" and model.roaming_ratio * len(tasks) < 1:
         raise ConfigError(f"config key 'model.roaming_ratio' ({model.roaming_ratio}) times the number of tasks "
                           f"({len(tasks)}) must be >= 1, so that every unit can be covered by at least one task")

@@ -255,9 +255,9 @@ def _roaming_section(model) -> list[str]:
     return ["## Maximum Roaming", "",
             f"Each task runs every encoder layer through its own binary mask over the layer's {s.units} {units}.", "",
             f"- Sharing ratio p: {model.config.roaming_ratio} ({s.active} of {s.units} units per layer and task).",
-            f"- delta: {s.delta} " + (f"(every {s.delta} training steps each task swaps one active unit for one it "
-                                      f"never visited)." if s.delta else
-                                      "(the masks never move: a fixed random partition)."),
+            f"- delta: {s.delta} (every {s.delta} training steps each task swaps one active unit for one it never "
+            f"visited)." if s.delta else "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed "
+                                         "random partition.",
             f"- Roaming progress r(c): {s.roaming_progress():.3f} (share of the task x layer x unit triples "
             f"visited so far)."]
 

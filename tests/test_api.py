@@ -220,10 +220,11 @@ def test_routing_model_card_reinforce_untrained_and_wpl_trained(tiny_corpus, tmp
         assert [cell.split(" / ")[0] for cell in rows[task]] == expected, task
 
 
-@pytest.mark.parametrize("delta", [0, 2])
-def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path, delta):
+@pytest.mark.parametrize("fixed", [False, True])
+def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path, fixed):
     model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{
-        "model.sharing": "roaming", "model.roaming_ratio": 0.75, "model.roaming_delta": delta}))
+        "model.sharing": "roaming", "model.roaming_ratio": 0.75, "model.roaming_delta": 2,
+        "model.roaming_fixed": str(fixed).lower()}))
     card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Maximum Roaming")
     assert "over the layer's 32 output units" in card  # BiLSTM 2 x 16
     assert "- Sharing ratio p: 0.75 (24 of 32 units per layer and task)." in card
@@ -231,13 +232,13 @@ def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path
     for step in range(1, 9):  # 4 roaming updates with delta 2: 4 more units visited per task and layer
         model.sharing.after_step(step)
     card = _card_section(model.save_pretrained(tmp_path / "trained"), "## Maximum Roaming")
-    if delta:
+    if fixed:
+        assert "- Roaming progress r(c): 0.750 " in card
+        assert "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed random partition." in card
+    else:
         assert model.sharing.roaming_progress() == 28 / 32
         assert "- Roaming progress r(c): 0.875 " in card
         assert "- delta: 2 (every 2 training steps each task swaps one active unit for one it never visited)." in card
-    else:
-        assert "- Roaming progress r(c): 0.750 " in card
-        assert "- delta: 0 (the masks never move: a fixed random partition)." in card
 
 
 def _hub_cache(cache, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):

@@ -73,8 +73,9 @@ def test_roaming_moves_one_unit_per_update_keeps_the_count_and_visits_everything
     assert torch.equal(s.masks, previous)
 
 
-def test_roaming_delta_zero_is_the_fixed_partition_baseline(tiny_corpus, tmp_path):
-    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_delta": 0}))
+def test_roaming_fixed_is_the_fixed_partition_baseline(tiny_corpus, tmp_path):
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true",
+                                                                  "model.roaming_delta": 1}))
     before = model.sharing.masks.clone()
     for step in range(1, 50):
         model.sharing.after_step(step)
@@ -252,7 +253,7 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
     assert len(calls) == len(TASKS)
     for task in TASKS:
         torch.testing.assert_close(features[task], model.sharing(batch, task), rtol=0, atol=1e-6)
-    with pytest.raises(NotImplementedError, match="cannot export"):
+    with pytest.raises(NotImplementedError, match="not one encoder that could be exported"):
         model.sharing.task_encoder_state("pos")
 
 
@@ -262,7 +263,11 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
     ({**ROAMING, "model.roaming_ratio": 1.5}, r"'model.roaming_ratio' must be in \(0, 1\]"),
     ({**ROAMING, "model.roaming_ratio": -0.1}, r"'model.roaming_ratio' must be in \(0, 1\]"),
     ({**ROAMING, "model.roaming_ratio": 0.3}, r"'model.roaming_ratio' \(0.3\) times the number of tasks \(3\)"),
-    ({**ROAMING, "model.roaming_delta": -1}, r"'model.roaming_delta' must be >= 0"),
+    ({**ROAMING, "model.roaming_delta": 0}, r"'model.roaming_delta' must be >= 1 \(training steps between mask "
+                                            r"updates; model.roaming_fixed: true switches roaming off\), got 0"),
+    ({**ROAMING, "model.roaming_delta": -1}, r"'model.roaming_delta' must be >= 1"),
+    ({**ROAMING, "model.roaming_fixed": "sometimes"}, "'model.roaming_fixed'"),
+    ({**CROSS, "model.roaming_fixed": "true"}, r"'model.roaming_fixed' only applies to model.sharing=roaming"),
     ({**ROAMING, "model.roaming_delta": 1.5}, "'model.roaming_delta'"),
     ({**ROAMING, "model.roaming_delta": "often"}, "'model.roaming_delta'"),
     ({"model.roaming_ratio": 0.4}, "'model.roaming_ratio' only applies to model.sharing=roaming"),

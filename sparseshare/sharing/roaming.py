@@ -16,7 +16,8 @@ its weights are named ``...output.dense.linear.*``).
   up to k at random), hence ``k x tasks >= units``.
 * Every ``model.roaming_delta`` training steps (``after_step``), for each layer and task that has not visited every
   unit yet: one unit it never visited is switched on and one of its active units is switched off, both at random.
-  k stays constant. ``model.roaming_delta: 0`` never moves the masks: the paper's fixed random partition baseline.
+  k stays constant. ``model.roaming_fixed: true`` never moves the masks: the paper's fixed random partition
+  baseline.
 * Progress r(c) = share of (task, layer, unit) triples visited so far (:meth:`roaming_progress`), logged per epoch.
 
 Randomness comes from a ``torch.Generator`` seeded with ``train.seed`` (:meth:`initialize`), never from the global
@@ -68,7 +69,7 @@ class MaximumRoaming(SharingStrategy):
         else:
             self.units = self.encoder.layers[0].linear1.out_features if self.scratch else self.encoder.output_dim
         self.active = round(config.roaming_ratio * self.units)
-        self.delta = config.roaming_delta
+        self.delta = 0 if config.roaming_fixed else config.roaming_delta  # 0: the masks never move
         if self.active < 1 or self.active * len(self.tasks) < self.units:
             raise ConfigError(
                 f"config key 'model.roaming_ratio' ({config.roaming_ratio}) gives {self.active} of {self.units} units "

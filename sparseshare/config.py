@@ -91,8 +91,8 @@ class ModelConfig:
     routing_blocks: int | list[int] = 2
     # sharing: routing only: also offer a PASS block (the identity) at every layer whose input and output widths agree
     routing_pass: bool = False
-    # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one MLP agent over
-    # the layer input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE dispatcher
+    # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one agent, an MLP per
+    # layer over the layer input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE dispatcher
     # assigns each sentence to one of model.routing_agents tabular WPL agents)
     routing_router: str = "wpl"
     # sharing: routing with routing_router: dispatched only: the number of WPL agents (0: one per task)
@@ -303,6 +303,9 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'tasks' must list at least one task")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
+    if config.model.sharing == "single" and len(config.tasks) != 1:
+        raise ConfigError(f"config key 'model.sharing' = 'single' trains exactly one task, config key 'tasks' lists "
+                          f"{len(config.tasks)}: {config.tasks}; use 'hard' (or another strategy) for several")
     for key in ("dropout", "word_dropout"):
         value = getattr(config.model.bilstm, key)
         if not 0.0 <= value < 1.0:
@@ -360,6 +363,9 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
     if model.roaming_delta < 1:
         raise ConfigError(f"config key 'model.roaming_delta' must be >= 1 (training steps between mask updates; "
                           f"model.roaming_fixed: true switches roaming off), got {model.roaming_delta}")
+    if model.roaming_fixed and model.roaming_delta != defaults.roaming_delta:
+        raise ConfigError(f"config key 'model.roaming_delta' ({model.roaming_delta}) has no effect with "
+                          f"model.roaming_fixed: true (the masks never move); drop one of the two")
     if model.sharing == "roaming" and model.roaming_ratio * len(tasks) < 1:
         raise ConfigError(f"config key 'model.roaming_ratio' ({model.roaming_ratio}) times the number of tasks "
                           f"({len(tasks)}) must be >= 1, so that every unit can be covered by at least one task")

@@ -21,7 +21,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from .config import Config
+from .config import Config, validate
 from .data.batching import bucketed_batches
 from .data.corpus import load_split
 from .data.schedules import epoch_plan
@@ -314,6 +314,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     ``evaluate_test=False`` for intermediate runs, so that test is only looked at once. ``command`` (the
     CLI passes its command line) goes into the model card.
     """
+    validate(config)  # load_config validated already; a Config built in Python had no such check
     output_dir = Path(config.output_dir)
     t = config.train
 

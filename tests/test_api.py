@@ -223,8 +223,8 @@ def test_routing_model_card_reinforce_untrained_and_wpl_trained(tiny_corpus, tmp
 @pytest.mark.parametrize("fixed", [False, True])
 def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path, fixed):
     model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{
-        "model.sharing": "roaming", "model.roaming_ratio": 0.75, "model.roaming_delta": 2,
-        "model.roaming_fixed": str(fixed).lower()}))
+        "model.sharing": "roaming", "model.roaming_ratio": 0.75,
+        **({"model.roaming_fixed": "true"} if fixed else {"model.roaming_delta": 2})}))
     card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Maximum Roaming")
     assert "over the layer's 32 output units" in card  # BiLSTM 2 x 16
     assert "- Sharing ratio p: 0.75 (24 of 32 units per layer and task)." in card

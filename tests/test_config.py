@@ -139,7 +139,8 @@ def test_section_given_a_scalar():
         ("model.head=mlp", "model.head", ["crf", "softmax"]),
         ("train.optimizer=adam", "train.optimizer", ["sgd", "adamw"]),
         ("data.source=s3", "data.source", ["local", "hub"]),
-        ("model.sharing=sparse_magic", "model.sharing", ["hard", "single"]),
+        ("model.sharing=sparse_magic", "model.sharing", ["bottom", "cross_stitch", "hard", "hierarchical", "roaming",
+                                                          "routing", "single", "sparse"]),
     ],
 )
 def test_invalid_choice_names_key_and_valid_values(override, key, valid):
@@ -162,6 +163,9 @@ def test_non_positive_rejected(key, value):
 def test_other_validation():
     with pytest.raises(ConfigError, match="at least one task"):
         load_config(None, ["tasks=[]"])
+    with pytest.raises(ConfigError, match=r"'model.sharing' = 'single' trains exactly one task, config key 'tasks' "
+                                          r"lists 2: \['pos', 'ner'\]; use 'hard'"):
+        load_config(None, ["tasks=[pos,ner]", "model.sharing=single"])
     with pytest.raises(ConfigError, match="twice"):
         load_config(None, ["tasks=[ner, pos, ner]"])
     with pytest.raises(ConfigError, match="dropout"):

@@ -74,12 +74,17 @@ def test_roaming_moves_one_unit_per_update_keeps_the_count_and_visits_everything
 
 
 def test_roaming_fixed_is_the_fixed_partition_baseline(tiny_corpus, tmp_path):
-    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true",
-                                                                  "model.roaming_delta": 1}))
+    """The masks roaming starts from (same seed), never moved."""
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true"}))
+    roaming, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING))
+    model.sharing.initialize(7), roaming.sharing.initialize(7)
     before = model.sharing.masks.clone()
-    for step in range(1, 50):
+    assert torch.equal(before, roaming.sharing.masks)
+    for step in range(1, 301):
         model.sharing.after_step(step)
+        roaming.sharing.after_step(step)
     assert torch.equal(model.sharing.masks, before) and torch.equal(model.sharing.visited, before)
+    assert not torch.equal(roaming.sharing.masks, before)  # 3 updates of the default delta 100
 
 
 def test_roaming_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone(tiny_corpus, tmp_path):
@@ -268,6 +273,8 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
     ({**ROAMING, "model.roaming_delta": -1}, r"'model.roaming_delta' must be >= 1"),
     ({**ROAMING, "model.roaming_fixed": "sometimes"}, "'model.roaming_fixed'"),
     ({**CROSS, "model.roaming_fixed": "true"}, r"'model.roaming_fixed' only applies to model.sharing=roaming"),
+    ({**ROAMING, "model.roaming_fixed": "true", "model.roaming_delta": 5},
+     r"'model.roaming_delta' \(5\) has no effect with model.roaming_fixed: true"),
     ({**ROAMING, "model.roaming_delta": 1.5}, "'model.roaming_delta'"),
     ({**ROAMING, "model.roaming_delta": "often"}, "'model.roaming_delta'"),
     ({"model.roaming_ratio": 0.4}, "'model.roaming_ratio' only applies to model.sharing=roaming"),
@@ -279,6 +286,15 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
 def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(tiny_corpus, tmp_path, **overrides)
+
+
+def test_run_training_validates_a_config_built_in_python(tiny_corpus, tmp_path):
+    """Without the check, roaming_ratio 2 would quietly give every task every unit (hard sharing)."""
+    config = _config(tiny_corpus, tmp_path, **ROAMING)
+    config.model.roaming_ratio = 2.0
+    with pytest.raises(ConfigError, match=r"'model.roaming_ratio' must be in \(0, 1\], got 2.0"):
+        run_training(config, log=_quiet)
+    assert not (tmp_path / "model").exists()
 
 
 def test_a_ratio_too_small_for_the_units_is_rejected_when_built(tiny_corpus, tmp_path):

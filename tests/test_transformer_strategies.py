@@ -70,6 +70,9 @@ def test_bottom_runs_the_tasks_own_lowest_layers(tiny_corpus, tmp_path, tiny_ber
     with pytest.raises(ConfigError, match=r"'model.bottom_layers' must be >= 1 and < the encoder depth 3 "
                                           r"\(the Transformer's num_hidden_layers\)"):
         _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom_layers": 3})
+    with pytest.raises(ConfigError, match=r"'model.routing_blocks' lists 2 layer\(s\) but the encoder has 3 \(the "
+                                          r"Transformer's num_hidden_layers\)"):  # also known only once loaded
+        _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "routing", "model.routing_blocks": "[2,2]"})
 
 
 def test_cross_stitch_mixes_the_columns_after_every_layer(tiny_corpus, tmp_path, tiny_bert):

@@ -99,6 +99,10 @@ class ModelConfig:
     routing_agents: int = 0
     # sharing: routing only: weight rho of the collaboration reward rho x (historical probability of the chosen block)
     routing_rho: float = 0.3
+    # sharing: routing only: the historical probability of the collaboration reward counts the routes of the last
+    # routing_history training batches (all tasks; the official code keeps the last 256 decisions); 0 counts every
+    # batch since the start of training
+    routing_history: int = 0
     # sharing: routing only: the router's step size (WPL policy step / REINFORCE SGD learning rate)
     routing_lr: float = 0.05
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
@@ -344,7 +348,7 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
 STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming",
                     "roaming_fixed": "roaming",
                     "routing_blocks": "routing", "routing_pass": "routing", "routing_router": "routing",
-                    "routing_rho": "routing", "routing_lr": "routing", "routing_agents": "routing"}
+                    "routing_rho": "routing", "routing_history": "routing", "routing_lr": "routing", "routing_agents": "routing"}
 ROUTERS = ("wpl", "reinforce", "dispatched")
 
 
@@ -375,6 +379,9 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
         raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {model.routing_rho}")
     if model.routing_lr <= 0:
         raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {model.routing_lr}")
+    if model.routing_history < 0:
+        raise ConfigError(f"config key 'model.routing_history' must be >= 0 (0 = every batch since the start), "
+                          f"got {model.routing_history}")
     if model.routing_agents < 0:
         raise ConfigError(f"config key 'model.routing_agents' must be >= 0 (0 = one agent per task), "
                           f"got {model.routing_agents}")

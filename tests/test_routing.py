@@ -104,6 +104,24 @@ def test_wpl_observation_scores_routes_with_the_loss_and_the_collaboration_rewar
         s.observe_losses("chunk", losses.float())
 
 
+def test_routing_history_window_counts_only_the_last_batches(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_history": 2}))
+    s = model.sharing
+    s.usage.fill_(0).select(1, 0).fill_(100.0)  # a long past of block 0 that the window no longer sees
+    torch.testing.assert_close(s.historical_probs(), torch.full((2, 2), 0.5, dtype=torch.float64))
+    model.train()
+    counts = []
+    for step, task in enumerate(["pos", "chunk", "ner"]):
+        batch = _batch(model, data, task)
+        model(batch, task)
+        counts.append(F.one_hot(s.last_routes, 2).sum(1).double())
+        s.observe_losses(task, torch.linspace(1.0, 2.0, batch.mask.shape[0]))
+    last_two = counts[1] + counts[2]
+    torch.testing.assert_close(s.historical_probs(), last_two / last_two.sum(-1, keepdim=True))
+    torch.testing.assert_close(s.usage, torch.tensor([[100.0, 0.0]] * 2, dtype=torch.float64) + sum(counts))
+    assert int(s.recent_next) == 3
+
+
 # -- routing and evaluation ------------------------------------------------------------------------------------------
 def test_greedy_evaluation_is_deterministic_and_takes_the_argmax_wpl(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **SCRATCH,
@@ -293,6 +311,8 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
     ({**ROUTING, "model.routing_blocks": "many"}, "'model.routing_blocks'"),
     ({**ROUTING, "model.routing_rho": -0.1}, "'model.routing_rho' must be >= 0"),
     ({**ROUTING, "model.routing_lr": 0}, "'model.routing_lr' must be > 0"),
+    ({**ROUTING, "model.routing_history": -1}, r"'model.routing_history' must be >= 0 \(0 = every batch since"),
+    ({"model.routing_history": 8}, "'model.routing_history' only applies to model.sharing=routing"),
     ({**ROUTING, "model.routing_router": "qlearning"}, r"'model.routing_router': 'qlearning' is not one of \['wpl', "
                                                         r"'reinforce', 'dispatched'\]"),
     ({**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": -1},
@@ -372,7 +392,7 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
 
 
 @pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},
-                                   {"model.routing_router": "dispatched"}])
+                                   {"model.routing_router": "dispatched"}, {"model.routing_history": 5}])
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
              "train.seed": 7}

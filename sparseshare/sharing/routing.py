@@ -47,7 +47,9 @@ training batch; the loss is already computed, dense and graded, and the paper it
 objectives other than classification. Dividing by the sentence length keeps long sentences from looking like bad
 routes. Every routing decision also gets the paper's immediate collaboration reward ``rho x`` the historical
 probability of the chosen block at that layer (``model.routing_rho``; the share of all training sentences of all
-tasks routed through that block so far, uniform before the first step), which rewards reuse. The return of the
+tasks routed through that block so far, uniform before the first step), which rewards reuse. With
+``model.routing_history: N`` the share counts the last N training batches only, like the official code's window of
+recent decisions: a block that falls out of use stops being rewarded for its past. The return of the
 decision at layer l is the undiscounted sum of the rewards from l on: the final reward plus the collaboration
 rewards of layers l..L (:func:`returns_to_go`).
 
@@ -257,7 +259,12 @@ class RoutingNetwork(SharingStrategy):
             valid[i, :k] = 1.0
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("rng_state", torch.Generator().get_state())
-        self.register_buffer("usage", torch.zeros(L, K, dtype=torch.float64))  # all tasks, for the collaboration reward
+        self.register_buffer("usage", torch.zeros(L, K, dtype=torch.float64))  # all tasks, all of training
+        # the routes of the last model.routing_history batches (a ring, next slot recent_next), for the collaboration
+        # reward; none: the reward reads `usage`
+        self.history = config.routing_history
+        self.register_buffer("recent", torch.zeros(self.history, L, K, dtype=torch.float64))
+        self.register_buffer("recent_next", torch.zeros((), dtype=torch.long))
         self.register_buffer("epoch_counts", torch.zeros(T, L, K, dtype=torch.float64))
         self.register_buffer("map_history", torch.zeros(0, T, L, K))
         if self.router in ("wpl", "dispatched"):  # tabular policies: one per task (wpl) or per agent (dispatched)
@@ -295,6 +302,8 @@ class RoutingNetwork(SharingStrategy):
         """Uniform policies, empty statistics, REINFORCE weights drawn from a generator seeded with ``seed``."""
         generator = torch.Generator().manual_seed(seed)
         self.usage.zero_()
+        self.recent.zero_()
+        self.recent_next.zero_()
         self.epoch_counts.zero_()
         self.map_history = self.map_history.new_zeros(0, *self.map_history.shape[1:])
         if self.router in ("wpl", "dispatched"):
@@ -321,11 +330,12 @@ class RoutingNetwork(SharingStrategy):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def historical_probs(self) -> torch.Tensor:
-        """(L, K): the share of all routed training sentences (all tasks) that took each choice; uniform over the
-        valid choices before the first step."""
-        total = self.usage.sum(-1, keepdim=True)
-        uniform = (self.valid / self.valid.sum(-1, keepdim=True)).to(self.usage.dtype)
-        return torch.where(total > 0, self.usage / total.clamp(min=1), uniform)
+        """(L, K): the share of the routed training sentences (all tasks; of the last ``model.routing_history``
+        batches, or of all of training) that took each choice; uniform over the valid choices before the first step."""
+        counts = self.recent.sum(0) if self.history else self.usage
+        total = counts.sum(-1, keepdim=True)
+        uniform = (self.valid / self.valid.sum(-1, keepdim=True)).to(counts.dtype)
+        return torch.where(total > 0, counts / total.clamp(min=1), uniform)
 
     # -- routing -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -494,6 +504,9 @@ class RoutingNetwork(SharingStrategy):
             counts = self._reinforce_step(t, routes, inputs, returns, sums, counts)
         self.usage += counts
         self.epoch_counts[t] += counts
+        if self.history and counts.sum() > 0:  # counts are summed over processes: every process moves the ring alike
+            self.recent[int(self.recent_next) % self.history] = counts
+            self.recent_next += 1
 
     def _dispatched_step(self, t, routes, agents, dispatch_in, returns) -> torch.Tensor:
         """The agents' WPL step on the returns of the sentences dispatched to them, and the dispatcher's REINFORCE

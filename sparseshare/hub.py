@@ -151,7 +151,9 @@ def model_card(model, info: dict | None = None):
     lines += ["", "## Model", "", f"- Encoder: {_encoder_name(config)}.", f"- Sharing: `{config.sharing}`.",
               f"- Heads: `{config.head}`, one per task.",
               f"- Parameters: {sum(p.numel() for p in model.parameters()):,}."]
-    section = {"sparse": _sparse_section, "routing": _routing_section, "roaming": _roaming_section}.get(config.sharing)
+    section = {"sparse": _sparse_section, "routing": _routing_section, "roaming": _roaming_section,
+               "hierarchical": _hierarchical_section, "bottom": _bottom_section,
+               "cross_stitch": _cross_stitch_section}.get(config.sharing)
     if section is not None:
         lines += ["", *section(model)]
     lines += ["", "## Scores", ""]
@@ -249,6 +251,38 @@ def _routing_section(model) -> list[str]:
     return lines
 
 
+def _hierarchical_section(model) -> list[str]:
+    s = model.sharing
+    return ["## Hierarchical sharing", "",
+            f"One encoder of {s.encoder.num_layers} layers; each task's head reads the output of its own layer:", "",
+            "| task | layer |", "|---|---|", *[f"| {task} | {s.task_layers[task]} |" for task in s.tasks]]
+
+
+def _bottom_section(model) -> list[str]:
+    s = model.sharing
+    own = sum(p.numel() for name, p in s.named_parameters() if _owned_by(name, s.tasks[0], s.hf))
+    return ["## Separate bottom layers", "",
+            f"Each task owns the lowest {s.bottom_layers} of the encoder's {s.num_layers} layers "
+            f"({own:,} parameters per task); the layers above and the embeddings are shared by all tasks."]
+
+
+def _owned_by(name: str, task: str, hf: bool) -> bool:
+    return f".copies.{task}." in name if hf else name.startswith(f"bottom.{task}.")
+
+
+def _cross_stitch_section(model) -> list[str]:
+    s = model.sharing
+    tasks = s.tasks
+    lines = ["## Cross-stitch", "",
+             f"One encoder column per task; after each of the {s.num_layers} layers, task t's column continues from "
+             f"the mix sum_s alpha[t, s] x (column s's output). The learned mixing matrices (rows: the receiving "
+             f"task):"]
+    for i, matrix in enumerate(s.mixing.detach().cpu().tolist()):
+        lines += ["", f"Layer {i + 1}:", "", "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+        lines += [f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for t, row in zip(tasks, matrix)]
+    return lines
+
+
 def _roaming_section(model) -> list[str]:
     s = model.sharing
     units = "feed-forward units" if s.scratch or s.hf else "output units"
@@ -259,7 +293,9 @@ def _roaming_section(model) -> list[str]:
             f"visited)." if s.delta else "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed "
                                          "random partition.",
             f"- Roaming progress r(c): {s.roaming_progress():.3f} (share of the task x layer x unit triples "
-            f"visited so far)."]
+            f"visited so far).",
+            f"- Units no task is active on: {s.uncovered_units()} of {s.masks.shape[0] * s.units} (every unit is "
+            f"covered at initialisation; an update may switch a unit off for the last task using it)."]
 
 
 def _scores_section(info: dict) -> list[str]:

@@ -229,6 +229,7 @@ def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path
     assert "over the layer's 32 output units" in card  # BiLSTM 2 x 16
     assert "- Sharing ratio p: 0.75 (24 of 32 units per layer and task)." in card
     assert "- Roaming progress r(c): 0.750 " in card  # every task has visited its initial 24 units
+    assert "- Units no task is active on: 0 of 64 (every unit" in card
     for step in range(1, 9):  # 4 roaming updates with delta 2: 4 more units visited per task and layer
         model.sharing.after_step(step)
     card = _card_section(model.save_pretrained(tmp_path / "trained"), "## Maximum Roaming")
@@ -238,7 +239,26 @@ def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path
     else:
         assert model.sharing.roaming_progress() == 28 / 32
         assert "- Roaming progress r(c): 0.875 " in card
+        uncovered = int((~model.sharing.masks.any(1)).sum())
+        assert f"- Units no task is active on: {uncovered} of 64 (every unit" in card
         assert "- delta: 2 (every 2 training steps each task swaps one active unit for one it never visited)." in card
+
+
+@pytest.mark.parametrize("encoder", [{}, {"model.encoder": "scratch", "model.scratch.dim": 16, "model.scratch.heads": 2,
+                                      "model.scratch.ff": 32}])
+def test_layer_strategy_model_cards_say_what_each_task_runs_through(tiny_corpus, tmp_path, encoder):
+    def card(sharing, title, **extra):
+        model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{"model.sharing": sharing, **encoder, **extra}))
+        return model, _card_section(model.save_pretrained(tmp_path / sharing), title)
+
+    _, text = card("hierarchical", "## Hierarchical sharing", **{"model.task_layers.pos": 1})
+    assert "One encoder of 2 layers" in text and "| pos | 1 |" in text and "| ner | 2 |" in text
+    model, text = card("bottom", "## Separate bottom layers")
+    own = sum(p.numel() for p in model.sharing.bottom["pos"].parameters())
+    assert f"Each task owns the lowest 1 of the encoder's 2 layers ({own:,} parameters per task)" in text
+    model, text = card("cross_stitch", "## Cross-stitch", **{"model.cross_stitch_init": 0.8})
+    assert "| | pos | chunk | ner |" in text and "Layer 2:" in text
+    assert "| chunk | 0.100 | 0.800 | 0.100 |" in text  # alpha on the diagonal, (1 - alpha) / 2 elsewhere
 
 
 def _hub_cache(cache, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):

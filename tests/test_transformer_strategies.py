@@ -67,6 +67,9 @@ def test_bottom_runs_the_tasks_own_lowest_layers(tiny_corpus, tmp_path, tiny_ber
         after = model.sharing.features_for_tasks(batch, ["pos", "chunk"])
     assert not torch.allclose(after["pos"], before["pos"])
     torch.testing.assert_close(after["chunk"], before["chunk"])
+    own = sum(p.numel() for layer in layers[:2] for p in layer.copies["pos"].parameters())
+    card = (model.save_pretrained(tmp_path / "saved") / "README.md").read_text()
+    assert f"Each task owns the lowest 2 of the encoder's 3 layers ({own:,} parameters per task)" in card
     with pytest.raises(ConfigError, match=r"'model.bottom_layers' must be >= 1 and < the encoder depth 3 "
                                           r"\(the Transformer's num_hidden_layers\)"):
         _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom_layers": 3})

@@ -18,7 +18,9 @@ its weights are named ``...output.dense.linear.*``).
   unit yet: one unit it never visited is switched on and one of its active units is switched off, both at random.
   k stays constant. ``model.roaming_fixed: true`` never moves the masks: the paper's fixed random partition
   baseline.
-* Progress r(c) = share of (task, layer, unit) triples visited so far (:meth:`roaming_progress`), logged per epoch.
+* Progress r(c) = share of (task, layer, unit) triples visited so far (:meth:`roaming_progress`), logged per epoch,
+  with the share of units no task is active on (``roaming/uncovered``): full coverage is drawn at initialisation,
+  but an update may switch a unit off for the last task using it (the official code does not keep coverage either).
 
 Randomness comes from a ``torch.Generator`` seeded with ``train.seed`` (:meth:`initialize`), never from the global
 RNG. Masks, visited sets and the generator state are persistent buffers (``masks``, ``visited``, ``rng_state``),
@@ -123,8 +125,14 @@ class MaximumRoaming(SharingStrategy):
         """r(c): the share of (task, layer, unit) triples visited so far (1.0 once roaming is complete)."""
         return float(self.visited.float().mean())
 
+    def uncovered_units(self) -> int:
+        """(layer, unit) pairs no task is active on now. Zero at initialisation; roaming may switch a unit off for
+        its last task (as the official code does: the update keeps each task's count, not the coverage)."""
+        return int((~self.masks.any(1)).sum())
+
     def log_values(self) -> dict[str, float]:
-        return {"roaming/progress": self.roaming_progress()}
+        return {"roaming/progress": self.roaming_progress(),
+                "roaming/uncovered": self.uncovered_units() / (self.masks.shape[0] * self.units)}
 
     # -- forward --------------------------------------------------------------------------------
     def _layer(self, i: int, x: torch.Tensor, mask: torch.Tensor, unit_mask: torch.Tensor) -> torch.Tensor:

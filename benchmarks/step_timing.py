@@ -1,9 +1,10 @@
 """The timed training loop shared by the step-time benchmarks (sparse_speed.py, strategy_cost.py): the same
 round-robin batches for every model, blocks of steps alternating between the models so that machine noise
 hits all alike. One step is what run_training does: collate, forward, backward (mean loss over the batch),
-hand the per-sentence losses to the sharing strategy, clip to 5, optimiser step."""
+hand the per-sentence losses to the sharing strategy, clip to 5, optimiser step, the strategy's after_step."""
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -19,11 +20,13 @@ def round_robin_plan(data, tasks: list[str], steps: int, batch_size: int = 32) -
     return [(tasks[i % len(tasks)], order[tasks[i % len(tasks)]][i // len(tasks)]) for i in range(steps)]
 
 
-def run_block(model, optimizer, data, block, word_ids: bool = True, before_step=None) -> float:
+def run_block(model, optimizer, data, block, word_ids: bool = True, before_step=None, steps=None) -> float:
     """Seconds to train ``model`` on the batches of ``block``. ``word_ids``: collate with the word ids cached
     in the task data (only valid for the vocabulary they were computed with). ``before_step(task)`` runs before
-    each optimiser step (e.g. a masked optimiser takes the task's masks)."""
+    each optimiser step (e.g. a masked optimiser takes the task's masks). ``steps``: an ``itertools.count(1)`` that
+    numbers the model's steps across blocks, for ``after_step`` (a fresh count by default)."""
     model.train()
+    steps = steps if steps is not None else itertools.count(1)
     started = time.perf_counter()
     for task, index in block:
         d = data[task]
@@ -37,6 +40,7 @@ def run_block(model, optimizer, data, block, word_ids: bool = True, before_step=
             before_step(task)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        model.sharing.after_step(next(steps))  # e.g. Maximum Roaming's mask moves, as the training loop does
     return time.perf_counter() - started
 
 

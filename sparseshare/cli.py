@@ -53,9 +53,9 @@ def _routing_show(args):
 
     source = Path(args.model)  # a routing.json of its own (e.g. a benchmark record), else a model folder / repo id
     routing = load_routing_map(source if source.is_file() else resolve_model_folder(args.model))
-    print(format_routing_map(routing))
+    print(format_routing_map(routing, args.epoch))
     if args.png:
-        print(f"wrote {draw_routing_map(routing, args.png)}")
+        print(f"wrote {draw_routing_map(routing, args.png, args.epoch)}")
 
 
 def _evaluate(args):
@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     routing_sub = routing.add_subparsers(dest="routing_command", required=True)
     show = routing_sub.add_parser("show", help="the share of each task's sentences routed through each block")
     show.add_argument("model", help="model folder, Hub repo id or routing.json file")
-    show.add_argument("--png", help="also draw the map (one heatmap per task) into this PNG file")
+    show.add_argument("--png", help="also draw the map (one heatmap per task, and the shares over the epochs) into "
+                                    "this PNG file")
+    show.add_argument("--epoch", type=int, help="show this epoch's shares (1-based; default: the last epoch)")
     show.set_defaults(run=_routing_show)
 
     ev = sub.add_parser("evaluate", help="score a saved model on a split; prints a per-task table")

@@ -389,6 +389,20 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
     assert f"epoch {epochs}" in out and "ner layer 2:" in out and (tmp_path / "cli.png").is_file()
     cli_main(["routing", "show", str(folder / "routing.json")])  # a routing.json on its own (benchmark records)
     assert capsys.readouterr().out == out.replace(f"wrote {tmp_path / 'cli.png'}\n", "")
+    cli_main(["routing", "show", str(folder), "--epoch", "1"])
+    first = capsys.readouterr().out
+    shares = ", ".join(f"{name} {p:.3f}" for name, p in zip(routing["choices"][1], routing["epochs"][0]["ner"][1]))
+    assert "epoch 1: share of training sentences" in first and f"ner layer 2: {shares}" in first
+    with pytest.raises(ValueError, match=f"epoch {epochs + 1} is not in the routing map, which records epochs "
+                                         f"1..{epochs}"):
+        draw_routing_map(routing, tmp_path / "bad.png", epoch=epochs + 1)
+    # the shares over the epochs are drawn under the heatmaps once two epochs are recorded
+    one_epoch = draw_routing_map({**routing, "epochs": routing["epochs"][:1]}, tmp_path / "one.png")
+    assert _png_height(png) > _png_height(one_epoch)
+
+
+def _png_height(path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # the IHDR chunk: width, then height
 
 
 @pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},

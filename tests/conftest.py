@@ -156,6 +156,14 @@ def train_interrupted_and_resumed(data_dir: Path, tmp_path: Path, extra: dict, c
     return reference, run_training(config, resume=True, log=quiet)
 
 
+def assert_reloaded_model_scores_like_the_trained_one(results: dict) -> None:
+    """results.json's dev scores come from the model reloaded from model/, the history's from the in-memory model
+    at the selected epoch: they agree only if the folder holds everything the model needs (weights, masks,
+    policies, ...)."""
+    selected = results["history"][results["selected_epoch"] - 1]["dev"]
+    assert {task: round(r["score"], 4) for task, r in results["dev"].items()} == selected
+
+
 def assert_reloads_identically(folder: Path, tmp_path: Path, config):
     """The model in ``folder`` has ``config``'s model settings, and saving and loading it again changes neither
     its weights nor its predictions on TINY_SENTENCES; returns the loaded model."""

@@ -13,7 +13,8 @@ from sparseshare.config import ConfigError
 from sparseshare.model import MultiTaskTagger
 from sparseshare.training import run_training
 
-from conftest import assert_reloads_identically, train_interrupted_and_resumed
+from conftest import assert_reloaded_model_scores_like_the_trained_one, assert_reloads_identically
+from conftest import train_interrupted_and_resumed
 from conftest import TINY_SCRATCH as SCRATCH, TINY_TASKS as TASKS
 from conftest import quiet as _quiet, tiny_batch as _batch, tiny_config as _config, tiny_model as _model
 
@@ -318,6 +319,7 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
     folder = tmp_path / "model"
     assert json.loads((folder / "config.json").read_text())["model"]["sharing"] == extra["model.sharing"]
     model = assert_reloads_identically(folder, tmp_path, config)
+    assert_reloaded_model_scores_like_the_trained_one(results)
     again, a = MultiTaskTagger.from_pretrained(tmp_path / "again"), load_file(str(folder / "model.safetensors"))
     card = (folder / "README.md").read_text()
     assert ("Maximum Roaming" if extra["model.sharing"] == "roaming" else "Cross-stitch Networks") in card

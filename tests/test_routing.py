@@ -20,7 +20,7 @@ from sparseshare.sharing.routing import (RouterMLP, dispatch, draw_routing_map, 
                                          wpl_update)
 from sparseshare.training import run_training
 
-from conftest import train_interrupted_and_resumed
+from conftest import assert_reloaded_model_scores_like_the_trained_one, train_interrupted_and_resumed
 from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS
 from conftest import quiet as _quiet, tiny_batch as _batch, tiny_config as _config, tiny_model as _model
 
@@ -352,6 +352,7 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
     config = _config(tiny_corpus, tmp_path, **extra, **{"train.epochs": 2})
     results = run_training(config, log=_quiet)
     assert set(results["dev"]) == set(TASKS)
+    assert_reloaded_model_scores_like_the_trained_one(results)
     folder = tmp_path / "model"
     routing = json.loads((folder / "routing.json").read_text())
     model = MultiTaskTagger.from_pretrained(folder)

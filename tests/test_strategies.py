@@ -14,7 +14,7 @@ from sparseshare.data.vocab import Vocab
 from sparseshare.model import MultiTaskTagger
 from sparseshare.training import build_model, check_resume_config, load_task_data, run_training
 
-from conftest import assert_reloads_identically
+from conftest import assert_reloaded_model_scores_like_the_trained_one, assert_reloads_identically
 from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS
 from conftest import quiet as _quiet, tiny_batch as _batch, tiny_config as _config, tiny_model as _model
 
@@ -259,6 +259,7 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
     saved = json.loads((folder / "config.json").read_text())["model"]
     assert saved["sharing"] == extra["model.sharing"]
     model = assert_reloads_identically(folder, tmp_path, config)
+    assert_reloaded_model_scores_like_the_trained_one(results)
     if extra["model.sharing"] == "bottom":  # the bottoms started equal and were trained apart by their tasks
         pos, ner = (dict(model.sharing.bottom[t].named_parameters()) for t in ("pos", "ner"))
         assert any(not torch.equal(pos[n], ner[n]) for n in pos)

@@ -12,7 +12,8 @@ from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing import STRATEGIES
 from sparseshare.training import run_training
 
-from conftest import TINY_SENTENCES, quiet, tiny_batch, tiny_bert_overrides, tiny_model
+from conftest import TINY_SENTENCES, assert_reloaded_model_scores_like_the_trained_one, quiet, tiny_batch
+from conftest import tiny_bert_overrides, tiny_model
 
 
 def _overrides(corpus, out, bert, **extra):
@@ -161,7 +162,7 @@ class _Pass(torch.nn.Module):
 ])
 def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
     config = load_config(None, _overrides(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, **extra}))
-    run_training(config, log=quiet)
+    assert_reloaded_model_scores_like_the_trained_one(run_training(config, log=quiet))
     model = MultiTaskTagger.from_pretrained(tmp_path / "model")
     assert model.config.sharing == sharing
     first = model.predict(TINY_SENTENCES)

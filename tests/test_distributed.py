@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, tiny_bert_overrides, tiny_config, tiny_model, tiny_overrides
+from conftest import ROOT, TINY_SCRATCH, tiny_bert_overrides, tiny_config, tiny_model, tiny_overrides
 
 
 def _launch(args: list[str], overrides: list[str], script: Path = ROOT / "recipes" / "train.py"):
@@ -102,6 +102,8 @@ STRATEGY_OPTIONS = {
     # on a Hugging Face Transformer, through the stand-ins for its layers (sparseshare/sharing/hf_layers.py)
     "cross_stitch on a tiny BERT": {"model.sharing": "cross_stitch"},
     "roaming on a tiny BERT": {"model.sharing": "roaming", "model.roaming_delta": 2},
+    "bottom on a tiny BERT": {"model.sharing": "bottom"},
+    "roaming on the scratch Transformer": {"model.sharing": "roaming", "model.roaming_delta": 2, **TINY_SCRATCH},
 }
 
 

@@ -92,7 +92,8 @@ def test_push_without_network_fails_clearly(model_dir):
     (["export", "{model}", "{tmp}/out", "--task", "srl"], None, "unknown task(s) ['srl']"),
     (["train", "train.lrr=0.1"], None, "unknown config key 'train.lrr'"),
     (["train", "tasks=[nerr]", "train.epochs=1"], None, "unknown task 'nerr'"),
-    (["train", "model.sharing=soft"], None, "unknown strategy 'soft'"),
+    (["train", "model.sharing=soft"], None, "unknown strategy 'soft'; valid: ['bottom', 'cross_stitch', 'hard', "
+                                            "'hierarchical', 'roaming', 'routing', 'single', 'sparse']"),
 ])
 def test_errors_are_clear(model_dir, tmp_path, args, stdin, message):
     model, _ = model_dir

@@ -191,13 +191,18 @@ def test_routing_routers_stay_identical_across_two_processes_and_reload(tiny_cor
     assert len(model.predict([["John", "lives", "in", "Paris", "."]])["ner"][0]) == 5
 
 
-def test_routing_on_a_tiny_bert_trains_under_two_processes_with_identical_routers(tiny_corpus, tmp_path, tiny_bert):
-    """The routed stand-ins for a Transformer's layers (blocks a process may not run at a step) under DDP."""
-    extra = {"model.sharing": "routing", "model.routing_pass": "true"}
+@pytest.mark.parametrize("router", ["wpl", "reinforce"])
+def test_routing_on_a_tiny_bert_trains_under_two_processes_with_identical_routers(tiny_corpus, tmp_path, tiny_bert,
+                                                                                  router):
+    """The routed stand-ins for a Transformer's layers (blocks a process may not run at a step) under DDP; the
+    REINFORCE router reads each sentence's pooled subword states."""
+    extra = {"model.sharing": "routing", "model.routing_pass": "true", "model.routing_router": router}
     out, script = tmp_path / "two", tmp_path / "router_state.py"
     script.write_text(ROUTER_STATE_SCRIPT)
     _launch(["--multi_gpu", "--num_processes", "2"], tiny_bert_overrides(tiny_corpus, out, tiny_bert, **extra), script)
     ranks = [load_file(str(out / f"router_state_{rank}.safetensors")) for rank in (0, 1)]
     assert [name for name in ranks[0] if not torch.equal(ranks[0][name], ranks[1][name])] == []
     assert ranks[0]["usage"].sum() == 3 * 3 * 48  # 3 layers x 3 tasks x 48 sentences
+    if router == "reinforce":  # the MLPs learned (their output layers start at zero)
+        assert all(ranks[0][f"routers.{layer}.w2"].any() for layer in range(3))
     assert json.loads((out / "results.json").read_text())["num_processes"] == 2

@@ -91,9 +91,9 @@ class ModelConfig:
     routing_blocks: int | list[int] = 2
     # sharing: routing only: also offer a PASS block (the identity) at every layer whose input and output widths agree
     routing_pass: bool = False
-    # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one agent, an MLP per
-    # layer over the layer input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE dispatcher
-    # assigns each sentence to one of model.routing_agents tabular WPL agents)
+    # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one agent, an MLP
+    # per layer over the layer input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE
+    # dispatcher assigns each sentence to one of model.routing_agents tabular WPL agents)
     routing_router: str = "wpl"
     # sharing: routing with routing_router: dispatched only: the number of WPL agents (0: one per task)
     routing_agents: int = 0
@@ -348,7 +348,8 @@ def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
 STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming",
                     "roaming_fixed": "roaming",
                     "routing_blocks": "routing", "routing_pass": "routing", "routing_router": "routing",
-                    "routing_rho": "routing", "routing_history": "routing", "routing_lr": "routing", "routing_agents": "routing"}
+                    "routing_rho": "routing", "routing_history": "routing", "routing_lr": "routing",
+                    "routing_agents": "routing"}
 ROUTERS = ("wpl", "reinforce", "dispatched")
 
 

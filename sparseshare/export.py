@@ -7,7 +7,6 @@ folded into the down projections, a WPL router's greedy blocks) and its softmax 
 What cannot be exported is refused with the reason:
 
 - strategies whose task path is not one plain model: cross-stitch, routers that choose per sentence;
-
 - BiLSTM (and scratch-Transformer) encoders have no transformers architecture to map onto;
 - a CRF head decodes with Viterbi over transition scores, which a token-classification model (argmax per
   token) cannot reproduce, so the export would predict differently: train with ``model.head: softmax``.

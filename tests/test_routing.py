@@ -122,6 +122,17 @@ def test_routing_history_window_counts_only_the_last_batches(tiny_corpus, tmp_pa
     assert int(s.recent_next) == 3
 
 
+def test_a_model_saved_before_the_history_window_existed_still_loads(tiny_corpus, tmp_path):
+    from safetensors.torch import save_file
+
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING))
+    folder = model.save_pretrained(tmp_path / "model")
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["sharing.recent"], weights["sharing.recent_next"]
+    save_file(weights, str(folder / "model.safetensors"))
+    assert MultiTaskTagger.from_pretrained(folder).predict(SENTENCES) == model.predict(SENTENCES)
+
+
 # -- routing and evaluation ------------------------------------------------------------------------------------------
 def test_greedy_evaluation_is_deterministic_and_takes_the_argmax_wpl(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **SCRATCH,

@@ -327,6 +327,9 @@ class RoutingNetwork(SharingStrategy):
         key = prefix + "map_history"
         if key in state_dict and state_dict[key].shape != self.map_history.shape:
             self.map_history = self.map_history.new_zeros(state_dict[key].shape)
+        if not self.history:  # models saved before model.routing_history existed have no (empty) window to load
+            for name in ("recent", "recent_next"):
+                state_dict.setdefault(prefix + name, getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def historical_probs(self) -> torch.Tensor:

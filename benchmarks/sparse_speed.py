@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -53,13 +54,15 @@ def main():
     runs = {"hard": (hard, build_optimizer(hard_config, hard)), "sparse": (sparse, build_optimizer(config, sparse))}
 
     plan = round_robin_plan(data, list(data), args.steps * args.repeats)
+    counters = {name: itertools.count(1) for name in runs}
 
     def run(name, block):
         model, optimizer = runs[name]
         def take_masks(task):  # the masked optimiser updates the task's masked weights only
             optimizer.set_masks(model.sharing.parameter_masks(task))
 
-        return run_block(model, optimizer, data, block, before_step=take_masks if name == "sparse" else None)
+        return run_block(model, optimizer, data, block, steps=counters[name],
+                         before_step=take_masks if name == "sparse" else None)
 
     seconds = alternating_seconds(run, ["hard", "sparse"], plan, args.steps, args.repeats, warmup=plan[:6])
     steps = args.steps * args.repeats

@@ -4,7 +4,6 @@ hits all alike. One step is what run_training does: collate, forward, backward (
 hand the per-sentence losses to the sharing strategy, clip to 5, optimiser step, the strategy's after_step."""
 from __future__ import annotations
 
-import itertools
 import time
 
 import numpy as np
@@ -20,13 +19,13 @@ def round_robin_plan(data, tasks: list[str], steps: int, batch_size: int = 32) -
     return [(tasks[i % len(tasks)], order[tasks[i % len(tasks)]][i // len(tasks)]) for i in range(steps)]
 
 
-def run_block(model, optimizer, data, block, word_ids: bool = True, before_step=None, steps=None) -> float:
-    """Seconds to train ``model`` on the batches of ``block``. ``word_ids``: collate with the word ids cached
-    in the task data (only valid for the vocabulary they were computed with). ``before_step(task)`` runs before
-    each optimiser step (e.g. a masked optimiser takes the task's masks). ``steps``: an ``itertools.count(1)`` that
-    numbers the model's steps across blocks, for ``after_step`` (a fresh count by default)."""
+def run_block(model, optimizer, data, block, *, steps, word_ids: bool = True, before_step=None) -> float:
+    """Seconds to train ``model`` on the batches of ``block``. ``steps``: the model's own ``itertools.count(1)``,
+    kept across its blocks, that numbers its steps for ``after_step`` (roaming moves its masks every delta steps).
+    ``word_ids``: collate with the word ids cached in the task data (only valid for the vocabulary they were
+    computed with). ``before_step(task)`` runs before each optimiser step (e.g. a masked optimiser takes the
+    task's masks)."""
     model.train()
-    steps = steps if steps is not None else itertools.count(1)
     started = time.perf_counter()
     for task, index in block:
         d = data[task]

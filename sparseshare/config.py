@@ -318,6 +318,15 @@ def validate(config: Config) -> None:
     validate_sparse(config.sparse)
 
 
+def upgrade_saved_model_config(model: dict) -> dict:
+    """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a checkpointed
+    run's config.yaml) in today's spelling: the fixed random partition of roaming was ``roaming_delta: 0`` before
+    ``roaming_fixed`` existed. Configs given to a new run are not upgraded: there, Δ < 1 is an error."""
+    if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
+        model = {**model, "roaming_delta": ModelConfig.roaming_delta, "roaming_fixed": True}
+    return model
+
+
 def config_depth(model: ModelConfig) -> tuple[str, int] | None:
     """``(key, layers)`` of the encoder depth the config sets, or None when only the loaded model knows it
     (a Hugging Face Transformer)."""
@@ -380,6 +389,13 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
         raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {model.routing_rho}")
     if model.routing_lr <= 0:
         raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {model.routing_lr}")
+    if model.sharing == "routing" and model.routing_pass and model.encoder == "bilstm":
+        b = model.bilstm  # the first layer reads the word (+ char) embeddings, the others the 2 x hidden states
+        inputs = [b.word_dim + b.char_filters] + [2 * b.hidden] * (b.layers - 1)
+        if 2 * b.hidden not in inputs:
+            raise ConfigError(f"config key 'model.routing_pass': no encoder layer can be skipped (PASS needs a layer "
+                              f"whose input width equals its output width {2 * b.hidden}; the layers' inputs are "
+                              f"{inputs}): add a layer or set it to false")
     if model.routing_history < 0:
         raise ConfigError(f"config key 'model.routing_history' must be >= 0 (0 = every batch since the start), "
                           f"got {model.routing_history}")

@@ -24,7 +24,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import __version__
-from .config import ModelConfig, _build
+from .config import ModelConfig, _build, upgrade_saved_model_config
 from .data.batching import Batch, Featurizer, bucketed_batches
 from .data.schemes import convert
 from .data.vocab import Vocab, load_json, save_json
@@ -191,7 +191,7 @@ class MultiTaskTagger(nn.Module):
                              f"{written_by}) is not supported by sparseshare {__version__}, which reads format "
                              f"{FORMAT_VERSION}; {advice}")
         try:
-            model_config = _build(ModelConfig, config["model"], "model")
+            model_config = _build(ModelConfig, upgrade_saved_model_config(config["model"]), "model")
             tasks = [TaskSpec.from_dict(spec, source=f"tasks.{name}") for name, spec in config["tasks"].items()]
             data_options = {"lowercase": bool(config["data"]["lowercase"]),
                             "normalize_digits": bool(config["data"]["normalize_digits"])}

@@ -21,7 +21,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from .config import Config, validate
+from .config import Config, upgrade_saved_model_config, validate
 from .data.batching import bucketed_batches
 from .data.corpus import load_split
 from .data.schedules import epoch_plan
@@ -269,6 +269,8 @@ RESUMABLE_CHANGES = {"train.epochs", "train.patience", "train.progress_bar", "tr
 
 
 def check_resume_config(saved: dict, current: dict) -> None:
+    if isinstance(saved.get("model"), dict):
+        saved = {**saved, "model": upgrade_saved_model_config(saved["model"])}
     old, new = _flat("", saved, {}), _flat("", current, {})
     # A key the checkpointed run's config.yaml lacks was added to sparseshare later: that run used its default.
     old = {**{k: v for k, v in _flat("", Config().to_dict(), {}).items() if k in new}, **old}

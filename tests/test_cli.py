@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from sparseshare.sharing import STRATEGIES
+
 from conftest import ROOT, tiny_overrides, write_tiny_corpus
 
 
@@ -92,8 +94,7 @@ def test_push_without_network_fails_clearly(model_dir):
     (["export", "{model}", "{tmp}/out", "--task", "srl"], None, "unknown task(s) ['srl']"),
     (["train", "train.lrr=0.1"], None, "unknown config key 'train.lrr'"),
     (["train", "tasks=[nerr]", "train.epochs=1"], None, "unknown task 'nerr'"),
-    (["train", "model.sharing=soft"], None, "unknown strategy 'soft'; valid: ['bottom', 'cross_stitch', 'hard', "
-                                            "'hierarchical', 'roaming', 'routing', 'single', 'sparse']"),
+    (["train", "model.sharing=soft"], None, f"unknown strategy 'soft'; valid: {sorted(STRATEGIES)}"),
 ])
 def test_errors_are_clear(model_dir, tmp_path, args, stdin, message):
     model, _ = model_dir

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from sparseshare.config import Config, ConfigError, config_from_dict, load_config, parse_override
+from sparseshare.sharing import STRATEGIES
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -139,8 +140,7 @@ def test_section_given_a_scalar():
         ("model.head=mlp", "model.head", ["crf", "softmax"]),
         ("train.optimizer=adam", "train.optimizer", ["sgd", "adamw"]),
         ("data.source=s3", "data.source", ["local", "hub"]),
-        ("model.sharing=sparse_magic", "model.sharing", ["bottom", "cross_stitch", "hard", "hierarchical", "roaming",
-                                                          "routing", "single", "sparse"]),
+        ("model.sharing=sparse_magic", "model.sharing", sorted(STRATEGIES)),
     ],
 )
 def test_invalid_choice_names_key_and_valid_values(override, key, valid):

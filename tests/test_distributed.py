@@ -153,11 +153,12 @@ state = {name: b.detach().cpu().contiguous() for name, b in built[-1].sharing.na
 save_file(state, str(Path(config.output_dir) / f"router_state_{dist.get_rank()}.safetensors"))
 dist.destroy_process_group()
 """
-ROUTER_STATE = {"wpl": ["policy", "q", "q_seen", "usage", "rng_state"],
+ROUTER_STATE = {"wpl": ["policy", "q", "q_seen", "usage", "recent", "recent_next", "rng_state"],
                 "reinforce": ["routers.0.w1", "routers.0.b1", "routers.0.w2", "routers.0.b2", "routers.1.w1",
                               "routers.1.b1", "routers.1.w2", "routers.1.b2", "baseline", "usage", "rng_state"],
                 "dispatched": ["policy", "q", "q_seen", "usage", "dispatcher.w1", "dispatcher.b1", "dispatcher.w2",
                                "dispatcher.b2", "dispatch_baseline", "dispatch_counts", "rng_state"]}
+ROUTER_OPTIONS = {"wpl": {"model.routing_history": 4}}  # the collaboration reward's window of recent batches too
 
 
 @pytest.mark.parametrize("router", sorted(ROUTER_STATE))
@@ -167,7 +168,8 @@ def test_routing_routers_stay_identical_across_two_processes_and_reload(tiny_cor
     # (Without the all_reduce in observe_losses, usage, policy and q, or the router MLPs and baseline, differ.)
     from sparseshare.model import MultiTaskTagger
 
-    extra = {"model.sharing": "routing", "model.routing_router": router, "train.epochs": 1}
+    extra = {"model.sharing": "routing", "model.routing_router": router, "train.epochs": 1,
+             **ROUTER_OPTIONS.get(router, {})}
     out, script = tmp_path / "two", tmp_path / "router_state.py"
     script.write_text(ROUTER_STATE_SCRIPT)
     _launch(["--multi_gpu", "--num_processes", "2"], tiny_overrides(tiny_corpus, out, **extra), script)

@@ -78,7 +78,8 @@ def test_roaming_fixed_is_the_fixed_partition_baseline(tiny_corpus, tmp_path):
     """The masks roaming starts from (same seed), never moved."""
     model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true"}))
     roaming, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING))
-    model.sharing.initialize(7), roaming.sharing.initialize(7)
+    model.sharing.initialize(7)
+    roaming.sharing.initialize(7)
     before = model.sharing.masks.clone()
     assert torch.equal(before, roaming.sharing.masks)
     for step in range(1, 301):
@@ -287,6 +288,28 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
 def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(tiny_corpus, tmp_path, **overrides)
+
+
+def test_a_fixed_partition_saved_as_delta_zero_loads_and_resumes_as_roaming_fixed(tiny_corpus, tmp_path):
+    """Before model.roaming_fixed, the fixed partition was saved as roaming_delta: 0 (model folders, the config.yaml
+    of checkpointed runs); a new config with Δ = 0 is still an error."""
+    from sparseshare.training import check_resume_config
+
+    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true"})
+    model, _ = _model(config)
+    folder = model.save_pretrained(tmp_path / "model")
+    saved = json.loads((folder / "config.json").read_text())
+    saved["model"].pop("roaming_fixed")
+    saved["model"]["roaming_delta"] = 0
+    (folder / "config.json").write_text(json.dumps(saved))
+    loaded = MultiTaskTagger.from_pretrained(folder)
+    assert loaded.config == config.model and loaded.sharing.delta == 0
+    old_run = config.to_dict()
+    old_run["model"].pop("roaming_fixed")
+    old_run["model"]["roaming_delta"] = 0
+    check_resume_config(old_run, config.to_dict())  # the same run, in the old spelling: resumable
+    with pytest.raises(ValueError, match=r"model.roaming_fixed: True -> False"):
+        check_resume_config(old_run, _config(tiny_corpus, tmp_path, **ROAMING).to_dict())
 
 
 def test_run_training_validates_a_config_built_in_python(tiny_corpus, tmp_path):

@@ -342,13 +342,17 @@ def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, messa
         _config(tiny_corpus, tmp_path, **overrides)
 
 
-def test_pass_where_no_layer_can_be_skipped_is_rejected_when_built(tiny_corpus, tmp_path):
-    """A 1-layer BiLSTM's only layer maps the word embeddings to 2 x hidden: PASS would change the width."""
-    config = _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_pass": "true", "model.bilstm.layers": 1})
+def test_pass_where_no_layer_can_be_skipped_is_rejected(tiny_corpus, tmp_path):
+    """A 1-layer BiLSTM's only layer maps the word (+ char) embeddings to 2 x hidden: PASS would change the width."""
     with pytest.raises(ConfigError, match=r"'model.routing_pass': no encoder layer can be skipped \(PASS needs a "
                                           r"layer whose input width equals its output width 32; the layers' inputs "
                                           r"are \[\d+\]\)"):
-        _model(config)
+        _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_pass": "true", "model.bilstm.layers": 1})
+    # where the embeddings happen to be as wide as the states, the first layer can be skipped
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_pass": "true", "model.bilstm.layers": 1, "model.bilstm.word_dim": 32,
+        "model.bilstm.char_filters": 0}))
+    assert model.sharing.has_pass == [True]
 
 
 # -- training, saving, reloading, resuming ---------------------------------------------------------------------------

@@ -241,10 +241,6 @@ class RoutingNetwork(SharingStrategy):
             encoder.layers = nn.ModuleList()  # the blocks own the layers now: no unused originals
             self.in_dims = [self._in_dim(layer) for layer in layers]
             self.has_pass = [bool(config.routing_pass) and d == encoder.output_dim for d in self.in_dims]
-            if config.routing_pass and not any(self.has_pass):
-                raise ConfigError(f"config key 'model.routing_pass': no encoder layer can be skipped (PASS needs a "
-                                  f"layer whose input width equals its output width {encoder.output_dim}; the "
-                                  f"layers' inputs are {self.in_dims}): add a layer or set it to false")
             # block 0 is the encoder's own layer, the others copies of its initialisation
             self.blocks = nn.ModuleList(nn.ModuleList([layer] + [_copy(layer) for _ in range(k - 1)])
                                         for layer, k in zip(layers, self.copies))

@@ -43,6 +43,9 @@ RUNS = {
     "roaming": ("conll03_hard", ["model.sharing=roaming", "model.roaming_delta=40"]),
     "roaming_fixed": ("conll03_hard", ["model.sharing=roaming", "model.roaming_fixed=true"]),
     "routing": ("conll03_hard", ["model.sharing=routing"]),
+    # the collaboration reward over the last 8 batches (256 sentences, the official code's window of 256 decisions)
+    # instead of all of training
+    "routing_window": ("conll03_hard", ["model.sharing=routing", "model.routing_history=8"]),
 }
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 

@@ -260,14 +260,10 @@ def _hierarchical_section(model) -> list[str]:
 
 def _bottom_section(model) -> list[str]:
     s = model.sharing
-    own = sum(p.numel() for name, p in s.named_parameters() if _owned_by(name, s.tasks[0], s.hf))
     return ["## Separate bottom layers", "",
             f"Each task owns the lowest {s.bottom_layers} of the encoder's {s.num_layers} layers "
-            f"({own:,} parameters per task); the layers above and the embeddings are shared by all tasks."]
-
-
-def _owned_by(name: str, task: str, hf: bool) -> bool:
-    return f".copies.{task}." in name if hf else name.startswith(f"bottom.{task}.")
+            f"({s.own_parameters(s.tasks[0]):,} parameters per task); the layers above and the embeddings are "
+            f"shared by all tasks."]
 
 
 def _cross_stitch_section(model) -> list[str]:

@@ -81,6 +81,11 @@ class BottomSharing(SharingStrategy):
             layer.task = task
         return self.encoder.top_features(batch, rows=rows)[0]
 
+    def own_parameters(self, task: str) -> int:
+        """The number of parameters of ``task``'s own bottom layers."""
+        own = [layer.copies[task] for layer in self.task_switches] if self.hf else [self.bottom[task]]
+        return sum(p.numel() for module in own for p in module.parameters())
+
     def task_encoder_state(self, task):
         if not self.hf:
             return super().task_encoder_state(task)

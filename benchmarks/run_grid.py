@@ -46,6 +46,10 @@ RUNS = {
     # the collaboration reward over the last 8 batches (256 sentences, the official code's window of 256 decisions)
     # instead of all of training
     "routing_window": ("conll03_hard", ["model.sharing=routing", "model.routing_history=8"]),
+    # the paper's other routers: one REINFORCE agent (an MLP over the representation and the task), and a REINFORCE
+    # dispatcher over one WPL agent per task
+    "routing_reinforce": ("conll03_hard", ["model.sharing=routing", "model.routing_router=reinforce"]),
+    "routing_dispatched": ("conll03_hard", ["model.sharing=routing", "model.routing_router=dispatched"]),
 }
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 

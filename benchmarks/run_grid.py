@@ -84,7 +84,7 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     if args.epochs:
         cmd.append(f"train.epochs={args.epochs}")
     cmd += args.overrides
-    if (out / "checkpoints").is_dir() or (sparse and (out / "config.yaml").is_file()):
+    if (out / "config.yaml").is_file():  # started before: continue it (from scratch if cut before a checkpoint)
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     timing = out / "wall_time.json"

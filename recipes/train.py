@@ -1,6 +1,6 @@
 """Train a (multi-task) tagger.
 
-    accelerate launch recipes/train.py --config recipes/configs/conll03_hard.yaml [key.sub=value ...] [--resume]
+    accelerate launch recipes/train.py --config recipes/configs/conll03_hard.yaml [key.sub=value ...] [--resume | --overwrite]
 
 Reads the config, trains with Accelerate (dev-based selection and early stopping), saves the selected
 model to <output_dir>/model and the dev/test scores to <output_dir>/results.json.

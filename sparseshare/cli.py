@@ -23,7 +23,7 @@ def _train(args):
     from .training import run_training
 
     config = load_config(args.config, args.overrides)
-    run_training(config, resume=args.resume, command=command_line())
+    run_training(config, resume=args.resume, overwrite=args.overwrite, command=command_line())
 
 
 def _train_sparse(args):
@@ -31,7 +31,7 @@ def _train_sparse(args):
     from .sparse.pipeline import run_sparse
 
     config = load_config(args.config, args.overrides)
-    run_sparse(config, resume=args.resume, command=command_line())
+    run_sparse(config, resume=args.resume, overwrite=args.overwrite, command=command_line())
 
 
 def _masks_show(args):
@@ -78,10 +78,31 @@ def _evaluate(args):
 
 
 def _read_lines(path: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file or stdin (``-``). Lines end at LF, CRLF or CR; a leading byte-order
+    mark is dropped; bytes that are not UTF-8 text, or NUL bytes (binary input), are an error naming the line."""
+    source = "stdin" if path == "-" else path
     if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
+        data = sys.stdin.buffer.read()
+    else:
+        if Path(path).is_dir():
+            raise ValueError(f"{path} is a directory; give a text file, or - for stdin")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+        data = Path(path).read_bytes()
+    lines = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{source}:{number}: not valid UTF-8 ({err.reason} at byte {err.start} of the line); "
+                             f"sparseshare tag reads UTF-8 text") from None
+        if "\x00" in text:
+            raise ValueError(f"{source}:{number}: a NUL byte; this looks like binary data, not text")
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        if text.strip():
+            lines.append(text)
+    return lines
 
 
 def _tag(args):
@@ -143,12 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML config")
     train.add_argument("--config", help="YAML config (recipes/configs/*.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in output_dir (its checkpoints, model and results) instead of refusing")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.dir=../shared/data/conll2003")
     train.set_defaults(run=_train)
 
     sparse = sub.add_parser("train-sparse", help="the sparse-sharing pipeline: warm-up, mask search, joint training")
     sparse.add_argument("--config", help="YAML config (recipes/configs/*sparse*.yaml)")
     sparse.add_argument("--resume", action="store_true", help="continue the pipeline in output_dir where it stopped")
+    sparse.add_argument("--overwrite", action="store_true",
+                        help="replace the pipeline's outputs in output_dir instead of refusing")
     sparse.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. sparse.rounds=3")
     sparse.set_defaults(run=_train_sparse)
 
@@ -212,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from .training import TrainingDiverged
+
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, TrainingDiverged) as err:  # OSError: a missing file, a directory for a file, ...
         raise SystemExit(f"sparseshare {args.command}: error: {err}") from None
     finally:
         _close_process_group()

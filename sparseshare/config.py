@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,13 +190,18 @@ def _check_type(value, hint, path):
         if option is type(None) and value is None:
             return None
         if base is float and not isinstance(value, bool):
+            number = None
             if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                number = float(value)
+            elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     pass
+            if number is not None:
+                if not math.isfinite(number):  # nan / inf would train a model of NaNs without an error
+                    raise ConfigError(f"config key {path!r} must be a finite number, got {value!r}")
+                return number
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if base is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans
@@ -216,20 +222,44 @@ def _check_type(value, hint, path):
     raise ConfigError(f"config key {path!r}: {value!r} is not a valid {hint}")
 
 
+def read_yaml(path: Path):
+    """A YAML file's content; syntax errors and undecodable bytes name the file and line."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is dropped
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.subkey=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(err, 'problem', err)})") from None
+    return key.strip().split("."), value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     data: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must be a YAML mapping")
     for override in overrides:
@@ -274,31 +304,16 @@ def validate(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
-    positive = {"train.epochs": config.train.epochs, "train.batch_size": config.train.batch_size,
-                "train.eval_batch_size": config.train.eval_batch_size, "train.lr": config.train.lr,
-                "train.checkpoint_every": config.train.checkpoint_every, "train.temperature": config.train.temperature,
-                "train.keep_checkpoints": config.train.keep_checkpoints}
-    if t.head_lr is not None:
-        positive["train.head_lr"] = t.head_lr
-    if config.data.max_train_sentences is not None:
-        positive["data.max_train_sentences"] = config.data.max_train_sentences
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key {key!r} must be > 0, got {value}")
-    for key, value in {"train.warmup_steps": t.warmup_steps, "train.patience": t.patience,
-                       "train.momentum": t.momentum, "train.weight_decay": t.weight_decay,
-                       "train.lr_decay": t.lr_decay}.items():
-        if value < 0:
-            raise ConfigError(f"config key {key!r} must be >= 0, got {value}")
+    check_number_ranges(config)
     if t.warmup_steps and t.lr_schedule in ("constant", "inverse_time"):
         raise ConfigError(f"config key 'train.warmup_steps' ({t.warmup_steps}) has no effect with "
                           f"train.lr_schedule={t.lr_schedule!r}; use constant_with_warmup, linear or cosine")
-    if config.model.bilstm.char_kernel < 1 or config.model.bilstm.char_kernel % 2 == 0:
+    if config.model.bilstm.char_kernel % 2 == 0:
         raise ConfigError(f"config key 'model.bilstm.char_kernel' must be odd (same-length convolution), "
                           f"got {config.model.bilstm.char_kernel}")
-    for key in ("word_dim", "hidden", "layers", "char_dim"):
-        if getattr(config.model.bilstm, key) < 1:
-            raise ConfigError(f"config key 'model.bilstm.{key}' must be >= 1")
+    if config.model.scratch.dim % config.model.scratch.heads:
+        raise ConfigError(f"config key 'model.scratch.dim' ({config.model.scratch.dim}) must be divisible by "
+                          f"model.scratch.heads ({config.model.scratch.heads})")
     from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
 
     if config.model.sharing not in STRATEGIES:
@@ -310,12 +325,50 @@ def validate(config: Config) -> None:
     if config.model.sharing == "single" and len(config.tasks) != 1:
         raise ConfigError(f"config key 'model.sharing' = 'single' trains exactly one task, config key 'tasks' lists "
                           f"{len(config.tasks)}: {config.tasks}; use 'hard' (or another strategy) for several")
-    for key in ("dropout", "word_dropout"):
-        value = getattr(config.model.bilstm, key)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"config key 'model.bilstm.{key}' must be in [0, 1), got {value}")
     validate_layer_options(config.model, config.tasks)
     validate_sparse(config.sparse)
+
+
+# Every numeric key outside the strategy and sparse sections, as an interval: "> 0", ">= 1", "[0, 1)".
+# Non-finite values never get here (_check_type rejects them); a null optional key is not checked.
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, PROBABILITY = "> 0", ">= 0", ">= 1", "[0, 1)"
+NUMBER_RANGES = {
+    "data.max_train_sentences": POSITIVE, "data.min_word_count": AT_LEAST_ONE,
+    "model.bilstm.word_dim": AT_LEAST_ONE, "model.bilstm.char_dim": AT_LEAST_ONE,
+    "model.bilstm.char_filters": NON_NEGATIVE, "model.bilstm.char_kernel": AT_LEAST_ONE,
+    "model.bilstm.hidden": AT_LEAST_ONE, "model.bilstm.layers": AT_LEAST_ONE,
+    "model.bilstm.dropout": PROBABILITY, "model.bilstm.word_dropout": PROBABILITY,
+    "model.transformer.max_length": ">= 3", "model.transformer.stride": NON_NEGATIVE,
+    "model.transformer.dropout": PROBABILITY,
+    "model.scratch.dim": AT_LEAST_ONE, "model.scratch.layers": AT_LEAST_ONE, "model.scratch.heads": AT_LEAST_ONE,
+    "model.scratch.ff": AT_LEAST_ONE, "model.scratch.dropout": PROBABILITY, "model.scratch.max_positions": AT_LEAST_ONE,
+    "train.seed": "[0, 4294967295]", "train.epochs": POSITIVE, "train.batch_size": POSITIVE,
+    "train.eval_batch_size": POSITIVE, "train.temperature": POSITIVE, "train.lr": POSITIVE, "train.head_lr": POSITIVE,
+    "train.momentum": PROBABILITY, "train.weight_decay": NON_NEGATIVE, "train.clip": POSITIVE,
+    "train.warmup_steps": NON_NEGATIVE, "train.lr_decay": NON_NEGATIVE, "train.patience": NON_NEGATIVE,
+    "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE,
+}
+HINTS = {"train.clip": " (null switches clipping off)", "train.patience": " (0 switches early stopping off)"}
+
+
+def in_interval(value: float, interval: str) -> bool:
+    if interval.startswith(("[", "(")):
+        low, high = (float(v) for v in interval[1:-1].split(","))
+        above = value >= low if interval[0] == "[" else value > low
+        return above and (value <= high if interval[-1] == "]" else value < high)
+    op, bound = interval.split()
+    return value > float(bound) if op == ">" else value >= float(bound)
+
+
+def check_number_ranges(config: Config) -> None:
+    for key, interval in NUMBER_RANGES.items():
+        section, *rest = key.split(".")
+        value = getattr(config, section)
+        for name in rest:
+            value = getattr(value, name)
+        if value is not None and not in_interval(value, interval):
+            wanted = f"in {interval}" if interval[0] in "[(" else interval
+            raise ConfigError(f"config key {key!r} must be {wanted}{HINTS.get(key, '')}, got {value}")
 
 
 def upgrade_saved_model_config(model: dict) -> dict:

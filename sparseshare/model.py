@@ -229,11 +229,14 @@ def _transformer_of(model: MultiTaskTagger) -> TransformerEncoder:
     raise RuntimeError("no Transformer encoder in this model")
 
 
-def _load_json_file(path: Path):
+def _load_json_file(path: Path) -> dict:
     try:
-        return load_json(path)
+        value = load_json(path)
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: corrupt JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: must hold a JSON object, found a {type(value).__name__}")
+    return value
 
 
 def _load_transformer_parts(folder: Path):
@@ -241,6 +244,7 @@ def _load_transformer_parts(folder: Path):
 
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"model folder is missing {folder / 'config.json'} (the Transformer encoder config)")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    encoder_config = AutoConfig.from_pretrained(str(folder))
-    return tokenizer, AutoModel.from_config(encoder_config)
+    # trust_remote_code=False: a folder whose files name custom code (auto_map) is refused, never executed
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    encoder_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    return tokenizer, AutoModel.from_config(encoder_config, trust_remote_code=False)

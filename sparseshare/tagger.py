@@ -97,7 +97,7 @@ class Tagger:
             for j, token in enumerate(sentence):
                 if not isinstance(token, str):
                     raise TypeError(f"sentences[{i}][{j}] must be a str, got {type(token).__name__}")
-                if not token.strip():
+                if not token.replace("\ufeff", "").strip():
                     raise ValueError(f"sentences[{i}][{j}] = {token!r}: a token must contain a non-space character")
         docs = [Doc(tokens=list(s), sentences=[(0, len(s))] if s else []) for s in sentences]
         self._tag_docs(docs, tasks, batch_size)

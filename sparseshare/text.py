@@ -30,6 +30,9 @@ SENTENCE_END = {".", "!", "?"}
 _URL_OR_EMAIL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.-]+)$", re.IGNORECASE)
 _INITIALS = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]?\.?$")  # U.S. / U.N. / e.g.
 _NUMBER = re.compile(r"^[+-]?\d[\d,.:/]*\d$|^\d$")  # 1,000  3.5  12:30  1/2
+# A byte-order mark (U+FEFF, e.g. left at the start of a file read without utf-8-sig) separates like a space
+# and is never part of a token; offsets still index the text as given.
+_WORD = re.compile(r"[^\s\ufeff]+")
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 _LIST_NUMBER = re.compile(r"^\d{1,3}\.$")
 _INNER_SPLIT = re.compile(r"(--+|\.\.\.+|…)")  # dashes and ellipses split even inside a word
@@ -47,7 +50,7 @@ def tokenize(text: str) -> list[Token]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     tokens: list[Token] = []
-    matches = list(re.finditer(r"\S+", text))
+    matches = list(_WORD.finditer(text))
     for i, match in enumerate(matches):
         start, chunk = match.start(), match.group()
         keep = (not tokens and _LIST_NUMBER.match(chunk)) or (  # "1. Hingis ...": a ranking or list item

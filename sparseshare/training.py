@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +27,14 @@ from .config import Config, upgrade_saved_model_config, validate
 from .data.batching import bucketed_batches
 from .data.corpus import load_split
 from .data.schedules import epoch_plan
-from .data.schemes import convert, first_invalid_transition
+from .data.schemes import convert
 from .data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab, build_word_vocab,
                          embedding_matrix, read_word_vectors)
 from .metrics import format_table, score_task
 from .model import MultiTaskTagger
 from .optim import MaskedAdamW, MaskedSGD
+from .run_folder import (check_run_folder, lock_for_all_processes, recover_folder, remove_outputs, replace_folder,
+                         write_json)
 from .sparse.masks import load_masks
 from .tasks import TaskSpec, load_task
 
@@ -70,7 +74,6 @@ def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
             log(f"[{spec.name}] no test split: {err}")
             test = None
         tokens = list(train["tokens"])  # plain lists: indexed per batch, Arrow access would be slow
-        check_scheme(spec, list(train["labels"]))
         labels = [convert(seq, spec.scheme, spec.train_scheme) for seq in train["labels"]]
         vocab = build_label_vocab(labels)
         ids = [[vocab[t] for t in seq] for seq in labels]
@@ -80,27 +83,13 @@ def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
     return result
 
 
-def check_scheme(spec: TaskSpec, sequences: list[list[str]]) -> None:
-    """Training labels must be well formed in the task's declared scheme: the CRF forbids ill-formed
-    transitions, so training on them would silently fight a -1e4 penalty."""
-    if spec.scheme not in ("iob2", "bioes"):
-        return
-    bad = [(i, j) for i, seq in enumerate(sequences) if (j := first_invalid_transition(seq, spec.scheme)) is not None]
-    if bad:
-        i, j = bad[0]
-        seq = sequences[i]
-        shown = f"{seq[j - 1] if j else '<s>'} -> {seq[j] if j < len(seq) else '</s>'}"
-        raise ValueError(f"task {spec.name!r}: {len(bad)} training sentence(s) are not valid {spec.scheme.upper()}; "
-                         f"the first is sentence {i} ({shown} at token {j}). If the corpus uses IOB1, set "
-                         f"'scheme: iob1' in the task file")
-
-
 def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
     all_train = [s for d in data.values() for s in d.train_tokens]
     bilstm = config.model.bilstm
     matrix = None
     if config.model.encoder in ("bilstm", "scratch"):
-        vectors_words, vectors = (read_word_vectors(bilstm.embeddings) if bilstm.embeddings else ([], None))
+        vectors_words, vectors = (read_word_vectors(bilstm.embeddings, "model.bilstm.embeddings")
+                                  if bilstm.embeddings else ([], None))
         if vectors is not None and vectors.shape[1] != bilstm.word_dim:
             raise ValueError(f"config key 'model.bilstm.word_dim' is {bilstm.word_dim} but {bilstm.embeddings} "
                              f"has {vectors.shape[1]}-d vectors")
@@ -227,9 +216,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainState, keep: int) -> None:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainState, keep: int,
+                    model: torch.nn.Module | None = None) -> None:
     """Write into a temporary folder and rename it into place, so that a crash mid-save never leaves a
     folder that looks complete (the epoch-end checkpoint may replace a step checkpoint of the same step)."""
+    check_finite(model, state)
     folder = output_dir / "checkpoints" / f"step_{state.global_step:08d}"
     partial = folder.with_name(folder.name + ".partial")
     if accelerator.is_main_process and partial.exists():
@@ -239,20 +230,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainStat
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1))
-        _replace_folder(partial, folder)
+        replace_folder(partial, folder)
         for old in _checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model_atomically(model: MultiTaskTagger, folder: Path, extra: dict) -> None:
@@ -260,7 +241,54 @@ def save_model_atomically(model: MultiTaskTagger, folder: Path, extra: dict) -> 
     if partial.exists():
         shutil.rmtree(partial)
     model.save_pretrained(partial, extra=extra)
-    _replace_folder(partial, folder)
+    replace_folder(partial, folder)
+
+
+def recover_interrupted_saves(output_dir: Path) -> None:
+    """Put back the folders a crash left between the two renames of a save (see run_folder.replace_folder)."""
+    recover_folder(output_dir / "model")
+    for old in (output_dir / "checkpoints").glob("step_*.old"):
+        recover_folder(old.with_name(old.name[:-len(".old")]))
+    for partial in (output_dir / "checkpoints").glob("step_*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def check_random_states(checkpoint: Path, process_index: int) -> None:
+    """Accelerate's load_state only logs (at info level) when it cannot restore the RNG states, and the run then
+    goes on with other dropout masks than the uninterrupted run: refuse instead. Loaded as Accelerate loads it
+    (torch.load with weights_only=True), so a pickle that would run code is refused too."""
+    from accelerate.utils import load
+
+    path = checkpoint / f"random_states_{process_index}.pkl"
+    try:
+        states = load(str(path))
+        if not isinstance(states, dict):
+            raise TypeError(f"a {type(states).__name__}, not a dict of random states")
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+    except Exception as err:  # noqa: BLE001 - unpickling raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {checkpoint}: cannot restore the random states from {path} "
+                              f"({type(err).__name__}: {err}); an exact resume is impossible from it. Delete the "
+                              f"folder to resume from the previous checkpoint") from None
+
+
+def check_finite(model: torch.nn.Module | None, state: TrainState) -> None:
+    """A checkpoint or model with NaN/inf weights is never written over a good one."""
+    if model is None:
+        return
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"training diverged by step {state.global_step}: {len(bad)} weight tensor(s) hold "
+                               f"NaN/inf (first: {bad[0]}); nothing was saved over the last good checkpoint and model")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+class TrainingDiverged(RuntimeError):
+    pass
 
 
 # Keys a resumed run may change: how long it runs and how it reports, not what it computes.
@@ -307,16 +335,18 @@ def _flat(prefix: str, value, out: dict):
 # The recipe
 # ----------------------------------------------------------------------------------------------
 def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *, data=None, build=None,
-                 evaluate_test: bool = True, command: str | None = None) -> dict:
+                 evaluate_test: bool = True, command: str | None = None, overwrite: bool = False) -> dict:
     """Train, select on dev, evaluate test once. Returns the results written to ``results.json``.
 
     ``callbacks`` are called as ``callback(global_step)`` after every optimisation step (tests use one to
     interrupt a run mid-epoch). Pipelines (the sparse recipe) pass already loaded ``data``, a
     ``build(config, data) -> MultiTaskTagger`` that starts from given weights and masks, and
     ``evaluate_test=False`` for intermediate runs, so that test is only looked at once. ``command`` (the
-    CLI passes its command line) goes into the model card.
+    CLI passes its command line) goes into the model card. A folder holding a run is continued with ``resume``,
+    replaced with ``overwrite``, and otherwise refused; nothing is written before the inputs are read and checked.
     """
     validate(config)  # load_config validated already; a Config built in Python had no such check
+    check_input_files(config)
     output_dir = Path(config.output_dir)
     t = config.train
 
@@ -337,17 +367,10 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     log = log or accelerator.print
     # device_specific: each rank draws its own dropout masks (DDP broadcasts rank 0's initial weights).
     set_seed(t.seed, device_specific=True)
-    checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is not None and not resume:
-        raise ValueError(f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); pass --resume to "
-                         f"continue it, or choose another output_dir")
-    if resume and checkpoint is not None and (output_dir / "config.yaml").is_file():
-        check_resume_config(yaml.safe_load((output_dir / "config.yaml").read_text()), config.to_dict())
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # a quick look before the (slow) data loading; checked again under the lock
+    check_run_folder(output_dir, resume, overwrite, latest_checkpoint(output_dir) is not None, probe_lock=True)
 
-    # 2. Data and model.
+    # 2. Data and model: corpora and vectors are read (and checked) before anything is written.
     data = data if data is not None else load_task_data(config, log)
     model = (build or build_model)(config, data)
     model.sharing.initialize(t.seed)  # e.g. Maximum Roaming's initial masks; a resumed checkpoint replaces them
@@ -362,6 +385,47 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         f"{sum(p.numel() for p in model.parameters()):,} parameters")
     dev_sets = {name: d.dev for name, d in data.items()}
 
+    # One run writes into output_dir at a time; the lock is held until the run ends.
+    lock = lock_for_all_processes(output_dir, accelerator.is_main_process, accelerator.num_processes)
+    try:
+        if accelerator.is_main_process:
+            recover_interrupted_saves(output_dir)
+        accelerator.wait_for_everyone()
+        checkpoint = latest_checkpoint(output_dir)
+        check_run_folder(output_dir, resume, overwrite, checkpoint is not None)
+        if resume and checkpoint is not None and (output_dir / "config.yaml").is_file():
+            check_resume_config(yaml.safe_load((output_dir / "config.yaml").read_text()), config.to_dict())
+        accelerator.wait_for_everyone()  # every process has looked before the main one removes or writes
+        if accelerator.is_main_process:
+            if overwrite:
+                remove_outputs(output_dir)
+            (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        checkpoint = None if overwrite else checkpoint
+        if resume and checkpoint is None:
+            log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
+        return _train(config, accelerator, model, data, dev_sets, checkpoint, callbacks, log, evaluate_test, command)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_input_files(config: Config) -> None:
+    """Files the config names, checked by key before any corpus is read (which can take a while)."""
+    files = {"sparse.masks": config.sparse.masks}
+    if config.model.encoder in ("bilstm", "scratch"):
+        files["model.bilstm.embeddings"] = config.model.bilstm.embeddings
+    for key, path in files.items():
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"config key {key!r}: {path} is a directory, not a file")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config key {key!r}: file not found: {path}")
+
+
+def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, data: dict[str, TaskData],
+           dev_sets: dict, checkpoint: Path | None, callbacks, log, evaluate_test: bool, command: str | None) -> dict:
+    t, output_dir = config.train, Path(config.output_dir)
     # 3. Optimiser and LR schedule, sized by the (fixed) number of steps per epoch.
     batches_per_task = {n: math.ceil(len(d.train_tokens) / t.batch_size) for n, d in data.items()}
     steps_per_epoch = sum(batches_per_task.values())
@@ -373,18 +437,16 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
 
     # 4. Resume from the newest complete checkpoint.
     state = TrainState()
-    if resume:
-        if checkpoint is None:
-            log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
-        else:
-            expected = ["model.safetensors", "optimizer.bin", "scheduler.bin", f"random_states_{accelerator.process_index}.pkl"]
-            missing = [name for name in expected if not (checkpoint / name).is_file()]
-            if missing:
-                raise FileNotFoundError(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)} "
-                                        f"(delete the folder to resume from the previous checkpoint)")
-            accelerator.load_state(str(checkpoint))
-            state = TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
-            log(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch} of that epoch)")
+    if checkpoint is not None:
+        expected = ["model.safetensors", "optimizer.bin", "scheduler.bin", f"random_states_{accelerator.process_index}.pkl"]
+        missing = [name for name in expected if not (checkpoint / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)} "
+                                    f"(delete the folder to resume from the previous checkpoint)")
+        check_random_states(checkpoint, accelerator.process_index)
+        accelerator.load_state(str(checkpoint))
+        state = TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
+        log(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch} of that epoch)")
     if _tracker(config):
         accelerator.init_trackers("sparseshare", config=_flat("", config.to_dict(), {}))
 
@@ -413,8 +475,19 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
             losses = model(batch, task)
             loss = losses.sum() * weight
             accelerator.backward(loss)
-            if t.clip:
-                accelerator.clip_grad_norm_(model.parameters(), t.clip)
+            # The norm of the all-reduced gradient (the same on every process; max_norm inf leaves it unchanged)
+            # tells whether this step would write NaN/inf into the weights: stop before the update. (Under fp16
+            # an overflow is expected now and then: the gradient scaler skips that step.)
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.clip or math.inf))
+            loss_value = loss.item()
+            if (not math.isfinite(grad_norm) and t.mixed_precision != "fp16") or (
+                    world == 1 and not math.isfinite(loss_value)):
+                raise TrainingDiverged(
+                    f"training diverged at step {state.global_step + 1} (epoch {epoch + 1}, task {task!r}): loss "
+                    f"{loss_value}, gradient norm {grad_norm}; the step was not applied. The last good checkpoint "
+                    f"is {latest_checkpoint(output_dir) or 'none'} and {output_dir / 'model'} holds the model of "
+                    f"epoch {state.best_epoch if state.best_epoch > 0 else '-'}. Lower train.lr or set train.clip, "
+                    f"and train again with --overwrite or into another output_dir")
             if masked_optimizer is not None:
                 masked_optimizer.set_masks(tagger.sharing.parameter_masks(task))
             optimizer.step()
@@ -428,12 +501,12 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
             tagger.sharing.after_step(state.global_step)  # e.g. Maximum Roaming moves its masks (saved below)
             sentences_seen += len(indices)
             if weight:  # this process's mean sentence loss (rank 0's, for the progress bar and tracker)
-                loss_sum, steps_run = loss_sum + loss.item() / weight / len(local), steps_run + 1
+                loss_sum, steps_run = loss_sum + loss_value / weight / len(local), steps_run + 1
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(task=task, loss=f"{loss_sum / max(1, steps_run):.3f}")
             if state.global_step % t.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)
+                save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints, tagger)
             for callback in callbacks:
                 callback(state.global_step)
         if progress is not None:
@@ -450,6 +523,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         sharing_values = tagger.sharing.log_values()
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            check_finite(tagger, state)
             if accelerator.is_main_process:
                 save_model_atomically(tagger, output_dir / "model", {"selected_epoch": epoch + 1, "dev": _summary(dev)})
         else:
@@ -463,7 +537,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
             + "".join(f" | {k} {v:.3f}" for k, v in sharing_values.items()))
         accelerator.log({f"dev/{k}": r["score"] for k, r in dev.items()} | {"dev/mean": score}, step=state.global_step)
         state.stopped_early = bool(t.patience and state.bad_epochs >= t.patience)
-        save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)
+        save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints, tagger)
         if state.stopped_early:
             log(f"early stop: no dev improvement for {t.patience} epochs (best epoch {state.best_epoch})")
             break
@@ -482,12 +556,12 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
                "dev": dev, "test": test, "history": state.history,
                "parameters": sum(p.numel() for p in best.parameters()), "num_processes": world}
     if accelerator.is_main_process:
-        (output_dir / "results.json").write_text(json.dumps(results, indent=1))
         # the model card shows the scores, the command and the config that produced them
         save_model_atomically(best, output_dir / "model", {
             "selected_epoch": state.best_epoch, "dev": _summary(dev), **({"test": _summary(test)} if test else {}),
             **({"command": command} if command else {}),
             "training_config": config.to_dict()})
+        write_json(output_dir / "results.json", results)  # last: results.json marks the run as finished
     log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
     if test:
         log("test:\n" + format_table(test))
@@ -501,6 +575,33 @@ def _summary(results: dict[str, dict]) -> dict[str, float]:
 def _progress(config, accelerator, total, done, epoch):
     if not (config.train.progress_bar and accelerator.is_local_main_process):
         return None
+    if not sys.stderr.isatty():  # nohup, CI, a log file: a few plain lines, not thousands of \r updates
+        return PlainProgress(total, done, f"epoch {epoch + 1}")
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+
+
+class PlainProgress:
+    """tqdm's update / set_postfix / close, printing one line at each quarter of the epoch."""
+
+    def __init__(self, total: int, done: int, desc: str, parts: int = 4):
+        self.total, self.count, self.desc, self.postfix = total, done, desc, {}
+        self.marks = sorted({max(1, round(total * k / parts)) for k in range(1, parts + 1)})
+        self.last_count, self.last_time = done, time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        before, self.count = self.count, self.count + n
+        if any(before < mark <= self.count for mark in self.marks):
+            now = time.perf_counter()
+            rate = (self.count - self.last_count) / max(now - self.last_time, 1e-9)
+            self.last_count, self.last_time = self.count, now
+            extra = "".join(f" {k} {v}" for k, v in self.postfix.items())
+            print(f"{self.desc}: {self.count}/{self.total} steps ({rate:.1f} steps/s){extra}", file=sys.stderr,
+                  flush=True)
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = values
+
+    def close(self) -> None:
+        pass

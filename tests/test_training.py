@@ -104,7 +104,7 @@ def test_resume_without_checkpoint_starts_from_scratch(tiny_corpus, tmp_path):
 def test_new_run_refuses_an_output_dir_with_checkpoints(tiny_corpus, tmp_path):
     config = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1}))
     run_training(config, log=_quiet)
-    with pytest.raises(ValueError, match="already holds checkpoints.*--resume"):
+    with pytest.raises(ValueError, match="already holds a finished run.*checkpoints.*--resume"):
         run_training(config, log=_quiet)
 
 

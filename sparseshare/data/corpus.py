@@ -12,6 +12,7 @@ import numpy as np
 
 from ..tasks import TaskSpec
 from .readers import READERS, CorpusFormatError
+from .schemes import first_invalid_transition, well_formed_label
 
 SPLITS = ("train", "dev", "test")
 
@@ -22,19 +23,45 @@ class MissingSplitError(FileNotFoundError):
 
 def _read_cached(reader_name: str, path: str, columns: tuple[str, ...]) -> tuple:
     # POS, chunk and NER read the same CoNLL-2003 file: read it once per process (again if it changes).
+    if Path(path).is_dir():
+        raise CorpusFormatError(path, None, "is a directory, not a corpus file")
     stat = Path(path).stat()
     return _read(reader_name, path, columns, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=16)
 def _read(reader_name: str, path: str, columns: tuple[str, ...], _mtime_ns: int, _size: int) -> tuple:
-    return tuple(READERS[reader_name](path, list(columns)))
+    return tuple(READERS[reader_name](path, list(columns), lines=True))
 
 
 def _rows_to_dataset(rows, label_column: str) -> datasets.Dataset:
     return datasets.Dataset.from_dict(
         {"tokens": [r["tokens"] for r in rows], "labels": [r[label_column] for r in rows]}
     )
+
+
+def check_labels(spec: TaskSpec, split: str, labels: list[list[str]], locate) -> None:
+    """Every label must have the shape of the task's scheme (``O``, ``B-PER``; not ``-X-``), and the training
+    labels must be well formed (the CRF forbids ill-formed transitions, so training on them would silently fight a
+    -1e4 penalty). ``locate(i, j)`` names where token j of sentence i comes from (``file:line``)."""
+    if spec.scheme == "none":
+        return
+    for i, seq in enumerate(labels):
+        for j, label in enumerate(seq):
+            if not well_formed_label(label, spec.scheme):
+                raise CorpusFormatError(locate(i, j), None, f"task {spec.name!r}: label {label!r} is not a "
+                                        f"{spec.scheme.upper()} label (O, or a prefix and a type such as B-PER)")
+    if split != "train" or spec.scheme not in ("iob2", "bioes"):
+        return
+    bad = [(i, j) for i, seq in enumerate(labels) if (j := first_invalid_transition(seq, spec.scheme)) is not None]
+    if bad:
+        i, j = bad[0]
+        seq = labels[i]
+        shown = f"{seq[j - 1] if j else '<s>'} -> {seq[j] if j < len(seq) else '</s>'}"
+        raise CorpusFormatError(locate(i, min(j, len(seq) - 1)), None,
+                                f"task {spec.name!r}: {len(bad)} training sentence(s) are not valid "
+                                f"{spec.scheme.upper()}; the first is sentence {i} ({shown} at token {j}). If the "
+                                f"corpus uses IOB1, set 'scheme: iob1' in the task file")
 
 
 def _carve_dev(train: datasets.Dataset, spec: TaskSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -61,9 +88,11 @@ def load_local_split(spec: TaskSpec, data_dir: str | Path, split: str) -> datase
         if name not in spec.files:
             raise MissingSplitError(f"task {spec.name!r} has no {name} split (files: {spec.files})")
         path = Path(data_dir) / spec.files[name]
-        if not path.is_file():
+        if not path.exists():
             raise MissingSplitError(f"task {spec.name!r}: {name} split file not found: {path}")
-        return _rows_to_dataset(_read_cached(spec.format, str(path), tuple(spec.columns)), spec.label_column)
+        rows = _read_cached(spec.format, str(path), tuple(spec.columns))
+        check_labels(spec, name, [r[spec.label_column] for r in rows], lambda i, j: f"{path}:{rows[i]['lines'][j]}")
+        return _rows_to_dataset(rows, spec.label_column)
 
     return _split_or_carve(split, "dev" in spec.files, spec, read)
 
@@ -94,6 +123,7 @@ def _read_hub(spec: TaskSpec, split: str, path_or_id: str | None) -> datasets.Da
     labels = raw[hub.label_column]
     if names is not None:
         labels = [[names[i] for i in seq] for seq in labels]
+    check_labels(spec, split, labels, lambda i, j: f"{path_or_id or hub.id} ({split} split, sentence {i}, token {j})")
     return datasets.Dataset.from_dict({"tokens": tokens, "labels": labels})
 
 

@@ -91,6 +91,17 @@ def convert(tags: list[str], source: str, target: str) -> list[str]:
     return _FROM_IOB2[target](_TO_IOB2[source](tags))
 
 
+SPAN_PREFIXES = {"iob1": ("B", "I"), "iob2": ("B", "I"), "bioes": ("B", "I", "E", "S")}
+
+
+def well_formed_label(tag: str, scheme: str) -> bool:
+    """``O`` or ``<prefix>-<type>`` with a prefix of ``scheme`` and a non-empty type (any label for ``none``)."""
+    if scheme == "none":
+        return True
+    prefix, label = _split(tag)
+    return tag == "O" or (prefix in SPAN_PREFIXES[scheme] and bool(label))
+
+
 def allowed_transition(from_tag: str, to_tag: str, scheme: str) -> bool:
     """Whether ``to_tag`` may follow ``from_tag`` in a well-formed sequence. ``"<s>"``/``"</s>"`` mark the ends."""
     if scheme in ("none", "iob1"):

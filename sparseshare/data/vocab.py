@@ -69,11 +69,25 @@ class WordLookup:
         return self.vocab.stoi.get(self.key(word), 1)
 
 
-def read_word_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """A GloVe or word2vec text file (word2vec's ``count dim`` header line is detected and skipped)."""
+def read_word_vectors(path: str | Path, key: str | None = None) -> tuple[list[str], np.ndarray]:
+    """A GloVe or word2vec text file (word2vec's ``count dim`` header line is detected and skipped). Errors name
+    the file and line, and ``key`` (the config key that gave the path) when the file is missing."""
+    path = Path(path)
+    given = f"config key {key!r}: " if key else ""
+    if path.is_dir():
+        raise ValueError(f"{given}{path} is a directory, not a word-vector file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{given}word-vector file not found: {path}")
     words, rows, dim = [], [], None
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid UTF-8 ({err.reason}); is this a word-vector text "
+                                 f"file (GloVe / word2vec .txt, not .bin)?") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
             parts = line.rstrip().split(" ")
             if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
                 continue
@@ -83,11 +97,27 @@ def read_word_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
                 dim = len(parts) - 1
             if len(parts) - 1 != dim:
                 raise ValueError(f"{path}:{number}: expected {dim} vector values, found {len(parts) - 1}")
+            try:
+                row = np.asarray(parts[1:], dtype=np.float32)
+            except ValueError:
+                bad = next(p for p in parts[1:] if not _is_float(p))
+                raise ValueError(f"{path}:{number}: {bad[:40]!r} is not a number; a word-vector file has a word and "
+                                 f"{dim} numbers a line") from None
+            if not np.isfinite(row).all():
+                raise ValueError(f"{path}:{number}: the vector of {parts[0][:40]!r} has a non-finite value")
             words.append(parts[0])
-            rows.append(np.asarray(parts[1:], dtype=np.float32))
+            rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no word vectors found")
     return words, np.stack(rows)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def build_word_vocab(train_sentences: list[list[str]], pretrained_words: list[str] | None = None,

@@ -75,7 +75,9 @@ class TransformerEncoder(nn.Module):
     def __init__(self, name_or_path: str, max_length: int | None = None, stride: int = 128, dropout: float = 0.1,
                  tokenizer=None, model=None):
         super().__init__()
-        path = resolve_model_path(name_or_path)
+        # Only a model built for training resolves its name: a saved model folder hands over the tokenizer and model
+        # it holds, so the name in its config.json (e.g. package:<module>) is never imported (see model.py).
+        path = resolve_model_path(name_or_path) if tokenizer is None or model is None else None
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
         if not self.tokenizer.is_fast:
             raise ValueError(f"{name_or_path}: a fast tokenizer is required (word_ids() alignment)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import os
 from pathlib import Path
 
 import torch
@@ -82,8 +83,11 @@ def save_masks(masks: MaskSet, path: str | Path, metadata: dict[str, str] | None
         if "/" in task:
             raise MaskError(f"task name {task!r} contains '/', which mask files use as a separator")
     tensors = {f"{task}/{name}": m.contiguous().cpu() for task, mask in masks.items() for name, m in mask.items()}
-    save_file(tensors, str(path), metadata=metadata)
-    return Path(path)
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")  # a crash mid-write never leaves a truncated mask file
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
+    return path
 
 
 def load_masks(path: str | Path) -> MaskSet:

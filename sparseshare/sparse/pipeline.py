@@ -38,36 +38,56 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_from_dict
 from ..model import MultiTaskTagger
-from ..training import (TaskData, build_model, check_resume_config, latest_checkpoint, load_task_data,
-                        run_training)
+from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs, write_json
+from ..training import TaskData, build_model, check_input_files, check_resume_config, load_task_data, run_training
 from .masks import (check_masks, density, draw_overlap, format_report, load_masks, overlap_matrix,
                     parameter_counts, save_masks, tensor_densities)
 from .pruning import prune_by_magnitude
 
 
-def run_sparse(config: Config, resume: bool = False, log=None, command: str | None = None) -> dict:
-    """Run (or with ``resume``, continue) the pipeline in ``config.output_dir``. Under a distributed launch
-    the warm-up and the joint training are data-parallel, while each process searches its own tasks."""
+# What the pipeline writes into its output_dir (removed by --overwrite; other files there are left alone).
+PIPELINE_OUTPUTS = ("config.yaml", "warmup", "init", "search", "masks.safetensors", "joint", "report.json",
+                    "report.md", "overlap.png")
+
+
+def run_sparse(config: Config, resume: bool = False, log=None, command: str | None = None,
+               overwrite: bool = False) -> dict:
+    """Run (or with ``resume``, continue; with ``overwrite``, start again) the pipeline in ``config.output_dir``.
+    Under a distributed launch the warm-up and the joint training are data-parallel, while each process searches
+    its own tasks."""
     if config.model.sharing != "sparse":
         raise ValueError(f"config key 'model.sharing' must be 'sparse' for the sparse recipe, got {config.model.sharing!r}")
     # the same process group run_training's Accelerator joins (cpu=True: see training.py)
     state = PartialState(cpu=not torch.accelerator.is_available())
     log = log or state.print
     out = Path(config.output_dir)
-    saved = out / "config.yaml"
-    if saved.is_file():
-        if not resume:
-            raise ValueError(f"{out} already holds a sparse-sharing run; pass --resume to continue it, or choose "
-                             f"another output_dir")
-        check_resume_config(yaml.safe_load(saved.read_text()), config.to_dict())
-    state.wait_for_everyone()  # every process has checked before the main one writes config.yaml
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    data = load_task_data(config, log)
+    check_input_files(config)
+    check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS, done_marker="report.json",
+                     probe_lock=True)
+    data = load_task_data(config, log)  # corpora and vectors are read (and checked) before anything is written
     set_seed(config.train.seed)
     template = build_model(config, data)  # fixes the vocabulary and the initialisation for every stage
+    lock = lock_for_all_processes(out, state.is_main_process, state.num_processes)
+    try:
+        check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS,
+                         done_marker="report.json")
+        saved = out / "config.yaml"
+        if resume and saved.is_file():
+            check_resume_config(yaml.safe_load(saved.read_text()), config.to_dict())
+        state.wait_for_everyone()  # every process has checked before the main one removes or writes
+        if state.is_main_process:
+            if overwrite:
+                remove_outputs(out, PIPELINE_OUTPUTS)
+            saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        state.wait_for_everyone()
+        return _run_pipeline(config, state, out, data, template, log, command)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str, TaskData],
+                  template: MultiTaskTagger, log, command: str | None) -> dict:
     # 1. The rewind point.
     if config.sparse.masks:
         masks, search, rewind = _given_masks(config, template), {}, None
@@ -84,7 +104,7 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
             search = {}
             for task in config.tasks:
                 search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
-                _write_json(out / "search" / task / SEARCH_DONE, search[task])
+                write_json(out / "search" / task / SEARCH_DONE, search[task])
         masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in config.tasks}
         masks_file = str(out / "masks.safetensors")
         if state.is_main_process:
@@ -117,7 +137,9 @@ def warm_up(config: Config, data: dict[str, TaskData], template: MultiTaskTagger
         state = PartialState()
         if not init.is_file() and state.is_main_process:  # saved once: a resumed run rewinds to the same weights
             init.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in template.state_dict().items()}, str(init))
+            partial = init.with_name(init.name + ".partial")  # a crash mid-write never leaves a truncated file
+            save_file({k: v.contiguous() for k, v in template.state_dict().items()}, str(partial))
+            os.replace(partial, init)
         state.wait_for_everyone()
         log("rewind point: the initialisation")
         return load_file(str(init))
@@ -165,7 +187,7 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
                       "epochs": results["epochs_run"], "train_sentences": len(train.train_tokens),
                       "wall_s": _stage_seconds(round_dir)}
             shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
-            _write_json(done, record)
+            write_json(done, record)
             records.append(record)
             log(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
                 f"({record['wall_s']:.0f}s)")
@@ -218,7 +240,7 @@ def _search_one_task(out: Path, task: str) -> None:
     template = build_model(config, data)
     rewind = warm_up(config, data, template, out / "warmup", print)
     records = search_masks(config, data[task], template, rewind, out / "search" / task, print)
-    _write_json(out / "search" / task / SEARCH_DONE, records)
+    write_json(out / "search" / task / SEARCH_DONE, records)
 
 
 def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: dict):
@@ -297,7 +319,6 @@ def write_report(config: Config, out: Path, joint: dict, search: dict, costs: di
                                 "prune_fraction": config.sparse.prune_fraction,
                                 "train_sentences": config.sparse.search_max_train_sentences}}
     if write:
-        (out / "report.json").write_text(json.dumps(report, indent=1))
         draw_overlap(model.sharing.masks, out / "overlap.png")
     text = [f"sparse sharing: {', '.join(config.tasks)} (seed {config.train.seed})",
             "dev:  " + ", ".join(f"{t} {v:.2f}" for t, v in report["dev"].items()),
@@ -309,6 +330,7 @@ def write_report(config: Config, out: Path, joint: dict, search: dict, costs: di
                                                    for rec in records))
     if write:
         (out / "report.md").write_text("\n".join(text) + "\n")
+        write_json(out / "report.json", report)  # last: report.json marks the pipeline as finished
     log("\n".join(text))
     log(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'overlap.png'}")
     return report
@@ -339,12 +361,13 @@ def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_t
     folder = Path(config.output_dir)
     if (folder / "results.json").is_file():
         return json.loads((folder / "results.json").read_text())
-    resume = latest_checkpoint(folder) is not None
     started = time.perf_counter()
-    results = run_training(config, resume=resume, log=log, data=data, build=build, evaluate_test=evaluate_test,
+    # resume=True: the folder only ever holds this stage's own run, continued from its newest checkpoint (or
+    # started again when an interruption came before the first one)
+    results = run_training(config, resume=True, log=log, data=data, build=build, evaluate_test=evaluate_test,
                            command=command)
     if PartialState().is_main_process:
-        _write_json(folder / STAGE_TIME, {"seconds": round(_stage_seconds(folder) + time.perf_counter() - started, 1)})
+        write_json(folder / STAGE_TIME, {"seconds": round(_stage_seconds(folder) + time.perf_counter() - started, 1)})
     return results
 
 
@@ -360,13 +383,6 @@ def stage_costs(out: Path, tasks: list[str], search: dict[str, list[dict]]) -> d
     costs["joint_s"] = _stage_seconds(out / "joint")
     costs["total_s"] = round(sum(costs.values()), 1)
     return costs
-
-
-def _write_json(path: Path, value) -> None:
-    """Write-then-rename: a file that marks a stage as done is never half written."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)
 
 
 if __name__ == "__main__":  # python -m sparseshare.sparse.pipeline search OUTPUT_DIR TASK (see search_distributed)

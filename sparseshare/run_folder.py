@@ -1,0 +1,183 @@
+"""A run's output folder: one writer at a time, nothing finished replaced by accident, and every save atomic.
+
+- :class:`RunLock`: an advisory ``fcntl`` lock on ``<output_dir>/.lock``, held for the whole run. The kernel
+  drops it when the process dies, so a lock left by a killed run never blocks the next one; the file names
+  the process that holds it.
+- :func:`check_run_folder`: a folder that holds a run is continued (``--resume``), replaced
+  (``--overwrite``) or refused, never silently overwritten.
+- :func:`replace_folder` and :func:`write_json`: write-then-rename. A crash between the two renames of
+  :func:`replace_folder` leaves ``<name>.old`` (the previous complete folder) and no ``<name>``;
+  :func:`recover_folder` puts it back, so every crash point leaves a folder that ``--resume`` completes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not protected against a second writer
+    fcntl = None
+
+LOCK_FILE = ".lock"
+
+
+class RunFolderError(ValueError):
+    pass
+
+
+class RunLock:
+    """``with RunLock(folder):`` holds the folder's lock or raises :class:`RunFolderError` naming the holder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.handle = None
+
+    def acquire(self) -> "RunLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / LOCK_FILE, "a+", encoding="utf-8")
+        _take(handle, self.folder)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.close()  # closing the file drops the flock
+            self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_for_all_processes(folder: Path, is_main_process: bool, num_processes: int) -> RunLock | None:
+    """The main process locks ``folder``; under a distributed launch every process raises the same error when the
+    folder is taken (one process raising alone would leave the others waiting in a collective)."""
+    lock, error = None, None
+    if is_main_process:
+        try:
+            lock = RunLock(folder).acquire()
+        except RunFolderError as err:
+            error = str(err)
+    if num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
+    if error:
+        raise RunFolderError(error)
+    return lock
+
+
+def _take(handle, folder: Path) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderError(f"{folder} is in use by {holder} (lock {folder / LOCK_FILE}); wait for that run to "
+                             f"end or choose another output_dir") from None
+
+
+def raise_if_in_use(folder: Path) -> None:
+    """Look at the lock without taking it (and without writing anything)."""
+    path = Path(folder) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return
+    with open(path, encoding="utf-8") as handle:
+        _take(handle, Path(folder))  # released when the file closes
+
+
+# What a training run writes into its output_dir (removed by --overwrite; other files there are left alone).
+RUN_OUTPUTS = ("checkpoints", "model", "model.partial", "model.old", "results.json", "config.yaml", "logs",
+               "sparseshare")
+
+
+def finished_outputs(folder: Path, names=RUN_OUTPUTS) -> list[str]:
+    """The names of ``names`` that exist in ``folder``."""
+    return [name for name in names if (folder / name).exists()]
+
+
+def check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint: bool,
+                     outputs=RUN_OUTPUTS, done_marker: str = "results.json", probe_lock: bool = False) -> None:
+    """Refuse to start in a folder that holds a run unless told what to do with it. With ``probe_lock`` (a look
+    before taking the lock), a folder refused because another run is writing into it says so."""
+    try:
+        _check_run_folder(folder, resume, overwrite, has_checkpoint, outputs, done_marker)
+    except RunFolderError:
+        if probe_lock:
+            raise_if_in_use(folder)
+        raise
+
+
+def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint: bool, outputs,
+                      done_marker: str) -> None:
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other: continue the run in output_dir, or "
+                             "replace it, not both")
+    if overwrite:
+        return
+    found = finished_outputs(folder, outputs)
+    if not resume and found:
+        what = "a finished run" if done_marker in found else "a run"
+        raise RunFolderError(f"{folder} already holds {what} ({', '.join(found)}); pass --resume to continue it, "
+                             f"--overwrite to replace it, or choose another output_dir")
+    if resume and not has_checkpoint and done_marker in found:
+        raise RunFolderError(f"{folder} holds a finished run ({done_marker}) without the checkpoints to continue it; "
+                             f"nothing to resume (pass --overwrite to train again)")
+
+
+def remove_outputs(folder: Path, names=RUN_OUTPUTS) -> None:
+    for name in names:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``, replacing what was there."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        if not target.exists():  # an earlier replace was cut between its renames: old is the last good one
+            old.rename(target)
+        else:
+            shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(target: Path) -> None:
+    """Undo a :func:`replace_folder` cut between its two renames; drop a half-written ``<name>.partial``."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(target)
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+
+
+def write_json(path: Path, value) -> None:
+    """Write-then-rename: a file that marks a stage as done is never half written."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1))
+    os.replace(partial, path)

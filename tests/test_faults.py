@@ -1,0 +1,336 @@
+"""Crashes at the worst moment, two runs in one folder, finished runs, diverging losses, damaged checkpoints.
+
+The fault-injection tests count every file-system step a tiny run takes (each write, rename and removal under its
+output_dir), crash the run at each one in turn, and check that ``--resume`` ends with the model an uninterrupted
+run trains, tensor for tensor.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparseshare.run_folder import RunFolderError, RunLock
+from sparseshare.training import CheckpointError, TrainingDiverged, latest_checkpoint, run_training
+
+from conftest import ROOT, quiet, tiny_config, tiny_overrides
+
+
+class Crash(BaseException):
+    """A crash: not an Exception, so that no ``except Exception`` on the way can swallow it."""
+
+
+class FileSystemSteps:
+    """Counts the writes, renames and removals under ``root``; raises :class:`Crash` at step ``crash_at``."""
+
+    def __init__(self, monkeypatch, root: Path, crash_at: int | None = None, only=("write", "rename", "replace",
+                                                                                    "rmtree")):
+        self.root, self.crash_at, self.steps = str(root), crash_at, []
+        for kind, owner, name in (("write", Path, "write_text"), ("rename", Path, "rename"),
+                                  ("replace", os, "replace"), ("rmtree", shutil, "rmtree")):
+            if kind in only:
+                monkeypatch.setattr(owner, name, self._wrap(kind, getattr(owner, name)))
+
+    def _wrap(self, kind, original):
+        def step(*args, **kwargs):
+            target = str(args[0])
+            if target == self.root or target.startswith(self.root + os.sep):
+                self.steps.append(f"{kind} {target[len(self.root):]}")
+                if len(self.steps) == self.crash_at:
+                    raise Crash(self.steps[-1])
+            return original(*args, **kwargs)
+        return step
+
+
+def _tensors(model_dir: Path) -> dict:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def _assert_same_model(a: Path, b: Path) -> None:
+    x, y = _tensors(a), _tensors(b)
+    assert x.keys() == y.keys()
+    assert all(torch.equal(x[k], y[k]) for k in x), [k for k in x if not torch.equal(x[k], y[k])]
+
+
+TRAIN = {"train.epochs": 2, "train.checkpoint_every": 1000, "train.keep_checkpoints": 1}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted tiny run and the list of its file-system steps."""
+    from conftest import write_tiny_corpus
+
+    root = tmp_path_factory.mktemp("faults")
+    data = write_tiny_corpus(root)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        steps = FileSystemSteps(monkeypatch, root / "reference")
+        results = run_training(tiny_config(data, root / "reference", **TRAIN), log=quiet)
+    return data, root / "reference", results, steps.steps
+
+
+def test_the_fault_points_cover_every_save(reference):
+    _, _, _, steps = reference
+    # two epoch-end checkpoints, a model save per improving epoch and the final save, results.json last
+    assert any("checkpoints/step_00000036.partial/train_state.json" in s for s in steps)
+    assert sum(s.startswith("rename ") and s.endswith("/model.partial") for s in steps) >= 2
+    assert steps[-1].startswith("replace ") and "results.json" in steps[-1]
+    assert len(steps) >= 20
+
+
+def test_a_crash_at_any_file_system_step_resumes_to_the_same_model(reference, tmp_path, monkeypatch):
+    data, reference_dir, expected, steps = reference
+    for k in range(1, len(steps) + 1):
+        run = tmp_path / f"crash_{k:02d}"
+        config = tiny_config(data, run, **TRAIN)
+        with monkeypatch.context() as patch:
+            FileSystemSteps(patch, run, crash_at=k)
+            with pytest.raises(Crash):
+                run_training(config, log=quiet)
+        resumed = run_training(config, resume=True, log=quiet)
+        _assert_same_model(run / "model", reference_dir / "model")
+        assert resumed["dev"] == expected["dev"] and resumed["test"] == expected["test"], steps[k - 1]
+        assert not (run / "model.old").exists() and not (run / "model.partial").exists()
+
+
+def test_a_crash_between_the_renames_of_the_final_save_leaves_a_resumable_folder(reference, tmp_path, monkeypatch):
+    """The case of the issue: model/ renamed to model.old, model.partial not yet in place."""
+    data, reference_dir, _, steps = reference
+    final = max(i for i, s in enumerate(steps, start=1) if s.startswith("rename ") and s.endswith("/model"))
+    run = tmp_path / "run"
+    config = tiny_config(data, run, **TRAIN)
+    with monkeypatch.context() as patch:
+        FileSystemSteps(patch, run, crash_at=final + 1)  # the rename of model.partial -> model
+        with pytest.raises(Crash):
+            run_training(config, log=quiet)
+    assert not (run / "model").exists() and (run / "model.old").is_dir() and (run / "model.partial").is_dir()
+    run_training(config, resume=True, log=quiet)
+    _assert_same_model(run / "model", reference_dir / "model")
+
+
+def test_sparse_pipeline_resumes_after_a_crash_at_every_stage_transition(tiny_corpus, tmp_path, monkeypatch):
+    """Every stage marks its end by an atomic replace (a mask file, a round's round.json, a run's results.json, the
+    search's search.json, masks.safetensors, the report): crash at each, resume, compare the final model."""
+    from sparseshare.config import load_config
+    from sparseshare.sparse.pipeline import run_sparse
+
+    extra = {"tasks": "[ner]", "model.sharing": "sparse", "sparse.rounds": 1, "train.epochs": 1,
+             "train.checkpoint_every": 1000}
+
+    def config(folder):
+        return load_config(None, tiny_overrides(tiny_corpus, folder, **extra))
+
+    with monkeypatch.context() as patch:
+        counter = FileSystemSteps(patch, tmp_path / "reference", only=("replace",))
+        expected = run_sparse(config(tmp_path / "reference"), log=quiet)
+    transitions = counter.steps
+    assert any("round.json" in s for s in transitions) and any("search.json" in s for s in transitions)
+    assert transitions[-1].endswith("report.json.partial")
+    for k in range(1, len(transitions) + 1):
+        run = tmp_path / f"crash_{k:02d}"
+        with monkeypatch.context() as patch:
+            FileSystemSteps(patch, run, crash_at=k, only=("replace",))
+            with pytest.raises(Crash):
+                run_sparse(config(run), log=quiet)
+        report = run_sparse(config(run), resume=True, log=quiet)
+        _assert_same_model(run / "joint" / "model", tmp_path / "reference" / "joint" / "model")
+        assert report["test"] == expected["test"], transitions[k - 1]
+
+
+def test_a_finished_sparse_pipeline_is_never_replaced_without_overwrite(tiny_corpus, tmp_path):
+    from sparseshare.config import load_config
+    from sparseshare.sparse.pipeline import run_sparse
+
+    overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{
+        "tasks": "[ner]", "model.sharing": "sparse", "sparse.rounds": 0, "train.epochs": 1})
+    first = run_sparse(load_config(None, overrides), log=quiet)
+    with pytest.raises(RunFolderError, match=r"already holds a finished run \(config.yaml, warmup, search, "
+                                             r"masks.safetensors, joint, report.json"):
+        run_sparse(load_config(None, overrides), log=quiet)
+    assert run_sparse(load_config(None, overrides), resume=True, log=quiet)["test"] == first["test"]
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunFolderError, match="in use by process"):
+            run_sparse(load_config(None, overrides), resume=True, log=quiet)
+    again = run_sparse(load_config(None, overrides + ["train.lr=0.1"]), overwrite=True, log=quiet)
+    assert again["test"] != first["test"] and "lr: 0.1" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+# -- one run per folder ----------------------------------------------------------------------------------------
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(RunFolderError, match=rf"in use by process {os.getpid()} on "):
+            run_training(tiny_config(tiny_corpus, run), log=quiet)
+    assert not (run / "config.yaml").exists()  # nothing was written into the other run's folder
+    run_training(tiny_config(tiny_corpus, run, **{"train.epochs": 1}), log=quiet)  # released: the folder is free
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sparseshare.run_folder import RunLock; "
+                               "lock = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(run)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match=rf"in use by process {holder.pid} "):
+            run_training(tiny_config(tiny_corpus, run, **{"train.epochs": 1}), log=quiet)
+    finally:
+        holder.kill()  # kill -9: no clean-up runs, the lock file stays behind
+        holder.wait()
+    assert (run / ".lock").exists()
+    results = run_training(tiny_config(tiny_corpus, run, **{"train.epochs": 1}), log=quiet)
+    assert results["epochs_run"] == 1
+
+
+def test_two_cli_trainings_into_one_folder_at_once_one_is_refused(tiny_corpus, tmp_path):
+    overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{"train.epochs": 1000})
+    command = [sys.executable, "-m", "sparseshare.cli", "train"]
+    first = subprocess.Popen([*command, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "run" / "config.yaml").exists():  # written once the first run holds the lock
+            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else ""
+            time.sleep(0.1)
+        second = subprocess.run([*command, *overrides], cwd=ROOT, capture_output=True, text=True)
+        assert second.returncode != 0 and f"in use by process {first.pid} " in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None  # the first run goes on undisturbed
+    finally:
+        first.kill()
+        first.wait()
+
+
+# -- finished runs ---------------------------------------------------------------------------------------------
+def test_a_finished_run_is_never_replaced_without_overwrite(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tiny_corpus, run, **{"train.epochs": 1})
+    run_training(config, log=quiet)
+    shutil.rmtree(run / "checkpoints")  # the case of the issue: a finished run whose checkpoints were removed
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    changed = tiny_config(tiny_corpus, run, **{"train.epochs": 2, "train.lr": 0.1})
+    with pytest.raises(RunFolderError, match=r"already holds a finished run \(model, results.json, config.yaml\).*"
+                                             r"--overwrite"):
+        run_training(changed, log=quiet)
+    with pytest.raises(RunFolderError, match="without the checkpoints to continue it"):
+        run_training(changed, resume=True, log=quiet)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    with pytest.raises(RunFolderError, match="contradict"):
+        run_training(changed, resume=True, overwrite=True, log=quiet)
+    results = run_training(changed, overwrite=True, log=quiet)
+    assert results["epochs_run"] == 2 and "lr: 0.1" in (run / "config.yaml").read_text()
+
+
+def test_nothing_is_written_before_the_inputs_are_checked(tiny_corpus, tmp_path):
+    (tiny_corpus / "dev.txt").write_text("John NNP B-NP\n")  # a column missing
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"dev.txt:1: expected 4 columns"):
+        run_training(tiny_config(tiny_corpus, run), log=quiet)
+    assert not run.exists()
+
+
+def test_the_cli_overwrite_flag(tiny_corpus, tmp_path):
+    from sparseshare.cli import main
+
+    overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{"train.epochs": 1})
+    main(["train", *overrides])
+    with pytest.raises(SystemExit, match="already holds a finished run"):
+        main(["train", *overrides])
+    main(["train", "--overwrite", *overrides])
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+# -- diverging training ----------------------------------------------------------------------------------------
+def test_a_nan_loss_stops_naming_step_and_task_and_keeps_the_last_good_checkpoint(tiny_corpus, tmp_path,
+                                                                                   monkeypatch):
+    from sparseshare.model import MultiTaskTagger
+
+    run = tmp_path / "run"
+    config = tiny_config(tiny_corpus, run, **{"train.epochs": 3, "train.checkpoint_every": 4})
+    forward, calls = MultiTaskTagger.forward, []
+
+    def nan_at_step_23(self, batch, task):
+        calls.append(task)
+        losses = forward(self, batch, task)
+        return losses * float("nan") if len(calls) == 23 else losses
+
+    monkeypatch.setattr(MultiTaskTagger, "forward", nan_at_step_23)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 23 \(epoch 2, task '\w+'\): loss nan") as err:
+        run_training(config, log=quiet)
+    assert "step_00000020" in str(err.value) and "model of epoch 1" in str(err.value)
+    checkpoint = latest_checkpoint(run)
+    assert checkpoint.name == "step_00000020"
+    assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint / "model.safetensors")).values())
+    assert all(torch.isfinite(t).all() for t in _tensors(run / "model").values())
+    assert not (run / "results.json").exists()
+
+
+def test_the_cli_reports_divergence_without_a_traceback(tiny_corpus, tmp_path, monkeypatch, capsys):
+    from sparseshare.cli import main
+    from sparseshare.model import MultiTaskTagger
+
+    forward = MultiTaskTagger.forward
+    monkeypatch.setattr(MultiTaskTagger, "forward", lambda self, batch, task: forward(self, batch, task) * float("inf"))
+    with pytest.raises(SystemExit, match=r"sparseshare train: error: training diverged at step 1 "):
+        main(["train", *tiny_overrides(tiny_corpus, tmp_path / "run")])
+
+
+# -- damaged checkpoints ---------------------------------------------------------------------------------------
+def _interrupted_run(data, run, steps=6):
+    config = tiny_config(data, run, **{"train.checkpoint_every": 4})
+
+    def crash(step):
+        if step == steps:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_training(config, callbacks=[crash], log=quiet)
+    return config, latest_checkpoint(run)
+
+
+def test_resume_refuses_a_corrupt_random_state_file(tiny_corpus, tmp_path):
+    config, checkpoint = _interrupted_run(tiny_corpus, tmp_path / "run")
+    state = checkpoint / "random_states_0.pkl"
+    state.write_bytes(state.read_bytes()[:40])  # truncated
+    with pytest.raises(CheckpointError, match=rf"cannot restore the random states from {state}"):
+        run_training(config, resume=True, log=quiet)
+    state.write_bytes(pickle.dumps({"random_state": "not a state"}))
+    with pytest.raises(CheckpointError, match="random_states_0.pkl"):
+        run_training(config, resume=True, log=quiet)
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled (what a malicious checkpoint would do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_checkpoint_pickles_are_loaded_weights_only(tiny_corpus, tmp_path):
+    config, checkpoint = _interrupted_run(tiny_corpus, tmp_path / "run")
+    witness = tmp_path / "code_ran"
+    with open(checkpoint / "random_states_0.pkl", "wb") as handle:
+        pickle.dump(_Payload(witness), handle)
+    with pytest.raises(CheckpointError, match="random_states_0.pkl.*Unpickl|random_states_0.pkl.*weights_only"):
+        run_training(config, resume=True, log=quiet)
+    assert not witness.exists()
+
+
+# -- logs ------------------------------------------------------------------------------------------------------
+def test_progress_is_a_few_plain_lines_when_stderr_is_not_a_terminal(tiny_corpus, tmp_path, capsys):
+    run_training(tiny_config(tiny_corpus, tmp_path / "run", **{"train.progress_bar": "true"}), log=quiet)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1"] * 4 + ["epoch 2"] * 4
+    assert lines[3].startswith("epoch 1: 18/18 steps (") and "task " in lines[3] and "loss " in lines[3]

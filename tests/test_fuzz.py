@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sparseshare.data.readers import CorpusFormatError, read_conll, read_conllu, read_pp
 from sparseshare.text import split_sentences, tokenize
 
-FUZZ = settings(max_examples=300, derandomize=True, deadline=None,
+FUZZ = settings(max_examples=300, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 COLUMNS = ["tokens", "pos", "chunk", "ner"]
 

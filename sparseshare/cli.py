@@ -36,8 +36,7 @@ def _train_sparse(args):
 
 def _masks_show(args):
     from .model import MultiTaskTagger
-    from .sparse.masks import draw_overlap, format_report
-    from .sparse.pipeline import model_statistics
+    from .sparse.masks import draw_overlap, format_report, model_statistics
 
     model = MultiTaskTagger.from_pretrained(args.model)
     if model.config.sharing != "sparse":

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError  # noqa: F401 - the error of every bad key; importable from here as before
 
 
 @dataclass
@@ -380,19 +378,11 @@ def upgrade_saved_model_config(model: dict) -> dict:
     return model
 
 
-def config_depth(model: ModelConfig) -> tuple[str, int] | None:
-    """``(key, layers)`` of the encoder depth the config sets, or None when only the loaded model knows it
-    (a Hugging Face Transformer)."""
-    if model.encoder == "bilstm":
-        return "model.bilstm.layers", model.bilstm.layers
-    if model.encoder == "scratch":
-        return "model.scratch.layers", model.scratch.layers
-    return None
-
-
 def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
     """``model.task_layers`` (hierarchical) and ``model.bottom_layers`` (bottom). The strategies check again
     against the built encoder's depth, which for a Transformer only the loaded model knows."""
+    from .sharing.options import check_bottom_layers, check_task_layer, config_depth
+
     if model.task_layers and model.sharing != "hierarchical":
         raise ConfigError(f"config key 'model.task_layers' only applies to model.sharing=hierarchical "
                           f"(model.sharing is {model.sharing!r})")
@@ -412,12 +402,13 @@ STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roami
                     "routing_blocks": "routing", "routing_pass": "routing", "routing_router": "routing",
                     "routing_rho": "routing", "routing_history": "routing", "routing_lr": "routing",
                     "routing_agents": "routing"}
-ROUTERS = ("wpl", "reinforce", "dispatched")
 
 
 def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
     """``model.cross_stitch_init`` (cross_stitch), ``model.roaming_{ratio,delta,fixed}`` (roaming),
     ``model.routing_*`` (routing)."""
+    from .sharing.options import ROUTERS, config_depth, routing_blocks_per_layer
+
     defaults = ModelConfig()
     for key, strategy in STRATEGY_OPTIONS.items():
         if getattr(model, key) != getattr(defaults, key) and model.sharing != strategy:
@@ -460,37 +451,6 @@ def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
                           f"(model.routing_router is {model.routing_router!r})")
     depth = config_depth(model)
     routing_blocks_per_layer(model.routing_blocks, depth[1] if depth else None, depth[0] if depth else "")
-
-
-def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_key: str = "") -> list[int]:
-    """``model.routing_blocks`` as one count per layer (``depth`` layers; None: only checks the counts)."""
-    counts = [blocks] * (depth or 1) if isinstance(blocks, int) else list(blocks)
-    if depth is not None and len(counts) != depth:
-        where = f" ({depth_key})" if depth_key else ""
-        raise ConfigError(f"config key 'model.routing_blocks' lists {len(counts)} layer(s) but the encoder has "
-                          f"{depth}{where}; give one block count per layer, or one int for all")
-    bad = [k for k in counts if k < 1]
-    if bad or not counts:
-        raise ConfigError(f"config key 'model.routing_blocks' must give every layer >= 1 block(s), got {blocks!r}")
-    return counts
-
-
-def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None, depth_key: str = "") -> None:
-    key = f"config key 'model.task_layers.{task}'"
-    if task not in tasks:
-        raise ConfigError(f"{key}: {task!r} is not one of the model's tasks {list(tasks)}")
-    if layer < 1:
-        raise ConfigError(f"{key} must be a 1-based encoder layer >= 1, got {layer}")
-    if depth is not None and layer > depth:
-        where = f" ({depth_key})" if depth_key else ""
-        raise ConfigError(f"{key} must be <= the encoder depth {depth}{where}, got {layer}")
-
-
-def check_bottom_layers(k: int, depth: int, depth_key: str = "") -> None:
-    where = f" ({depth_key})" if depth_key else ""
-    if not 1 <= k < depth:
-        raise ConfigError(f"config key 'model.bottom_layers' must be >= 1 and < the encoder depth {depth}{where}, "
-                          f"so that each task owns at least one layer and at least one is shared; got {k}")
 
 
 def validate_sparse(s: SparseConfig) -> None:

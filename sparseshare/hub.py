@@ -10,6 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .errors import ModelFolderError
+
 # Everything a model folder may hold; nothing else is downloaded (no pickles, no code).
 MODEL_FILE_PATTERNS = ["config.json", "vocab.json", "labels.json", "model.safetensors", "masks.safetensors",
                        "routing.json", "README.md", "encoder/*.json", "encoder/*.txt", "encoder/*.model"]
@@ -75,8 +77,6 @@ def resolve_model_folder(name_or_path: str | Path, *, revision: str | None = Non
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
     from huggingface_hub.utils import validate_repo_id
-
-    from .model import ModelFolderError
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -187,7 +187,7 @@ def _encoder_name(config) -> str:
 
 
 def _sparse_section(model) -> list[str]:
-    from .sparse.pipeline import model_statistics
+    from .sparse.masks import model_statistics
 
     stats = model_statistics(model)
     tasks = list(stats["density"])

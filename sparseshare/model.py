@@ -28,6 +28,7 @@ from .config import ModelConfig, _build, upgrade_saved_model_config
 from .data.batching import Batch, Featurizer, bucketed_batches
 from .data.schemes import convert
 from .data.vocab import Vocab, load_json, save_json
+from .errors import ModelFolderError  # noqa: F401 - importable from here as before
 from .encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder, WordEmbedder
 from .heads import build_head
 from .sharing import build_strategy
@@ -37,8 +38,6 @@ FORMAT_VERSION = 1
 REQUIRED_FILES = ("config.json", "vocab.json", "labels.json", "model.safetensors")
 
 
-class ModelFolderError(FileNotFoundError):
-    pass
 
 
 class MultiTaskTagger(nn.Module):

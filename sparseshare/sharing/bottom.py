@@ -24,7 +24,8 @@ import math
 import torch
 from torch import nn
 
-from ..config import ConfigError, check_bottom_layers, config_depth
+from ..errors import ConfigError
+from .options import check_bottom_layers, config_depth
 from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
 from .hf_layers import TaskLayers, layer_stack, plain_state

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 # keyword arguments of layer calls that are never batch-first (DeBERTa's relative position embeddings and indices)
 NOT_BATCH = frozenset({"rel_embeddings", "relative_pos"})

@@ -7,7 +7,7 @@ sharing, weight for weight.
 """
 from __future__ import annotations
 
-from ..config import check_task_layer
+from .options import check_task_layer
 from .base import SharingStrategy, register
 
 

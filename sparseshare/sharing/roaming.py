@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
 from .bottom import encoder_input, layerwise_encoder

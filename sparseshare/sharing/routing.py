@@ -86,7 +86,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ROUTERS, ConfigError, routing_blocks_per_layer
+from ..errors import ConfigError
+from .options import ROUTERS, routing_blocks_per_layer
 from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from .base import SharingStrategy, register
 from .bottom import encoder_input, layerwise_encoder, run_layer

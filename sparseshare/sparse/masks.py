@@ -200,3 +200,17 @@ def draw_overlap(masks: MaskSet, path: str | Path, title: str = "Mask overlap ra
     fig.savefig(str(path), dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def model_statistics(model) -> dict:
+    """Densities, overlap ratios and parameter counts of a sparse-sharing model (report, card, ``masks show``)."""
+    masks = model.sharing.masks
+    prunable = set(model.sharing.prunable_names)
+    dense = sum(p.numel() for n, p in model.sharing.encoder.named_parameters() if n not in prunable)
+    heads = {t: sum(p.numel() for p in model.heads[t].parameters()) for t in model.tasks}
+    return {
+        "density": {t: density(m) for t, m in masks.items()},
+        "tensor_density": {t: tensor_densities(m) for t, m in masks.items()},
+        "overlap": overlap_matrix(masks),
+        "parameters": parameter_counts(masks, dense, heads),
+    }

@@ -40,8 +40,8 @@ from ..config import Config, config_from_dict
 from ..model import MultiTaskTagger
 from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs, write_json
 from ..training import TaskData, build_model, check_input_files, check_resume_config, load_task_data, run_training
-from .masks import (check_masks, density, draw_overlap, format_report, load_masks, overlap_matrix,
-                    parameter_counts, save_masks, tensor_densities)
+from .masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
+                    save_masks)
 from .pruning import prune_by_magnitude
 
 
@@ -296,19 +296,6 @@ def _given_masks(config: Config, template: MultiTaskTagger) -> dict:
 # ----------------------------------------------------------------------------------------------
 # 5. Report
 # ----------------------------------------------------------------------------------------------
-def model_statistics(model: MultiTaskTagger) -> dict:
-    masks = model.sharing.masks
-    prunable = set(model.sharing.prunable_names)
-    dense = sum(p.numel() for n, p in model.sharing.encoder.named_parameters() if n not in prunable)
-    heads = {t: sum(p.numel() for p in model.heads[t].parameters()) for t in model.tasks}
-    return {
-        "density": {t: density(m) for t, m in masks.items()},
-        "tensor_density": {t: tensor_densities(m) for t, m in masks.items()},
-        "overlap": overlap_matrix(masks),
-        "parameters": parameter_counts(masks, dense, heads),
-    }
-
-
 def write_report(config: Config, out: Path, joint: dict, search: dict, costs: dict, log, write: bool = True) -> dict:
     model = MultiTaskTagger.from_pretrained(out / "joint" / "model")
     stats = model_statistics(model)

@@ -1,0 +1,1 @@
+"""Data: corpus readers, task splits as ``datasets.Dataset``, tag schemes, vocabularies, batching, task schedules."""

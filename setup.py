@@ -9,9 +9,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["sparseshare", "sparseshare.*"]),
-    # Built-in task files ship inside the package so a regular (non-editable) install finds them.
-    package_data={"sparseshare": ["tasks/*.yaml"]},
+    packages=find_packages(include=["sparseshare", "sparseshare.*"]) + ["sparseshare.tasks.builtin"],
+    # The built-in task files live in the top-level tasks/ folder and ship inside the package, so that a
+    # regular (non-editable) install finds them (sparseshare/tasks/__init__.py looks in both places).
+    package_dir={"sparseshare.tasks.builtin": "tasks"},
+    package_data={"sparseshare.tasks.builtin": ["*.yaml"]},
     install_requires=[
         "torch>=2.6",
         "transformers>=4.46",

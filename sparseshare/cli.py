@@ -36,10 +36,11 @@ def _train_sparse(args):
 
 def _masks_show(args):
     from .model import MultiTaskTagger
+    from .sharing.sparse import SparseSharing
     from .sparse.masks import draw_overlap, format_report, model_statistics
 
     model = MultiTaskTagger.from_pretrained(args.model)
-    if model.config.sharing != "sparse":
+    if not isinstance(model.sharing, SparseSharing):
         raise ValueError(f"{args.model} uses {model.config.sharing!r} sharing: it has no task masks")
     print(format_report(model.sharing.masks, model_statistics(model)["parameters"]))
     if args.png:

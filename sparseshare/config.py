@@ -312,19 +312,36 @@ def validate(config: Config) -> None:
     if config.model.scratch.dim % config.model.scratch.heads:
         raise ConfigError(f"config key 'model.scratch.dim' ({config.model.scratch.dim}) must be divisible by "
                           f"model.scratch.heads ({config.model.scratch.heads})")
-    from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
-
-    if config.model.sharing not in STRATEGIES:
-        raise ConfigError(f"config key 'model.sharing': unknown strategy {config.model.sharing!r}; valid: {sorted(STRATEGIES)}")
     if not config.tasks:
         raise ConfigError("config key 'tasks' must list at least one task")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
-    if config.model.sharing == "single" and len(config.tasks) != 1:
-        raise ConfigError(f"config key 'model.sharing' = 'single' trains exactly one task, config key 'tasks' lists "
-                          f"{len(config.tasks)}: {config.tasks}; use 'hard' (or another strategy) for several")
-    validate_layer_options(config.model, config.tasks)
+    validate_sharing(config.model, config.tasks)
     validate_sparse(config.sparse)
+
+
+def validate_sharing(model: ModelConfig, tasks: list[str]) -> None:
+    """``model.sharing`` names a registered strategy; every strategy's own options keep their defaults unless it is
+    the one chosen; the chosen strategy checks its options itself (the same check its constructor runs)."""
+    from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
+    from .sharing.base import config_depth
+
+    strategy = STRATEGIES.get(model.sharing)
+    if strategy is None:
+        raise ConfigError(f"config key 'model.sharing': unknown strategy {model.sharing!r}; "
+                          f"valid: {sorted(STRATEGIES)}")
+    owners: dict[str, list[str]] = {}
+    for name, cls in STRATEGIES.items():
+        for key in cls.options:
+            owners.setdefault(key, []).append(name)
+    defaults = ModelConfig()
+    for field_ in dataclasses.fields(ModelConfig):  # in declaration order, so the first offending key is named
+        key = field_.name
+        if key in owners and key not in strategy.options and getattr(model, key) != getattr(defaults, key):
+            raise ConfigError(f"config key 'model.{key}' only applies to model.sharing={' / '.join(owners[key])} "
+                              f"(model.sharing is {model.sharing!r})")
+    depth = config_depth(model)
+    strategy.check_options(model, tasks, depth[1] if depth else None, depth[0] if depth else "")
 
 
 # Every numeric key outside the strategy and sparse sections, as an interval: "> 0", ">= 1", "[0, 1)".
@@ -376,81 +393,6 @@ def upgrade_saved_model_config(model: dict) -> dict:
     if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
         model = {**model, "roaming_delta": ModelConfig.roaming_delta, "roaming_fixed": True}
     return model
-
-
-def validate_layer_options(model: ModelConfig, tasks: list[str]) -> None:
-    """``model.task_layers`` (hierarchical) and ``model.bottom_layers`` (bottom). The strategies check again
-    against the built encoder's depth, which for a Transformer only the loaded model knows."""
-    from .sharing.options import check_bottom_layers, check_task_layer, config_depth
-
-    if model.task_layers and model.sharing != "hierarchical":
-        raise ConfigError(f"config key 'model.task_layers' only applies to model.sharing=hierarchical "
-                          f"(model.sharing is {model.sharing!r})")
-    if model.bottom_layers != 1 and model.sharing != "bottom":
-        raise ConfigError(f"config key 'model.bottom_layers' only applies to model.sharing=bottom "
-                          f"(model.sharing is {model.sharing!r})")
-    depth = config_depth(model)
-    for task, layer in model.task_layers.items():
-        check_task_layer(task, layer, tasks, depth[1] if depth else None, depth[0] if depth else "")
-    if model.sharing == "bottom" and depth:  # a Transformer's depth: checked by the strategy once it is loaded
-        check_bottom_layers(model.bottom_layers, depth[1], depth[0])
-    validate_mixing_options(model, tasks)
-
-
-STRATEGY_OPTIONS = {"cross_stitch_init": "cross_stitch", "roaming_ratio": "roaming", "roaming_delta": "roaming",
-                    "roaming_fixed": "roaming",
-                    "routing_blocks": "routing", "routing_pass": "routing", "routing_router": "routing",
-                    "routing_rho": "routing", "routing_history": "routing", "routing_lr": "routing",
-                    "routing_agents": "routing"}
-
-
-def validate_mixing_options(model: ModelConfig, tasks: list[str]) -> None:
-    """``model.cross_stitch_init`` (cross_stitch), ``model.roaming_{ratio,delta,fixed}`` (roaming),
-    ``model.routing_*`` (routing)."""
-    from .sharing.options import ROUTERS, config_depth, routing_blocks_per_layer
-
-    defaults = ModelConfig()
-    for key, strategy in STRATEGY_OPTIONS.items():
-        if getattr(model, key) != getattr(defaults, key) and model.sharing != strategy:
-            raise ConfigError(f"config key 'model.{key}' only applies to model.sharing={strategy} "
-                              f"(model.sharing is {model.sharing!r})")
-    if not 0.0 <= model.cross_stitch_init <= 1.0:
-        raise ConfigError(f"config key 'model.cross_stitch_init' must be in [0, 1], got {model.cross_stitch_init}")
-    if not 0.0 < model.roaming_ratio <= 1.0:
-        raise ConfigError(f"config key 'model.roaming_ratio' must be in (0, 1], got {model.roaming_ratio}")
-    if model.roaming_delta < 1:
-        raise ConfigError(f"config key 'model.roaming_delta' must be >= 1 (training steps between mask updates; "
-                          f"model.roaming_fixed: true switches roaming off), got {model.roaming_delta}")
-    if model.roaming_fixed and model.roaming_delta != defaults.roaming_delta:
-        raise ConfigError(f"config key 'model.roaming_delta' ({model.roaming_delta}) has no effect with "
-                          f"model.roaming_fixed: true (the masks never move); drop one of the two")
-    if model.sharing == "roaming" and model.roaming_ratio * len(tasks) < 1:
-        raise ConfigError(f"config key 'model.roaming_ratio' ({model.roaming_ratio}) times the number of tasks "
-                          f"({len(tasks)}) must be >= 1, so that every unit can be covered by at least one task")
-    if model.routing_router not in ROUTERS:
-        raise ConfigError(f"config key 'model.routing_router': {model.routing_router!r} is not one of {list(ROUTERS)}")
-    if model.routing_rho < 0:
-        raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {model.routing_rho}")
-    if model.routing_lr <= 0:
-        raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {model.routing_lr}")
-    if model.sharing == "routing" and model.routing_pass and model.encoder == "bilstm":
-        b = model.bilstm  # the first layer reads the word (+ char) embeddings, the others the 2 x hidden states
-        inputs = [b.word_dim + b.char_filters] + [2 * b.hidden] * (b.layers - 1)
-        if 2 * b.hidden not in inputs:
-            raise ConfigError(f"config key 'model.routing_pass': no encoder layer can be skipped (PASS needs a layer "
-                              f"whose input width equals its output width {2 * b.hidden}; the layers' inputs are "
-                              f"{inputs}): add a layer or set it to false")
-    if model.routing_history < 0:
-        raise ConfigError(f"config key 'model.routing_history' must be >= 0 (0 = every batch since the start), "
-                          f"got {model.routing_history}")
-    if model.routing_agents < 0:
-        raise ConfigError(f"config key 'model.routing_agents' must be >= 0 (0 = one agent per task), "
-                          f"got {model.routing_agents}")
-    if model.routing_agents and model.routing_router != "dispatched":
-        raise ConfigError(f"config key 'model.routing_agents' only applies to model.routing_router=dispatched "
-                          f"(model.routing_router is {model.routing_router!r})")
-    depth = config_depth(model)
-    routing_blocks_per_layer(model.routing_blocks, depth[1] if depth else None, depth[0] if depth else "")
 
 
 def validate_sparse(s: SparseConfig) -> None:

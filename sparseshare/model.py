@@ -27,9 +27,10 @@ from . import __version__
 from .config import ModelConfig, _build, upgrade_saved_model_config
 from .data.batching import Batch, Featurizer, bucketed_batches
 from .data.schemes import convert
-from .data.vocab import Vocab, load_json, save_json
-from .errors import ModelFolderError  # noqa: F401 - importable from here as before
+from .data.vocab import Vocab
 from .encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder, WordEmbedder
+from .errors import ModelFolderError  # noqa: F401 - importable from here as before
+from .files import load_json_object, save_json
 from .heads import build_head
 from .sharing import build_strategy
 from .tasks import TaskSpec
@@ -179,7 +180,7 @@ class MultiTaskTagger(nn.Module):
         missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
         if missing:
             raise ModelFolderError(f"model folder {directory} is missing {', '.join(missing)}")
-        config = _load_json_file(directory / "config.json")
+        config = load_json_object(directory / "config.json")
         version = config.get("format_version")
         if version != FORMAT_VERSION:
             written_by = config.get("sparseshare_version", "an unknown version")
@@ -196,8 +197,8 @@ class MultiTaskTagger(nn.Module):
                             "normalize_digits": bool(config["data"]["normalize_digits"])}
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{directory / 'config.json'}: invalid model config ({type(err).__name__}: {err})") from None
-        vocab = _load_json_file(directory / "vocab.json")
-        labels = _load_json_file(directory / "labels.json")
+        vocab = load_json_object(directory / "vocab.json")
+        labels = load_json_object(directory / "labels.json")
         try:
             words, chars = Vocab.from_dict(vocab["words"]), Vocab.from_dict(vocab["chars"])
         except (KeyError, TypeError) as err:
@@ -226,16 +227,6 @@ def _transformer_of(model: MultiTaskTagger) -> TransformerEncoder:
         if isinstance(module, TransformerEncoder):
             return module
     raise RuntimeError("no Transformer encoder in this model")
-
-
-def _load_json_file(path: Path) -> dict:
-    try:
-        value = load_json(path)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: corrupt JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: must hold a JSON object, found a {type(value).__name__}")
-    return value
 
 
 def _load_transformer_parts(folder: Path):

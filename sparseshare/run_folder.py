@@ -1,17 +1,15 @@
-"""A run's output folder: one writer at a time, nothing finished replaced by accident, and every save atomic.
+"""A run's output folder: one writer at a time, and nothing finished replaced by accident.
 
 - :class:`RunLock`: an advisory ``fcntl`` lock on ``<output_dir>/.lock``, held for the whole run. The kernel
   drops it when the process dies, so a lock left by a killed run never blocks the next one; the file names
   the process that holds it.
 - :func:`check_run_folder`: a folder that holds a run is continued (``--resume``), replaced
   (``--overwrite``) or refused, never silently overwritten.
-- :func:`replace_folder` and :func:`write_json`: write-then-rename. A crash between the two renames of
-  :func:`replace_folder` leaves ``<name>.old`` (the previous complete folder) and no ``<name>``;
-  :func:`recover_folder` puts it back, so every crash point leaves a folder that ``--resume`` completes.
+
+What a run writes, it writes atomically (:mod:`sparseshare.files`).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -147,37 +145,3 @@ def remove_outputs(folder: Path, names=RUN_OUTPUTS) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Move the complete folder ``new`` to ``target``, replacing what was there."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        if not target.exists():  # an earlier replace was cut between its renames: old is the last good one
-            old.rename(target)
-        else:
-            shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_folder(target: Path) -> None:
-    """Undo a :func:`replace_folder` cut between its two renames; drop a half-written ``<name>.partial``."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        if target.exists():
-            shutil.rmtree(old)
-        else:
-            old.rename(target)
-    partial = target.with_name(target.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-
-
-def write_json(path: Path, value) -> None:
-    """Write-then-rename: a file that marks a stage as done is never half written."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)

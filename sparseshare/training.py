@@ -33,9 +33,8 @@ from .data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab,
 from .metrics import format_table, score_task
 from .model import MultiTaskTagger
 from .optim import MaskedAdamW, MaskedSGD
-from .run_folder import (check_run_folder, lock_for_all_processes, recover_folder, remove_outputs, replace_folder,
-                         write_json)
-from .sparse.masks import load_masks
+from .files import recover_folder, replace_folder, write_json_atomically
+from .run_folder import check_run_folder, lock_for_all_processes, remove_outputs
 from .tasks import TaskSpec, load_task
 
 
@@ -168,7 +167,7 @@ def build_optimizer(config: Config, model: MultiTaskTagger) -> torch.optim.Optim
     param_groups = [{"params": params, "lr": t.head_lr if is_head else t.lr,
                      "weight_decay": t.weight_decay if decays else 0.0}
                     for (is_head, decays), params in groups.items()]
-    if config.model.sharing == "sparse":  # steps must leave weights outside the active mask alone
+    if model.sharing.masked_optimizer:  # steps must leave weights outside the active mask alone
         if t.optimizer == "sgd":
             return MaskedSGD(param_groups, lr=t.lr, momentum=t.momentum)
         return MaskedAdamW(param_groups, lr=t.lr)
@@ -245,7 +244,7 @@ def save_model_atomically(model: MultiTaskTagger, folder: Path, extra: dict) -> 
 
 
 def recover_interrupted_saves(output_dir: Path) -> None:
-    """Put back the folders a crash left between the two renames of a save (see run_folder.replace_folder)."""
+    """Put back the folders a crash left between the two renames of a save (see files.replace_folder)."""
     recover_folder(output_dir / "model")
     for old in (output_dir / "checkpoints").glob("step_*.old"):
         recover_folder(old.with_name(old.name[:-len(".old")]))
@@ -375,12 +374,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     model = (build or build_model)(config, data)
     model.sharing.initialize(t.seed)  # e.g. Maximum Roaming's initial masks; a resumed checkpoint replaces them
     add_word_ids(model, data)
-    if config.model.sharing == "sparse":
-        if config.sparse.masks:  # the file may hold masks of more tasks than this run trains
-            masks = load_masks(config.sparse.masks)
-            model.sharing.set_masks({task: masks[task] for task in data if task in masks}, where=config.sparse.masks)
-        for task in data:
-            model.sharing.mask_of(task)  # every trained task needs a mask before training starts
+    model.sharing.prepare_training(config, list(data))  # e.g. sparse sharing's masks (sparse.masks)
     log(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters")
     dev_sets = {name: d.dev for name, d in data.items()}
@@ -561,7 +555,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
             "selected_epoch": state.best_epoch, "dev": _summary(dev), **({"test": _summary(test)} if test else {}),
             **({"command": command} if command else {}),
             "training_config": config.to_dict()})
-        write_json(output_dir / "results.json", results)  # last: results.json marks the run as finished
+        write_json_atomically(output_dir / "results.json", results)  # last: results.json marks the run as finished
     log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
     if test:
         log("test:\n" + format_table(test))

@@ -284,7 +284,8 @@ def test_tag_names_the_file_and_line_of_bad_bytes(trained, tmp_path):
 
 def test_tag_drops_a_byte_order_mark_and_reads_any_line_ending(trained, monkeypatch, capsys, tmp_path):
     plain = _tag(trained, monkeypatch, capsys, b"John lives in Paris .\nMary visited Rome .\n", "-")
-    assert _tag(trained, monkeypatch, capsys, b"\xef\xbb\xbfJohn lives in Paris .\r\nMary visited Rome .\r\n", "-") == plain
+    crlf = b"\xef\xbb\xbfJohn lives in Paris .\r\nMary visited Rome .\r\n"
+    assert _tag(trained, monkeypatch, capsys, crlf, "-") == plain
     path = tmp_path / "mac.txt"
     path.write_bytes(b"\xef\xbb\xbfJohn lives in Paris .\rMary visited Rome .\r")
     main(["tag", str(trained), str(path)])

@@ -174,8 +174,9 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tiny_cor
 
 def test_a_lock_left_by_a_killed_process_does_not_block(tiny_corpus, tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sparseshare.run_folder import RunLock; "
-                               "lock = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(run)],
+    hold = ("import sys, time; from sparseshare.run_folder import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -29,7 +29,8 @@ def import_graph() -> dict[str, set[str]]:
                     anchor = package.split(".")
                     anchor = anchor[:len(anchor) - (node.level - 1)]
                     base = ".".join(anchor + ([base] if base else []))
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                           for alias in node.names]
             for target in targets:
                 while target and target not in modules:  # `import sparseshare.data.vocab as v`, or a name in it
                     target = target.rpartition(".")[0]
@@ -71,3 +72,53 @@ def test_no_import_cycles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+
+
+def test_a_strategy_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
+    """A toy strategy registered from this test file alone: the config accepts it, refuses other strategies'
+    options with it, training and saving use it, the model card shows its section and citation, and the saved
+    model loads and tags."""
+    import pytest
+
+    from sparseshare.config import ConfigError
+    from sparseshare.model import MultiTaskTagger
+    from sparseshare.sharing import STRATEGIES, SharingStrategy, register
+    from sparseshare.training import run_training
+
+    from conftest import TINY_SENTENCES, quiet, tiny_config
+
+    @register("toy_top_two")
+    class TopTwoLayers(SharingStrategy):
+        """Every task reads the mean of the encoder's top two layers."""
+        citation = "@misc{toy2026, title = {A toy strategy}}"
+
+        def __init__(self, build_encoder, tasks, config):
+            super().__init__(build_encoder, tasks, config)
+            self.encoder = build_encoder()
+
+        @property
+        def output_dim(self):
+            return self.encoder.output_dim
+
+        def forward(self, batch, task):
+            layers = self.encoder(batch)
+            return (layers[-1] + layers[-2]) / 2
+
+        def card_section(self, model):
+            return ["## Top two layers", "", f"Every task reads the mean of layers {self.encoder.num_layers - 1} and "
+                                             f"{self.encoder.num_layers}."]
+
+    try:
+        with pytest.raises(ConfigError, match=r"'model.cross_stitch_init' only applies to model.sharing=cross_stitch "
+                                              r"\(model.sharing is 'toy_top_two'\)"):
+            tiny_config(tiny_corpus, tmp_path / "bad",
+                        **{"model.sharing": "toy_top_two", "model.cross_stitch_init": 0.5})
+        config = tiny_config(tiny_corpus, tmp_path / "run", **{"model.sharing": "toy_top_two", "train.epochs": 1})
+        run_training(config, log=quiet)
+        card = (tmp_path / "run" / "model" / "README.md").read_text()
+        assert "## Top two layers" in card and "@misc{toy2026" in card
+        model = MultiTaskTagger.from_pretrained(tmp_path / "run" / "model")
+        assert isinstance(model.sharing, TopTwoLayers)
+        assert len(model.predict(TINY_SENTENCES)["ner"]) == len(TINY_SENTENCES)
+    finally:
+        del STRATEGIES["toy_top_two"]

@@ -24,7 +24,8 @@ def wheel(tmp_path_factory) -> Path:
     source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
     for name in ("setup.py", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "sparseshare", source / "sparseshare", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("sparseshare", "tasks"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(out)], check=True, capture_output=True, timeout=300)
     (found,) = out.glob("sparseshare-*.whl")
@@ -33,7 +34,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_every_builtin_task(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"sparseshare/tasks/{task}.yaml" for task in builtin_tasks()} <= names
+    assert {f"sparseshare/tasks/builtin/{task}.yaml" for task in builtin_tasks()} <= names
     assert len(builtin_tasks()) >= 7
 
 
@@ -60,7 +61,9 @@ INSTALLED_USE = textwrap.dedent("""
     venv = Path(sys.argv[1]).resolve()
     assert Path(sparseshare.__file__).resolve().is_relative_to(venv), sparseshare.__file__
     assert Path(sparseshare.data.__file__).resolve().is_relative_to(venv), sparseshare.data.__file__
-    assert {"pos", "chunk", "ner", "pp"} <= set(builtin_tasks()), builtin_tasks()
+    from sparseshare.tasks import BUILTIN_DIR
+    assert BUILTIN_DIR.resolve().is_relative_to(venv), BUILTIN_DIR
+    assert {"chunk", "chunk2000", "ner", "pos", "pp", "upos", "xpos"} <= set(builtin_tasks()), builtin_tasks()
     config = ModelConfig(sharing="hard")
     config.bilstm.word_dim, config.bilstm.hidden, config.bilstm.char_filters = 8, 8, 4
     tasks = [load_task("pos"), load_task("ner")]

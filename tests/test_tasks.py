@@ -1,5 +1,4 @@
 """Task specifications: built-in task files, user task files, and validation."""
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,10 @@ from sparseshare.tasks import BUILTIN_DIR, DevCarveOut, HubSource, TaskSpec, bui
 EXPECTED_BUILTINS = {"chunk", "chunk2000", "ner", "pos", "pp", "upos", "xpos"}
 
 
-def test_builtin_dir_is_the_package_directory():
-    package_dir = resources.files("sparseshare.tasks")
-    assert Path(str(package_dir)).resolve() == BUILTIN_DIR.resolve()
-    assert BUILTIN_DIR.resolve() == Path(tasks_module.__file__).resolve().parent
-    shipped = {Path(entry.name).stem for entry in package_dir.iterdir() if entry.name.endswith(".yaml")}
+def test_builtin_dir_is_the_top_level_tasks_folder():
+    """In a checkout the built-in tasks are read from tasks/ (test_packaging checks the installed wheel's copy)."""
+    assert BUILTIN_DIR.resolve() == Path(tasks_module.__file__).resolve().parents[2] / "tasks"
+    shipped = {p.stem for p in BUILTIN_DIR.glob("*.yaml")}
     assert set(builtin_tasks()) == shipped
     assert EXPECTED_BUILTINS <= shipped
     assert builtin_tasks() == sorted(builtin_tasks())

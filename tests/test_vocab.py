@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from sparseshare.files import load_json, save_json
 from sparseshare.data.vocab import (
     PAD,
     UNK,
@@ -13,10 +14,8 @@ from sparseshare.data.vocab import (
     build_label_vocab,
     build_word_vocab,
     embedding_matrix,
-    load_json,
     normalize_digits,
     read_word_vectors,
-    save_json,
 )
 
 

@@ -34,7 +34,8 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise CorpusFormatError(path, number, f"not valid UTF-8 ({err.reason} at byte {err.start} of the line)") from None
+            raise CorpusFormatError(path, number,
+                                    f"not valid UTF-8 ({err.reason} at byte {err.start} of the line)") from None
         yield number, text[1:] if number == 1 and text.startswith(BOM) else text
 
 
@@ -81,7 +82,8 @@ def read_conll(path: str | Path, columns: list[str], lines: bool = False) -> lis
             continue
         if len(fields) != len(columns):
             raise CorpusFormatError(
-                path, number, f"expected {len(columns)} columns ({' '.join(columns)}), found {len(fields)}: {shown(line)}"
+                path, number,
+                f"expected {len(columns)} columns ({' '.join(columns)}), found {len(fields)}: {shown(line)}"
             )
         current.append(fields)
         numbers.append(number)

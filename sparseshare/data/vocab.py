@@ -1,7 +1,6 @@
 """Vocabularies (words, characters, labels) and pretrained word vectors. Saved as JSON with the model."""
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -153,11 +152,3 @@ def embedding_matrix(lookup: WordLookup, words: list[str], vectors: np.ndarray, 
             matrix[i] = vec
             filled.add(i)
     return matrix
-
-
-def save_json(obj, path: str | Path):
-    Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
-
-
-def load_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -16,6 +16,16 @@ from torch import nn
 STRATEGIES: dict[str, type["SharingStrategy"]] = {}
 
 
+def config_depth(model) -> tuple[str, int] | None:
+    """``(key, layers)`` of the encoder depth the config sets, or None when only the loaded model knows it
+    (a Hugging Face Transformer)."""
+    if model.encoder == "bilstm":
+        return "model.bilstm.layers", model.bilstm.layers
+    if model.encoder == "scratch":
+        return "model.scratch.layers", model.scratch.layers
+    return None
+
+
 def register(name: str):
     def decorate(cls):
         cls.name = name
@@ -27,6 +37,30 @@ def register(name: str):
 
 class SharingStrategy(nn.Module):
     name = "?"
+    # The ModelConfig fields this strategy reads. A config that sets another strategy's option to a value other
+    # than its default is refused by name (config.validate), so that no setting is silently ignored.
+    options: tuple[str, ...] = ()
+    # BibTeX of the method, for the model card (None: no citation applies).
+    citation: str | None = None
+    # Whether a step of task t must leave the weights outside t's mask, and their optimiser state, alone
+    # (MaskedSGD / MaskedAdamW instead of torch's optimisers).
+    masked_optimizer = False
+
+    @classmethod
+    def check_options(cls, config, tasks: list[str], depth: int | None, depth_key: str = "") -> None:
+        """Reject bad values of this strategy's options with a ConfigError naming the key. Called when a config is
+        loaded, with the encoder depth the config sets (None for a Hugging Face model, whose depth only the loaded
+        model knows; ``depth_key`` names where the depth comes from), and by the strategy's constructor with the
+        built encoder's depth: one check for both."""
+
+    def card_section(self, model) -> list[str]:
+        """Markdown lines for the model card about this strategy's state (masks, routes, ...); ``model`` is the
+        MultiTaskTagger that holds it."""
+        return []
+
+    def prepare_training(self, config, tasks: list[str]) -> None:
+        """Called by the training loop on the freshly built model with the whole run config, before anything is
+        trained (e.g. sparse sharing loads ``sparse.masks`` and checks that every trained task has a mask)."""
 
     def __init__(self, build_encoder: Callable[[], nn.Module], tasks: list[str], config):
         """``config`` is the :class:`~sparseshare.config.ModelConfig`: a strategy reads its own options there,

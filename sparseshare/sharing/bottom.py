@@ -25,20 +25,39 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .options import check_bottom_layers, config_depth
 from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder
-from .base import SharingStrategy, register
+from .base import SharingStrategy, config_depth, register
 from .hf_layers import TaskLayers, layer_stack, plain_state
+
+
+def check_bottom_layers(k: int, depth: int, depth_key: str = "") -> None:
+    where = f" ({depth_key})" if depth_key else ""
+    if not 1 <= k < depth:
+        raise ConfigError(f"config key 'model.bottom_layers' must be >= 1 and < the encoder depth {depth}{where}, "
+                          f"so that each task owns at least one layer and at least one is shared; got {k}")
 
 
 @register("bottom")
 class BottomSharing(SharingStrategy):
+    options = ("bottom_layers",)
+    citation = """@misc{zhang2021rethinking,
+  title = {Rethinking Hard-Parameter Sharing in Multi-Task Learning},
+  author = {Zhang and others},
+  year = {2021}
+}"""
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
+        if depth is not None:  # a Transformer's depth: checked by the constructor once it is loaded
+            check_bottom_layers(config.bottom_layers, depth, depth_key)
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("bottom", build_encoder, config)
         k = config.bottom_layers
         depth = config_depth(config)
-        check_bottom_layers(k, encoder.num_layers, depth[0] if depth else "the Transformer's num_hidden_layers")
+        self.check_options(config, self.tasks, encoder.num_layers, depth[0] if depth else "the Transformer's "
+                                                                                          "num_hidden_layers")
         self.bottom_layers, self.num_layers = k, encoder.num_layers
         self.hf = isinstance(encoder, TransformerEncoder)
         if self.hf:  # the model's k lowest layers become one copy per task
@@ -98,6 +117,12 @@ class BottomSharing(SharingStrategy):
             return {task: self._hf_forward(batch, task, rows) for task in tasks}
         x = self.embed(batch)  # embeddings once per batch; layers per task, as they differ from the first
         return {task: self.encode(x, batch, task) for task in tasks}
+
+    def card_section(self, model) -> list[str]:
+        return ["## Separate bottom layers", "",
+                f"Each task owns the lowest {self.bottom_layers} of the encoder's {self.num_layers} layers "
+                f"({self.own_parameters(self.tasks[0]):,} parameters per task); the layers above and the embeddings "
+                f"are shared by all tasks."]
 
 
 def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:

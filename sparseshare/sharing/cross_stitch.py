@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..encoders import ScratchTransformerEncoder, TransformerEncoder
+from ..errors import ConfigError
 from .base import SharingStrategy, register
 from .bottom import encoder_input, layerwise_encoder, run_layer
 from .hf_layers import StitchedLayer, layer_stack
@@ -46,6 +47,19 @@ def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
 
 @register("cross_stitch")
 class CrossStitchSharing(SharingStrategy):
+    options = ("cross_stitch_init",)
+    citation = """@inproceedings{misra2016cross,
+  title = {Cross-stitch Networks for Multi-task Learning},
+  author = {Misra, Ishan and Shrivastava, Abhinav and Gupta, Abhinav and Hebert, Martial},
+  booktitle = {Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year = {2016}
+}"""
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
+        if not 0.0 <= config.cross_stitch_init <= 1.0:
+            raise ConfigError(f"config key 'model.cross_stitch_init' must be in [0, 1], got {config.cross_stitch_init}")
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("cross_stitch", build_encoder, config)
@@ -109,3 +123,15 @@ class CrossStitchSharing(SharingStrategy):
     def task_encoder_state(self, task):
         raise NotImplementedError(f"cross_stitch mixes every task's column after each layer, so task {task!r} runs "
                                   f"through all {len(self.tasks)} columns, not one encoder that could be exported")
+
+    def card_section(self, model) -> list[str]:
+        tasks = self.tasks
+        lines = ["## Cross-stitch", "",
+                 f"One encoder column per task; after each of the {self.num_layers} layers, task t's column continues "
+                 f"from the mix sum_s alpha[t, s] x (column s's output). The learned mixing matrices (rows: the "
+                 f"receiving task):"]
+        for i, matrix in enumerate(self.mixing.detach().cpu().tolist()):
+            lines += ["", f"Layer {i + 1}:", "", "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+            lines += [f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for t, row in zip(tasks, matrix)]
+        return lines
+

@@ -1,11 +1,21 @@
 """Hard sharing: one encoder, every task reads its top layer. ``single`` is the one-task case."""
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .base import SharingStrategy, register
 
 
 @register("hard")
 class HardSharing(SharingStrategy):
+    citation = """@article{caruana1997multitask,
+  title = {Multitask Learning},
+  author = {Caruana, Rich},
+  journal = {Machine Learning},
+  volume = {28},
+  pages = {41--75},
+  year = {1997}
+}"""
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         self.encoder = build_encoder()
@@ -27,7 +37,14 @@ class HardSharing(SharingStrategy):
 
 @register("single")
 class SingleTask(HardSharing):
-    def __init__(self, build_encoder, tasks, config):
+    citation = None
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
         if len(tasks) != 1:
-            raise ValueError(f"sharing 'single' trains exactly one task, got {len(tasks)}: {tasks}; use 'hard' for several")
+            raise ConfigError(f"config key 'model.sharing' = 'single' trains exactly one task, config key 'tasks' "
+                              f"lists {len(tasks)}: {list(tasks)}; use 'hard' (or another strategy) for several")
+
+    def __init__(self, build_encoder, tasks, config):
+        self.check_options(config, tasks, None)
         super().__init__(build_encoder, tasks, config)

@@ -7,18 +7,41 @@ sharing, weight for weight.
 """
 from __future__ import annotations
 
-from .options import check_task_layer
+from ..errors import ConfigError
 from .base import SharingStrategy, register
+
+
+def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None, depth_key: str = "") -> None:
+    key = f"config key 'model.task_layers.{task}'"
+    if task not in tasks:
+        raise ConfigError(f"{key}: {task!r} is not one of the model's tasks {list(tasks)}")
+    if layer < 1:
+        raise ConfigError(f"{key} must be a 1-based encoder layer >= 1, got {layer}")
+    if depth is not None and layer > depth:
+        where = f" ({depth_key})" if depth_key else ""
+        raise ConfigError(f"{key} must be <= the encoder depth {depth}{where}, got {layer}")
 
 
 @register("hierarchical")
 class HierarchicalSharing(SharingStrategy):
+    options = ("task_layers",)
+    citation = """@inproceedings{sogaard2016deep,
+  title = {Deep multi-task learning with low level tasks supervised at lower layers},
+  author = {S{\\o}gaard, Anders and Goldberg, Yoav},
+  booktitle = {Proceedings of ACL},
+  year = {2016}
+}"""
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
+        for task, layer in config.task_layers.items():
+            check_task_layer(task, layer, tasks, depth, depth_key)
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         self.encoder = build_encoder()
         depth = self.encoder.num_layers
-        for task, layer in config.task_layers.items():  # again here: only the built encoder knows a Transformer's depth
-            check_task_layer(task, layer, self.tasks, depth)
+        self.check_options(config, self.tasks, depth)  # again here: only the built encoder knows a Transformer's depth
         self.task_layers = {task: config.task_layers.get(task, depth) for task in self.tasks}  # 1-based
 
     @property
@@ -40,3 +63,10 @@ class HierarchicalSharing(SharingStrategy):
                 f"encoder runs all its layers and its head reads the top one, so it would predict differently; "
                 f"only tasks that read the top layer can be exported")
         return dict(self.encoder.state_dict())
+
+    def card_section(self, model) -> list[str]:
+        return ["## Hierarchical sharing", "",
+                f"One encoder of {self.encoder.num_layers} layers; each task's head reads the output of its own "
+                f"layer:", "",
+                "| task | layer |", "|---|---|", *[f"| {task} | {self.task_layers[task]} |" for task in self.tasks]]
+

@@ -55,8 +55,31 @@ def initial_masks(layers: int, tasks: int, units: int, active: int, generator: t
 
 @register("roaming")
 class MaximumRoaming(SharingStrategy):
+    options = ("roaming_ratio", "roaming_delta", "roaming_fixed")
+    citation = """@inproceedings{pascal2021maximum,
+  title = {Maximum Roaming Multi-Task Learning},
+  author = {Pascal, Lucas and Michiardi, Pietro and Bost, Xavier and Huet, Benoit and Zuluaga, Maria A.},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year = {2021}
+}"""
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
+        if not 0.0 < config.roaming_ratio <= 1.0:
+            raise ConfigError(f"config key 'model.roaming_ratio' must be in (0, 1], got {config.roaming_ratio}")
+        if config.roaming_delta < 1:
+            raise ConfigError(f"config key 'model.roaming_delta' must be >= 1 (training steps between mask updates; "
+                              f"model.roaming_fixed: true switches roaming off), got {config.roaming_delta}")
+        if config.roaming_fixed and config.roaming_delta != type(config)().roaming_delta:
+            raise ConfigError(f"config key 'model.roaming_delta' ({config.roaming_delta}) has no effect with "
+                              f"model.roaming_fixed: true (the masks never move); drop one of the two")
+        if config.roaming_ratio * len(tasks) < 1:
+            raise ConfigError(f"config key 'model.roaming_ratio' ({config.roaming_ratio}) times the number of tasks "
+                              f"({len(tasks)}) must be >= 1, so that every unit can be covered by at least one task")
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
+        self.check_options(config, self.tasks, None)
         self.encoder = layerwise_encoder("roaming", build_encoder, config)
         self.scratch = isinstance(self.encoder, ScratchTransformerEncoder)
         self.hf = isinstance(self.encoder, TransformerEncoder)
@@ -178,3 +201,20 @@ class MaximumRoaming(SharingStrategy):
     def features_for_tasks(self, batch, tasks):
         x = self._input(batch)  # embeddings once per batch; the masks differ from the first layer
         return {task: self.encode(x, batch, task) for task in tasks}
+
+    def card_section(self, model) -> list[str]:
+        kind = "feed-forward units" if self.scratch or self.hf else "output units"
+        moving = (f"- delta: {self.delta} (every {self.delta} training steps each task swaps one active unit for one "
+                  f"it never visited)." if self.delta else
+                  "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed random partition.")
+        return ["## Maximum Roaming", "",
+                f"Each task runs every encoder layer through its own binary mask over the layer's {self.units} "
+                f"{kind}.", "",
+                f"- Sharing ratio p: {model.config.roaming_ratio} ({self.active} of {self.units} units per layer and "
+                f"task).",
+                moving,
+                f"- Roaming progress r(c): {self.roaming_progress():.3f} (share of the task x layer x unit triples "
+                f"visited so far).",
+                f"- Units no task is active on: {self.uncovered_units()} of {self.masks.shape[0] * self.units} (every "
+                f"unit is covered at initialisation; an update may switch a unit off for the last task using it)."]
+

@@ -86,9 +86,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .options import ROUTERS, routing_blocks_per_layer
 from ..encoders import ScratchTransformerEncoder, TransformerEncoder
+from ..errors import ConfigError
 from .base import SharingStrategy, register
 from .bottom import encoder_input, layerwise_encoder, run_layer
 from .hf_layers import RoutedLayer, layer_stack, plain_state
@@ -96,6 +95,7 @@ from .hf_layers import RoutedLayer, layer_stack, plain_state
 VALUE_RATE = 0.1  # running-mean rate of the WPL action values and of the REINFORCE baselines
 ROUTER_HIDDEN = 64  # hidden units of the REINFORCE router MLPs
 ROUTING_FILE = "routing.json"
+ROUTERS = ("wpl", "reinforce", "dispatched")  # model.routing_router
 
 
 # -- the pieces, as functions (tested on their own) ------------------------------------------------------------------
@@ -189,6 +189,19 @@ def router_sgd_step(weights: list[torch.Tensor], objective_of, lr: float,
     return stats
 
 
+def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_key: str = "") -> list[int]:
+    """``model.routing_blocks`` as one count per layer (``depth`` layers; None: only checks the counts)."""
+    counts = [blocks] * (depth or 1) if isinstance(blocks, int) else list(blocks)
+    if depth is not None and len(counts) != depth:
+        where = f" ({depth_key})" if depth_key else ""
+        raise ConfigError(f"config key 'model.routing_blocks' lists {len(counts)} layer(s) but the encoder has "
+                          f"{depth}{where}; give one block count per layer, or one int for all")
+    bad = [k for k in counts if k < 1]
+    if bad or not counts:
+        raise ConfigError(f"config key 'model.routing_blocks' must give every layer >= 1 block(s), got {blocks!r}")
+    return counts
+
+
 class RouterMLP(nn.Module):
     """One layer's REINFORCE router: ``[pooled input, task one-hot] -> hidden (ReLU) -> choice logits``. The
     weights are buffers: the router trains itself (:meth:`RoutingNetwork.observe_losses`), not the optimiser."""
@@ -220,6 +233,42 @@ class RouterMLP(nn.Module):
 
 @register("routing")
 class RoutingNetwork(SharingStrategy):
+    options = ("routing_blocks", "routing_pass", "routing_router", "routing_rho", "routing_history", "routing_lr",
+               "routing_agents")
+    citation = """@inproceedings{rosenbaum2018routing,
+  title = {Routing Networks: Adaptive Selection of Non-linear Functions for Multi-Task Learning},
+  author = {Rosenbaum, Clemens and Klinger, Tim and Riemer, Matthew},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year = {2018}
+}"""
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
+        if config.routing_router not in ROUTERS:
+            raise ConfigError(f"config key 'model.routing_router': {config.routing_router!r} is not one of "
+                              f"{list(ROUTERS)}")
+        if config.routing_rho < 0:
+            raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {config.routing_rho}")
+        if config.routing_lr <= 0:
+            raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {config.routing_lr}")
+        if config.routing_pass and config.encoder == "bilstm":
+            b = config.bilstm  # the first layer reads the word (+ char) embeddings, the others the 2 x hidden states
+            inputs = [b.word_dim + b.char_filters] + [2 * b.hidden] * (b.layers - 1)
+            if 2 * b.hidden not in inputs:
+                raise ConfigError(f"config key 'model.routing_pass': no encoder layer can be skipped (PASS needs a "
+                                  f"layer whose input width equals its output width {2 * b.hidden}; the layers' "
+                                  f"inputs are {inputs}): add a layer or set it to false")
+        if config.routing_history < 0:
+            raise ConfigError(f"config key 'model.routing_history' must be >= 0 (0 = every batch since the start), "
+                              f"got {config.routing_history}")
+        if config.routing_agents < 0:
+            raise ConfigError(f"config key 'model.routing_agents' must be >= 0 (0 = one agent per task), "
+                              f"got {config.routing_agents}")
+        if config.routing_agents and config.routing_router != "dispatched":
+            raise ConfigError(f"config key 'model.routing_agents' only applies to model.routing_router=dispatched "
+                              f"(model.routing_router is {config.routing_router!r})")
+        routing_blocks_per_layer(config.routing_blocks, depth, depth_key)
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("routing", build_encoder, config)
@@ -229,6 +278,7 @@ class RoutingNetwork(SharingStrategy):
         self.num_layers = encoder.num_layers
         depth_key = "the Transformer's num_hidden_layers" if self.hf else (
             "model.scratch.layers" if self.scratch else "model.bilstm.layers")
+        self.check_options(config, self.tasks, self.num_layers, depth_key)
         self.copies = routing_blocks_per_layer(config.routing_blocks, self.num_layers, depth_key)
         if self.hf:  # the model's layers become RoutedLayers; its embeddings and forward pass stay
             self.in_dims = [encoder.output_dim] * self.num_layers
@@ -247,8 +297,6 @@ class RoutingNetwork(SharingStrategy):
                                         for layer, k in zip(layers, self.copies))
         self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
         self.router, self.rho, self.lr = config.routing_router, config.routing_rho, config.routing_lr
-        if self.router not in ROUTERS:
-            raise ConfigError(f"config key 'model.routing_router': {self.router!r} is not one of {list(ROUTERS)}")
         T, L, K = len(self.tasks), self.num_layers, max(self.choices)
         self.agents = (config.routing_agents or T) if self.router == "dispatched" else 0
         valid = torch.zeros(L, K)
@@ -633,6 +681,53 @@ class RoutingNetwork(SharingStrategy):
         # one line per innermost list (a layer's shares, a layer's choice names)
         text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
         (Path(directory) / ROUTING_FILE).write_text(text + "\n", encoding="utf-8")
+
+    def card_section(self, model) -> list[str]:
+        routing = self.routing_map()
+        blocks = ", ".join(f"{k}{' + PASS' if p else ''}" for k, p in zip(self.copies, self.has_pass))
+        router = {"wpl": "one tabular policy per task, Weighted Policy Learner",
+                  "reinforce": "one MLP per layer over the layer input and the task, REINFORCE",
+                  "dispatched": f"a REINFORCE dispatcher assigns each sentence to one of {self.agents} tabular WPL "
+                                f"agents"}[self.router]
+        lines = ["## Routing", "",
+                 "Every encoder layer offers several blocks (copies of the layer; PASS is the identity) and a router "
+                 "picks one per layer for each sentence.", "",
+                 f"- Router: `{self.router}` ({router}); collaboration reward rho {self.rho}.",
+                 f"- Blocks per layer: {blocks}."]
+        if routing.get("dispatch") and any(any(shares) for shares in routing["dispatch"].values()):
+            shares = "; ".join(f"{task} " + ", ".join(f"{p:.3f}" for p in task_shares)
+                               for task, task_shares in routing["dispatch"].items())
+            lines.append(f"- Dispatch (share of each task's training sentences per agent): {shares}.")
+        try:
+            table, what = final_map(routing)
+        except ValueError:  # REINFORCE before any epoch: no routes to show
+            lines += ["", "No routes were recorded yet (the model was not trained)."]
+        else:
+            layers, greedy = range(self.num_layers), routing.get("greedy")
+            title = f"Most-used block per task and layer ({what})" if routing["epochs"] else \
+                "Most likely block per task and layer (no epoch recorded yet: the policy)"
+            lines += ["", f"{title}:", "",
+                      "| task | " + " | ".join(f"layer {n + 1}" for n in layers) + " |",
+                      "|---" * (len(layers) + 1) + "|"]
+            for task in self.tasks:
+                cells = []
+                for n in layers:
+                    top = max(range(len(table[task][n])), key=table[task][n].__getitem__)
+                    cell = f"{routing['choices'][n][top]} ({table[task][n][top]:.3f})"
+                    if greedy and greedy[task][n] != top:
+                        cell += f" / greedy {routing['choices'][n][greedy[task][n]]}"
+                    cells.append(cell)
+                lines.append(f"| {task} | " + " | ".join(cells) + " |")
+            lines += ["", "At inference each task takes its greedy route (the policy's argmax; shown where it is not "
+                          "the most-used block)." if greedy else
+                          "At inference each sentence takes the router's argmax for its input."]
+        held = "every epoch's routing map and the historical block usage" + (
+            ", the policies and the greedy routes" if self.router == "wpl" else
+            ", the dispatch shares per task and the agents' policies and greedy routes"
+            if self.router == "dispatched" else "")
+        lines += ["", f"`{ROUTING_FILE}` holds {held}; draw it with "
+                      f"`sparseshare routing show <repo id or folder> --png routing.png`."]
+        return lines
 
 
 def _copy(layer):

@@ -24,6 +24,14 @@ MASK_FILE = "masks.safetensors"
 
 @register("sparse")
 class SparseSharing(SharingStrategy):
+    citation = """@inproceedings{sun2020sparse,
+  title = {Learning Sparse Sharing Architectures for Multiple Tasks},
+  author = {Sun, Tianxiang and Shao, Yunfan and Li, Xiaonan and Liu, Pengfei and Yan, Hang and Qiu, Xipeng and Huang, Xuanjing},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year = {2020}
+}"""
+    masked_optimizer = True
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         self.encoder = build_encoder()
@@ -97,3 +105,28 @@ class SparseSharing(SharingStrategy):
         if missing:
             raise MaskError(f"{path}: no mask for task(s) {missing}")
         self.set_masks({t: masks[t] for t in self.tasks}, where=str(path))  # the model's task order, not the file's
+
+    def card_section(self, model) -> list[str]:
+        from ..sparse.masks import model_statistics
+
+        stats = model_statistics(model)
+        tasks = list(stats["density"])
+        lines = ["## Sparse sharing masks", "",
+                 "Each task runs the encoder through its own binary mask over the prunable weights "
+                 f"(patterns: {', '.join(f'`{p}`' for p in model.sharing.prunable_patterns)}).", "",
+                 "| task | density |", "|---|---|"]
+        lines += [f"| {t} | {100 * stats['density'][t]:.1f}% |" for t in tasks]
+        lines += ["", "Overlap ratio (weights kept by both / kept by either):", "",
+                  "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+        lines += [f"| {a} | " + " | ".join(f"{stats['overlap'][a][b]:.3f}" for b in tasks) + " |" for a in tasks]
+        counts = stats["parameters"]
+        lines += ["", "Parameters: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()) + "."]
+        return lines
+
+    def prepare_training(self, config, tasks):
+        if config.sparse.masks:  # the file may hold masks of more tasks than this run trains
+            masks = load_masks(config.sparse.masks)
+            self.set_masks({task: masks[task] for task in tasks if task in masks}, where=config.sparse.masks)
+        for task in tasks:
+            self.mask_of(task)  # every trained task needs a mask before training starts
+

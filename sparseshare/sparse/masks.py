@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..files import atomic_path
 
 MaskSet = dict[str, dict[str, torch.Tensor]]
 
@@ -83,11 +84,9 @@ def save_masks(masks: MaskSet, path: str | Path, metadata: dict[str, str] | None
         if "/" in task:
             raise MaskError(f"task name {task!r} contains '/', which mask files use as a separator")
     tensors = {f"{task}/{name}": m.contiguous().cpu() for task, mask in masks.items() for name, m in mask.items()}
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")  # a crash mid-write never leaves a truncated mask file
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
-    return path
+    with atomic_path(path) as partial:  # a crash mid-write never leaves a truncated mask file
+        save_file(tensors, str(partial), metadata=metadata)
+    return Path(path)
 
 
 def load_masks(path: str | Path) -> MaskSet:

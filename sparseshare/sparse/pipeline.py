@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_from_dict
 from ..model import MultiTaskTagger
-from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs, write_json
+from ..files import atomic_path, write_json_atomically
+from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
 from ..training import TaskData, build_model, check_input_files, check_resume_config, load_task_data, run_training
 from .masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
                     save_masks)
@@ -104,7 +105,7 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
             search = {}
             for task in config.tasks:
                 search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
-                write_json(out / "search" / task / SEARCH_DONE, search[task])
+                write_json_atomically(out / "search" / task / SEARCH_DONE, search[task])
         masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in config.tasks}
         masks_file = str(out / "masks.safetensors")
         if state.is_main_process:
@@ -137,9 +138,8 @@ def warm_up(config: Config, data: dict[str, TaskData], template: MultiTaskTagger
         state = PartialState()
         if not init.is_file() and state.is_main_process:  # saved once: a resumed run rewinds to the same weights
             init.parent.mkdir(parents=True, exist_ok=True)
-            partial = init.with_name(init.name + ".partial")  # a crash mid-write never leaves a truncated file
-            save_file({k: v.contiguous() for k, v in template.state_dict().items()}, str(partial))
-            os.replace(partial, init)
+            with atomic_path(init) as partial:  # a crash mid-write never leaves a truncated file
+                save_file({k: v.contiguous() for k, v in template.state_dict().items()}, str(partial))
         state.wait_for_everyone()
         log("rewind point: the initialisation")
         return load_file(str(init))
@@ -187,7 +187,7 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
                       "epochs": results["epochs_run"], "train_sentences": len(train.train_tokens),
                       "wall_s": _stage_seconds(round_dir)}
             shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
-            write_json(done, record)
+            write_json_atomically(done, record)
             records.append(record)
             log(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
                 f"({record['wall_s']:.0f}s)")
@@ -240,7 +240,7 @@ def _search_one_task(out: Path, task: str) -> None:
     template = build_model(config, data)
     rewind = warm_up(config, data, template, out / "warmup", print)
     records = search_masks(config, data[task], template, rewind, out / "search" / task, print)
-    write_json(out / "search" / task / SEARCH_DONE, records)
+    write_json_atomically(out / "search" / task / SEARCH_DONE, records)
 
 
 def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: dict):
@@ -317,7 +317,7 @@ def write_report(config: Config, out: Path, joint: dict, search: dict, costs: di
                                                    for rec in records))
     if write:
         (out / "report.md").write_text("\n".join(text) + "\n")
-        write_json(out / "report.json", report)  # last: report.json marks the pipeline as finished
+        write_json_atomically(out / "report.json", report)  # last: report.json marks the pipeline as finished
     log("\n".join(text))
     log(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'overlap.png'}")
     return report
@@ -354,7 +354,7 @@ def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_t
     results = run_training(config, resume=True, log=log, data=data, build=build, evaluate_test=evaluate_test,
                            command=command)
     if PartialState().is_main_process:
-        write_json(folder / STAGE_TIME, {"seconds": round(_stage_seconds(folder) + time.perf_counter() - started, 1)})
+        write_json_atomically(folder / STAGE_TIME, {"seconds": round(_stage_seconds(folder) + time.perf_counter() - started, 1)})
     return results
 
 

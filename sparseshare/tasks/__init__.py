@@ -1,8 +1,10 @@
 """Task specifications: one small YAML file per task.
 
 A task names its corpus (local files per split, and optionally a Hugging Face Hub dataset with
-the same schema), the column it labels, its tag scheme and its metric. Built-in tasks live beside
-this module; a user adds one by writing a YAML file and passing its path instead of a name.
+the same schema), the column it labels, its tag scheme and its metric. The built-in tasks are the files of the
+checkout's top-level ``tasks/`` folder, which an installed package carries as ``sparseshare/tasks/builtin/``
+(setup.py maps one onto the other); a user adds a task by writing a YAML file and passing its path instead of a
+name.
 """
 from __future__ import annotations
 
@@ -14,7 +16,15 @@ import yaml
 
 from ..data.schemes import SCHEMES
 
-BUILTIN_DIR = Path(__file__).parent
+
+
+def _builtin_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    installed = here / "builtin"  # a wheel or a regular install
+    return installed if installed.is_dir() else here.parents[1] / "tasks"  # a checkout (editable install)
+
+
+BUILTIN_DIR = _builtin_dir()
 METRICS = ("accuracy", "span_f1")
 FORMATS = ("conll", "conllu", "pp")
 

@@ -70,11 +70,36 @@ def _evaluate(args):
                          data_dir=args.data_dir or Path(args.data_root) / model.tasks[task].corpus)
         for task in model.check_tasks(args.tasks)
     }
-    results = evaluate(model, datasets_by_task, args.batch_size, strict=args.strict)
+    predicted: dict[str, list] = {}
+    results = evaluate(model, datasets_by_task, args.batch_size, strict=args.strict, predictions=predicted)
     print(f"{args.split}:\n{format_table(results)}")
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1))
         print(f"wrote {args.output}")
+    if args.predictions:
+        for task, dataset in datasets_by_task.items():
+            path = write_conll_predictions(Path(args.predictions) / f"{args.split}.{task}.conll", dataset["tokens"],
+                                           dataset["labels"], predicted[task], compress=args.gzip)
+            print(f"wrote {path}")
+
+
+def write_conll_predictions(path: Path, tokens, gold, predicted, compress: bool = False) -> Path:
+    """conlleval's input: ``token gold predicted`` a line, a blank line after each sentence (``.gz`` with
+    ``compress``), so that any scorer can check the scores."""
+    import gzip
+
+    lines = []
+    for sentence, gold_tags, tags in zip(tokens, gold, predicted):
+        lines += [f"{t} {g} {p}" for t, g, p in zip(sentence, gold_tags, tags)] + [""]
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _read_lines(path: str) -> list[str]:
@@ -203,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true", help="strict span matching instead of conlleval's")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--output", help="write the results as JSON here")
+    ev.add_argument("--predictions", metavar="DIR",
+                    help="write <split>.<task>.conll here per task: 'token gold predicted' a line, a blank line "
+                         "between sentences (conlleval's input)")
+    ev.add_argument("--gzip", action="store_true", help="with --predictions: write .conll.gz files")
     ev.set_defaults(run=_evaluate)
 
     tag = sub.add_parser("tag", help="tag raw text (one text per line) or whitespace-tokenised sentences")

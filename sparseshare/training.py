@@ -128,12 +128,15 @@ def unseen_labels(spec: TaskSpec, train_labels: list[str], gold: list[list[str]]
 
 
 def evaluate(model: MultiTaskTagger, datasets_by_task: dict[str, object], batch_size: int = 256,
-             strict: bool = False) -> dict[str, dict]:
+             strict: bool = False, predictions: dict | None = None) -> dict[str, dict]:
+    """Scores per task; ``predictions``, when given, receives each task's predicted labels (corpus scheme)."""
     results = {}
     for task, dataset in datasets_by_task.items():
         spec = model.tasks[task]
         gold = list(dataset["labels"])
         pred = model.predict(list(dataset["tokens"]), [task], batch_size)[task]
+        if predictions is not None:
+            predictions[task] = pred
         result = score_task(spec.metric, gold, pred, spec.ignore_labels, strict=strict, scheme=spec.scheme)
         count, names = unseen_labels(spec, model.labels[task], gold)
         result.update(unseen_labels=count, unseen_label_names=sorted(names))

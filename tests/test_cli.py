@@ -103,3 +103,23 @@ def test_errors_are_clear(model_dir, tmp_path, args, stdin, message):
     assert done.returncode != 0
     assert message in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_evaluate_writes_conlleval_predictions_that_rescore_to_the_same_numbers(model_dir, tmp_path):
+    import gzip
+
+    from seqeval.metrics import f1_score
+
+    model, data = model_dir
+    sparseshare("evaluate", model, "--split", "test", "--data-dir", data, "--output", tmp_path / "r.json",
+                "--predictions", tmp_path / "pred", "--gzip")
+    results = json.loads((tmp_path / "r.json").read_text())
+    blocks = gzip.open(tmp_path / "pred" / "test.ner.conll.gz", "rt").read().strip("\n").split("\n\n")
+    rows = [[line.split(" ") for line in block.split("\n")] for block in blocks]
+    assert len(rows) == 48 and all(len(r) == 3 for block in rows for r in block)
+    assert [r[0] for r in rows[0]] == ["John", "lives", "in", "Paris", "."]
+    gold, pred = [[r[1] for r in block] for block in rows], [[r[2] for r in block] for block in rows]
+    assert round(100 * f1_score(gold, pred), 6) == round(results["ner"]["f1"], 6)
+    text = gzip.open(tmp_path / "pred" / "test.pos.conll.gz", "rt").read()
+    pos = [line.split(" ") for line in text.splitlines() if line]
+    assert round(100 * sum(g == p for _, g, p in pos) / len(pos), 6) == round(results["pos"]["accuracy"], 6)

@@ -435,7 +435,8 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     # 4. Resume from the newest complete checkpoint.
     state = TrainState()
     if checkpoint is not None:
-        expected = ["model.safetensors", "optimizer.bin", "scheduler.bin", f"random_states_{accelerator.process_index}.pkl"]
+        expected = ["model.safetensors", "optimizer.bin", "scheduler.bin",
+                    f"random_states_{accelerator.process_index}.pkl"]
         missing = [name for name in expected if not (checkpoint / name).is_file()]
         if missing:
             raise FileNotFoundError(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)} "

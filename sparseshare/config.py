@@ -359,11 +359,11 @@ NUMBER_RANGES = {
     "model.scratch.ff": AT_LEAST_ONE, "model.scratch.dropout": PROBABILITY, "model.scratch.max_positions": AT_LEAST_ONE,
     "train.seed": "[0, 4294967295]", "train.epochs": POSITIVE, "train.batch_size": POSITIVE,
     "train.eval_batch_size": POSITIVE, "train.temperature": POSITIVE, "train.lr": POSITIVE, "train.head_lr": POSITIVE,
-    "train.momentum": PROBABILITY, "train.weight_decay": NON_NEGATIVE, "train.clip": POSITIVE,
+    "train.momentum": PROBABILITY, "train.weight_decay": NON_NEGATIVE, "train.clip": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE, "train.lr_decay": NON_NEGATIVE, "train.patience": NON_NEGATIVE,
     "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE,
 }
-HINTS = {"train.clip": " (null switches clipping off)", "train.patience": " (0 switches early stopping off)"}
+HINTS = {"train.clip": " (0 or null switches clipping off)", "train.patience": " (0 switches early stopping off)"}
 
 
 def in_interval(value: float, interval: str) -> bool:

@@ -66,8 +66,8 @@ def lock_for_all_processes(folder: Path, is_main_process: bool, num_processes: i
     if is_main_process:
         try:
             lock = RunLock(folder).acquire()
-        except RunFolderError as err:
-            error = str(err)
+        except (RunFolderError, OSError) as err:  # e.g. output_dir is a file: every process must hear of it
+            error = str(err) if isinstance(err, RunFolderError) else f"cannot lock {folder}: {err}"
     if num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -77,11 +77,11 @@ def lock_for_all_processes(folder: Path, is_main_process: bool, num_processes: i
     return lock
 
 
-def _take(handle, folder: Path) -> None:
+def _take(handle, folder: Path, mode: int | None = None) -> None:
     if fcntl is None:
         return
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, (fcntl.LOCK_EX if mode is None else mode) | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
@@ -96,12 +96,13 @@ def raise_if_in_use(folder: Path) -> None:
     if fcntl is None or not path.is_file():
         return
     with open(path, encoding="utf-8") as handle:
-        _take(handle, Path(folder))  # released when the file closes
+        # shared: it conflicts with a run's exclusive lock, not with other processes probing at the same time
+        _take(handle, Path(folder), fcntl.LOCK_SH)  # released when the file closes
 
 
-# What a training run writes into its output_dir (removed by --overwrite; other files there are left alone).
-RUN_OUTPUTS = ("checkpoints", "model", "model.partial", "model.old", "results.json", "config.yaml", "logs",
-               "sparseshare")
+# What a training run writes into its output_dir (removed by --overwrite, in this order: the done marker first and
+# config.yaml last, so that a crash mid-removal never leaves a folder that looks finished; other files are left).
+RUN_OUTPUTS = ("results.json", "checkpoints", "model", "model.partial", "model.old", "config.yaml")
 
 
 def finished_outputs(folder: Path, names=RUN_OUTPUTS) -> list[str]:
@@ -138,7 +139,12 @@ def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoin
                              f"nothing to resume (pass --overwrite to train again)")
 
 
-def remove_outputs(folder: Path, names=RUN_OUTPUTS) -> None:
+def remove_outputs(folder: Path, names=RUN_OUTPUTS, inputs=()) -> None:
+    """Remove a run's outputs for --overwrite; refuses when one of ``inputs`` (files the run reads) is among them."""
+    doomed = [(folder / name).resolve() for name in names]
+    for path in inputs:
+        if path and any(Path(path).resolve() == d or d in Path(path).resolve().parents for d in doomed):
+            raise RunFolderError(f"--overwrite would delete {path}, which this run reads; move it out of {folder}")
     for name in names:
         path = folder / name
         if path.is_dir() and not path.is_symlink():

@@ -33,7 +33,7 @@ from .data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab,
 from .metrics import format_table, score_task
 from .model import MultiTaskTagger
 from .optim import MaskedAdamW, MaskedSGD
-from .files import recover_folder, replace_folder, write_json_atomically
+from .files import atomic_path, recover_folder, replace_folder, write_json_atomically
 from .run_folder import check_run_folder, lock_for_all_processes, remove_outputs
 from .tasks import TaskSpec, load_task
 
@@ -269,10 +269,14 @@ def check_random_states(checkpoint: Path, process_index: int) -> None:
         random.Random().setstate(states["random_state"])
         np.random.RandomState().set_state(states["numpy_random_seed"])
         torch.Generator().set_state(states["torch_manual_seed"])
+        if torch.cuda.is_available() and len(states["torch_cuda_manual_seed"]) != torch.cuda.device_count():
+            raise ValueError(f"{len(states['torch_cuda_manual_seed'])} CUDA random states for "
+                             f"{torch.cuda.device_count()} devices")
     except Exception as err:  # noqa: BLE001 - unpickling raises many types for a damaged file
         raise CheckpointError(f"checkpoint {checkpoint}: cannot restore the random states from {path} "
                               f"({type(err).__name__}: {err}); an exact resume is impossible from it. Delete the "
-                              f"folder to resume from the previous checkpoint") from None
+                              f"folder to resume from the previous checkpoint, if train.keep_checkpoints kept one"
+                              ) from None
 
 
 def check_finite(model: torch.nn.Module | None, state: TrainState) -> None:
@@ -395,8 +399,9 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         accelerator.wait_for_everyone()  # every process has looked before the main one removes or writes
         if accelerator.is_main_process:
             if overwrite:
-                remove_outputs(output_dir)
-            (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                remove_outputs(output_dir, inputs=(config.sparse.masks, config.model.bilstm.embeddings))
+            with atomic_path(output_dir / "config.yaml") as partial:
+                partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         checkpoint = None if overwrite else checkpoint
         if resume and checkpoint is None:
             log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
@@ -439,8 +444,9 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
                     f"random_states_{accelerator.process_index}.pkl"]
         missing = [name for name in expected if not (checkpoint / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)} "
-                                    f"(delete the folder to resume from the previous checkpoint)")
+            raise FileNotFoundError(f"checkpoint {checkpoint} is incomplete: missing {', '.join(missing)} (delete "
+                                    f"the folder to resume from the previous checkpoint, if train.keep_checkpoints "
+                                    f"kept one)")
         check_random_states(checkpoint, accelerator.process_index)
         accelerator.load_state(str(checkpoint))
         state = TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
@@ -478,8 +484,8 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
             # an overflow is expected now and then: the gradient scaler skips that step.)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.clip or math.inf))
             loss_value = loss.item()
-            if (not math.isfinite(grad_norm) and t.mixed_precision != "fp16") or (
-                    world == 1 and not math.isfinite(loss_value)):
+            if t.mixed_precision != "fp16" and (not math.isfinite(grad_norm) or (
+                    world == 1 and not math.isfinite(loss_value))):
                 raise TrainingDiverged(
                     f"training diverged at step {state.global_step + 1} (epoch {epoch + 1}, task {task!r}): loss "
                     f"{loss_value}, gradient norm {grad_norm}; the step was not applied. The last good checkpoint "
@@ -560,6 +566,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
             **({"command": command} if command else {}),
             "training_config": config.to_dict()})
         write_json_atomically(output_dir / "results.json", results)  # last: results.json marks the run as finished
+    accelerator.wait_for_everyone()  # no process reads model/ (e.g. the next pipeline stage) while it is replaced
     log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
     if test:
         log("test:\n" + format_table(test))

@@ -151,8 +151,8 @@ def test_a_finished_sparse_pipeline_is_never_replaced_without_overwrite(tiny_cor
     overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{
         "tasks": "[ner]", "model.sharing": "sparse", "sparse.rounds": 0, "train.epochs": 1})
     first = run_sparse(load_config(None, overrides), log=quiet)
-    with pytest.raises(RunFolderError, match=r"already holds a finished run \(config.yaml, warmup, search, "
-                                             r"masks.safetensors, joint, report.json"):
+    with pytest.raises(RunFolderError, match=r"already holds a finished run \(report.json, report.md, overlap.png, "
+                                             r"joint, masks.safetensors, search, warmup, config.yaml\)"):
         run_sparse(load_config(None, overrides), log=quiet)
     assert run_sparse(load_config(None, overrides), resume=True, log=quiet)["test"] == first["test"]
     with RunLock(tmp_path / "run"):
@@ -217,7 +217,7 @@ def test_a_finished_run_is_never_replaced_without_overwrite(tiny_corpus, tmp_pat
     shutil.rmtree(run / "checkpoints")  # the case of the issue: a finished run whose checkpoints were removed
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     changed = tiny_config(tiny_corpus, run, **{"train.epochs": 2, "train.lr": 0.1})
-    with pytest.raises(RunFolderError, match=r"already holds a finished run \(model, results.json, config.yaml\).*"
+    with pytest.raises(RunFolderError, match=r"already holds a finished run \(results.json, model, config.yaml\).*"
                                              r"--overwrite"):
         run_training(changed, log=quiet)
     with pytest.raises(RunFolderError, match="without the checkpoints to continue it"):
@@ -227,6 +227,17 @@ def test_a_finished_run_is_never_replaced_without_overwrite(tiny_corpus, tmp_pat
         run_training(changed, resume=True, overwrite=True, log=quiet)
     results = run_training(changed, overwrite=True, log=quiet)
     assert results["epochs_run"] == 2 and "lr: 0.1" in (run / "config.yaml").read_text()
+
+
+def test_overwrite_never_deletes_a_file_the_run_reads(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_corpus, run, **{"train.epochs": 1}), log=quiet)
+    vectors = run / "model" / "vectors.txt"
+    vectors.write_text("paris " + " ".join(["0.1"] * 16) + "\n")
+    config = tiny_config(tiny_corpus, run, **{"train.epochs": 1, "model.bilstm.embeddings": str(vectors)})
+    with pytest.raises(RunFolderError, match=r"--overwrite would delete .*vectors.txt, which this run reads"):
+        run_training(config, overwrite=True, log=quiet)
+    assert vectors.is_file() and (run / "results.json").is_file()
 
 
 def test_nothing_is_written_before_the_inputs_are_checked(tiny_corpus, tmp_path):

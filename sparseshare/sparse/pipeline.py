@@ -47,8 +47,8 @@ from .pruning import prune_by_magnitude
 
 
 # What the pipeline writes into its output_dir (removed by --overwrite; other files there are left alone).
-PIPELINE_OUTPUTS = ("config.yaml", "warmup", "init", "search", "masks.safetensors", "joint", "report.json",
-                    "report.md", "overlap.png")
+PIPELINE_OUTPUTS = ("report.json", "report.md", "overlap.png", "joint", "masks.safetensors", "search", "init",
+                    "warmup", "config.yaml")
 
 
 def run_sparse(config: Config, resume: bool = False, log=None, command: str | None = None,
@@ -78,8 +78,9 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
         state.wait_for_everyone()  # every process has checked before the main one removes or writes
         if state.is_main_process:
             if overwrite:
-                remove_outputs(out, PIPELINE_OUTPUTS)
-            saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                remove_outputs(out, PIPELINE_OUTPUTS, inputs=(config.sparse.masks, config.model.bilstm.embeddings))
+            with atomic_path(saved) as partial:
+                partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         state.wait_for_everyone()
         return _run_pipeline(config, state, out, data, template, log, command)
     finally:

@@ -21,7 +21,13 @@ from ..data.schemes import SCHEMES
 def _builtin_dir() -> Path:
     here = Path(__file__).resolve().parent
     installed = here / "builtin"  # a wheel or a regular install
-    return installed if installed.is_dir() else here.parents[1] / "tasks"  # a checkout (editable install)
+    if installed.is_dir():
+        return installed
+    checkout = here.parents[1]  # a checkout (editable install)
+    if (checkout / "setup.py").is_file() and (checkout / "tasks").is_dir():
+        return checkout / "tasks"
+    raise ImportError(f"sparseshare's built-in task files are missing (neither {installed} nor a checkout's tasks/ "
+                      f"folder): reinstall the package")
 
 
 BUILTIN_DIR = _builtin_dir()

@@ -105,6 +105,8 @@ def write_conll_predictions(path: Path, tokens, gold, predicted, compress: bool 
 def _read_lines(path: str) -> list[str]:
     """The non-blank lines of a UTF-8 text file or stdin (``-``). Lines end at LF, CRLF or CR; a leading byte-order
     mark is dropped; bytes that are not UTF-8 text, or NUL bytes (binary input), are an error naming the line."""
+    from .data.readers import decode_lines
+
     source = "stdin" if path == "-" else path
     if path == "-":
         data = sys.stdin.buffer.read()
@@ -115,16 +117,9 @@ def _read_lines(path: str) -> list[str]:
             raise FileNotFoundError(f"input file not found: {path}")
         data = Path(path).read_bytes()
     lines = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{source}:{number}: not valid UTF-8 ({err.reason} at byte {err.start} of the line); "
-                             f"sparseshare tag reads UTF-8 text") from None
+    for number, text in decode_lines(data, source):
         if "\x00" in text:
             raise ValueError(f"{source}:{number}: a NUL byte; this looks like binary data, not text")
-        if number == 1:
-            text = text.removeprefix("\ufeff")
         if text.strip():
             lines.append(text)
     return lines

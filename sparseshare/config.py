@@ -222,12 +222,11 @@ def _check_type(value, hint, path):
 
 def read_yaml(path: Path):
     """A YAML file's content; syntax errors and undecodable bytes name the file and line."""
+    data = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is dropped
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError as err:
-        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        line = data[:err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
     try:
         return yaml.safe_load(text)

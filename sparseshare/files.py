@@ -49,26 +49,28 @@ def write_json_atomically(path: str | Path, value) -> None:
 
 def replace_folder(new: Path, target: Path) -> None:
     """Move the complete folder ``new`` to ``target``, replacing what was there."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        if not target.exists():  # an earlier replace was cut between its renames: old is the last good one
-            old.rename(target)
-        else:
-            shutil.rmtree(old)
+    old = _restore_old(target)
     if target.exists():
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def recover_folder(target: Path) -> None:
-    """Undo a :func:`replace_folder` cut between its two renames; drop a half-written ``<name>.partial``."""
+def _restore_old(target: Path) -> Path:
+    """After a replace cut between its renames, ``<name>.old`` is the last good folder: put it back (or drop it when
+    ``<name>`` is in place). Returns the ``.old`` path, now free."""
     old = target.with_name(target.name + ".old")
     if old.exists():
         if target.exists():
             shutil.rmtree(old)
         else:
             old.rename(target)
+    return old
+
+
+def recover_folder(target: Path) -> None:
+    """Undo a :func:`replace_folder` cut between its two renames; drop a half-written ``<name>.partial``."""
+    _restore_old(target)
     partial = target.with_name(target.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)

@@ -525,9 +525,9 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
         improved = score > state.best_score
         # e.g. Maximum Roaming's progress r(c), routing's epoch map; before the save, so the saved model has this epoch
         sharing_values = tagger.sharing.log_values()
+        check_finite(tagger, state)  # before this epoch's model and checkpoint are written
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-            check_finite(tagger, state)
             if accelerator.is_main_process:
                 save_model_atomically(tagger, output_dir / "model", {"selected_epoch": epoch + 1, "dev": _summary(dev)})
         else:
@@ -541,7 +541,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
             + "".join(f" | {k} {v:.3f}" for k, v in sharing_values.items()))
         accelerator.log({f"dev/{k}": r["score"] for k, r in dev.items()} | {"dev/mean": score}, step=state.global_step)
         state.stopped_early = bool(t.patience and state.bad_epochs >= t.patience)
-        save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints, tagger)
+        save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)  # weights checked above
         if state.stopped_early:
             log(f"early stop: no dev improvement for {t.patience} epochs (best epoch {state.best_epoch})")
             break

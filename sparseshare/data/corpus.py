@@ -23,8 +23,6 @@ class MissingSplitError(FileNotFoundError):
 
 def _read_cached(reader_name: str, path: str, columns: tuple[str, ...]) -> tuple:
     # POS, chunk and NER read the same CoNLL-2003 file: read it once per process (again if it changes).
-    if Path(path).is_dir():
-        raise CorpusFormatError(path, None, "is a directory, not a corpus file")
     stat = Path(path).stat()
     return _read(reader_name, path, columns, stat.st_mtime_ns, stat.st_size)
 

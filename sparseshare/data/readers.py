@@ -30,13 +30,19 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
         raise CorpusFormatError(path, None, "is a directory, not a corpus file")
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    return decode_lines(path.read_bytes(), path)
+
+
+def decode_lines(data: bytes, source: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of UTF-8 ``data``, lines ending at LF, CRLF or a lone CR, a leading byte-order mark
+    dropped; bytes that are not UTF-8 raise :class:`CorpusFormatError` naming ``source`` and the line."""
+    for number, raw in enumerate(data.splitlines(), start=1):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise CorpusFormatError(path, number,
+            raise CorpusFormatError(source, number,
                                     f"not valid UTF-8 ({err.reason} at byte {err.start} of the line)") from None
-        yield number, text[1:] if number == 1 and text.startswith(BOM) else text
+        yield number, text.removeprefix(BOM) if number == 1 else text
 
 
 def shown(line: str, limit: int = 80) -> str:

@@ -60,7 +60,13 @@ RUNS = {
     "ner_adam_linear": ("conll03_ner", [*ADAM, "train.lr=0.003", "train.lr_schedule=linear", "train.patience=0",
                                         "train.epochs=10"]),
     "ner_adam_frozen": ("conll03_ner", [*ADAM, "model.bilstm.freeze_embeddings=true"]),
+    # the control of issue 13: the sparse run's selected masks replaced by random masks keeping as many weights
+    # per tensor, trained jointly from the same rewind point with the same budget
+    "sparse_random": ("conll03_sparse", ["sparse.random_masks=true"]),
 }
+# runs whose warm-up and search are those of another run of the same seed (same config up to the joint
+# stage, so recomputing them would give the same files): copied from it when it has finished its search
+SHARES_SEARCH = {"sparse_random": "sparse"}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 
 
@@ -75,6 +81,12 @@ def run_one(name: str, seed: int, args) -> str:
             return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
         return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
+    source = Path(args.out) / f"{SHARES_SEARCH.get(name)}_seed{seed}"
+    if name in SHARES_SEARCH and (source / "masks.safetensors").is_file() and not (out / "config.yaml").exists():
+        import shutil
+
+        for stage in ("warmup", "search"):
+            shutil.copytree(source / stage, out / stage, dirs_exist_ok=True)
     lock = out / "running.lock"  # several drivers may share one queue: a run is trained by one of them
     try:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -94,7 +106,8 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     if args.epochs:
         cmd.append(f"train.epochs={args.epochs}")
     cmd += args.overrides
-    if (out / "config.yaml").is_file():  # started before: continue it (from scratch if cut before a checkpoint)
+    # started before (or given a copied search): continue it (from scratch if cut before a checkpoint)
+    if (out / "config.yaml").is_file() or (out / "search").is_dir():
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     timing = out / "wall_time.json"

@@ -140,13 +140,19 @@ class SparseConfig:
 
     masks: str | None = None  # a mask file: skip warm-up and search, train jointly with these masks
     warmup_epochs: int = 1  # hard-sharing warm-up whose weights are the rewind point; 0 = rewind to initialisation
-    rounds: int = 5  # pruning rounds per task; round r trains the subnet of density (1 - prune_fraction)^r
+    # iterative: round r trains the subnet of density (1 - prune_fraction)^r from the rewind point, then prunes it.
+    # oneshot: round 0 trains the dense network from the rewind point (search_epochs, to convergence); rounds
+    # 1..R prune that trained network to density (1 - prune_fraction)^r and score it on dev without retraining
+    search: str = "iterative"
+    rounds: int = 5  # pruning rounds per task; round r gives the subnet of density (1 - prune_fraction)^r
     prune_fraction: float = 0.2  # share of the remaining prunable weights removed per round
-    search_epochs: int = 1  # training epochs per round
+    search_epochs: int = 1  # training epochs per trained round
     search_max_train_sentences: int | None = None  # train each round on the first N sentences only
     select: str = "dev"  # dev: best dev score (ties to the sparser mask) | density: the round closest to `density`
     select_tolerance: float = 0.0  # dev scores within this many points of the best count as ties
     density: float | None = None  # with select=density
+    # a control experiment: replace each selected mask by a random one keeping as many weights per tensor
+    random_masks: bool = False
 
 
 @dataclass
@@ -404,6 +410,8 @@ def validate_sparse(s: SparseConfig) -> None:
         raise ConfigError(f"config key 'sparse.search_epochs' must be >= 1, got {s.search_epochs}")
     if s.search_max_train_sentences is not None and s.search_max_train_sentences < 1:
         raise ConfigError(f"config key 'sparse.search_max_train_sentences' must be >= 1, got {s.search_max_train_sentences}")
+    if s.search not in ("iterative", "oneshot"):
+        raise ConfigError(f"config key 'sparse.search': {s.search!r} is not one of ['iterative', 'oneshot']")
     if s.select not in ("dev", "density"):
         raise ConfigError(f"config key 'sparse.select': {s.select!r} is not one of ['dev', 'density']")
     if s.select_tolerance < 0:

@@ -261,7 +261,8 @@ def test_default_prunable_weights_of_a_transformer():
 @pytest.mark.parametrize("override,key", [("sparse.density=0", "sparse.density"), ("sparse.density=1.5", "sparse.density"),
                                           ("sparse.prune_fraction=1", "sparse.prune_fraction"),
                                           ("sparse.select=density", "sparse.density"), ("sparse.rounds=-1", "sparse.rounds"),
-                                          ("sparse.search_epochs=0", "sparse.search_epochs")])
+                                          ("sparse.search_epochs=0", "sparse.search_epochs"),
+                                          ("sparse.search=greedy", "sparse.search")])
 def test_bad_sparse_settings_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
@@ -410,3 +411,70 @@ def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeyp
     monkeypatch.setattr(subprocess, "run", chunk_succeeds)
     with pytest.raises(RuntimeError, match=r"task\(s\) \['pos'\] failed in another process"):
         pipeline.search_distributed(config, rank(1), tmp_path, _quiet)
+
+
+def test_oneshot_search_prunes_the_trained_dense_network_and_scores_it_without_retraining(tiny_corpus, tmp_path,
+                                                                                        monkeypatch):
+    config = _sparse(tiny_corpus, tmp_path, **{"sparse.search": "oneshot", "sparse.rounds": 2,
+                                               "sparse.prune_fraction": 0.5, "train.epochs": 1,
+                                               "sparse.search_epochs": 2})
+    calls = []
+    real = pipeline.run_training
+    monkeypatch.setattr(pipeline, "run_training", lambda cfg, **kw: (calls.append(cfg.output_dir), real(cfg, **kw))[1])
+    report = pipeline.run_sparse(config, log=_quiet)
+    # one training per task (the dense round 0), besides warm-up and joint training
+    assert [c.replace(str(tmp_path) + "/", "") for c in calls] == [
+        "warmup", "search/pos/round_00", "search/chunk/round_00", "search/ner/round_00", "joint"]
+    for task in ("pos", "chunk", "ner"):
+        rounds = report["search"][task]
+        assert [r["epochs"] for r in rounds] == [2, 0, 0]
+        assert [round(r["density"], 2) for r in rounds] == [1.0, 0.5, 0.25]
+        # each mask keeps the globally largest weights of the trained dense network: nested masks, and
+        # every kept weight is at least as large as every pruned one
+        trained = load_file(str(tmp_path / "search" / task / "round_00" / "model" / "model.safetensors"))
+        half, quarter = (load_masks(tmp_path / "search" / task / f"round_{r:02d}" / "mask.safetensors")[task]
+                         for r in (1, 2))
+        assert all(torch.equal(quarter[n] & half[n], quarter[n]) for n in half)
+        weights = {n: trained[f"sharing.encoder.{n}"].abs() for n in half}
+        kept = torch.cat([weights[n][quarter[n]] for n in weights])
+        dropped = torch.cat([weights[n][~quarter[n]] for n in weights])
+        assert kept.min() >= dropped.max()
+        # the cheap score is the trained network's dev score through the mask, recomputed here
+        model = MultiTaskTagger.from_pretrained(tmp_path / "search" / task / "round_00" / "model")
+        model.sharing.set_masks({task: quarter})
+        data = load_task_data(config, log=_quiet)
+        from sparseshare.training import evaluate
+
+        assert rounds[2]["dev"] == evaluate(model, {task: data[task].dev})[task]["score"]
+    assert report["search_budget"]["search"] == "oneshot" and report["random_masks"] is False
+
+
+def test_random_mask_control_keeps_the_selected_count_per_tensor(tiny_corpus, tmp_path):
+    searched = _sparse(tiny_corpus, tmp_path / "a", **{"sparse.rounds": 1, "sparse.prune_fraction": 0.5,
+                                                       "train.epochs": 1})
+    pipeline.run_sparse(searched, log=_quiet)
+    control = _sparse(tiny_corpus, tmp_path / "b", **{"sparse.rounds": 1, "sparse.prune_fraction": 0.5,
+                                                      "train.epochs": 1, "sparse.random_masks": True})
+    report = pipeline.run_sparse(control, log=_quiet)
+    masks, random = load_masks(tmp_path / "a" / "masks.safetensors"), load_masks(tmp_path / "b" / "masks.safetensors")
+    assert report["random_masks"] is True
+    for task in masks:
+        # the same search chose the same density, and the control keeps as many weights in every tensor ...
+        assert all(int(random[task][n].sum()) == int(masks[task][n].sum()) for n in masks[task])
+        # ... at other positions, unless the search kept everything
+        if density(masks[task]) < 1:
+            assert any(not torch.equal(random[task][n], masks[task][n]) for n in masks[task])
+    assert load_masks(tmp_path / "b" / "joint" / "model" / "masks.safetensors").keys() == random.keys()
+
+
+def test_random_masks_like_is_seeded_and_independent_per_task():
+    from sparseshare.sparse.masks import random_masks_like
+
+    g = torch.Generator().manual_seed(0)
+    masks = {t: {"w": torch.rand(40, 30, generator=g) < 0.3, "v": torch.rand(50, generator=g) < 0.6} for t in "ab"}
+    first, again, other = random_masks_like(masks, 1), random_masks_like(masks, 1), random_masks_like(masks, 2)
+    assert all(torch.equal(first[t][n], again[t][n]) for t in masks for n in masks[t])
+    assert any(not torch.equal(first[t][n], other[t][n]) for t in masks for n in masks[t])
+    assert all(first[t][n].shape == masks[t][n].shape and first[t][n].dtype == torch.bool
+               for t in masks for n in masks[t])
+    assert not torch.equal(first["a"]["w"], first["b"]["w"])

@@ -106,6 +106,21 @@ def load_masks(path: str | Path) -> MaskSet:
     return masks
 
 
+def random_masks_like(masks: MaskSet, seed: int) -> MaskSet:
+    """Masks keeping, in every tensor, as many weights as ``masks`` does, at positions drawn uniformly at
+    random (independently per task): the control that tells whether *which* weights a search keeps matters,
+    or only how many."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = {}
+    for task, mask in masks.items():
+        drawn[task] = {}
+        for name, m in mask.items():
+            kept = torch.zeros(m.numel(), dtype=torch.bool)
+            kept[torch.randperm(m.numel(), generator=generator)[:int(m.sum())]] = True
+            drawn[task][name] = kept.view_as(m)
+    return drawn
+
+
 # -- statistics -----------------------------------------------------------------------------------
 def density(mask: dict[str, torch.Tensor]) -> float:
     kept = sum(int(m.sum()) for m in mask.values())

@@ -2,10 +2,15 @@
 
 1. warm-up: a short hard-sharing run; its weights are the rewind point (late resetting). With
    ``sparse.warmup_epochs: 0`` the rewind point is the initialisation (classic lottery ticket);
-2. mask search per task by iterative magnitude pruning (round r trains the subnet of density
-   ``(1 - prune_fraction)^r`` from the rewind point, then removes ``prune_fraction`` of its surviving
-   prunable weights by magnitude, one global threshold);
-3. subnet selection per task on dev;
+2. mask search per task by magnitude pruning (one global threshold across the prunable tensors), giving
+   subnets of density ``(1 - prune_fraction)^r`` for rounds r = 0..R:
+   - ``sparse.search: iterative`` (Sun et al.): round r trains its subnet from the rewind point, then
+     removes ``prune_fraction`` of the surviving weights by magnitude;
+   - ``sparse.search: oneshot``: round 0 trains the dense network from the rewind point to convergence;
+     every later round prunes that trained network to its density and scores it on dev without
+     retraining (seconds instead of a training run per round);
+3. subnet selection per task on dev (with ``sparse.random_masks``, the control: each selected mask is
+   replaced by a random one keeping as many weights per tensor);
 4. joint training of all tasks, each through its mask, from the rewind point;
 5. the report: dev/test scores, densities, overlap ratios, parameter counts, the search's cost.
 
@@ -40,9 +45,10 @@ from ..config import Config, config_from_dict
 from ..model import MultiTaskTagger
 from ..files import atomic_path, write_json_atomically
 from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
-from ..training import TaskData, build_model, check_input_files, check_resume_config, load_task_data, run_training
+from ..training import (TaskData, build_model, check_input_files, check_resume_config, evaluate, load_task_data,
+                        run_training)
 from .masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
-                    save_masks)
+                    random_masks_like, save_masks)
 from .pruning import prune_by_magnitude
 
 
@@ -108,6 +114,9 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
                 search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
                 write_json_atomically(out / "search" / task / SEARCH_DONE, search[task])
         masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in config.tasks}
+        if config.sparse.random_masks:
+            masks = random_masks_like(masks, seed=config.train.seed)
+            log("control: each selected mask replaced by a random mask of the same density per tensor")
         masks_file = str(out / "masks.safetensors")
         if state.is_main_process:
             save_masks(masks, masks_file)
@@ -168,8 +177,8 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
         n = s.search_max_train_sentences
         train = dataclasses.replace(task_data, train_tokens=task_data.train_tokens[:n],
                                     train_labels=task_data.train_labels[:n], train_word_ids=task_data.train_word_ids[:n])
-    mask = template.sharing.dense_masks([task])[task]
-    records = []
+    dense = template.sharing.dense_masks([task])[task]
+    mask, records = dense, []
     for r in range(s.rounds + 1):
         round_dir = folder / f"round_{r:02d}"
         done = round_dir / "round.json"
@@ -181,22 +190,50 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
             if not (round_dir / "mask.safetensors").is_file():
                 save_masks({task: mask}, round_dir / "mask.safetensors")
             mask = load_masks(round_dir / "mask.safetensors")[task]
-            round_config = _stage_config(config, round_dir, tasks=[task], epochs=s.search_epochs)
-            results = _run_stage(round_config, {task: train}, _search_builder(template, task, rewind, mask), log,
-                                 evaluate_test=False)
-            record = {"round": r, "density": density(mask), "dev": results["dev"][task]["score"],
-                      "epochs": results["epochs_run"], "train_sentences": len(train.train_tokens),
-                      "wall_s": _stage_seconds(round_dir)}
-            shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
+            if s.search == "oneshot" and r > 0:
+                record = _score_pruned(config, task_data, folder / "round_00" / "model", mask, r)
+            else:
+                record = _train_round(config, train, template, rewind, mask, round_dir, r, log)
             write_json_atomically(done, record)
             records.append(record)
             log(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
-                f"({record['wall_s']:.0f}s)")
-        if r < s.rounds:  # the next round's mask, from this round's trained (dev-selected) weights
-            trained = load_file(str(round_dir / "model" / "model.safetensors"))
-            weights = {name: trained[f"sharing.encoder.{name}"] for name in mask}
-            mask = prune_by_magnitude(weights, mask, s.prune_fraction)
+                f"({'trained' if record['epochs'] else 'pruned, not retrained'}, {record['wall_s']:.0f}s)")
+        if r < s.rounds:  # the next round's mask
+            if s.search == "oneshot":  # the trained dense network pruned to density (1 - p)^(r + 1), one threshold
+                trained = load_file(str(folder / "round_00" / "model" / "model.safetensors"))
+                fraction = 1.0 - (1.0 - s.prune_fraction) ** (r + 1)
+                mask = prune_by_magnitude({name: trained[f"sharing.encoder.{name}"] for name in dense}, dense, fraction)
+            else:  # this round's trained (dev-selected) weights lose prune_fraction of the survivors
+                trained = load_file(str(round_dir / "model" / "model.safetensors"))
+                mask = prune_by_magnitude({name: trained[f"sharing.encoder.{name}"] for name in mask}, mask,
+                                          s.prune_fraction)
     return records
+
+
+def _train_round(config: Config, train: TaskData, template: MultiTaskTagger, rewind: dict, mask: dict,
+                 round_dir: Path, r: int, log) -> dict:
+    """Train the subnet ``mask`` from the rewind point for ``sparse.search_epochs``; its dev-selected score."""
+    task = train.spec.name
+    round_config = _stage_config(config, round_dir, tasks=[task], epochs=config.sparse.search_epochs)
+    results = _run_stage(round_config, {task: train}, _search_builder(template, task, rewind, mask), log,
+                         evaluate_test=False)
+    shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
+    return {"round": r, "density": density(mask), "dev": results["dev"][task]["score"],
+            "epochs": results["epochs_run"], "train_sentences": len(train.train_tokens),
+            "wall_s": _stage_seconds(round_dir)}
+
+
+def _score_pruned(config: Config, task_data: TaskData, trained: Path, mask: dict, r: int) -> dict:
+    """The one-shot search's cheap score: the dev score of the trained dense network with ``mask`` applied,
+    without retraining."""
+    started = time.perf_counter()
+    task = task_data.spec.name
+    model = MultiTaskTagger.from_pretrained(trained)
+    model.sharing.set_masks({task: mask})
+    model.eval()
+    score = evaluate(model, {task: task_data.dev}, config.train.eval_batch_size)[task]["score"]
+    return {"round": r, "density": density(mask), "dev": score, "epochs": 0, "train_sentences": 0,
+            "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def search_distributed(config: Config, state: PartialState, out: Path, log) -> dict[str, list[dict]]:
@@ -303,7 +340,9 @@ def write_report(config: Config, out: Path, joint: dict, search: dict, costs: di
     report = {"tasks": config.tasks, "seed": config.train.seed, "dev": _scores(joint["dev"]),
               "test": _scores(joint["test"]), "selected_epoch": joint["selected_epoch"], **stats,
               "search": search, "cost_s": costs,
-              "search_budget": {"rounds": config.sparse.rounds, "epochs_per_round": config.sparse.search_epochs,
+              "random_masks": config.sparse.random_masks,
+              "search_budget": {"search": config.sparse.search, "rounds": config.sparse.rounds,
+                                "epochs_per_round": config.sparse.search_epochs,
                                 "prune_fraction": config.sparse.prune_fraction,
                                 "train_sentences": config.sparse.search_max_train_sentences}}
     if write:

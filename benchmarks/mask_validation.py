@@ -1,0 +1,71 @@
+"""Does the one-shot mask search choose well? Train each searched subnet of one task to convergence and compare.
+
+    python benchmarks/mask_validation.py benchmarks/runs/conll03_converged/sparse_seed1 --task ner --rounds 1 2 3 5
+
+For a sparse run whose search has finished (``sparse.search: oneshot``), each listed round's mask is trained
+alone from the run's rewind point with the search's budget (``sparse.search_epochs``, the same optimiser and
+schedule as the dense round 0, which is the 100% row), exactly as an iterative search round would train it.
+The table sets the search's cheap score (the trained dense network pruned to the density, not retrained)
+against the converged dev score of the subnet, and marks the round the search selected. Resumable: a trained
+round is skipped, an interrupted one continues from its checkpoints. Writes ``<run>/validation/<task>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+
+from sparseshare.config import config_from_dict
+from sparseshare.files import write_json_atomically
+from sparseshare.sparse.masks import load_masks
+from sparseshare.sparse.pipeline import _train_round
+from sparseshare.training import build_model, load_task_data
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a sparse run's output_dir (its search must be finished)")
+    parser.add_argument("--task", default="ner")
+    parser.add_argument("--rounds", nargs="+", type=int, help="rounds to train (default: every pruned round)")
+    args = parser.parse_args()
+
+    config = config_from_dict(yaml.safe_load((args.run / "config.yaml").read_text()))
+    search = json.loads((args.run / "search" / args.task / "search.json").read_text())
+    chosen = load_masks(args.run / "masks.safetensors")[args.task]
+    data = load_task_data(config, log=lambda *a: None)
+    set_seed(config.train.seed)
+    template = build_model(config, data)  # the pipeline's template: same vocabulary, same initialisation
+    rewind = load_file(str(args.run / "warmup" / "model" / "model.safetensors"))
+
+    rows = []
+    for record in search:
+        r = record["round"]
+        folder = args.run / "search" / args.task / f"round_{r:02d}"
+        mask = load_masks(folder / "mask.safetensors")[args.task]
+        if r == 0:  # the dense round was trained to convergence by the search itself
+            converged = record
+        elif args.rounds is None or r in args.rounds:
+            done = args.run / "validation" / args.task / f"round_{r:02d}" / "round.json"
+            if done.is_file():
+                converged = json.loads(done.read_text())
+            else:
+                converged = _train_round(config, data[args.task], template, rewind, mask, done.parent, r, print)
+                write_json_atomically(done, converged)
+        else:
+            continue
+        selected = all(bool((mask[n] == chosen[n]).all()) for n in mask)
+        rows.append({"round": r, "density": record["density"], "cheap_dev": record["dev"],
+                     "converged_dev": converged["dev"], "epochs": converged["epochs"], "wall_s": converged["wall_s"],
+                     "selected": selected})
+        print(f"round {r}: density {record['density'] * 100:5.1f}%  cheap dev {record['dev']:6.2f}  "
+              f"converged dev {converged['dev']:6.2f}{'  <- selected' if selected else ''}", flush=True)
+    write_json_atomically(args.run / "validation" / f"{args.task}.json",
+                          {"task": args.task, "seed": config.train.seed, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

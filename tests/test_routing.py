@@ -15,7 +15,7 @@ from sparseshare.cli import main as cli_main
 from sparseshare.config import ConfigError
 from sparseshare.encoders.bilstm import BiLSTMLayer
 from sparseshare.model import MultiTaskTagger
-from sparseshare.sharing.bottom import encoder_input, run_layer
+from sparseshare.encoders import BiLSTMEncoder, ScratchTransformerEncoder
 from sparseshare.sharing.routing import (RouterMLP, dispatch, draw_routing_map, returns_to_go, sample_choices,
                                          wpl_update)
 from sparseshare.training import run_training
@@ -167,7 +167,7 @@ def test_greedy_evaluation_takes_the_argmax_reinforce(tiny_corpus, tmp_path):
     batch = _batch(model, data, "ner", n=16)
     s(batch, "ner")
     routes = s.last_routes.clone()
-    x = encoder_input(s.encoder, batch)  # layer 1's router reads the mean-pooled embeddings and the task
+    x = s.encoder.embed(batch)  # layer 1's router reads the mean-pooled embeddings and the task
     m = batch.mask.unsqueeze(-1).float()
     pooled = F.layer_norm((x * m).sum(1) / m.sum(1), (x.shape[-1],))
     inputs = torch.cat([pooled, F.one_hot(torch.full((16,), 2), 3).float()], -1)
@@ -192,7 +192,7 @@ def test_dispatched_agents_learn_from_their_own_sentences_and_the_dispatcher_fro
     # evaluation: the dispatcher's argmax agent (from the pooled embeddings and the task), then its greedy route
     s.policy[:, 0, :2] = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     s(batch, "chunk")
-    x = encoder_input(s.encoder, batch)
+    x = s.encoder.embed(batch)
     m = batch.mask.unsqueeze(-1).float()
     inputs = torch.cat([F.layer_norm((x * m).sum(1) / m.sum(1), (x.shape[-1],)),
                         F.one_hot(torch.full((16,), 1), 3).float()], -1)
@@ -238,7 +238,8 @@ def test_vectorised_dispatch_equals_a_per_sentence_loop(kind):
     choice = torch.randint(0, 4, (batch_size,))
     choice[:4] = torch.tensor([0, 1, 3, 0])  # every choice but block 2 at least once
     choice[choice == 2] = 1
-    out = dispatch(blocks, x, mask, choice, dim)
+    run_layer = (BiLSTMEncoder if kind == "bilstm" else ScratchTransformerEncoder).run_layer
+    out = dispatch(run_layer, blocks, x, mask, choice, dim)
     for i in range(batch_size):
         block = blocks[int(choice[i])]
         expected = x[i:i + 1] if block is None else run_layer(block, x[i:i + 1], mask[i:i + 1])

@@ -70,6 +70,12 @@ class BiLSTMLayer(nn.Module):
 
 
 class BiLSTMEncoder(nn.Module):
+    # the layer-wise interface (see sparseshare/encoders/__init__.py)
+    layer_access = "direct"
+    depth_key = "model.bilstm.layers"
+    unit_kind = "output units"
+    norm = None  # nothing is applied after the top layer
+
     def __init__(self, num_words: int, num_chars: int, word_dim: int = 50, char_dim: int = 30,
                  char_filters: int = 30, char_kernel: int = 3, hidden: int = 200, layers: int = 2,
                  dropout: float = 0.5, pretrained: torch.Tensor | None = None, freeze_embeddings: bool = False,
@@ -82,13 +88,30 @@ class BiLSTMEncoder(nn.Module):
         dims = [self.embedder.output_dim] + [2 * hidden] * layers
         self.layers = nn.ModuleList(BiLSTMLayer(dims[i], hidden, dropout) for i in range(layers))
         self.num_layers, self.output_dim = layers, 2 * hidden
+        self.units = self.output_dim  # a unit mask addresses a layer's output units
 
     def embed(self, batch) -> torch.Tensor:
         return self.embedder(batch)
 
+    @staticmethod
+    def run_layer(layer: BiLSTMLayer, x: torch.Tensor, mask: torch.Tensor,
+                  unit_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``layer`` (one of this encoder's layers or a copy) over ``x``; with ``unit_mask`` (``units``,) its output
+        units are multiplied by the mask. Inside the layer the recurrence still sees every unit: cuDNN's LSTM
+        cannot mask a unit's state."""
+        y = layer(x, mask)
+        return y if unit_mask is None else y * unit_mask.to(x.dtype)
+
+    def finish(self, x: torch.Tensor, mask: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def layer_input_dim(layer: BiLSTMLayer) -> int:
+        return layer.lstm.input_size
+
     def forward(self, batch) -> list[torch.Tensor]:
         x, outputs = self.embed(batch), []
         for layer in self.layers:
-            x = layer(x, batch.mask)
-            outputs.append(x)
+            x = self.run_layer(layer, x, batch.mask)
+            outputs.append(self.finish(x, batch.mask))
         return outputs

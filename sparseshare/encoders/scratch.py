@@ -10,6 +10,11 @@ from .bilstm import WordEmbedder
 
 
 class ScratchTransformerEncoder(nn.Module):
+    # the layer-wise interface (see sparseshare/encoders/__init__.py)
+    layer_access = "direct"
+    depth_key = "model.scratch.layers"
+    unit_kind = "feed-forward units"
+
     def __init__(self, embedder: WordEmbedder, dim: int = 256, layers: int = 2, heads: int = 4, ff: int = 512,
                  dropout: float = 0.1, max_positions: int = 512):
         super().__init__()
@@ -23,15 +28,42 @@ class ScratchTransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.max_positions = max_positions
         self.num_layers, self.output_dim = layers, dim
+        self.units = ff  # a unit mask addresses a layer's feed-forward units
 
-    def forward(self, batch) -> list[torch.Tensor]:
+    def embed(self, batch) -> torch.Tensor:
+        """The first layer's input: embeddings -> projection -> scaled + positions."""
         length = batch.mask.shape[1]
         if length > self.max_positions:
             raise ValueError(f"sentence of {length} tokens exceeds model.scratch.max_positions={self.max_positions}")
         x = self.project(self.embedder(batch)) * math.sqrt(self.output_dim)
-        x = x + self.positions(torch.arange(length, device=x.device)).unsqueeze(0)
-        outputs = []
+        return x + self.positions(torch.arange(length, device=x.device)).unsqueeze(0)
+
+    @staticmethod
+    def run_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask: torch.Tensor,
+                  unit_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``layer`` (one of this encoder's layers or a copy) over ``x``; with ``unit_mask`` (``units``,) the
+        feed-forward activations are multiplied by the mask between the layer's two linear maps. The residual
+        stream is not masked (that would also cut the embeddings and attention passing through it)."""
+        if unit_mask is None:
+            return layer(x, src_key_padding_mask=~mask)
+        # the pre-norm layer's forward written out with its public submodules, the mask inside the feed-forward
+        h = layer.norm1(x)
+        x = x + layer.dropout1(layer.self_attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0])
+        hidden = layer.activation(layer.linear1(layer.norm2(x))) * unit_mask.to(x.dtype)
+        return x + layer.dropout2(layer.linear2(layer.dropout(hidden)))
+
+    def finish(self, x: torch.Tensor, mask: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """A layer's output as word features: the final LayerNorm (``norm``, e.g. a task's own copy, or the
+        encoder's), padding zeroed."""
+        return (self.norm if norm is None else norm)(x) * mask.unsqueeze(-1)
+
+    @staticmethod
+    def layer_input_dim(layer: nn.TransformerEncoderLayer) -> int:
+        return layer.self_attn.embed_dim
+
+    def forward(self, batch) -> list[torch.Tensor]:
+        x, outputs = self.embed(batch), []
         for layer in self.layers:
-            x = layer(x, src_key_padding_mask=~batch.mask)
-            outputs.append(self.norm(x) * batch.mask.unsqueeze(-1))
+            x = self.run_layer(layer, x, batch.mask)
+            outputs.append(self.finish(x, batch.mask))
         return outputs

@@ -72,6 +72,12 @@ class SubwordRows(NamedTuple):
 
 
 class TransformerEncoder(nn.Module):
+    # A Hugging Face model runs its layers itself (each architecture passes masks and positions its own way):
+    # layer-wise strategies replace entries of layer_stack() by stand-ins (sparseshare.sharing.hf_layers)
+    layer_access = "stand_in"
+    depth_key = "the Transformer's num_hidden_layers"
+    unit_kind = "feed-forward units"
+
     def __init__(self, name_or_path: str, max_length: int | None = None, stride: int = 128, dropout: float = 0.1,
                  tokenizer=None, model=None):
         super().__init__()

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 STRATEGIES: dict[str, type["SharingStrategy"]] = {}
 
 
@@ -24,6 +26,17 @@ def config_depth(model) -> tuple[str, int] | None:
     if model.encoder == "scratch":
         return "model.scratch.layers", model.scratch.layers
     return None
+
+
+def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:
+    """The built encoder, for strategies that act between or inside its layers: it must offer the layer-wise
+    interface (``layer_access``, see :mod:`sparseshare.encoders`)."""
+    encoder = build_encoder()
+    if getattr(encoder, "layer_access", None) not in ("direct", "stand_in"):
+        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves encoders whose layers can be run one by "
+                          f"one or replaced (bilstm, scratch, transformer), not {type(encoder).__name__} "
+                          f"(model.encoder = {config.encoder!r})")
+    return encoder
 
 
 def register(name: str):

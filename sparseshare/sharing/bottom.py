@@ -19,14 +19,12 @@ Parameter names: ``encoder.*`` (shared embeddings), ``bottom.<task>.<i>.*`` (lay
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder
-from .base import SharingStrategy, config_depth, register
+from .base import SharingStrategy, config_depth, layerwise_encoder, register
 from .hf_layers import TaskLayers, layer_stack, plain_state
 
 
@@ -59,9 +57,9 @@ class BottomSharing(SharingStrategy):
         self.check_options(config, self.tasks, encoder.num_layers, depth[0] if depth else "the Transformer's "
                                                                                           "num_hidden_layers")
         self.bottom_layers, self.num_layers = k, encoder.num_layers
-        self.hf = isinstance(encoder, TransformerEncoder)
-        if self.hf:  # the model's k lowest layers become one copy per task
-            self.encoder, self.scratch = encoder, False
+        self.stand_ins = encoder.layer_access == "stand_in"
+        if self.stand_ins:  # the model's k lowest layers become one copy per task
+            self.encoder = encoder
             stack = layer_stack(encoder, "bottom")
             for i in range(k):
                 stack[i] = TaskLayers(stack[i], self.tasks)
@@ -72,7 +70,6 @@ class BottomSharing(SharingStrategy):
         self.encoder = encoder
         self.bottom = nn.ModuleDict({task: nn.ModuleList(copy.deepcopy(layers[:k])) for task in self.tasks})
         self.top = nn.ModuleList(layers[k:])
-        self.scratch = isinstance(encoder, ScratchTransformerEncoder)
 
     @property
     def output_dim(self) -> int:
@@ -80,19 +77,16 @@ class BottomSharing(SharingStrategy):
 
     # -- the encoder's forward pass, in parts -----------------------------------------------------
     def embed(self, batch) -> torch.Tensor:
-        return encoder_input(self.encoder, batch)
-
-    def _layer(self, layer, x, mask):
-        return run_layer(layer, x, mask)
+        return self.encoder.embed(batch)
 
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
         """Top-layer features of ``task`` from the shared embeddings ``x``."""
         for layer in (*self.bottom[task], *self.top):
-            x = self._layer(layer, x, batch.mask)
-        return self.encoder.norm(x) * batch.mask.unsqueeze(-1) if self.scratch else x
+            x = self.encoder.run_layer(layer, x, batch.mask)
+        return self.encoder.finish(x, batch.mask)
 
     def forward(self, batch, task):
-        if self.hf:
+        if self.stand_ins:
             return self._hf_forward(batch, task, self.encoder.subword_rows(batch))
         return self.encode(self.embed(batch), batch, task)
 
@@ -103,16 +97,16 @@ class BottomSharing(SharingStrategy):
 
     def own_parameters(self, task: str) -> int:
         """The number of parameters of ``task``'s own bottom layers."""
-        own = [layer.copies[task] for layer in self.task_switches] if self.hf else [self.bottom[task]]
+        own = [layer.copies[task] for layer in self.task_switches] if self.stand_ins else [self.bottom[task]]
         return sum(p.numel() for module in own for p in module.parameters())
 
     def task_encoder_state(self, task):
-        if not self.hf:
+        if not self.stand_ins:
             return super().task_encoder_state(task)
         return plain_state(self.encoder, {layer: f"copies.{task}" for layer in self.task_switches})
 
     def features_for_tasks(self, batch, tasks):
-        if self.hf:  # the model runs as a whole, once per task (the batch is tokenised once)
+        if self.stand_ins:  # the model runs as a whole, once per task (the batch is tokenised once)
             rows = self.encoder.subword_rows(batch)
             return {task: self._hf_forward(batch, task, rows) for task in tasks}
         x = self.embed(batch)  # embeddings once per batch; layers per task, as they differ from the first
@@ -123,34 +117,3 @@ class BottomSharing(SharingStrategy):
                 f"Each task owns the lowest {self.bottom_layers} of the encoder's {self.num_layers} layers "
                 f"({self.own_parameters(self.tasks[0]):,} parameters per task); the layers above and the embeddings "
                 f"are shared by all tasks."]
-
-
-def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:
-    """The built encoder, for strategies that act between or inside its layers: the bilstm and scratch encoders'
-    layers are run one by one by the strategy, a Hugging Face Transformer's are replaced by stand-ins
-    (:mod:`.hf_layers`)."""
-    encoder = build_encoder()
-    if not isinstance(encoder, (BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder)):
-        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves the bilstm, scratch and transformer "
-                          f"encoders, not {type(encoder).__name__} (model.encoder = {config.encoder!r})")
-    return encoder
-
-
-def encoder_input(encoder, batch) -> torch.Tensor:
-    """The input of an encoder's first layer: ``BiLSTMEncoder.embed``, or for the scratch Transformer its
-    embeddings -> projection -> scaled + positions (``ScratchTransformerEncoder.forward`` up to the layers).
-    Strategies that run an encoder's layers themselves (bottom, cross_stitch, roaming) start here."""
-    if not isinstance(encoder, ScratchTransformerEncoder):
-        return encoder.embed(batch)
-    length = batch.mask.shape[1]
-    if length > encoder.max_positions:
-        raise ValueError(f"sentence of {length} tokens exceeds model.scratch.max_positions={encoder.max_positions}")
-    x = encoder.project(encoder.embedder(batch)) * math.sqrt(encoder.output_dim)
-    return x + encoder.positions(torch.arange(length, device=x.device)).unsqueeze(0)
-
-
-def run_layer(layer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One encoder layer (a BiLSTMLayer or a scratch nn.TransformerEncoderLayer) over ``x``; ``mask`` marks words."""
-    if isinstance(layer, nn.TransformerEncoderLayer):
-        return layer(x, src_key_padding_mask=~mask)
-    return layer(x, mask)

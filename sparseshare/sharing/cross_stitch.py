@@ -29,10 +29,8 @@ import copy
 import torch
 from torch import nn
 
-from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from ..errors import ConfigError
-from .base import SharingStrategy, register
-from .bottom import encoder_input, layerwise_encoder, run_layer
+from .base import SharingStrategy, layerwise_encoder, register
 from .hf_layers import StitchedLayer, layer_stack
 
 
@@ -65,9 +63,10 @@ class CrossStitchSharing(SharingStrategy):
         encoder = layerwise_encoder("cross_stitch", build_encoder, config)
         self.num_layers = encoder.num_layers
         self.mixing = nn.Parameter(mixing_init(self.num_layers, len(self.tasks), config.cross_stitch_init))
-        self.hf = isinstance(encoder, TransformerEncoder)
-        if self.hf:  # every layer of the model becomes T columns' layers + the mix
-            self.encoder, self.scratch = encoder, False
+        self.stand_ins = encoder.layer_access == "stand_in"
+        self.norms = None  # per-task copies of the norm the encoder applies after its top layer, if any
+        if self.stand_ins:  # every layer of the model becomes T columns' layers + the mix
+            self.encoder = encoder
             stack = layer_stack(encoder, "cross_stitch")
             for i in range(self.num_layers):
                 stack[i] = StitchedLayer(stack[i], len(self.tasks))
@@ -75,8 +74,7 @@ class CrossStitchSharing(SharingStrategy):
             return
         layers = encoder.layers
         encoder.layers = nn.ModuleList()  # the columns own the layers now: no unused originals
-        self.scratch = isinstance(encoder, ScratchTransformerEncoder)
-        if self.scratch:
+        if encoder.norm is not None:
             self.norms = nn.ModuleDict({task: copy.deepcopy(encoder.norm) for task in self.tasks})
             encoder.norm = None
         self.encoder = encoder
@@ -90,7 +88,7 @@ class CrossStitchSharing(SharingStrategy):
 
     def columns_forward(self, batch, rows: list[int] | None = None) -> torch.Tensor:
         """(T', B, L, H): the top mixed activations of the tasks at ``rows`` (all tasks when None)."""
-        if self.hf:  # the model runs one stack of the batch per task; its layers are StitchedLayers
+        if self.stand_ins:  # the model runs one stack of the batch per task; its layers are StitchedLayers
             for i, layer in enumerate(self.stitched):
                 layer.mixing = self.mixing[i]
             try:
@@ -99,10 +97,10 @@ class CrossStitchSharing(SharingStrategy):
                 for layer in self.stitched:
                     layer.mixing = None
             return top if rows is None else top[rows]
-        x = encoder_input(self.encoder, batch)
+        x = self.encoder.embed(batch)
         h = x.unsqueeze(0).expand(len(self.tasks), *x.shape)  # every column reads the shared embeddings
         for i in range(self.num_layers):
-            out = torch.stack([run_layer(self.columns[task][i], h[j], batch.mask) for j, task in enumerate(self.tasks)])
+            out = torch.stack([self.encoder.run_layer(self.columns[task][i], h[j], batch.mask) for j, task in enumerate(self.tasks)])
             mixing = self.mixing[i]
             if i == self.num_layers - 1 and rows is not None:
                 mixing = mixing[rows]  # the top layer: only the rows that are read
@@ -110,7 +108,7 @@ class CrossStitchSharing(SharingStrategy):
         return h
 
     def _top(self, h: torch.Tensor, task: str, batch) -> torch.Tensor:
-        return self.norms[task](h) * batch.mask.unsqueeze(-1) if self.scratch else h
+        return h if self.stand_ins else self.encoder.finish(h, batch.mask, self.norms[task] if self.norms else None)
 
     def forward(self, batch, task):
         return self._top(self.columns_forward(batch, [self.tasks.index(task)])[0], task, batch)

@@ -32,9 +32,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..encoders import ScratchTransformerEncoder, TransformerEncoder
-from .base import SharingStrategy, register
-from .bottom import encoder_input, layerwise_encoder
+from .base import SharingStrategy, layerwise_encoder, register
 from .hf_layers import layer_stack, mask_feed_forward_units, plain_state
 
 
@@ -81,9 +79,8 @@ class MaximumRoaming(SharingStrategy):
         super().__init__(build_encoder, tasks, config)
         self.check_options(config, self.tasks, None)
         self.encoder = layerwise_encoder("roaming", build_encoder, config)
-        self.scratch = isinstance(self.encoder, ScratchTransformerEncoder)
-        self.hf = isinstance(self.encoder, TransformerEncoder)
-        if self.hf:  # each layer's feed-forward down projection gets its input units masked
+        self.stand_ins = self.encoder.layer_access == "stand_in"
+        if self.stand_ins:  # each layer's feed-forward down projection gets its input units masked
             hidden = self.encoder.output_dim
             self.gates = [mask_feed_forward_units(layer, hidden) for layer in layer_stack(self.encoder, "roaming")]
             widths = {gate.linear.in_features for gate in self.gates}
@@ -92,7 +89,7 @@ class MaximumRoaming(SharingStrategy):
                                   f"the Transformer's have {sorted(widths)}")
             self.units = widths.pop()
         else:
-            self.units = self.encoder.layers[0].linear1.out_features if self.scratch else self.encoder.output_dim
+            self.units = self.encoder.units
         self.active = round(config.roaming_ratio * self.units)
         self.delta = 0 if config.roaming_fixed else config.roaming_delta  # 0: the masks never move
         if self.active < 1 or self.active * len(self.tasks) < self.units:
@@ -158,31 +155,21 @@ class MaximumRoaming(SharingStrategy):
                 "roaming/uncovered": self.uncovered_units() / (self.masks.shape[0] * self.units)}
 
     # -- forward --------------------------------------------------------------------------------
-    def _layer(self, i: int, x: torch.Tensor, mask: torch.Tensor, unit_mask: torch.Tensor) -> torch.Tensor:
-        layer = self.encoder.layers[i]
-        unit_mask = unit_mask.to(x.dtype)
-        if not self.scratch:
-            return layer(x, mask) * unit_mask
-        # nn.TransformerEncoderLayer(norm_first=True) written out, with the mask between the feed-forward maps
-        x = x + layer._sa_block(layer.norm1(x), None, ~mask)
-        hidden = layer.activation(layer.linear1(layer.norm2(x))) * unit_mask
-        return x + layer.dropout2(layer.linear2(layer.dropout(hidden)))
-
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
         """Top-layer features of ``task`` from the shared embeddings ``x``."""
         t = self.tasks.index(task)
-        if self.hf:  # the model runs as a whole; x: the batch's subword rows (tokenised once per batch)
+        if self.stand_ins:  # the model runs as a whole; x: the batch's subword rows (tokenised once per batch)
             for i, gate in enumerate(self.gates):
                 gate.unit_mask = self.masks[i, t]
             return self.encoder.top_features(batch, rows=x)[0]
-        for i in range(self.encoder.num_layers):
-            x = self._layer(i, x, batch.mask, self.masks[i, t])
-        return self.encoder.norm(x) * batch.mask.unsqueeze(-1) if self.scratch else x
+        for i, layer in enumerate(self.encoder.layers):
+            x = self.encoder.run_layer(layer, x, batch.mask, unit_mask=self.masks[i, t])
+        return self.encoder.finish(x, batch.mask)
 
     def task_encoder_state(self, task):
         """A Hugging Face Transformer only: the task's path is the plain model with the down projections' columns
         of its switched-off units zeroed (``(x * m) W^T = x (W * m)^T``)."""
-        if not self.hf:
+        if not self.stand_ins:
             return super().task_encoder_state(task)
         t = self.tasks.index(task)
         state = plain_state(self.encoder, {gate: "linear" for gate in self.gates})
@@ -193,7 +180,7 @@ class MaximumRoaming(SharingStrategy):
         return state
 
     def _input(self, batch):
-        return self.encoder.subword_rows(batch) if self.hf else encoder_input(self.encoder, batch)
+        return self.encoder.subword_rows(batch) if self.stand_ins else self.encoder.embed(batch)
 
     def forward(self, batch, task):
         return self.encode(self._input(batch), batch, task)
@@ -203,7 +190,7 @@ class MaximumRoaming(SharingStrategy):
         return {task: self.encode(x, batch, task) for task in tasks}
 
     def card_section(self, model) -> list[str]:
-        kind = "feed-forward units" if self.scratch or self.hf else "output units"
+        kind = self.encoder.unit_kind
         moving = (f"- delta: {self.delta} (every {self.delta} training steps each task swaps one active unit for one "
                   f"it never visited)." if self.delta else
                   "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed random partition.")

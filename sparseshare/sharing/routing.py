@@ -86,10 +86,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders import ScratchTransformerEncoder, TransformerEncoder
 from ..errors import ConfigError
-from .base import SharingStrategy, register
-from .bottom import encoder_input, layerwise_encoder, run_layer
+from .base import SharingStrategy, layerwise_encoder, register
 from .hf_layers import RoutedLayer, layer_stack, plain_state
 
 VALUE_RATE = 0.1  # running-mean rate of the WPL action values and of the REINFORCE baselines
@@ -132,9 +130,10 @@ def sample_choices(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return (uniforms.unsqueeze(-1) >= cdf).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
-def dispatch(blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor, out_dim: int) -> torch.Tensor:
-    """Run each sentence through its chosen block: ``blocks[j]`` (an encoder layer, or None for PASS) on the
-    sub-batch of the sentences with ``choice == j``, with that sub-batch's mask; vectorised per block.
+def dispatch(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor,
+             out_dim: int) -> torch.Tensor:
+    """Run each sentence through its chosen block: ``run_layer(blocks[j], ...)`` (an encoder layer, or None for
+    PASS) on the sub-batch of the sentences with ``choice == j``, with that sub-batch's mask; vectorised per block.
     BiLSTM sub-batches keep the batch's longest-first order (indices ascend), so packing needs no sort."""
     out = None
     for j, block in enumerate(blocks):
@@ -273,14 +272,12 @@ class RoutingNetwork(SharingStrategy):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("routing", build_encoder, config)
         self.encoder = encoder
-        self.scratch = isinstance(encoder, ScratchTransformerEncoder)
-        self.hf = isinstance(encoder, TransformerEncoder)
+        self.stand_ins = encoder.layer_access == "stand_in"
         self.num_layers = encoder.num_layers
-        depth_key = "the Transformer's num_hidden_layers" if self.hf else (
-            "model.scratch.layers" if self.scratch else "model.bilstm.layers")
+        depth_key = encoder.depth_key
         self.check_options(config, self.tasks, self.num_layers, depth_key)
         self.copies = routing_blocks_per_layer(config.routing_blocks, self.num_layers, depth_key)
-        if self.hf:  # the model's layers become RoutedLayers; its embeddings and forward pass stay
+        if self.stand_ins:  # the model's layers become RoutedLayers; its embeddings and forward pass stay
             self.in_dims = [encoder.output_dim] * self.num_layers
             self.has_pass = [bool(config.routing_pass)] * self.num_layers
             stack = layer_stack(encoder, "routing")
@@ -290,7 +287,7 @@ class RoutingNetwork(SharingStrategy):
         else:
             layers = list(encoder.layers)
             encoder.layers = nn.ModuleList()  # the blocks own the layers now: no unused originals
-            self.in_dims = [self._in_dim(layer) for layer in layers]
+            self.in_dims = [encoder.layer_input_dim(layer) for layer in layers]
             self.has_pass = [bool(config.routing_pass) and d == encoder.output_dim for d in self.in_dims]
             # block 0 is the encoder's own layer, the others copies of its initialisation
             self.blocks = nn.ModuleList(nn.ModuleList([layer] + [_copy(layer) for _ in range(k - 1)])
@@ -330,9 +327,6 @@ class RoutingNetwork(SharingStrategy):
         self.last_routes: torch.Tensor | None = None  # (L, B) choices of the last forward pass, for inspection
         self.last_agents: torch.Tensor | None = None  # (B,) dispatched agents of the last forward pass
         self.initialize(0)
-
-    def _in_dim(self, layer) -> int:
-        return layer.self_attn.embed_dim if self.scratch else layer.lstm.input_size
 
     @property
     def output_dim(self) -> int:
@@ -453,16 +447,16 @@ class RoutingNetwork(SharingStrategy):
         uniforms = self._uniforms(batch_size).to(mask.device) if self.training else None
         words = mask.sum(1).clamp(min=1).to(torch.float64)
         record = {"choices": [], "inputs": []}
-        if self.hf:
+        if self.stand_ins:
             x = self._encode_hf(batch, t, uniforms, record)
         else:
             for layer in range(self.num_layers):
                 pooled = self._pool(x, mask) if self._reads_input(layer) else None
                 choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
                 blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
-                x = dispatch(blocks, x, mask, choice, self.output_dim)
+                x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
         self._routed(t, record, words)
-        return self.encoder.norm(x) * mask.unsqueeze(-1) if self.scratch else x
+        return x if self.stand_ins else self.encoder.finish(x, mask)
 
     def _encode_hf(self, batch, t: int, uniforms, record: dict) -> torch.Tensor:
         """The Transformer runs as a whole; each RoutedLayer asks for its sentences' choices with its input. A
@@ -498,7 +492,7 @@ class RoutingNetwork(SharingStrategy):
         if self.router != "wpl":
             raise NotImplementedError(f"routing with the {self.router!r} router chooses each sentence's route from "
                                       f"the sentence, so task {task!r} has no single encoder to export")
-        if not self.hf:
+        if not self.stand_ins:
             return super().task_encoder_state(task)
         t = self.tasks.index(task)
         greedy = [int(self.policy[t, layer, :k].argmax()) for layer, k in enumerate(self.choices)]
@@ -509,10 +503,10 @@ class RoutingNetwork(SharingStrategy):
         return plain_state(self.encoder, {routed: f"blocks.{j}" for routed, j in zip(self.routed, greedy)})
 
     def forward(self, batch, task):
-        return self.encode(None if self.hf else encoder_input(self.encoder, batch), batch, task)
+        return self.encode(None if self.stand_ins else self.encoder.embed(batch), batch, task)
 
     def features_for_tasks(self, batch, tasks):
-        x = None if self.hf else encoder_input(self.encoder, batch)  # embeddings once per batch; routes per task
+        x = None if self.stand_ins else self.encoder.embed(batch)  # embeddings once per batch; routes per task
         return {task: self.encode(x, batch, task) for task in tasks}
 
     # -- learning the router -----------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def main():
     args = parser.parse_args()
 
     from sparseshare.config import load_config
-    from sparseshare.sparse.masks import density, load_masks
+    from sparseshare.sharing.masks import density, load_masks
     from sparseshare.training import build_model, build_optimizer, load_task_data
 
     config = load_config(ROOT / "recipes" / "configs" / "conll03_sparse.yaml",

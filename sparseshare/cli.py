@@ -28,7 +28,7 @@ def _train(args):
 
 def _train_sparse(args):
     from .config import load_config
-    from .sparse.pipeline import run_sparse
+    from .mask_search.pipeline import run_sparse
 
     config = load_config(args.config, args.overrides)
     run_sparse(config, resume=args.resume, overwrite=args.overwrite, command=command_line())
@@ -37,7 +37,7 @@ def _train_sparse(args):
 def _masks_show(args):
     from .model import MultiTaskTagger
     from .sharing.sparse import SparseSharing
-    from .sparse.masks import draw_overlap, format_report, model_statistics
+    from .sharing.masks import draw_overlap, format_report, model_statistics
 
     model = MultiTaskTagger.from_pretrained(args.model)
     if not isinstance(model.sharing, SparseSharing):

@@ -66,7 +66,7 @@ class ModelConfig:
     head: str = "crf"  # crf | softmax
     sharing: str = "hard"
     # sharing: sparse only: fnmatch patterns over encoder parameter names selecting the prunable weight
-    # matrices; null = the encoder's default (sparseshare/sparse/masks.py: DEFAULT_PRUNABLE)
+    # matrices; null = the encoder's default (sparseshare/sharing/masks.py: DEFAULT_PRUNABLE)
     prunable: list[str] | None = None
     # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
     # read the top layer (Søgaard & Goldberg 2016)

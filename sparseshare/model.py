@@ -9,7 +9,7 @@ A saved model is a folder of JSON and safetensors files only (no pickle)::
     masks.safetensors    sparse sharing only: the task masks (see sharing/sparse.py)
     routing.json         routing networks only: the routing map (see sharing/routing.py)
     encoder/             Transformer encoders only: the HF config and tokenizer files
-    README.md            the model card (sparseshare/hub.py)
+    README.md            the model card (sparseshare/card.py)
 
 The same folder is a Hugging Face Hub model repository: ``from_pretrained`` takes a folder or a Hub id,
 ``push_to_hub`` uploads what ``save_pretrained`` writes.
@@ -131,7 +131,7 @@ class MultiTaskTagger(nn.Module):
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write the model folder; ``extra`` (scores, command, training config) replaces :attr:`info` and
         goes into config.json and the model card."""
-        from .hub import model_card
+        from .card import model_card
 
         if extra is not None:
             self.info = dict(extra)

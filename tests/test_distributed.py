@@ -45,7 +45,7 @@ def test_two_processes_match_one_process(tiny_corpus, tmp_path):
 
 def test_sparse_sharing_two_processes_match_one_process(tiny_corpus, tmp_path):
     from sparseshare.config import load_config
-    from sparseshare.sparse.masks import save_masks
+    from sparseshare.sharing.masks import save_masks
     from sparseshare.training import build_model, load_task_data
 
     overrides = tiny_overrides(tiny_corpus, tmp_path / "masks", **{"model.sharing": "sparse"})

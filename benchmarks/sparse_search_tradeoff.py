@@ -4,7 +4,7 @@ against training epochs per round, from the same rewind point as a finished spar
     python benchmarks/sparse_search_tradeoff.py --run benchmarks/runs/conll03/sparse_seed1 --task ner \\
         --epochs-per-round 1 2 --rounds 7
 
-Runs the pipeline's own search (sparseshare.mask_search.pipeline.search_masks) once per epochs-per-round
+Runs the pipeline's own search (sparseshare.recipes.train_sparse.search_masks) once per epochs-per-round
 setting, resumably, into <out>/e<E>/, and writes <out>/tradeoff.json and <out>/tradeoff.png (curves of
 earlier invocations with other settings are kept). A round already run by the sparse run itself (same
 config, same rewind point) can be reused by copying <run>/search/<task> into <out>/e1/<task>.
@@ -34,8 +34,8 @@ def main():
     from safetensors.torch import load_file
 
     from sparseshare.config import config_from_dict
-    from sparseshare.mask_search.pipeline import search_masks
-    from sparseshare.training import build_model, load_task_data
+    from sparseshare.recipes.train_sparse import search_masks
+    from sparseshare.training.data import build_model, load_task_data
 
     run = Path(args.run)
     config = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))

@@ -32,7 +32,8 @@ def main():
 
     from sparseshare.config import load_config
     from sparseshare.sharing.masks import density, load_masks
-    from sparseshare.training import build_model, build_optimizer, load_task_data
+    from sparseshare.training.data import build_model, load_task_data
+    from sparseshare.optim import build_optimizer
 
     config = load_config(ROOT / "recipes" / "configs" / "conll03_sparse.yaml",
                          [f"data.root={args.data_root}", f"model.bilstm.embeddings={args.data_root}/glove/glove.6B.50d.filtered.txt"])

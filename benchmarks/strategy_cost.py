@@ -31,7 +31,7 @@ TASKS = ["pos", "chunk", "ner", "chunk2000"]
 
 def build(data, tasks, sharing, extra, args, converged=False):
     from sparseshare.config import load_config
-    from sparseshare.training import build_model
+    from sparseshare.training.data import build_model
 
     overrides = [f"data.root={args.data_root}", f"model.bilstm.embeddings={args.data_root}/glove/glove.6B.50d.filtered.txt",
                  f"tasks=[{','.join(tasks)}]", f"model.sharing={sharing}", *extra]
@@ -73,7 +73,7 @@ def main():
     args = parser.parse_args()
 
     from sparseshare.config import load_config
-    from sparseshare.training import load_task_data
+    from sparseshare.training.data import load_task_data
 
     config = load_config(ROOT / "recipes" / "configs" / "conll03_hard.yaml",
                          [f"data.root={args.data_root}", f"tasks=[{','.join(TASKS)}]"])

@@ -36,7 +36,7 @@ class _Done(Exception):
 
 
 def measure_ours(data_root: str, steps: int, warmup: int) -> dict:
-    from sparseshare.training import run_training
+    from sparseshare.recipes.train import run_training
 
     stamps = {}
 
@@ -60,7 +60,7 @@ def measure_bare(data_root: str, steps: int, warmup: int) -> dict:
     import torch
 
     from sparseshare.data.batching import bucketed_batches
-    from sparseshare.training import build_model, load_task_data
+    from sparseshare.training.data import build_model, load_task_data
 
     with tempfile.TemporaryDirectory() as out:
         config = _config(data_root, out, steps)

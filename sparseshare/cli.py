@@ -20,7 +20,7 @@ def command_line() -> str:
 
 def _train(args):
     from .config import load_config
-    from .training import run_training
+    from .recipes.train import run_training
 
     config = load_config(args.config, args.overrides)
     run_training(config, resume=args.resume, overwrite=args.overwrite, command=command_line())
@@ -28,7 +28,7 @@ def _train(args):
 
 def _train_sparse(args):
     from .config import load_config
-    from .mask_search.pipeline import run_sparse
+    from .recipes.train_sparse import run_sparse
 
     config = load_config(args.config, args.overrides)
     run_sparse(config, resume=args.resume, overwrite=args.overwrite, command=command_line())
@@ -62,7 +62,7 @@ def _evaluate(args):
     from .data.corpus import load_split
     from .metrics import format_table
     from .model import MultiTaskTagger
-    from .training import evaluate
+    from .evaluation import evaluate
 
     model = MultiTaskTagger.from_pretrained(args.model)
     datasets_by_task = {
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from .training import TrainingDiverged
+    from .training.checkpoints import TrainingDiverged
 
     try:
         args.run(args)

@@ -14,8 +14,14 @@ With all-ones masks both optimizers reproduce torch's results bit for bit (teste
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+from transformers import get_scheduler
+
+if TYPE_CHECKING:  # type hints only: the optimisers themselves know no config or model
+    from .config import Config
+    from .model import MultiTaskTagger
 
 
 class _Masked:
@@ -116,3 +122,40 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         correction2_sqrt = math.sqrt(1 - beta2 ** step)
         denom = (state["exp_avg_sq"].sqrt() / correction2_sqrt).add_(eps)
         p.addcdiv_(state["exp_avg"], denom, value=-lr / correction1)
+
+
+# -- building the optimiser and schedule a config asks for -----------------------------------------
+def build_optimizer(config: Config, model: MultiTaskTagger) -> torch.optim.Optimizer:
+    """One parameter group, split only as the config asks: heads at ``train.head_lr``, and with weight decay
+    the usual exemptions (biases, LayerNorm weights, CRF transition scores) as in transformers' Trainer."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    t = config.train
+    heads = {id(p) for p in model.heads.parameters()}
+    decayed = set()
+    if t.weight_decay:
+        names = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "crf."]))
+        decayed = {id(p) for n, p in model.named_parameters() if n in names}
+    groups: dict[tuple, list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            key = (id(p) in heads and t.head_lr is not None, id(p) in decayed or not t.weight_decay)
+            groups.setdefault(key, []).append(p)
+    param_groups = [{"params": params, "lr": t.head_lr if is_head else t.lr,
+                     "weight_decay": t.weight_decay if decays else 0.0}
+                    for (is_head, decays), params in groups.items()]
+    if model.sharing.masked_optimizer:  # steps must leave weights outside the active mask alone
+        if t.optimizer == "sgd":
+            return MaskedSGD(param_groups, lr=t.lr, momentum=t.momentum)
+        return MaskedAdamW(param_groups, lr=t.lr)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.AdamW(param_groups, lr=t.lr)
+
+def build_scheduler(config: Config, optimizer, steps_per_epoch: int):
+    t = config.train
+    if t.lr_schedule == "inverse_time":  # Ma & Hovy (2016): lr / (1 + decay * epoch)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1.0 / (1.0 + t.lr_decay * (step // steps_per_epoch)))
+    return get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
+                         num_training_steps=t.epochs * steps_per_epoch)

@@ -117,7 +117,7 @@ def tiny_config(data_dir: Path, output_dir: Path, **extra):
 
 def tiny_model(config, data=None, seed=0):
     """(model in eval mode, task data) for ``config``, initialised from ``seed``."""
-    from sparseshare.training import build_model, load_task_data
+    from sparseshare.training.data import build_model, load_task_data
 
     data = data or load_task_data(config, log=quiet)
     torch.manual_seed(seed)
@@ -139,7 +139,8 @@ def train_interrupted_and_resumed(data_dir: Path, tmp_path: Path, extra: dict, c
     ``tmp_path/b``, crashed after step ``crash_step`` and resumed from its newest checkpoint. With 48 sentences,
     batch 8 and three tasks an epoch is 18 steps: the default crashes mid-epoch 2, three steps after the
     checkpoint of step 24 (``train.checkpoint_every: 4`` in ``extra``)."""
-    from sparseshare.training import latest_checkpoint, run_training
+    from sparseshare.training.checkpoints import latest_checkpoint
+    from sparseshare.recipes.train import run_training
 
     reference = run_training(tiny_config(data_dir, tmp_path / "a", **extra), log=quiet)
 

@@ -13,7 +13,8 @@ from sparseshare import Tagger
 from sparseshare.config import load_config
 from sparseshare.model import ModelFolderError, MultiTaskTagger
 from sparseshare.text import split_sentences, tokenize
-from sparseshare.training import build_model, load_task_data, run_training
+from sparseshare.training.data import build_model, load_task_data
+from sparseshare.recipes.train import run_training
 
 from conftest import quiet, tiny_config, tiny_model, tiny_overrides, write_tiny_corpus
 

@@ -14,7 +14,8 @@ from sparseshare.config import ConfigError, load_config
 from sparseshare.data.corpus import load_split
 from sparseshare.data.readers import CorpusFormatError, read_conll
 from sparseshare.tasks import load_task
-from sparseshare.training import load_task_data, run_training
+from sparseshare.training.data import load_task_data
+from sparseshare.recipes.train import run_training
 
 from conftest import TINY_CONLL, quiet, tiny_config, tiny_overrides, write_tiny_corpus
 

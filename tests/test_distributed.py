@@ -46,7 +46,7 @@ def test_two_processes_match_one_process(tiny_corpus, tmp_path):
 def test_sparse_sharing_two_processes_match_one_process(tiny_corpus, tmp_path):
     from sparseshare.config import load_config
     from sparseshare.sharing.masks import save_masks
-    from sparseshare.training import build_model, load_task_data
+    from sparseshare.training.data import build_model, load_task_data
 
     overrides = tiny_overrides(tiny_corpus, tmp_path / "masks", **{"model.sharing": "sparse"})
     config = load_config(None, overrides)
@@ -137,7 +137,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from sparseshare.config import load_config
-from sparseshare.training import build_model, run_training
+from sparseshare.training.data import build_model
+from sparseshare.recipes.train import run_training
 
 built = []
 

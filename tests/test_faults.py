@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from sparseshare.run_folder import RunFolderError, RunLock
-from sparseshare.training import CheckpointError, TrainingDiverged, latest_checkpoint, run_training
+from sparseshare.training.checkpoints import CheckpointError, TrainingDiverged, latest_checkpoint
+from sparseshare.recipes.train import run_training
 
 from conftest import ROOT, quiet, tiny_config, tiny_overrides
 
@@ -119,7 +120,7 @@ def test_sparse_pipeline_resumes_after_a_crash_at_every_stage_transition(tiny_co
     """Every stage marks its end by an atomic replace (a mask file, a round's round.json, a run's results.json, the
     search's search.json, masks.safetensors, the report): crash at each, resume, compare the final model."""
     from sparseshare.config import load_config
-    from sparseshare.mask_search.pipeline import run_sparse
+    from sparseshare.recipes.train_sparse import run_sparse
 
     extra = {"tasks": "[ner]", "model.sharing": "sparse", "sparse.rounds": 1, "train.epochs": 1,
              "train.checkpoint_every": 1000}
@@ -146,7 +147,7 @@ def test_sparse_pipeline_resumes_after_a_crash_at_every_stage_transition(tiny_co
 
 def test_a_finished_sparse_pipeline_is_never_replaced_without_overwrite(tiny_corpus, tmp_path):
     from sparseshare.config import load_config
-    from sparseshare.mask_search.pipeline import run_sparse
+    from sparseshare.recipes.train_sparse import run_sparse
 
     overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{
         "tasks": "[ner]", "model.sharing": "sparse", "sparse.rounds": 0, "train.epochs": 1})

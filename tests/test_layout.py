@@ -61,13 +61,22 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "sparseshare.training" in graph["sparseshare.cli"]  # imported inside _train()
+    assert "sparseshare.recipes.train" in graph["sparseshare.cli"]  # imported inside _train()
     assert "sparseshare.data.vocab" in graph["sparseshare.model"]
 
 
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_dependencies_point_one_way_the_library_never_imports_a_recipe():
+    graph = import_graph()
+    assert {"sparseshare.recipes.train", "sparseshare.recipes.train_sparse"} <= set(graph)
+    upward = {module: sorted(n for n in imports if n.startswith("sparseshare.recipes"))
+              for module, imports in graph.items()
+              if not module.startswith("sparseshare.recipes") and module != "sparseshare.cli"}
+    assert not {m: r for m, r in upward.items() if r}
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -83,7 +92,7 @@ def test_a_strategy_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
     from sparseshare.config import ConfigError
     from sparseshare.model import MultiTaskTagger
     from sparseshare.sharing import STRATEGIES, SharingStrategy, register
-    from sparseshare.training import run_training
+    from sparseshare.recipes.train import run_training
 
     from conftest import TINY_SENTENCES, quiet, tiny_config
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from sparseshare.config import load_config
 from sparseshare.model import MultiTaskTagger, ModelFolderError
-from sparseshare.training import run_training
+from sparseshare.recipes.train import run_training
 
 from conftest import tiny_overrides, write_tiny_corpus
 

@@ -64,6 +64,10 @@ INSTALLED_USE = textwrap.dedent("""
     from sparseshare.tasks import BUILTIN_DIR
     assert BUILTIN_DIR.resolve().is_relative_to(venv), BUILTIN_DIR
     assert {"chunk", "chunk2000", "ner", "pos", "pp", "upos", "xpos"} <= set(builtin_tasks()), builtin_tasks()
+    # the recipes ship with the package: `sparseshare train` / `train-sparse` run them from the wheel
+    import sparseshare.recipes.train, sparseshare.recipes.train_sparse
+    for recipe in (sparseshare.recipes.train, sparseshare.recipes.train_sparse):
+        assert Path(recipe.__file__).resolve().is_relative_to(venv), recipe.__file__
     config = ModelConfig(sharing="hard")
     config.bilstm.word_dim, config.bilstm.hidden, config.bilstm.char_filters = 8, 8, 4
     tasks = [load_task("pos"), load_task("ner")]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from sparseshare.config import ConfigError
 from sparseshare.model import MultiTaskTagger
-from sparseshare.training import run_training
+from sparseshare.recipes.train import run_training
 
 from conftest import assert_reloaded_model_scores_like_the_trained_one, assert_reloads_identically
 from conftest import train_interrupted_and_resumed
@@ -293,7 +293,7 @@ def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, messa
 def test_a_fixed_partition_saved_as_delta_zero_loads_and_resumes_as_roaming_fixed(tiny_corpus, tmp_path):
     """Before model.roaming_fixed, the fixed partition was saved as roaming_delta: 0 (model folders, the config.yaml
     of checkpointed runs); a new config with Δ = 0 is still an error."""
-    from sparseshare.training import check_resume_config
+    from sparseshare.training.checkpoints import check_resume_config
 
     config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true"})
     model, _ = _model(config)

@@ -18,7 +18,7 @@ from sparseshare.model import MultiTaskTagger
 from sparseshare.encoders import BiLSTMEncoder, ScratchTransformerEncoder
 from sparseshare.sharing.routing import (RouterMLP, dispatch, draw_routing_map, returns_to_go, sample_choices,
                                          wpl_update)
-from sparseshare.training import run_training
+from sparseshare.recipes.train import run_training
 
 from conftest import assert_reloaded_model_scores_like_the_trained_one, train_interrupted_and_resumed
 from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS

@@ -11,11 +11,13 @@ from safetensors.torch import load_file
 from sparseshare.config import ConfigError, load_config
 from sparseshare.model import MultiTaskTagger
 from sparseshare.optim import MaskedAdamW, MaskedSGD
-from sparseshare.mask_search import pipeline
+from sparseshare.recipes import train_sparse as pipeline
 from sparseshare.sharing.masks import (MaskError, density, load_masks, overlap_matrix, overlap_ratio,
                                       parameter_counts, prunable_parameters, save_masks)
-from sparseshare.mask_search.pruning import prune_by_magnitude
-from sparseshare.training import build_model, build_optimizer, load_task_data, run_training
+from sparseshare.sharing.masks import prune_by_magnitude
+from sparseshare.training.data import build_model, load_task_data
+from sparseshare.optim import build_optimizer
+from sparseshare.recipes.train import run_training
 
 from conftest import tiny_overrides
 
@@ -443,7 +445,7 @@ def test_oneshot_search_prunes_the_trained_dense_network_and_scores_it_without_r
         model = MultiTaskTagger.from_pretrained(tmp_path / "search" / task / "round_00" / "model")
         model.sharing.set_masks({task: quarter})
         data = load_task_data(config, log=_quiet)
-        from sparseshare.training import evaluate
+        from sparseshare.evaluation import evaluate
 
         assert rounds[2]["dev"] == evaluate(model, {task: data[task].dev})[task]["score"]
     assert report["search_budget"]["search"] == "oneshot" and report["random_masks"] is False

@@ -12,7 +12,9 @@ import torch
 from sparseshare.config import ConfigError, load_config
 from sparseshare.data.vocab import Vocab
 from sparseshare.model import MultiTaskTagger
-from sparseshare.training import build_model, check_resume_config, load_task_data, run_training
+from sparseshare.training.data import build_model, load_task_data
+from sparseshare.training.checkpoints import check_resume_config
+from sparseshare.recipes.train import run_training
 
 from conftest import assert_reloaded_model_scores_like_the_trained_one, assert_reloads_identically
 from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS

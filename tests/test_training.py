@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from sparseshare.config import load_config
 from sparseshare.model import MultiTaskTagger
-from sparseshare.training import latest_checkpoint, run_training
+from sparseshare.training.checkpoints import latest_checkpoint
+from sparseshare.recipes.train import run_training
 
 from conftest import train_interrupted_and_resumed
 from conftest import tiny_overrides
@@ -158,7 +159,7 @@ def test_training_from_a_hub_dataset_folder_matches_local_files(tiny_corpus, tmp
 def test_optimizer_groups_exempt_biases_norms_and_crf_from_weight_decay():
     from sparseshare.data.vocab import Vocab
     from sparseshare.tasks import load_task
-    from sparseshare.training import build_optimizer
+    from sparseshare.optim import build_optimizer
 
     def groups(*overrides):
         config = load_config(None, ["tasks=[ner]", *overrides])
@@ -177,7 +178,8 @@ def test_optimizer_groups_exempt_biases_norms_and_crf_from_weight_decay():
 
 
 def test_momentum_does_not_move_a_head_its_task_did_not_use(tiny_corpus, tmp_path):
-    from sparseshare.training import build_model, build_optimizer, load_task_data
+    from sparseshare.training.data import build_model, load_task_data
+    from sparseshare.optim import build_optimizer
 
     config = load_config(None, tiny_overrides(tiny_corpus, tmp_path))
     data = load_task_data(config, log=_quiet)

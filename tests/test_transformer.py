@@ -9,7 +9,7 @@ from sparseshare.data.batching import Featurizer
 from sparseshare.data.vocab import Vocab
 from sparseshare.encoders.transformer import TransformerEncoder, assign_words, plan_windows
 from sparseshare.model import MultiTaskTagger
-from sparseshare.training import run_training
+from sparseshare.recipes.train import run_training
 
 from conftest import tiny_overrides
 
@@ -93,7 +93,7 @@ def test_a_token_without_subwords_still_gets_a_vector(encoder):
 
 def test_sparse_sharing_masks_a_transformer_and_reloads_identically(tiny_corpus, tmp_path):
     from sparseshare.sharing.masks import save_masks
-    from sparseshare.training import build_model, load_task_data
+    from sparseshare.training.data import build_model, load_task_data
 
     overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{
         "tasks": "[pos,ner]", "model.encoder": "transformer", "model.transformer.name_or_path": MINILM,

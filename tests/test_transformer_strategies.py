@@ -10,7 +10,7 @@ import torch
 from sparseshare.config import ConfigError, ModelConfig, load_config
 from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing import STRATEGIES
-from sparseshare.training import run_training
+from sparseshare.recipes.train import run_training
 
 from conftest import TINY_SENTENCES, assert_reloaded_model_scores_like_the_trained_one, quiet, tiny_batch
 from conftest import tiny_bert_overrides, tiny_model

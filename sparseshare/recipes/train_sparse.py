@@ -42,14 +42,15 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_from_dict
-from ..model import MultiTaskTagger
+from ..evaluation import evaluate
 from ..files import atomic_path, write_json_atomically
+from ..model import MultiTaskTagger
 from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
-from ..training import (TaskData, build_model, check_input_files, check_resume_config, evaluate, load_task_data,
-                        run_training)
+from ..training.checkpoints import check_resume_config
+from ..training.data import TaskData, build_model, check_input_files, load_task_data
+from .train import run_training
 from ..sharing.masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
-                    random_masks_like, save_masks)
-from .pruning import prune_by_magnitude
+                             prune_by_magnitude, random_masks_like, save_masks)
 
 
 # What the pipeline writes into its output_dir (removed by --overwrite; other files there are left alone).
@@ -64,7 +65,7 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
     its own tasks."""
     if config.model.sharing != "sparse":
         raise ValueError(f"config key 'model.sharing' must be 'sparse' for the sparse recipe, got {config.model.sharing!r}")
-    # the same process group run_training's Accelerator joins (cpu=True: see training.py)
+    # the same process group run_training's Accelerator joins (cpu=True: see .train)
     state = PartialState(cpu=not torch.accelerator.is_available())
     log = log or state.print
     out = Path(config.output_dir)
@@ -251,7 +252,7 @@ def search_distributed(config: Config, state: PartialState, out: Path, log) -> d
         (folder / SEARCH_FAILED).unlink(missing_ok=True)
         if not (folder / SEARCH_DONE).is_file():
             print(f"[{task}] mask search in process {state.process_index}", flush=True)  # every rank reports
-            child = subprocess.run([sys.executable, "-m", "sparseshare.mask_search.pipeline", "search", str(out), task],
+            child = subprocess.run([sys.executable, "-m", "sparseshare.recipes.train_sparse", "search", str(out), task],
                                    env=env)
             if child.returncode != 0:  # tell the other processes, which are polling for this task
                 folder.mkdir(parents=True, exist_ok=True)
@@ -412,7 +413,7 @@ def stage_costs(out: Path, tasks: list[str], search: dict[str, list[dict]]) -> d
     return costs
 
 
-if __name__ == "__main__":  # python -m sparseshare.mask_search.pipeline search OUTPUT_DIR TASK (see search_distributed)
+if __name__ == "__main__":  # python -m sparseshare.recipes.train_sparse search OUTPUT_DIR TASK (see search_distributed)
     if len(sys.argv) != 4 or sys.argv[1] != "search":
-        raise SystemExit("usage: python -m sparseshare.mask_search.pipeline search OUTPUT_DIR TASK")
+        raise SystemExit("usage: python -m sparseshare.recipes.train_sparse search OUTPUT_DIR TASK")
     _search_one_task(Path(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,98 @@
+"""The data side of a run: each task's corpora (train converted to the training scheme, dev/test as read), the
+model built from the config and the training words' vocabulary, and the input files a config names."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data.corpus import load_split
+from ..data.schemes import convert
+from ..data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab, build_word_vocab,
+                          embedding_matrix, read_word_vectors)
+from ..model import MultiTaskTagger
+from ..tasks import TaskSpec, load_task
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    labels: Vocab  # in the train scheme
+    train_tokens: list[list[str]]
+    train_labels: list[list[int]]
+    dev: object  # datasets.Dataset with tokens / labels (corpus scheme)
+    test: object | None  # None when the corpus has no test split here
+    train_word_ids: list = field(default_factory=list)  # word ids of the training sentences, computed once
+
+def task_dir(config: Config, spec: TaskSpec) -> str:
+    data = config.data
+    return data.task_dirs.get(spec.name) or data.dir or str(Path(data.root) / spec.corpus)
+
+def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
+    result = {}
+    for name in config.tasks:
+        spec = load_task(name)
+        options = dict(source=config.data.source, data_dir=task_dir(config, spec),
+                       hub_path=config.data.hub_paths.get(spec.name))
+        train = load_split(spec, "train", **options)
+        if config.data.max_train_sentences:
+            train = train.select(range(min(len(train), config.data.max_train_sentences)))
+        dev = load_split(spec, "dev", **options)
+        try:
+            test = load_split(spec, "test", **options)
+        except FileNotFoundError as err:
+            log(f"[{spec.name}] no test split: {err}")
+            test = None
+        tokens = list(train["tokens"])  # plain lists: indexed per batch, Arrow access would be slow
+        labels = [convert(seq, spec.scheme, spec.train_scheme) for seq in train["labels"]]
+        vocab = build_label_vocab(labels)
+        ids = [[vocab[t] for t in seq] for seq in labels]
+        result[spec.name] = TaskData(spec, vocab, tokens, ids, dev, test)
+        log(f"[{spec.name}] train {len(tokens)} / dev {len(dev)} / test {len(test) if test is not None else '-'} "
+            f"sentences, {len(vocab)} labels ({spec.train_scheme})")
+    return result
+
+def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
+    all_train = [s for d in data.values() for s in d.train_tokens]
+    bilstm = config.model.bilstm
+    matrix = None
+    if config.model.encoder in ("bilstm", "scratch"):
+        vectors_words, vectors = (read_word_vectors(bilstm.embeddings, "model.bilstm.embeddings")
+                                  if bilstm.embeddings else ([], None))
+        if vectors is not None and vectors.shape[1] != bilstm.word_dim:
+            raise ValueError(f"config key 'model.bilstm.word_dim' is {bilstm.word_dim} but {bilstm.embeddings} "
+                             f"has {vectors.shape[1]}-d vectors")
+        words = build_word_vocab(all_train, vectors_words, config.data.min_word_count, config.data.lowercase,
+                                 config.data.normalize_digits)
+        chars = build_char_vocab(all_train)
+        if vectors is not None:
+            lookup = WordLookup(words, config.data.lowercase, config.data.normalize_digits)
+            matrix = torch.from_numpy(embedding_matrix(lookup, vectors_words, vectors, seed=config.train.seed))
+    else:  # subword tokenization happens inside the Transformer encoder
+        words, chars = Vocab([]), Vocab([])
+    model = MultiTaskTagger(config.model, [d.spec for d in data.values()],
+                            {name: d.labels.itos for name, d in data.items()}, words, chars,
+                            config.data.lowercase, config.data.normalize_digits, pretrained_embeddings=matrix)
+    add_word_ids(model, data)
+    return model
+
+def add_word_ids(model: MultiTaskTagger, data: dict[str, TaskData]) -> None:
+    """Word ids of the training sentences in ``model``'s vocabulary, computed once per run."""
+    for d in data.values():
+        if len(d.train_word_ids) != len(d.train_tokens):
+            d.train_word_ids = [model.featurizer.word_ids(s) for s in d.train_tokens]
+
+def check_input_files(config: Config) -> None:
+    """Files the config names, checked by key before any corpus is read (which can take a while)."""
+    files = {"sparse.masks": config.sparse.masks}
+    if config.model.encoder in ("bilstm", "scratch"):
+        files["model.bilstm.embeddings"] = config.model.bilstm.embeddings
+    for key, path in files.items():
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"config key {key!r}: {path} is a directory, not a file")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config key {key!r}: file not found: {path}")

@@ -62,6 +62,16 @@ def plain_state(encoder: nn.Module, chosen: dict[nn.Module, str]) -> dict[str, t
     return state
 
 
+def rows_by_choice(choice: torch.Tensor, choices: int):
+    """``(j, rows)`` for every choice j that some row of the batch took: ``rows`` the indices of those rows, or None
+    when the whole batch took j (then no gather or scatter is needed). Routing groups a batch by block with it, so
+    a block runs once on its rows (no loop over sentences)."""
+    for j in range(choices):
+        index = (choice == j).nonzero().squeeze(1)
+        if index.numel():
+            yield j, None if index.numel() == choice.shape[0] else index
+
+
 def _rows(value, index: torch.Tensor, total: int, length: int):
     """``value`` (an argument of a layer call) restricted to the batch rows ``index``: tensors whose first
     dimension is the batch (``total`` rows) and that also span the sequence (``length`` in a later dimension:
@@ -177,19 +187,16 @@ class RoutedLayer(nn.Module):
     def forward(self, hidden_states, *args, **kwargs):
         choice = self.route(hidden_states)
         blocks = list(self.blocks) + ([None] if self.has_pass else [])
-        total, out = hidden_states.shape[0], None
-        for j, block in enumerate(blocks):
-            index = (choice == j).nonzero().squeeze(1)
-            if index.numel() == 0:
-                continue
-            whole = index.numel() == total  # the whole batch took this block: no gather/scatter
+        out = None
+        for j, index in rows_by_choice(choice, len(blocks)):
+            block = blocks[j]
             if block is None:
-                y = hidden_states if whole else hidden_states.index_select(0, index)
+                y = hidden_states if index is None else hidden_states.index_select(0, index)
             else:
-                output = call_rows(block, None if whole else index, hidden_states, args, kwargs)
+                output = call_rows(block, index, hidden_states, args, kwargs)
                 self._tuple_size = 0 if isinstance(output, torch.Tensor) else len(output)
                 y = hidden_of(output)
-            if whole:
+            if index is None:
                 out = y
                 break
             out = (hidden_states.new_zeros(hidden_states.shape) if out is None else out).index_copy(0, index, y)

@@ -1,0 +1,401 @@
+"""The routing network: ``model.routing_blocks`` copies of every encoder layer (plus PASS), a router that picks one
+block per layer for each sentence, sentences grouped by block so that a block runs once per batch on its rows.
+The method, the rewards and the routers are described in :mod:`sparseshare.sharing.routing`."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import ConfigError
+from ..base import SharingStrategy, layerwise_encoder, register
+from ..hf_layers import RoutedLayer, layer_stack, plain_state, rows_by_choice
+from .maps import ROUTING_FILE, final_map
+from .routers import ROUTERS, RoutedPass
+from .rl import process_rank, returns_to_go, sample_choices
+
+
+def dispatch(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor,
+             out_dim: int) -> torch.Tensor:
+    """Run each sentence through its chosen block: ``run_layer(blocks[j], ...)`` (an encoder layer, or None for
+    PASS) on the sub-batch of the sentences with ``choice == j``, with that sub-batch's mask; vectorised per block.
+    BiLSTM sub-batches keep the batch's longest-first order (indices ascend), so packing needs no sort."""
+    out = None
+    for j, index in rows_by_choice(choice, len(blocks)):
+        block = blocks[j]
+        if index is None:  # the whole batch took this block: no gather/scatter
+            return x if block is None else run_layer(block, x, mask)
+        sub = x.index_select(0, index)
+        y = sub if block is None else run_layer(block, sub, mask.index_select(0, index))
+        out = (x.new_zeros(x.shape[0], x.shape[1], out_dim) if out is None else out).index_copy(0, index, y)
+    return out
+
+
+def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_key: str = "") -> list[int]:
+    """``model.routing_blocks`` as one count per layer (``depth`` layers; None: only checks the counts)."""
+    counts = [blocks] * (depth or 1) if isinstance(blocks, int) else list(blocks)
+    if depth is not None and len(counts) != depth:
+        where = f" ({depth_key})" if depth_key else ""
+        raise ConfigError(f"config key 'model.routing_blocks' lists {len(counts)} layer(s) but the encoder has "
+                          f"{depth}{where}; give one block count per layer, or one int for all")
+    bad = [k for k in counts if k < 1]
+    if bad or not counts:
+        raise ConfigError(f"config key 'model.routing_blocks' must give every layer >= 1 block(s), got {blocks!r}")
+    return counts
+
+
+@register("routing")
+class RoutingNetwork(SharingStrategy):
+    options = ("routing_blocks", "routing_pass", "routing_router", "routing_rho", "routing_history", "routing_lr",
+               "routing_agents")
+    citation = """@inproceedings{rosenbaum2018routing,
+  title = {Routing Networks: Adaptive Selection of Non-linear Functions for Multi-Task Learning},
+  author = {Rosenbaum, Clemens and Klinger, Tim and Riemer, Matthew},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year = {2018}
+}"""
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
+        if config.routing_router not in ROUTERS:
+            raise ConfigError(f"config key 'model.routing_router': {config.routing_router!r} is not one of "
+                              f"{list(ROUTERS)}")
+        if config.routing_rho < 0:
+            raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {config.routing_rho}")
+        if config.routing_lr <= 0:
+            raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {config.routing_lr}")
+        if config.routing_pass and config.encoder == "bilstm":
+            b = config.bilstm  # the first layer reads the word (+ char) embeddings, the others the 2 x hidden states
+            inputs = [b.word_dim + b.char_filters] + [2 * b.hidden] * (b.layers - 1)
+            if 2 * b.hidden not in inputs:
+                raise ConfigError(f"config key 'model.routing_pass': no encoder layer can be skipped (PASS needs a "
+                                  f"layer whose input width equals its output width {2 * b.hidden}; the layers' "
+                                  f"inputs are {inputs}): add a layer or set it to false")
+        if config.routing_history < 0:
+            raise ConfigError(f"config key 'model.routing_history' must be >= 0 (0 = every batch since the start), "
+                              f"got {config.routing_history}")
+        if config.routing_agents < 0:
+            raise ConfigError(f"config key 'model.routing_agents' must be >= 0 (0 = one agent per task), "
+                              f"got {config.routing_agents}")
+        if config.routing_agents and config.routing_router != "dispatched":
+            raise ConfigError(f"config key 'model.routing_agents' only applies to model.routing_router=dispatched "
+                              f"(model.routing_router is {config.routing_router!r})")
+        routing_blocks_per_layer(config.routing_blocks, depth, depth_key)
+
+    def __init__(self, build_encoder, tasks, config):
+        super().__init__(build_encoder, tasks, config)
+        encoder = layerwise_encoder("routing", build_encoder, config)
+        self.encoder = encoder
+        self.stand_ins = encoder.layer_access == "stand_in"
+        self.num_layers = encoder.num_layers
+        depth_key = encoder.depth_key
+        self.check_options(config, self.tasks, self.num_layers, depth_key)
+        self.copies = routing_blocks_per_layer(config.routing_blocks, self.num_layers, depth_key)
+        if self.stand_ins:  # the model's layers become RoutedLayers; its embeddings and forward pass stay
+            self.in_dims = [encoder.output_dim] * self.num_layers
+            self.has_pass = [bool(config.routing_pass)] * self.num_layers
+            stack = layer_stack(encoder, "routing")
+            for i, k in enumerate(self.copies):
+                stack[i] = RoutedLayer(stack[i], k, self.has_pass[i])
+            self.routed = list(stack)
+        else:
+            layers = list(encoder.layers)
+            encoder.layers = nn.ModuleList()  # the blocks own the layers now: no unused originals
+            self.in_dims = [encoder.layer_input_dim(layer) for layer in layers]
+            self.has_pass = [bool(config.routing_pass) and d == encoder.output_dim for d in self.in_dims]
+            # block 0 is the encoder's own layer, the others copies of its initialisation
+            self.blocks = nn.ModuleList(nn.ModuleList([layer] + [copy.deepcopy(layer) for _ in range(k - 1)])
+                                        for layer, k in zip(layers, self.copies))
+        self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
+        self.rho, self.lr = config.routing_rho, config.routing_lr
+        T, L, K = len(self.tasks), self.num_layers, max(self.choices)
+        self.agents = 0  # the dispatched router's agent count
+        self.router = ROUTERS[config.routing_router](self, config)
+        valid = torch.zeros(L, K)
+        for i, k in enumerate(self.choices):
+            valid[i, :k] = 1.0
+        self.register_buffer("valid", valid, persistent=False)
+        self.register_buffer("rng_state", torch.Generator().get_state())
+        self.register_buffer("usage", torch.zeros(L, K, dtype=torch.float64))  # all tasks, all of training
+        # the routes of the last model.routing_history batches (a ring, next slot recent_next), for the collaboration
+        # reward; none: the reward reads `usage`
+        self.history = config.routing_history
+        self.register_buffer("recent", torch.zeros(self.history, L, K, dtype=torch.float64))
+        self.register_buffer("recent_next", torch.zeros((), dtype=torch.long))
+        self.register_buffer("epoch_counts", torch.zeros(T, L, K, dtype=torch.float64))
+        self.register_buffer("map_history", torch.zeros(0, T, L, K))
+        self.router.register()  # its policies, values, baselines, MLPs: buffers of this network
+        self._pending: RoutedPass | None = None  # the last training pass's routes, until observe_losses scores them
+        self.last_routes: torch.Tensor | None = None  # (L, B) choices of the last forward pass, for inspection
+        self.last_agents: torch.Tensor | None = None  # (B,) dispatched agents of the last forward pass
+        self.initialize(0)
+
+    @property
+    def output_dim(self) -> int:
+        return self.encoder.output_dim
+
+    def choice_names(self, layer: int) -> list[str]:
+        return [f"block {j}" for j in range(self.copies[layer])] + (["PASS"] if self.has_pass[layer] else [])
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, seed: int) -> None:
+        """Uniform policies, empty statistics, REINFORCE weights drawn from a generator seeded with ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        self.usage.zero_()
+        self.recent.zero_()
+        self.recent_next.zero_()
+        self.epoch_counts.zero_()
+        self.map_history = self.map_history.new_zeros(0, *self.map_history.shape[1:])
+        self.router.reset(generator)
+        self.rng_state.copy_(generator.get_state())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the map history grows by one entry per epoch: take the saved length
+        key = prefix + "map_history"
+        if key in state_dict and state_dict[key].shape != self.map_history.shape:
+            self.map_history = self.map_history.new_zeros(state_dict[key].shape)
+        if not self.history:  # models saved before model.routing_history existed have no (empty) window to load
+            for name in ("recent", "recent_next"):
+                state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def historical_probs(self) -> torch.Tensor:
+        """(L, K): the share of the routed training sentences (all tasks; of the last ``model.routing_history``
+        batches, or of all of training) that took each choice; uniform over the valid choices before the first step."""
+        counts = self.recent.sum(0) if self.history else self.usage
+        total = counts.sum(-1, keepdim=True)
+        uniform = (self.valid / self.valid.sum(-1, keepdim=True)).to(counts.dtype)
+        return torch.where(total > 0, counts / total.clamp(min=1), uniform)
+
+    # -- routing -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, H): the mean of ``x`` (B, T, H) over the positions ``mask`` marks."""
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x.detach() * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def router_input(self, pooled: torch.Tensor, t: int) -> torch.Tensor:
+        """A router's input: the pooled layer input, standardised, and the task one-hot."""
+        pooled = F.layer_norm(pooled.float(), pooled.shape[-1:])
+        onehot = F.one_hot(torch.full((pooled.shape[0],), t, device=pooled.device), len(self.tasks)).float()
+        return torch.cat([pooled, onehot], dim=-1)
+
+    def _reads_input(self, layer: int) -> bool:
+        return self.router.reads_input(layer)
+
+    def _uniforms(self, batch_size: int) -> torch.Tensor:
+        """(L, B) uniforms for this training pass (dispatched: (L + 1, B), the last row for the dispatcher): one draw
+        from the persistent generator (the pass's seed, the same on every process), then this process's own
+        stream."""
+        generator = torch.Generator()
+        generator.set_state(self.rng_state.cpu())
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        self.rng_state.copy_(generator.get_state())
+        stream = torch.Generator().manual_seed(seed + process_rank())
+        return torch.rand(self.num_layers + self.router.extra_draws, batch_size, generator=stream)
+
+    @torch.no_grad()
+    def _choose(self, layer: int, t: int, pooled: torch.Tensor | None, uniforms: torch.Tensor | None,
+                batch_size: int, record: dict) -> torch.Tensor:
+        """(B,) the choice at ``layer`` for each sentence (``pooled``: the sentences' pooled layer input, where
+        :meth:`_reads_input`); sampled when ``uniforms`` are given, else greedy. Kept in ``record``."""
+        def pick(probs, row):
+            return sample_choices(probs, uniforms[row]) if uniforms is not None else probs.argmax(-1)
+
+        choice = pick(self.router.probs(layer, t, pooled, batch_size, record, pick), layer)
+        record["choices"].append(choice)
+        return choice
+
+    def _routed(self, t: int, record: dict, words: torch.Tensor) -> None:
+        """Keep the routes of a forward pass: for inspection, and for the next observe_losses in training."""
+        self.last_routes = torch.stack(record["choices"])
+        self.last_agents = record.get("agents")
+        if self.training:
+            self._pending = RoutedPass(t, self.last_routes, words, record["inputs"], record.get("agents"),
+                                       record.get("dispatch_in"))
+
+    def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
+        """Top-layer features of ``task`` from the shared embeddings ``x``, each sentence along its route."""
+        t, mask, batch_size = self.tasks.index(task), batch.mask, batch.mask.shape[0]
+        uniforms = self._uniforms(batch_size).to(mask.device) if self.training else None
+        words = mask.sum(1).clamp(min=1).to(torch.float64)
+        record = {"choices": [], "inputs": []}
+        if self.stand_ins:
+            x = self._encode_hf(batch, t, uniforms, record)
+        else:
+            for layer in range(self.num_layers):
+                pooled = self._pool(x, mask) if self._reads_input(layer) else None
+                choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
+                blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
+                x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
+        self._routed(t, record, words)
+        return x if self.stand_ins else self.encoder.finish(x, mask)
+
+    def _encode_hf(self, batch, t: int, uniforms, record: dict) -> torch.Tensor:
+        """The Transformer runs as a whole; each RoutedLayer asks for its sentences' choices with its input. A
+        sentence longer than the model input spans several rows, which all follow the sentence's route; a router
+        that reads the input (REINFORCE, the dispatcher) reads the mean of the sentence's subword states
+        (special tokens included)."""
+        rows = self.encoder.subword_rows(batch)
+        batch_size = batch.mask.shape[0]
+
+        def router(layer):
+            def route(hidden: torch.Tensor) -> torch.Tensor:
+                pooled = None
+                if self._reads_input(layer):
+                    m = rows.attention_mask.unsqueeze(-1).to(hidden.dtype)
+                    sums = hidden.new_zeros(batch_size, hidden.shape[-1]).index_add(
+                        0, rows.row_sentence, (hidden.detach() * m).sum(1))
+                    counts = hidden.new_zeros(batch_size, 1).index_add(0, rows.row_sentence, m.sum(1))
+                    pooled = sums / counts.clamp(min=1)
+                return self._choose(layer, t, pooled, uniforms, batch_size, record)[rows.row_sentence]
+            return route
+
+        for layer, routed in enumerate(self.routed):
+            routed.route = router(layer)
+        try:
+            return self.encoder.top_features(batch, rows=rows)[0]
+        finally:
+            for routed in self.routed:
+                routed.route = None
+
+    def task_encoder_state(self, task):
+        """WPL on a Hugging Face Transformer: the greedy route of a task is one block per layer whatever the
+        sentence, so the task runs through one plain model (its blocks). The other routers choose per sentence."""
+        greedy = self.router.greedy_route(self.tasks.index(task))
+        if greedy is None:
+            raise NotImplementedError(f"routing with the {self.router.name!r} router chooses each sentence's route "
+                                      f"from the sentence, so task {task!r} has no single encoder to export")
+        if not self.stand_ins:
+            return super().task_encoder_state(task)
+        passes = [layer + 1 for layer, j in enumerate(greedy) if j == self.copies[layer]]
+        if passes:
+            raise NotImplementedError(f"task {task!r}'s greedy route skips layer(s) {passes} (PASS): the exported "
+                                      f"model would need fewer layers than the Transformer it is built from")
+        return plain_state(self.encoder, {routed: f"blocks.{j}" for routed, j in zip(self.routed, greedy)})
+
+    def forward(self, batch, task):
+        return self.encode(None if self.stand_ins else self.encoder.embed(batch), batch, task)
+
+    def features_for_tasks(self, batch, tasks):
+        x = None if self.stand_ins else self.encoder.embed(batch)  # embeddings once per batch; routes per task
+        return {task: self.encode(x, batch, task) for task in tasks}
+
+    # -- learning the router -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def observe_losses(self, task: str, losses: torch.Tensor) -> None:
+        """Score the routes of the last training forward pass with its per-sentence losses and update the router.
+        Empty ``losses``: this process had no sentences at this step (it still joins the all-reduce)."""
+        if self._pending is None:
+            raise RuntimeError("routing: observe_losses() without a training forward pass before it")
+        p, self._pending = self._pending, None
+        t, routes, words = p.task, p.routes, p.words
+        if self.tasks[t] != task:
+            raise RuntimeError(f"routing: losses of task {task!r} for routes of task {self.tasks[t]!r}")
+        L, K = self.usage.shape
+        device = self.usage.device
+        counts = torch.zeros(L, K, dtype=torch.float64, device=device)
+        sums = torch.zeros(L, K, dtype=torch.float64, device=device)
+        returns = None
+        if losses.numel():
+            final = -losses.to(device=device, dtype=torch.float64) / words.to(device)
+            immediate = self.rho * self.historical_probs().gather(1, routes.to(device))
+            returns = returns_to_go(final, immediate)
+            onehot = F.one_hot(routes.to(device), K).to(torch.float64)  # (L, B, K)
+            counts = onehot.sum(1)
+            sums = (onehot * returns.unsqueeze(-1)).sum(1)
+        counts = self.router.step(p, returns, sums, counts)
+        self.usage += counts
+        self.epoch_counts[t] += counts
+        if self.history and counts.sum() > 0:  # counts are summed over processes: every process moves the ring alike
+            self.recent[int(self.recent_next) % self.history] = counts
+            self.recent_next += 1
+
+    # -- the routing map ---------------------------------------------------------------------------------------------
+    def epoch_map(self) -> torch.Tensor:
+        """(T, L, K): the share of each task's training sentences routed through each choice since the last epoch
+        end (zeros for a task not trained since)."""
+        total = self.epoch_counts.sum(-1, keepdim=True)
+        return (self.epoch_counts / total.clamp(min=1)).float()
+
+    @torch.no_grad()
+    def log_values(self) -> dict[str, float]:
+        """Close the epoch: append its routing map to ``map_history``; log the routes' mean normalised entropy."""
+        current = self.epoch_map()
+        self.map_history = torch.cat([self.map_history, current.unsqueeze(0).to(self.map_history)])
+        self.epoch_counts.zero_()
+        entropies = []
+        for t in range(len(self.tasks)):
+            for layer, k in enumerate(self.choices):
+                p = current[t, layer, :k]
+                if k > 1 and p.sum() > 0:
+                    entropies.append(float(-(p * p.clamp(min=1e-12).log()).sum()) / math.log(k))
+        return {"routing/entropy": sum(entropies) / len(entropies)} if entropies else {}
+
+    def routing_map(self) -> dict:
+        """Everything ``routing.json`` holds (JSON-ready)."""
+        def table(values):  # (L, K) -> per layer, the valid choices only
+            return [[round(float(v), 6) for v in row[:k]] for row, k in zip(values, self.choices)]
+
+        result = {
+            "router": self.router.name, "tasks": list(self.tasks), "layers": self.num_layers,
+            "choices": [self.choice_names(layer) for layer in range(self.num_layers)],
+            "rho": self.rho,
+            "epochs": [{task: table(epoch[t]) for t, task in enumerate(self.tasks)} for epoch in self.map_history],
+            "usage": table(self.historical_probs()),
+        }
+        result.update(self.router.map_fields(table))
+        return result
+
+    def save_files(self, directory: Path) -> None:
+        text = json.dumps(self.routing_map(), indent=1)
+        # one line per innermost list (a layer's shares, a layer's choice names)
+        text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+        (Path(directory) / ROUTING_FILE).write_text(text + "\n", encoding="utf-8")
+
+    def card_section(self, model) -> list[str]:
+        routing = self.routing_map()
+        blocks = ", ".join(f"{k}{' + PASS' if p else ''}" for k, p in zip(self.copies, self.has_pass))
+        lines = ["## Routing", "",
+                 "Every encoder layer offers several blocks (copies of the layer; PASS is the identity) and a router "
+                 "picks one per layer for each sentence.", "",
+                 f"- Router: `{self.router.name}` ({self.router.description}); collaboration reward rho {self.rho}.",
+                 f"- Blocks per layer: {blocks}."]
+        if routing.get("dispatch") and any(any(shares) for shares in routing["dispatch"].values()):
+            shares = "; ".join(f"{task} " + ", ".join(f"{p:.3f}" for p in task_shares)
+                               for task, task_shares in routing["dispatch"].items())
+            lines.append(f"- Dispatch (share of each task's training sentences per agent): {shares}.")
+        try:
+            table, what = final_map(routing)
+        except ValueError:  # REINFORCE before any epoch: no routes to show
+            lines += ["", "No routes were recorded yet (the model was not trained)."]
+        else:
+            layers, greedy = range(self.num_layers), routing.get("greedy")
+            title = f"Most-used block per task and layer ({what})" if routing["epochs"] else \
+                "Most likely block per task and layer (no epoch recorded yet: the policy)"
+            lines += ["", f"{title}:", "",
+                      "| task | " + " | ".join(f"layer {n + 1}" for n in layers) + " |",
+                      "|---" * (len(layers) + 1) + "|"]
+            for task in self.tasks:
+                cells = []
+                for n in layers:
+                    top = max(range(len(table[task][n])), key=table[task][n].__getitem__)
+                    cell = f"{routing['choices'][n][top]} ({table[task][n][top]:.3f})"
+                    if greedy and greedy[task][n] != top:
+                        cell += f" / greedy {routing['choices'][n][greedy[task][n]]}"
+                    cells.append(cell)
+                lines.append(f"| {task} | " + " | ".join(cells) + " |")
+            lines += ["", "At inference each task takes its greedy route (the policy's argmax; shown where it is not "
+                          "the most-used block)." if greedy else
+                          "At inference each sentence takes the router's argmax for its input."]
+        held = "every epoch's routing map and the historical block usage" + self.router.holds
+        lines += ["", f"`{ROUTING_FILE}` holds {held}; draw it with "
+                      f"`sparseshare routing show <repo id or folder> --png routing.png`."]
+        return lines

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .layerwise import LayerwiseEncoder
+
 
 class CharCNN(nn.Module):
     """Character embeddings -> 1-D convolution -> max over the word's characters."""
@@ -69,9 +71,8 @@ class BiLSTMLayer(nn.Module):
         return self.dropout(out)
 
 
-class BiLSTMEncoder(nn.Module):
+class BiLSTMEncoder(LayerwiseEncoder):
     # the layer-wise interface (see sparseshare/encoders/__init__.py)
-    layer_access = "direct"
     depth_key = "model.bilstm.layers"
     unit_kind = "output units"
     norm = None  # nothing is applied after the top layer
@@ -108,10 +109,3 @@ class BiLSTMEncoder(nn.Module):
     @staticmethod
     def layer_input_dim(layer: BiLSTMLayer) -> int:
         return layer.lstm.input_size
-
-    def forward(self, batch) -> list[torch.Tensor]:
-        x, outputs = self.embed(batch), []
-        for layer in self.layers:
-            x = self.run_layer(layer, x, batch.mask)
-            outputs.append(self.finish(x, batch.mask))
-        return outputs

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from .bilstm import WordEmbedder
+from .layerwise import LayerwiseEncoder
 
 
-class ScratchTransformerEncoder(nn.Module):
+class ScratchTransformerEncoder(LayerwiseEncoder):
     # the layer-wise interface (see sparseshare/encoders/__init__.py)
-    layer_access = "direct"
     depth_key = "model.scratch.layers"
     unit_kind = "feed-forward units"
 
@@ -60,10 +60,3 @@ class ScratchTransformerEncoder(nn.Module):
     @staticmethod
     def layer_input_dim(layer: nn.TransformerEncoderLayer) -> int:
         return layer.self_attn.embed_dim
-
-    def forward(self, batch) -> list[torch.Tensor]:
-        x, outputs = self.embed(batch), []
-        for layer in self.layers:
-            x = self.run_layer(layer, x, batch.mask)
-            outputs.append(self.finish(x, batch.mask))
-        return outputs

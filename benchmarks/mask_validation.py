@@ -17,12 +17,11 @@ from pathlib import Path
 
 import yaml
 from accelerate.utils import set_seed
-from safetensors.torch import load_file
 
 from sparseshare.config import config_from_dict
 from sparseshare.files import write_json_atomically
 from sparseshare.sharing.masks import load_masks
-from sparseshare.recipes.train_sparse import _train_round
+from sparseshare.recipes.train_sparse import _train_round, search_train_data, warm_up
 from sparseshare.training.data import build_model, load_task_data
 
 
@@ -39,7 +38,8 @@ def main():
     data = load_task_data(config, log=lambda *a: None)
     set_seed(config.train.seed)
     template = build_model(config, data)  # the pipeline's template: same vocabulary, same initialisation
-    rewind = load_file(str(args.run / "warmup" / "model" / "model.safetensors"))
+    rewind = warm_up(config, data, template, args.run / "warmup", print)  # the run's own (finished) rewind point
+    train = search_train_data(config, data[args.task])  # what the search's rounds train on
 
     rows = []
     for record in search:
@@ -53,7 +53,7 @@ def main():
             if done.is_file():
                 converged = json.loads(done.read_text())
             else:
-                converged = _train_round(config, data[args.task], template, rewind, mask, done.parent, r, print)
+                converged = _train_round(config, train, template, rewind, mask, done.parent, r, print)
                 write_json_atomically(done, converged)
         else:
             continue

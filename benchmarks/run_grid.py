@@ -81,31 +81,57 @@ def run_one(name: str, seed: int, args) -> str:
             return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
         return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
-    source = Path(args.out) / f"{SHARES_SEARCH.get(name)}_seed{seed}"
-    if name in SHARES_SEARCH and (source / "masks.safetensors").is_file() and not (out / "config.yaml").exists():
-        import shutil
-
-        for stage in ("warmup", "search"):
-            shutil.copytree(source / stage, out / stage, dirs_exist_ok=True)
     lock = out / "running.lock"  # several drivers may share one queue: a run is trained by one of them
     try:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return f"{out}: running in another driver (delete {lock} if that driver died)"
     try:
+        if name in SHARES_SEARCH and not (out / "config.yaml").exists():
+            refused = copy_search(Path(args.out) / f"{SHARES_SEARCH[name]}_seed{seed}", out, name, seed, args)
+            if refused:
+                return refused
         return _train(name, seed, out, sparse, args)
     finally:
         lock.unlink(missing_ok=True)
 
 
+def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | None:
+    """Copy the warm-up and search of ``source`` into ``out`` when ``source`` has selected its masks and ran with
+    this run's settings up to the joint stage (else the run computes its own); a message when they differ."""
+    import shutil
+
+    import yaml
+
+    if not (source / "masks.safetensors").is_file():
+        return None
+    theirs = yaml.safe_load((source / "config.yaml").read_text())
+    ours = yaml.safe_load(subprocess.run(
+        [sys.executable, "-c", "import sys, yaml; from sparseshare.config import load_config; "
+         "print(yaml.safe_dump(load_config(sys.argv[1], sys.argv[2:]).to_dict()))", *_config_args(name, seed, out, args)],
+        capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+    for config in (theirs, ours):  # what may differ: where it runs, and the control switch
+        config.pop("output_dir")
+        config["sparse"].pop("random_masks", None)
+    if theirs != ours:
+        return f"{out}: ERROR {source} ran with other settings; not copying its search (move one of them away)"
+    for stage in ("warmup", "search"):
+        shutil.copytree(source / stage, out / stage, dirs_exist_ok=True)
+    (out / "search_copied_from.txt").write_text(f"{source}\n")  # its search costs were spent there, not here
+    return None
+
+
+def _config_args(name: str, seed: int, out: Path, args) -> list[str]:
+    """The config file and overrides of run ``name``."""
+    extra = [f"train.epochs={args.epochs}"] if args.epochs else []
+    return [str(ROOT / "recipes" / "configs" / f"{RUNS[name][0]}.yaml"), f"output_dir={out}", f"train.seed={seed}",
+            "train.progress_bar=false", f"data.root={args.data_root}", *RUNS[name][1], *extra, *args.overrides]
+
+
 def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     recipe = "train_sparse.py" if sparse else "train.py"
-    cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--config",
-           str(ROOT / "recipes" / "configs" / f"{RUNS[name][0]}.yaml"), f"output_dir={out}", f"train.seed={seed}",
-           "train.progress_bar=false", f"data.root={args.data_root}", *RUNS[name][1]]
-    if args.epochs:
-        cmd.append(f"train.epochs={args.epochs}")
-    cmd += args.overrides
+    config, *overrides = _config_args(name, seed, out, args)
+    cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--config", config, *overrides]
     # started before (or given a copied search): continue it (from scratch if cut before a checkpoint)
     if (out / "config.yaml").is_file() or (out / "search").is_dir():
         cmd.append("--resume")

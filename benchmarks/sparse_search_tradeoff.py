@@ -48,7 +48,8 @@ def main():
     previous = out / "tradeoff.json"
     result = json.loads(previous.read_text()) if previous.is_file() else {"run": str(run), "task": args.task, "curves": {}}
     for epochs in args.epochs_per_round:
-        sparse = dataclasses.replace(config.sparse, rounds=args.rounds, search_epochs=epochs)
+        # the iterative search's trade-off (a run made with sparse.search: oneshot trains round 0 only)
+        sparse = dataclasses.replace(config.sparse, search="iterative", rounds=args.rounds, search_epochs=epochs)
         cfg = dataclasses.replace(config, sparse=sparse)
         records = search_masks(cfg, data[args.task], template, rewind, out / f"e{epochs}" / args.task, print)
         total = 0

@@ -85,7 +85,7 @@ class ModelConfig:
     # sharing: roaming only: switch roaming off: the initial random masks stay for the whole run (the paper's fixed
     # random partition baseline, from the same masks that roaming would start from)
     roaming_fixed: bool = False
-    # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing.py): function blocks (copies of the
+    # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing/): function blocks (copies of the
     # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
     routing_blocks: int | list[int] = 2
     # sharing: routing only: also offer a PASS block (the identity) at every layer whose input and output widths agree
@@ -410,6 +410,9 @@ def validate_sparse(s: SparseConfig) -> None:
         raise ConfigError(f"config key 'sparse.search_epochs' must be >= 1, got {s.search_epochs}")
     if s.search_max_train_sentences is not None and s.search_max_train_sentences < 1:
         raise ConfigError(f"config key 'sparse.search_max_train_sentences' must be >= 1, got {s.search_max_train_sentences}")
+    if s.random_masks and s.masks:
+        raise ConfigError("config key 'sparse.random_masks' replaces the masks a search selects; with sparse.masks "
+                          "there is no search: drop one of the two")
     if s.search not in ("iterative", "oneshot"):
         raise ConfigError(f"config key 'sparse.search': {s.search!r} is not one of ['iterative', 'oneshot']")
     if s.select not in ("dev", "density"):

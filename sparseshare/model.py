@@ -7,7 +7,7 @@ A saved model is a folder of JSON and safetensors files only (no pickle)::
     labels.json          label list per task (in the scheme the head decodes)
     model.safetensors    all weights
     masks.safetensors    sparse sharing only: the task masks (see sharing/sparse.py)
-    routing.json         routing networks only: the routing map (see sharing/routing.py)
+    routing.json         routing networks only: the routing map (see sharing/routing/)
     encoder/             Transformer encoders only: the HF config and tokenizer files
     README.md            the model card (sparseshare/card.py)
 

@@ -480,3 +480,8 @@ def test_random_masks_like_is_seeded_and_independent_per_task():
     assert all(first[t][n].shape == masks[t][n].shape and first[t][n].dtype == torch.bool
                for t in masks for n in masks[t])
     assert not torch.equal(first["a"]["w"], first["b"]["w"])
+
+
+def test_the_random_mask_control_needs_a_search():
+    with pytest.raises(ConfigError, match=r"'sparse\.random_masks'.*with sparse\.masks there is no search"):
+        load_config(None, ["sparse.random_masks=true", "sparse.masks=given.safetensors"])

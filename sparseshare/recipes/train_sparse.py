@@ -173,11 +173,7 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
                  log) -> list[dict]:
     """Rounds 0..R for one task; returns one record per round (density, dev score, cost)."""
     s, task = config.sparse, task_data.spec.name
-    train = task_data
-    if s.search_max_train_sentences:
-        n = s.search_max_train_sentences
-        train = dataclasses.replace(task_data, train_tokens=task_data.train_tokens[:n],
-                                    train_labels=task_data.train_labels[:n], train_word_ids=task_data.train_word_ids[:n])
+    train = search_train_data(config, task_data)
     dense = template.sharing.dense_masks([task])[task]
     mask, records = dense, []
     for r in range(s.rounds + 1):
@@ -235,6 +231,15 @@ def _score_pruned(config: Config, task_data: TaskData, trained: Path, mask: dict
     score = evaluate(model, {task: task_data.dev}, config.train.eval_batch_size)[task]["score"]
     return {"round": r, "density": density(mask), "dev": score, "epochs": 0, "train_sentences": 0,
             "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def search_train_data(config: Config, task_data: TaskData) -> TaskData:
+    """The training sentences a search round trains on: the first ``sparse.search_max_train_sentences``, or all."""
+    n = config.sparse.search_max_train_sentences
+    if not n:
+        return task_data
+    return dataclasses.replace(task_data, train_tokens=task_data.train_tokens[:n], train_labels=task_data.train_labels[:n],
+                               train_word_ids=task_data.train_word_ids[:n])
 
 
 def search_distributed(config: Config, state: PartialState, out: Path, log) -> dict[str, list[dict]]:

@@ -33,9 +33,8 @@ def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:
     interface (``layer_access``, see :mod:`sparseshare.encoders`)."""
     encoder = build_encoder()
     if getattr(encoder, "layer_access", None) not in ("direct", "stand_in"):
-        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves encoders whose layers can be run one by "
-                          f"one or replaced (bilstm, scratch, transformer), not {type(encoder).__name__} "
-                          f"(model.encoder = {config.encoder!r})")
+        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves the bilstm, scratch and transformer "
+                          f"encoders, not {type(encoder).__name__} (model.encoder = {config.encoder!r})")
     return encoder
 
 

@@ -11,7 +11,7 @@ A batch's sentences are grouped by their chosen block (``index_select`` -> the b
 mask -> ``index_copy``; a loop over blocks, never over sentences), so a block gets gradients only from the sentences
 routed through it, and an unchosen block is not run at all: per-step cost stays that of one encoder whatever k is.
 k = 1 without PASS is hard sharing. A Hugging Face Transformer keeps its own forward pass: each entry of its layer
-list becomes a :class:`~.hf_layers.RoutedLayer` that holds the blocks and asks the router for its rows' choices
+list becomes a :class:`~sparseshare.sharing.hf_layers.RoutedLayer` that holds the blocks and asks the router for its rows' choices
 (all rows of a sentence follow the sentence's route); PASS is offered at every layer.
 
 Routers (``model.routing_router``):

@@ -48,9 +48,9 @@ from ..model import MultiTaskTagger
 from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
 from ..training.checkpoints import check_resume_config
 from ..training.data import TaskData, build_model, check_input_files, load_task_data
-from .train import run_training
 from ..sharing.masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
                              prune_by_magnitude, random_masks_like, save_masks)
+from .train import run_training
 
 
 # What the pipeline writes into its output_dir (removed by --overwrite; other files there are left alone).

@@ -103,13 +103,13 @@ def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | No
 
     import yaml
 
+    from sparseshare.config import load_config
+
     if not (source / "masks.safetensors").is_file():
         return None
     theirs = yaml.safe_load((source / "config.yaml").read_text())
-    ours = yaml.safe_load(subprocess.run(
-        [sys.executable, "-c", "import sys, yaml; from sparseshare.config import load_config; "
-         "print(yaml.safe_dump(load_config(sys.argv[1], sys.argv[2:]).to_dict()))", *_config_args(name, seed, out, args)],
-        capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+    config_file, *overrides = _config_args(name, seed, out, args)
+    ours = load_config(config_file, overrides).to_dict()
     for config in (theirs, ours):  # what may differ: where it runs, and the control switch
         config.pop("output_dir")
         config["sparse"].pop("random_masks", None)

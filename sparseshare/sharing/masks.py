@@ -154,10 +154,6 @@ def prune_by_magnitude(weights: dict[str, torch.Tensor], mask: dict[str, torch.T
     return new_mask
 
 
-def density_after(rounds: int, fraction: float) -> float:
-    return (1.0 - fraction) ** rounds
-
-
 # -- statistics -----------------------------------------------------------------------------------
 def density(mask: dict[str, torch.Tensor]) -> float:
     kept = sum(int(m.sum()) for m in mask.values())

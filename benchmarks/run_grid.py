@@ -27,7 +27,7 @@ ADAM = ["train.optimizer=adamw", "train.lr=0.002", "train.lr_schedule=constant",
         "train.epochs=12", "train.patience=4"]
 RUNS = {
     "pos": ("conll03_pos", []), "chunk": ("conll03_chunk", []), "ner": ("conll03_ner", []),
-    "hard": ("conll03_hard", []), "sparse": ("conll03_sparse", []),
+    "hard": ("conll03_hard", []), "sparse": ("conll03_sparse", []), "sparse_quick": ("conll03_sparse_quick", []),
     "minilm_ner": ("conll03_minilm_ner", []), "minilm_hard": ("conll03_minilm_hard", []),
     "minilm_sparse": ("conll03_minilm_sparse", []),
     # a softmax head can be exported to transformers (a CRF cannot): the export benchmark's model

@@ -8,6 +8,11 @@ schedule as the dense round 0, which is the 100% row), exactly as an iterative s
 The table sets the search's cheap score (the trained dense network pruned to the density, not retrained)
 against the converged dev score of the subnet, and marks the round the search selected. Resumable: a trained
 round is skipped, an interrupted one continues from its checkpoints. Writes ``<run>/validation/<task>.json``.
+
+    python benchmarks/mask_validation.py benchmarks/results/conll03_converged/sparse_seed1 --task ner --table
+
+prints that file as a markdown table (no training): each density's rank by cheap and by converged dev score,
+their Spearman correlation, and how far the selected subnet's converged score is from the best one.
 """
 from __future__ import annotations
 
@@ -30,7 +35,11 @@ def main():
     parser.add_argument("run", type=Path, help="a sparse run's output_dir (its search must be finished)")
     parser.add_argument("--task", default="ner")
     parser.add_argument("--rounds", nargs="+", type=int, help="rounds to train (default: every pruned round)")
+    parser.add_argument("--table", action="store_true", help="only print validation/<task>.json as a table")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads((args.run / "validation" / f"{args.task}.json").read_text())["rows"]))
+        return
 
     config = config_from_dict(yaml.safe_load((args.run / "config.yaml").read_text()))
     search = json.loads((args.run / "search" / args.task / "search.json").read_text())
@@ -65,6 +74,51 @@ def main():
               f"converged dev {converged['dev']:6.2f}{'  <- selected' if selected else ''}", flush=True)
     write_json_atomically(args.run / "validation" / f"{args.task}.json",
                           {"task": args.task, "seed": config.train.seed, "rows": rows})
+    print(markdown_table(rows))
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1 = highest; tied values share their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    result = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            result[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return result
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = ranks(a), ranks(b)
+    mean_a, mean_b = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(ra, rb))
+    var = (sum((x - mean_a) ** 2 for x in ra) * sum((y - mean_b) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else float("nan")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    rows = sorted(rows, key=lambda row: -row["density"])
+    cheap, converged = [r["cheap_dev"] for r in rows], [r["converged_dev"] for r in rows]
+    cheap_rank, converged_rank = ranks(cheap), ranks(converged)
+    lines = ["| round | density | cheap dev (rank) | converged dev (rank) | epochs | wall min | |",
+             "|---|---|---|---|---|---|---|"]
+    for row, rc, rv in zip(rows, cheap_rank, converged_rank):
+        lines.append(f"| {row['round']} | {row['density'] * 100:.1f}% | {row['cheap_dev']:.2f} ({rc:g}) | "
+                     f"{row['converged_dev']:.2f} ({rv:g}) | {row['epochs']} | {row['wall_s'] / 60:.1f} | "
+                     f"{'selected' if row['selected'] else ''} |")
+    best = max(converged)
+    chosen = [r["converged_dev"] for r in rows if r["selected"]]
+    lines.append("")
+    lines.append(f"Spearman correlation of cheap and converged dev scores over {len(rows)} densities: "
+                 f"{spearman(cheap, converged):.2f}.")
+    if chosen:
+        lines.append(f"Selected subnet's converged dev: {chosen[0]:.2f}, {best - chosen[0]:.2f} below the best "
+                     f"({best:.2f}).")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

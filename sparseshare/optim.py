@@ -29,6 +29,21 @@ class _Masked:
         """``{parameter: bool mask}`` for the next step(s); None = no parameter is masked."""
         self._masks = {id(p): m for p, m in (masks or {}).items()}
 
+    def _inside(self, mask: torch.Tensor) -> torch.Tensor:
+        """The flat indices of ``mask``'s kept weights. A step works on these only: gathering and scattering
+        them is ~20x faster on CPU than ``torch.where`` over the whole tensor with a bool condition, and a
+        training run reuses a few masks for thousands of steps, so they are computed once per mask."""
+        cache = self.__dict__.setdefault("_inside_cache", {})
+        hit = cache.get(id(mask))
+        # holding the mask keeps its id from being reused; its version counter catches an in-place change
+        if hit is not None and hit[0] is mask and hit[1] == mask._version:
+            return hit[2]
+        if len(cache) >= 256:  # masks of finished stages or rounds
+            cache.clear()
+        inside = mask.reshape(-1).nonzero().squeeze(1)
+        cache[id(mask)] = (mask, mask._version, inside)
+        return inside
+
     @torch.no_grad()
     def step(self, closure=None):
         masks = getattr(self, "_masks", None)
@@ -38,11 +53,12 @@ class _Masked:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(group, p, masks.get(id(p)))
+                    mask = masks.get(id(p))
+                    self._update(group, p, None if mask is None else self._inside(mask))
         return loss
 
-    def _update(self, group: dict, p: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """One parameter's update; ``mask`` None = update it as torch would."""
+    def _update(self, group: dict, p: torch.Tensor, inside: torch.Tensor | None) -> None:
+        """One parameter's update: only the flat indices ``inside`` change (None = update it as torch would)."""
         raise NotImplementedError
 
 
@@ -50,22 +66,31 @@ class MaskedSGD(_Masked, torch.optim.SGD):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=False)
 
-    def _update(self, group, p, mask):
+    def _update(self, group, p, inside):
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
         grad = p.grad if not decay else p.grad.add(p, alpha=decay)
-        update = grad
+        if inside is None:
+            update = grad
+            if momentum:
+                state = self.state[p]
+                if state.get("momentum_buffer") is None:  # torch starts the buffer at the first gradient
+                    state["momentum_buffer"] = grad.clone()
+                else:
+                    state["momentum_buffer"].mul_(momentum).add_(grad)
+                update = state["momentum_buffer"]
+            p.add_(update, alpha=-lr)
+            return
+        update = grad.reshape(-1).index_select(0, inside)
         if momentum:
             state = self.state[p]
             buf = state.get("momentum_buffer")
-            if buf is None:  # torch starts the buffer at the first gradient
-                buf = grad.clone() if mask is None else torch.where(mask, grad, torch.zeros_like(grad))
-                state["momentum_buffer"] = buf
-            elif mask is None:
-                buf.mul_(momentum).add_(grad)
+            if buf is None:  # torch starts the buffer at the first gradient; weights outside the mask at 0
+                buf = state["momentum_buffer"] = torch.zeros_like(p)
             else:
-                buf.copy_(torch.where(mask, buf * momentum + grad, buf))
-            update = buf
-        p.add_(update if mask is None else update * mask, alpha=-lr)
+                update = buf.reshape(-1).index_select(0, inside).mul_(momentum).add_(update)
+            buf.reshape(-1).index_copy_(0, inside, update)
+        flat = p.reshape(-1)
+        flat.index_copy_(0, inside, flat.index_select(0, inside).add_(update, alpha=-lr))
 
 
 class MaskedAdamW(_Masked, torch.optim.AdamW):
@@ -75,7 +100,7 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
     def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False)
 
-    def _update(self, group, p, mask):
+    def _update(self, group, p, inside):
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         state = self.state[p]
         if not state:
@@ -83,32 +108,50 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
             state["step"] = torch.tensor(0.0)
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
-        if mask is None:
+        if inside is None:
             self._dense_step(p, state, lr, beta1, beta2, eps, decay)
             return
         if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
             state["masked_steps"] = torch.full(p.shape, float(state["step"]), dtype=torch.float64,
                                                device=p.device)
-        self._masked_step(p, state, mask, lr, beta1, beta2, eps, decay)
+        self._masked_step(p, state, inside, lr, beta1, beta2, eps, decay)
         state["step"] += 1
 
-    @staticmethod
-    def _masked_step(p, state, mask, lr, beta1, beta2, eps, decay):
-        """torch's update, computed for the whole tensor and kept only inside ``mask``; the operations
-        are torch's own (lerp, addcmul, bias corrections in double precision), so all-ones masks give
-        torch's result bit for bit."""
-        steps = state["masked_steps"].add_(mask)
-        grad = p.grad
-        exp_avg = torch.where(mask, state["exp_avg"].lerp(grad, 1 - beta1), state["exp_avg"])
-        exp_avg_sq = torch.where(mask, (state["exp_avg_sq"] * beta2).addcmul_(grad, grad, value=1 - beta2),
-                                 state["exp_avg_sq"])
-        state["exp_avg"].copy_(exp_avg)
-        state["exp_avg_sq"].copy_(exp_avg_sq)
-        counts = steps.clamp(min=1)  # a weight never inside a mask has no update to correct
-        step_size = (lr / (1 - beta1 ** counts)).to(p.dtype)
-        denom = (exp_avg_sq.sqrt() / ((1 - beta2 ** counts) ** 0.5).to(p.dtype)).add_(eps)
-        candidate = p * (1 - lr * decay) - step_size * exp_avg / denom
-        p.copy_(torch.where(mask, candidate, p))
+    def _masked_step(self, p, state, inside, lr, beta1, beta2, eps, decay):
+        """torch.optim.AdamW's single-tensor update of the weights ``inside``, each with the bias corrections
+        of its own step count; the other weights and their moments are left as they are."""
+        if not len(inside):
+            return
+        steps = state["masked_steps"].reshape(-1)
+        counts = steps.index_select(0, inside).add_(1)
+        steps.index_copy_(0, inside, counts)
+        correction1, correction2_sqrt = self._corrections(beta1, beta2, int(counts.max()), p.device)
+        counts = counts.long()
+        grad = p.grad.reshape(-1).index_select(0, inside)
+        exp_avg = state["exp_avg"].reshape(-1).index_select(0, inside).lerp_(grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].reshape(-1).index_select(0, inside).mul_(beta2)
+        exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+        state["exp_avg"].reshape(-1).index_copy_(0, inside, exp_avg)
+        state["exp_avg_sq"].reshape(-1).index_copy_(0, inside, exp_avg_sq)
+        # torch: step_size = lr / correction1 (a Python float, applied in the parameter's dtype by addcdiv_)
+        step_size = (lr / correction1.index_select(0, counts)).to(p.dtype)
+        denom = (exp_avg_sq.sqrt() / correction2_sqrt.index_select(0, counts).to(p.dtype)).add_(eps)
+        flat = p.reshape(-1)
+        weights = flat.index_select(0, inside).mul_(1 - lr * decay)
+        flat.index_copy_(0, inside, weights.sub_(step_size * exp_avg / denom))
+
+    def _corrections(self, beta1: float, beta2: float, most: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``1 - beta1 ** k`` and ``sqrt(1 - beta2 ** k)`` for k = 0 .. at least ``most``, in double precision,
+        computed with Python floats exactly as torch's AdamW computes them for its step count ``k``."""
+        tables = self.__dict__.setdefault("_correction_tables", {})
+        key = (beta1, beta2, str(device))
+        table = tables.get(key)
+        if table is None or len(table[0]) <= most:
+            size = max(2 * most, 1024)
+            table = tables[key] = (
+                torch.tensor([1 - beta1 ** k for k in range(size)], dtype=torch.float64, device=device),
+                torch.tensor([math.sqrt(1 - beta2 ** k) for k in range(size)], dtype=torch.float64, device=device))
+        return table
 
     @staticmethod
     def _dense_step(p, state, lr, beta1, beta2, eps, decay):

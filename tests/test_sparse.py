@@ -129,6 +129,65 @@ def test_masked_optimizers_with_all_ones_masks_match_torch(kind):
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_a_masked_weight_moves_as_if_only_its_tasks_steps_happened(kind):
+    """The lazy semantics, weight by weight: alternating two masks, a weight kept by mask A only follows
+    torch's optimizer run on A's steps alone; a weight kept by both follows it on every step; a weight kept by
+    neither never moves. Bit for bit, over enough steps for the bias corrections to differ per weight."""
+    torch.manual_seed(0)
+    start = torch.randn(4, 3)
+    only_a = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    both = torch.tensor([[0, 0, 1], [1, 0, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    only_b = torch.tensor([[0, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    masks = {"a": only_a | both, "b": only_b | both}
+    def make(params):
+        if kind == "sgd":
+            return (MaskedSGD if params is ours else torch.optim.SGD)(params, lr=0.05, momentum=0.9,
+                                                                      weight_decay=0.01)
+        return (MaskedAdamW if params is ours else torch.optim.AdamW)(params, lr=0.01, weight_decay=0.01)
+    ours = [torch.nn.Parameter(start.clone())]
+    optimizer = make(ours)
+    references = {name: torch.nn.Parameter(start.clone()) for name in ("a", "both")}
+    reference_optimizers = {name: make([p]) for name, p in references.items()}
+    grads = torch.Generator().manual_seed(1)
+    for step in range(60):
+        task = "a" if step % 3 else "b"  # A twice as often as B: the weights' step counts drift apart
+        grad = torch.randn(4, 3, generator=grads)
+        ours[0].grad = grad.clone()
+        optimizer.set_masks({ours[0]: masks[task]})
+        optimizer.step()
+        for name in ("a", "both") if task == "a" else ("both",):
+            references[name].grad = grad.clone()
+            reference_optimizers[name].step()
+    got = ours[0].detach()
+    assert torch.equal(got[only_a], references["a"].detach()[only_a])
+    assert torch.equal(got[both], references["both"].detach()[both])
+    assert torch.equal(got[~(masks["a"] | masks["b"])], start[~(masks["a"] | masks["b"])])
+
+
+def test_masked_step_with_an_empty_mask_changes_nothing():
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    before = p.detach().clone()
+    optimizer = MaskedAdamW([p], lr=0.1)
+    p.grad = torch.ones_like(p)
+    optimizer.set_masks({p: torch.zeros(3, 2, dtype=torch.bool)})
+    optimizer.step()
+    assert torch.equal(p.detach(), before)
+
+
+def test_masked_optimizer_sees_a_mask_changed_in_place():
+    """The kept weights' indices are cached per mask; an in-place change of the mask must not reuse them."""
+    p = torch.nn.Parameter(torch.zeros(4))
+    optimizer = MaskedSGD([p], lr=1.0)
+    mask = torch.tensor([True, False, False, False])
+    optimizer.set_masks({p: mask})
+    p.grad = torch.ones(4)
+    optimizer.step()
+    mask[1] = True
+    optimizer.step()
+    assert p.detach().tolist() == [-2.0, -1.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("optimizer", [{}, {"train.optimizer": "adamw", "train.lr": 0.01, "train.weight_decay": 0.01}])
 def test_all_ones_masks_reproduce_hard_sharing_exactly(tiny_corpus, tmp_path, optimizer):
     hard = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "hard", **optimizer))

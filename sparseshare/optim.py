@@ -87,9 +87,9 @@ class MaskedSGD(_Masked, torch.optim.SGD):
             if buf is None:  # torch starts the buffer at the first gradient; weights outside the mask at 0
                 buf = state["momentum_buffer"] = torch.zeros_like(p)
             else:
-                update = buf.reshape(-1).index_select(0, inside).mul_(momentum).add_(update)
-            buf.reshape(-1).index_copy_(0, inside, update)
-        flat = p.reshape(-1)
+                update = buf.view(-1).index_select(0, inside).mul_(momentum).add_(update)
+            buf.view(-1).index_copy_(0, inside, update)
+        flat = p.view(-1)  # a view, never a copy: the writes below must reach p
         flat.index_copy_(0, inside, flat.index_select(0, inside).add_(update, alpha=-lr))
 
 
@@ -122,21 +122,21 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         of its own step count; the other weights and their moments are left as they are."""
         if not len(inside):
             return
-        steps = state["masked_steps"].reshape(-1)
+        steps = state["masked_steps"].view(-1)
         counts = steps.index_select(0, inside).add_(1)
         steps.index_copy_(0, inside, counts)
         correction1, correction2_sqrt = self._corrections(beta1, beta2, int(counts.max()), p.device)
         counts = counts.long()
         grad = p.grad.reshape(-1).index_select(0, inside)
-        exp_avg = state["exp_avg"].reshape(-1).index_select(0, inside).lerp_(grad, 1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"].reshape(-1).index_select(0, inside).mul_(beta2)
+        exp_avg = state["exp_avg"].view(-1).index_select(0, inside).lerp_(grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].view(-1).index_select(0, inside).mul_(beta2)
         exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
-        state["exp_avg"].reshape(-1).index_copy_(0, inside, exp_avg)
-        state["exp_avg_sq"].reshape(-1).index_copy_(0, inside, exp_avg_sq)
+        state["exp_avg"].view(-1).index_copy_(0, inside, exp_avg)
+        state["exp_avg_sq"].view(-1).index_copy_(0, inside, exp_avg_sq)
         # torch: step_size = lr / correction1 (a Python float, applied in the parameter's dtype by addcdiv_)
         step_size = (lr / correction1.index_select(0, counts)).to(p.dtype)
         denom = (exp_avg_sq.sqrt() / correction2_sqrt.index_select(0, counts).to(p.dtype)).add_(eps)
-        flat = p.reshape(-1)
+        flat = p.view(-1)  # a view, never a copy: the writes below must reach p
         weights = flat.index_select(0, inside).mul_(1 - lr * decay)
         flat.index_copy_(0, inside, weights.sub_(step_size * exp_avg / denom))
 

@@ -25,6 +25,11 @@ if TYPE_CHECKING:  # type hints only: the optimisers themselves know no config o
 
 
 class _Masked:
+    def __init__(self, params, **defaults):
+        super().__init__(params, **defaults)
+        self._masks: dict[int, torch.Tensor] = {}
+        self._inside_cache: dict[int, tuple] = {}
+
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor] | None) -> None:
         """``{parameter: bool mask}`` for the next step(s); None = no parameter is masked."""
         self._masks = {id(p): m for p, m in (masks or {}).items()}
@@ -33,7 +38,7 @@ class _Masked:
         """The flat indices of ``mask``'s kept weights. A step works on these only: gathering and scattering
         them is ~20x faster on CPU than ``torch.where`` over the whole tensor with a bool condition, and a
         training run reuses a few masks for thousands of steps, so they are computed once per mask."""
-        cache = self.__dict__.setdefault("_inside_cache", {})
+        cache = self._inside_cache
         hit = cache.get(id(mask))
         # holding the mask keeps its id from being reused; its version counter catches an in-place change
         if hit is not None and hit[0] is mask and hit[1] == mask._version:
@@ -46,7 +51,7 @@ class _Masked:
 
     @torch.no_grad()
     def step(self, closure=None):
-        masks = getattr(self, "_masks", None)
+        masks = self._masks
         if not masks:
             return super().step(closure)  # torch's own step
         loss = closure() if closure is not None else None
@@ -99,6 +104,7 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False)
+        self._correction_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _update(self, group, p, inside):
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
@@ -125,7 +131,8 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         steps = state["masked_steps"].view(-1)
         counts = steps.index_select(0, inside).add_(1)
         steps.index_copy_(0, inside, counts)
-        correction1, correction2_sqrt = self._corrections(beta1, beta2, int(counts.max()), p.device)
+        # a weight's count never exceeds the shared count of this step: each step adds at most 1 to both
+        correction1, correction2_sqrt = self._corrections(beta1, beta2, int(state["step"]) + 1, p.device)
         counts = counts.long()
         grad = p.grad.reshape(-1).index_select(0, inside)
         exp_avg = state["exp_avg"].view(-1).index_select(0, inside).lerp_(grad, 1 - beta1)
@@ -143,7 +150,7 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
     def _corrections(self, beta1: float, beta2: float, most: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """``1 - beta1 ** k`` and ``sqrt(1 - beta2 ** k)`` for k = 0 .. at least ``most``, in double precision,
         computed with Python floats exactly as torch's AdamW computes them for its step count ``k``."""
-        tables = self.__dict__.setdefault("_correction_tables", {})
+        tables = self._correction_tables
         key = (beta1, beta2, str(device))
         table = tables.get(key)
         if table is None or len(table[0]) <= most:

@@ -2,6 +2,7 @@
 the pipeline (warm-up -> search -> selection -> joint training -> report, resumable)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -163,6 +164,63 @@ def test_a_masked_weight_moves_as_if_only_its_tasks_steps_happened(kind):
     assert torch.equal(got[only_a], references["a"].detach()[only_a])
     assert torch.equal(got[both], references["both"].detach()[both])
     assert torch.equal(got[~(masks["a"] | masks["b"])], start[~(masks["a"] | masks["b"])])
+
+
+def test_fused_masked_adamw_unmasked_parameters_follow_torchs_fused_step_masked_ones_the_lazy_rule():
+    """With ``fused=True`` the parameters without a mask go through torch's fused AdamW (bit for bit), while a
+    masked parameter's update is the same as with the single-tensor optimiser."""
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(5)]
+    mask = torch.rand(4, 3) > 0.5
+    def run(make, masked):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = make(params)
+        grads = torch.Generator().manual_seed(1)
+        for step in range(30):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=grads)
+            if masked:
+                optimizer.set_masks({params[0]: mask if step % 2 else ~mask})
+            optimizer.step()
+        return [p.detach() for p in params]
+    fused = run(lambda ps: MaskedAdamW(ps, lr=0.01, weight_decay=0.01, fused=True), masked=True)
+    single = run(lambda ps: MaskedAdamW(ps, lr=0.01, weight_decay=0.01, fused=False), masked=True)
+    torch_fused = run(lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.01, fused=True), masked=False)
+    assert torch.equal(fused[0], single[0])
+    assert torch.equal(fused[1], torch_fused[1])
+    assert not torch.equal(fused[0], torch_fused[0])
+
+
+def test_build_optimizer_fuses_adamw_on_cpu(sparse_model):
+    config, data, model = sparse_model
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, optimizer="adamw", lr=0.01))
+    assert build_optimizer(config, model, "cpu").defaults["fused"] is True
+    assert not build_optimizer(config, model, "xla").defaults["fused"]
+
+
+def test_an_all_ones_mask_after_partial_ones_keeps_each_weights_own_step_count():
+    """A full mask is handed to torch's own step only while every weight has taken every step; after a partial
+    mask, a weight outside it has its own (smaller) count, so the full mask takes the lazy path: each weight
+    then moves as torch's AdamW run on its own steps only."""
+    torch.manual_seed(0)
+    start = torch.randn(3, 4)
+    partial = torch.rand(3, 4) > 0.5
+    ours = torch.nn.Parameter(start.clone())
+    optimizer = MaskedAdamW([ours], lr=0.01, weight_decay=0.01)
+    references = {k: torch.nn.Parameter(start.clone()) for k in ("inside", "outside")}
+    reference_optimizers = {k: torch.optim.AdamW([p], lr=0.01, weight_decay=0.01) for k, p in references.items()}
+    grads = torch.Generator().manual_seed(1)
+    for step in range(20):
+        full = step >= 8
+        grad = torch.randn(3, 4, generator=grads)
+        ours.grad = grad.clone()
+        optimizer.set_masks({ours: torch.ones(3, 4, dtype=torch.bool) if full else partial})
+        optimizer.step()
+        for k in ("inside", "outside") if full else ("inside",):
+            references[k].grad = grad.clone()
+            reference_optimizers[k].step()
+    assert torch.equal(ours.detach()[partial], references["inside"].detach()[partial])
+    assert torch.equal(ours.detach()[~partial], references["outside"].detach()[~partial])
 
 
 def test_masked_step_with_an_empty_mask_changes_nothing():

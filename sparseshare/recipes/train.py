@@ -115,7 +115,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     # 3. Optimiser and LR schedule, sized by the (fixed) number of steps per epoch.
     batches_per_task = {n: math.ceil(len(d.train_tokens) / t.batch_size) for n, d in data.items()}
     steps_per_epoch = sum(batches_per_task.values())
-    optimizer = build_optimizer(config, model)
+    optimizer = build_optimizer(config, model, accelerator.device.type)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     tagger: MultiTaskTagger = accelerator.unwrap_model(model)

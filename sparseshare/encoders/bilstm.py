@@ -59,10 +59,11 @@ class BiLSTMLayer(nn.Module):
 
     On CPU the two directions run as separate unidirectional passes over padded tensors (the backward one
     over each sentence reversed within its own length), not as one pass over a packed sequence: a packed LSTM
-    falls back to a per-time-step loop there, while a padded one runs oneDNN's fused kernel, 1.4x faster with
-    its backward pass (benchmarks/RESULTS.md, "Training throughput"). Elsewhere (cuDNN) the packed sequence
-    is fast and used. Both give the packed bidirectional LSTM's outputs up to float rounding, zero on padding;
-    the parameters are ``nn.LSTM``'s own."""
+    runs a loop of small matrix products per time step there, while a padded one runs oneDNN's fused kernel
+    (about 1.4x faster for one layer with its backward pass at batch 32; benchmarks/RESULTS.md, "Training
+    throughput", for the whole training step). Elsewhere (cuDNN) the packed sequence is fast and used. Both
+    give the packed bidirectional LSTM's outputs up to float rounding, zero on padding; the parameters are
+    ``nn.LSTM``'s own."""
 
     _DIRECTION_WEIGHTS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 

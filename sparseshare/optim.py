@@ -33,6 +33,9 @@ class _Masked:
         super().__init__(params, **defaults)
         self._masks: dict[int, torch.Tensor] = {}
         self._inside_cache: dict[int, tuple] = {}
+        # A fused optimiser tells torch's GradScaler that it skips overflowing steps itself (found_inf); the
+        # masked updates do not read found_inf, so the scaler must unscale and skip for us, as for any optimiser.
+        self._step_supports_amp_scaling = False
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor] | None) -> None:
         """``{parameter: bool mask}`` for the next step(s); None = no parameter is masked."""

@@ -59,3 +59,15 @@ def test_bilstm_layer_runs_on_weights_substituted_by_functional_call():
     with torch.no_grad():
         layer.lstm.weight_hh_l0_reverse.zero_()
     torch.testing.assert_close(got, layer(x, mask), rtol=0, atol=0)
+
+
+def test_bilstm_layer_under_cpu_autocast_takes_the_packed_path():
+    """oneDNN's padded LSTM has no bf16 kernel on every CPU; under autocast the layer packs, as before."""
+    torch.manual_seed(0)
+    layer = BiLSTMLayer(6, 5, dropout=0.0)
+    x = torch.randn(3, 4, 6)
+    mask = torch.tensor([[True] * 4, [True, True, True, False], [True, False, False, False]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x, mask)
+        expected = layer._packed(x, mask)
+    assert torch.equal(got, expected)

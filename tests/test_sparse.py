@@ -223,6 +223,25 @@ def test_an_all_ones_mask_after_partial_ones_keeps_each_weights_own_step_count()
     assert torch.equal(ours.detach()[~partial], references["outside"].detach()[~partial])
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_gradient_scaler_skips_an_overflowing_masked_step(fused):
+    """Under fp16 a GradScaler step with an infinite gradient must change nothing, masked weights included (a
+    fused optimiser would otherwise be trusted to read found_inf, which the masked updates do not)."""
+    masked, plain = torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.ones(4))
+    optimizer = MaskedAdamW([masked, plain], lr=0.1, fused=fused)
+    optimizer.set_masks({masked: torch.tensor([[True, False, True], [False, True, True]])})
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(torch.tensor(1.0))  # the scaler starts its scale at the first loss it scales
+    masked.grad = torch.full((2, 3), float("inf"))
+    plain.grad = torch.ones(4)
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.equal(masked.detach(), torch.ones(2, 3)) and torch.equal(plain.detach(), torch.ones(4))
+    masked.grad, plain.grad = torch.ones(2, 3), torch.ones(4)  # a finite step then moves the kept weights
+    scaler.step(optimizer)
+    assert not torch.equal(masked.detach(), torch.ones(2, 3)) and torch.isfinite(masked).all()
+
+
 def test_masked_step_with_an_empty_mask_changes_nothing():
     p = torch.nn.Parameter(torch.randn(3, 2))
     before = p.detach().clone()

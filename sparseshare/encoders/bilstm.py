@@ -81,7 +81,9 @@ class BiLSTMLayer(nn.Module):
         return functional_call(self._one_direction, weights, (x,))[0]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self._padded(x, mask) if x.device.type == "cpu" else self._packed(x, mask)
+        # oneDNN's LSTM has no reduced-precision kernel on every CPU, and autocast would ask it for one
+        padded = x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+        out = self._padded(x, mask) if padded else self._packed(x, mask)
         return self.dropout(out)
 
     def _packed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -183,6 +183,7 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
 # -- building the optimiser and schedule a config asks for -----------------------------------------
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
+
 def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "cpu") -> torch.optim.Optimizer:
     """One parameter group, split only as the config asks: heads at ``train.head_lr``, and with weight decay
     the usual exemptions (biases, LayerNorm weights, CRF transition scores) as in transformers' Trainer.

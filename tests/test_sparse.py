@@ -130,8 +130,9 @@ def test_masked_optimizers_with_all_ones_masks_match_torch(kind):
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
+@pytest.mark.parametrize("decay", [0.01, 0.0])
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_a_masked_weight_moves_as_if_only_its_tasks_steps_happened(kind):
+def test_a_masked_weight_moves_as_if_only_its_tasks_steps_happened(kind, decay):
     """The lazy semantics, weight by weight: alternating two masks, a weight kept by mask A only follows
     torch's optimizer run on A's steps alone; a weight kept by both follows it on every step; a weight kept by
     neither never moves. Bit for bit, over enough steps for the bias corrections to differ per weight."""
@@ -144,8 +145,8 @@ def test_a_masked_weight_moves_as_if_only_its_tasks_steps_happened(kind):
     def make(params):
         if kind == "sgd":
             return (MaskedSGD if params is ours else torch.optim.SGD)(params, lr=0.05, momentum=0.9,
-                                                                      weight_decay=0.01)
-        return (MaskedAdamW if params is ours else torch.optim.AdamW)(params, lr=0.01, weight_decay=0.01)
+                                                                      weight_decay=decay)
+        return (MaskedAdamW if params is ours else torch.optim.AdamW)(params, lr=0.01, weight_decay=decay)
     ours = [torch.nn.Parameter(start.clone())]
     optimizer = make(ours)
     references = {name: torch.nn.Parameter(start.clone()) for name in ("a", "both")}
@@ -240,6 +241,31 @@ def test_a_gradient_scaler_skips_an_overflowing_masked_step(fused):
     masked.grad, plain.grad = torch.ones(2, 3), torch.ones(4)  # a finite step then moves the kept weights
     scaler.step(optimizer)
     assert not torch.equal(masked.detach(), torch.ones(2, 3)) and torch.isfinite(masked).all()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_masked_adamw_resumed_from_its_state_dict_continues_exactly(fused):
+    """A checkpoint's optimizer state goes through ``load_state_dict``, which casts floating state to the
+    parameter's dtype (the per-weight step counts included): the resumed steps must equal uninterrupted ones."""
+    torch.manual_seed(0)
+    start, mask = torch.randn(4, 5), torch.rand(4, 5) > 0.5
+    grads = [torch.randn(4, 5) for _ in range(20)]
+    def run(steps, optimizer, p):
+        for k in steps:
+            p.grad = grads[k].clone()
+            optimizer.set_masks({p: mask if k % 3 else ~mask})
+            optimizer.step()
+    uninterrupted = torch.nn.Parameter(start.clone())
+    run(range(20), MaskedAdamW([uninterrupted], lr=0.01, weight_decay=0.01, fused=fused), uninterrupted)
+    first = torch.nn.Parameter(start.clone())
+    optimizer = MaskedAdamW([first], lr=0.01, weight_decay=0.01, fused=fused)
+    run(range(10), optimizer, first)
+    saved = optimizer.state_dict()
+    resumed = torch.nn.Parameter(first.detach().clone())
+    optimizer = MaskedAdamW([resumed], lr=0.01, weight_decay=0.01, fused=fused)
+    optimizer.load_state_dict(saved)
+    run(range(10, 20), optimizer, resumed)
+    assert torch.equal(resumed.detach(), uninterrupted.detach())
 
 
 def test_masked_step_with_an_empty_mask_changes_nothing():

@@ -5,8 +5,10 @@ corpora (EWT xpos + CoNLL-2000 chunk + CoNLL-2003 NER) and on NER + PP attachmen
 
 Resumable: a finished run (results.json, or report.json for sparse runs) is skipped, an interrupted run
 continues from its last checkpoint. Several drivers may work through the same grid at once (a lock file
-marks the run each one is training). Each run's wall time (summed over resumptions) is stored in
-<run>/wall_time.json. Summarise with ``python benchmarks/summarize.py benchmarks/runs/conll03``.
+marks the run each one is training, with the driver's process id: a lock whose driver is gone is taken
+over). Each run's wall time (summed over resumptions, and kept up to date every minute, so a killed driver
+loses at most a minute of it) is stored in <run>/wall_time.json. Summarise with
+``python benchmarks/summarize.py benchmarks/runs/conll03``.
 """
 from __future__ import annotations
 
@@ -82,10 +84,8 @@ def run_one(name: str, seed: int, args) -> str:
         return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
     lock = out / "running.lock"  # several drivers may share one queue: a run is trained by one of them
-    try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return f"{out}: running in another driver (delete {lock} if that driver died)"
+    if not _take(lock):
+        return f"{out}: running in another driver (see {lock}; delete it if no driver runs)"
     try:
         if name in SHARES_SEARCH and not (out / "config.yaml").exists():
             refused = copy_search(Path(args.out) / f"{SHARES_SEARCH[name]}_seed{seed}", out, name, seed, args)
@@ -94,6 +94,37 @@ def run_one(name: str, seed: int, args) -> str:
         return _train(name, seed, out, sparse, args)
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _take(lock: Path) -> bool:
+    """Create ``lock`` holding this process's id; False while another driver holds it. A lock whose driver has
+    died (killed at a session's end) is taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = lock.read_text().strip()
+            except FileNotFoundError:  # released meanwhile
+                continue
+            if holder.isdigit() and not _alive(int(holder)):
+                lock.unlink(missing_ok=True)
+                continue
+            return False  # alive, or still writing its id
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | None:
@@ -139,10 +170,22 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     timing = out / "wall_time.json"
     previous = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
     started = time.time()
+
+    def record(finished: bool) -> None:
+        # rewritten every minute while the run trains: a driver killed with it (a session's end) loses at most a
+        # minute of the count, and the resumed run adds to it
+        timing.write_text(json.dumps({"seconds": previous + time.time() - started, "threads": args.threads,
+                                      "command": " ".join(cmd), "finished": finished}))
+
     with open(out / "train.log", "a") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    timing.write_text(json.dumps({"seconds": previous + time.time() - started, "threads": args.threads,
-                                  "command": " ".join(cmd)}))
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        while True:
+            try:
+                code = process.wait(timeout=60)
+                break
+            except subprocess.TimeoutExpired:
+                record(finished=False)
+    record(finished=code == 0)
     return f"{out}: {'ok' if code == 0 else f'FAILED with exit code {code}, see train.log'}"
 
 

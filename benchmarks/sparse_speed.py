@@ -3,9 +3,10 @@
     python benchmarks/sparse_speed.py [--masks runs/.../masks.safetensors] [--steps 60 --repeats 3]
 
 Both models start from the same weights. Each step is what run_training does: collate a round-robin
-batch (POS, chunk, NER in turn), forward, backward, clip, optimiser step (torch SGD for hard sharing;
-MaskedSGD fed the task's masks for sparse sharing). Blocks of steps alternate between the two models so
-that machine noise hits both alike. Prints JSON: seconds per step of each and the ratio sparse / hard.
+batch (POS, chunk, NER in turn), forward, backward, clip, optimiser step (the config's optimiser, as
+``build_optimizer`` makes it: torch's AdamW for hard sharing, MaskedAdamW fed the task's masks for sparse
+sharing). Blocks of steps alternate between the two models so that machine noise hits both alike. Prints
+JSON: seconds per step of each and the ratio sparse / hard.
 """
 from __future__ import annotations
 

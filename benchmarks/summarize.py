@@ -44,8 +44,9 @@ def main(folder: str, only: list[str] | None = None, seeds: list[int] | None = N
             data = json.loads((run / "results.json").read_text())
         else:
             continue  # unfinished
-        wall = run / "wall_time.json"
-        data["wall"] = json.loads(wall.read_text())["seconds"] if wall.is_file() else float("nan")
+        wall = json.loads((run / "wall_time.json").read_text()) if (run / "wall_time.json").is_file() else {}
+        # a record marked incomplete lost the time of a part of its run (a driver killed before it kept count)
+        data["wall"] = wall["seconds"] if wall and wall.get("complete", True) else None
         data["seed"] = int(seed)
         groups[name].append(data)
     if only:  # the named runs, in the order given
@@ -60,7 +61,8 @@ def main(folder: str, only: list[str] | None = None, seeds: list[int] | None = N
         test = [fmt([r["test"][t]["score"] for r in runs if t in r["test"]]) for t in tasks]
         seeds = ",".join(str(r["seed"]) for r in runs)
         epochs = ", ".join(f"{r['selected_epoch']}/{r['epochs_run']}" for r in runs)
-        wall = fmt([r["wall"] / 60 for r in runs])
+        timed = [r["wall"] / 60 for r in runs if r["wall"] is not None]
+        wall = fmt(timed) + (f" ({len(timed)} of {len(runs)} timed)" if len(timed) < len(runs) else "")
         print(f"| {name} | {seeds} | " + " | ".join(dev) + " | " + " | ".join(test)
               + f" | {runs[0]['parameters']:,} | {epochs} | {wall} |")
 

@@ -9,7 +9,7 @@ A training run (``results.json``) keeps ``config.yaml``, ``results.json`` and ``
 each task's ``search.json`` and any ``validation/*.json``. The test predictions of the reported model are
 written by ``sparseshare evaluate MODEL --split test --predictions DIR --gzip`` as
 ``predictions/test.<task>.conll.gz`` (``token gold predicted``), then rescored here independently (seqeval span
-F1 in its default, conlleval-compatible mode, or token accuracy) and compared with the run's test scores: a
+F1 in its default, conlleval-compatible mode, or token accuracy over the gold labels the task scores) and compared with the run's test scores: a
 difference above 0.01 is an error.
 """
 from __future__ import annotations
@@ -43,12 +43,23 @@ def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]]]:
     return gold, predicted
 
 
-def rescore(path: Path, metric: str) -> float:
+def rescore(path: Path, metric: str, ignore_labels: tuple[str, ...] = ()) -> float:
+    """``ignore_labels``: gold labels that accuracy does not count (PP attachment scores prepositions only)."""
     gold, predicted = read_conll(path)
     if metric == "accuracy":
-        pairs = [(a, b) for gs, ps in zip(gold, predicted) for a, b in zip(gs, ps)]
+        pairs = [(a, b) for gs, ps in zip(gold, predicted) for a, b in zip(gs, ps) if a not in ignore_labels]
         return 100.0 * sum(a == b for a, b in pairs) / len(pairs)
     return 100.0 * f1_score(gold, predicted)
+
+
+def _ignored_labels(config: Path) -> dict[str, tuple[str, ...]]:
+    """Per task of the run's config, the gold labels its accuracy leaves out (the task file's ignore_labels)."""
+    import yaml
+
+    from sparseshare.tasks import load_task
+
+    specs = [load_task(entry) for entry in yaml.safe_load(config.read_text())["tasks"]]
+    return {spec.name: tuple(spec.ignore_labels) for spec in specs}
 
 
 def collect(run: Path, dest: Path, data_root: str) -> list[str]:
@@ -78,9 +89,10 @@ def collect(run: Path, dest: Path, data_root: str) -> list[str]:
     else:  # a record collected before (weights not kept): its predictions travel with it
         shutil.copytree(run / "predictions", dest / "predictions", dirs_exist_ok=True)
     lines = []
+    ignored = _ignored_labels(run / "joint" / "config.yaml" if sparse else run / "config.yaml")
     for task, scores in results["test"].items():
         metric = "accuracy" if "accuracy" in scores else "f1"
-        again = rescore(dest / "predictions" / f"test.{task}.conll.gz", metric)
+        again = rescore(dest / "predictions" / f"test.{task}.conll.gz", metric, ignored.get(task, ()))
         if abs(again - scores["score"]) > 0.01:
             raise SystemExit(f"{run}: test {task} rescored {again:.4f} from the predictions, reported "
                              f"{scores['score']:.4f}")

@@ -9,8 +9,8 @@ A training run (``results.json``) keeps ``config.yaml``, ``results.json`` and ``
 each task's ``search.json`` and any ``validation/*.json``. The test predictions of the reported model are
 written by ``sparseshare evaluate MODEL --split test --predictions DIR --gzip`` as
 ``predictions/test.<task>.conll.gz`` (``token gold predicted``), then rescored here independently (seqeval span
-F1 in its default, conlleval-compatible mode, or token accuracy over the gold labels the task scores) and compared with the run's test scores: a
-difference above 0.01 is an error.
+F1 in its default, conlleval-compatible mode, or token accuracy over the gold labels the task scores) and
+compared with the run's test scores: a difference above 0.01 is an error.
 """
 from __future__ import annotations
 

@@ -174,8 +174,10 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     def record(finished: bool) -> None:
         # rewritten every minute while the run trains: a driver killed with it (a session's end) loses at most a
         # minute of the count, and the resumed run adds to it
-        timing.write_text(json.dumps({"seconds": previous + time.time() - started, "threads": args.threads,
-                                      "command": " ".join(cmd), "finished": finished}))
+        partial = timing.with_suffix(".json.partial")  # then renamed: a kill mid-write leaves the old record whole
+        partial.write_text(json.dumps({"seconds": previous + time.time() - started, "threads": args.threads,
+                                       "command": " ".join(cmd), "finished": finished}))
+        os.replace(partial, timing)
 
     with open(out / "train.log", "a") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

@@ -181,12 +181,17 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
 
     with open(out / "train.log", "a") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        while True:
-            try:
-                code = process.wait(timeout=60)
-                break
-            except subprocess.TimeoutExpired:
-                record(finished=False)
+        try:
+            while True:
+                try:
+                    code = process.wait(timeout=60)
+                    break
+                except subprocess.TimeoutExpired:
+                    record(finished=False)
+        except BaseException:  # Ctrl-C or an error here: the training must not outlive the lock that guards it
+            process.kill()
+            process.wait()
+            raise
     record(finished=code == 0)
     return f"{out}: {'ok' if code == 0 else f'FAILED with exit code {code}, see train.log'}"
 

@@ -139,7 +139,7 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         steps = state.get("masked_steps")
         if steps is None:  # per-weight step counts, from the shared count so far
             state["masked_steps"] = torch.full(p.shape, int(state["step"]), dtype=torch.int32, device=p.device)
-        elif steps.dtype != torch.int32:  # torch's load_state_dict casts state to the parameter's dtype
+        elif steps.dtype != torch.int32:  # load_state_dict casts state to the parameter's dtype (exact for fp32)
             state["masked_steps"] = steps.to(torch.int32)
         self._masked_step(p, state, inside, lr, beta1, beta2, eps, decay)
         state["step"] += 1
@@ -189,6 +189,7 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
                 "corrections2_sqrt": torch.tensor([math.sqrt(1 - beta2 ** k) for k in range(size)],
                                                   dtype=torch.float64).to(device=device, dtype=dtype),
                 "lr": None}
+        lr = float(lr)  # a tensor lr is changed in place by schedulers: compare values, not the object
         if table["lr"] != lr:  # a new lr (the schedule): the step sizes once per step, not once per weight
             table["lr"], table["step_sizes"] = lr, (lr / table["corrections1"]).to(device=device, dtype=dtype)
         return table["step_sizes"], table["corrections2_sqrt"]

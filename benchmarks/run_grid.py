@@ -168,7 +168,10 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     timing = out / "wall_time.json"
-    previous = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+    earlier = json.loads(timing.read_text()) if timing.is_file() else None
+    previous = earlier["seconds"] if earlier else 0.0
+    # a run started before without a time record (its driver kept none) has lost that part: summarize.py says so
+    complete = earlier.get("complete", True) if earlier else not (out / "config.yaml").is_file()
     started = time.time()
 
     def record(finished: bool) -> None:
@@ -176,7 +179,7 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
         # minute of the count, and the resumed run adds to it
         partial = timing.with_suffix(".json.partial")  # then renamed: a kill mid-write leaves the old record whole
         partial.write_text(json.dumps({"seconds": previous + time.time() - started, "threads": args.threads,
-                                       "command": " ".join(cmd), "finished": finished}))
+                                       "command": " ".join(cmd), "finished": finished, "complete": complete}))
         os.replace(partial, timing)
 
     with open(out / "train.log", "a") as log:

@@ -123,6 +123,20 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
         self._correction_tables: dict[tuple, dict] = {}
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's ``load_state_dict`` casts every tensor of a parameter's state to that parameter's dtype. For
+        the per-weight step counts that is lossy in half precision (bf16 counts exactly only to 256), so they
+        are set aside before and put back as int32 after (a checkpoint from before the counts were int32 holds
+        them as floats, exact in fp32)."""
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        counts = {position: state_dict["state"][i]["masked_steps"] for position, i in enumerate(saved_ids)
+                  if "masked_steps" in state_dict["state"].get(i, {})}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for position, steps in counts.items():
+            p = params[position]
+            self.state[p]["masked_steps"] = steps.to(device=p.device, dtype=torch.int32)
+
     def _same_as_unmasked(self, p):
         # once a weight has skipped a step, its own step count (bias correction) differs from the shared one
         return "masked_steps" not in self.state[p]
@@ -136,11 +150,8 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
                              else torch.tensor(0.0))
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
-        steps = state.get("masked_steps")
-        if steps is None:  # per-weight step counts, from the shared count so far
+        if "masked_steps" not in state:  # per-weight step counts, from the shared count so far
             state["masked_steps"] = torch.full(p.shape, int(state["step"]), dtype=torch.int32, device=p.device)
-        elif steps.dtype != torch.int32:  # load_state_dict casts state to the parameter's dtype (exact for fp32)
-            state["masked_steps"] = steps.to(torch.int32)
         self._masked_step(p, state, inside, lr, beta1, beta2, eps, decay)
         state["step"] += 1
 

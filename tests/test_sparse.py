@@ -268,6 +268,30 @@ def test_masked_adamw_resumed_from_its_state_dict_continues_exactly(fused):
     assert torch.equal(resumed.detach(), uninterrupted.detach())
 
 
+def test_masked_adamw_state_dict_keeps_step_counts_exact_in_bfloat16():
+    """torch's ``load_state_dict`` casts a parameter's state to its dtype: bf16 holds integers exactly only up
+    to 256 (then in steps of 2), so a count of 301 would come back as 300 or 302."""
+    p = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.bfloat16))
+    mask = torch.tensor([[True, False, True], [False, True, False]])
+    optimizer = MaskedAdamW([p], lr=1e-3)
+    for k in range(302):
+        p.grad = torch.ones_like(p)
+        optimizer.set_masks({p: mask if k else ~mask})  # weights outside ``mask`` took only the first step
+        optimizer.step()
+    before = optimizer.state[p]["masked_steps"].clone()
+    assert sorted(before.unique().tolist()) == [1, 301]
+    resumed = torch.nn.Parameter(p.detach().clone())
+    other = MaskedAdamW([resumed], lr=1e-3)
+    other.load_state_dict(optimizer.state_dict())
+    after = other.state[resumed]["masked_steps"]
+    assert after.dtype == torch.int32 and torch.equal(after, before)
+    for optim, param in ((optimizer, p), (other, resumed)):
+        param.grad = torch.ones_like(param)
+        optim.set_masks({param: mask})
+        optim.step()
+    assert torch.equal(resumed.detach(), p.detach())
+
+
 def test_masked_step_with_an_empty_mask_changes_nothing():
     p = torch.nn.Parameter(torch.randn(3, 2))
     before = p.detach().clone()

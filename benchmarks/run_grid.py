@@ -4,9 +4,9 @@ corpora (EWT xpos + CoNLL-2000 chunk + CoNLL-2003 NER) and on NER + PP attachmen
     python benchmarks/run_grid.py --seeds 1 2 3 --runs pos chunk ner hard sparse --epochs 8 --parallel 2
 
 Resumable: a finished run (results.json, or report.json for sparse runs) is skipped, an interrupted run
-continues from its last checkpoint. Several drivers may work through the same grid at once (a lock file
-marks the run each one is training, with the driver's process id: a lock whose driver is gone is taken
-over). Each run's wall time (summed over resumptions, and kept up to date every minute, so a killed driver
+continues from its last checkpoint. Several drivers may work through the same grid at once: each run's
+``running.lock`` is locked (flock) by the driver training it and by the training, and the kernel frees it when
+both have ended, however they end. Each run's wall time (summed over resumptions, and kept up to date every minute, so a killed driver
 loses at most a minute of it) is stored in <run>/wall_time.json. Summarise with
 ``python benchmarks/summarize.py benchmarks/runs/conll03``.
 """
@@ -20,6 +20,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from sparseshare.run_folder import RunFolderError, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 # run name -> (config in recipes/configs, overrides). The other corpora reuse the CoNLL-2003 configs'
@@ -72,6 +74,9 @@ SHARES_SEARCH = {"sparse_random": "sparse"}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 
 
+DRIVER_LOCK = "running.lock"  # the training itself locks <run>/.lock
+
+
 def run_one(name: str, seed: int, args) -> str:
     out = Path(args.out) / f"{name}_seed{seed}"
     sparse = name in SPARSE
@@ -83,48 +88,19 @@ def run_one(name: str, seed: int, args) -> str:
             return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
         return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / "running.lock"  # several drivers may share one queue: a run is trained by one of them
-    if not _take(lock):
-        return f"{out}: running in another driver (see {lock}; delete it if no driver runs)"
+    lock = RunLock(out, DRIVER_LOCK)  # several drivers may share one queue: one of them trains a run
+    try:
+        lock.acquire()
+    except RunFolderError as err:
+        return f"{out}: running in another driver: {err}"
     try:
         if name in SHARES_SEARCH and not (out / "config.yaml").exists():
             refused = copy_search(Path(args.out) / f"{SHARES_SEARCH[name]}_seed{seed}", out, name, seed, args)
             if refused:
                 return refused
-        return _train(name, seed, out, sparse, args)
+        return _train(name, seed, out, sparse, args, lock)
     finally:
-        lock.unlink(missing_ok=True)
-
-
-def _take(lock: Path) -> bool:
-    """Create ``lock`` holding this process's id; False while another driver holds it. A lock whose driver has
-    died (killed at a session's end) is taken over."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = lock.read_text().strip()
-            except FileNotFoundError:  # released meanwhile
-                continue
-            if holder.isdigit() and not _alive(int(holder)):
-                lock.unlink(missing_ok=True)
-                continue
-            return False  # alive, or still writing its id
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return True
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
+        lock.release()
 
 
 def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | None:
@@ -159,7 +135,7 @@ def _config_args(name: str, seed: int, out: Path, args) -> list[str]:
             "train.progress_bar=false", f"data.root={args.data_root}", *RUNS[name][1], *extra, *args.overrides]
 
 
-def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
+def _train(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLock) -> str:
     recipe = "train_sparse.py" if sparse else "train.py"
     config, *overrides = _config_args(name, seed, out, args)
     cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--config", config, *overrides]
@@ -183,7 +159,9 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
         os.replace(partial, timing)
 
     with open(out / "train.log", "a") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        # the training inherits the driver's lock: if the driver is killed, the run stays locked while it trains
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                   pass_fds=(lock.handle.fileno(),) if lock.handle else ())
         try:
             while True:
                 try:
@@ -191,7 +169,7 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
                     break
                 except subprocess.TimeoutExpired:
                     record(finished=False)
-        except BaseException:  # Ctrl-C or an error here: the training must not outlive the lock that guards it
+        except BaseException:  # Ctrl-C or an error here: stop the training with its driver
             process.kill()
             process.wait()
             raise

@@ -28,16 +28,18 @@ class RunFolderError(ValueError):
 
 
 class RunLock:
-    """``with RunLock(folder):`` holds the folder's lock or raises :class:`RunFolderError` naming the holder."""
+    """``with RunLock(folder):`` holds the folder's lock or raises :class:`RunFolderError` naming the holder.
+    ``file_name`` picks another lock in the same folder (the benchmark driver's, held around the run's own)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, file_name: str = LOCK_FILE):
         self.folder = Path(folder)
+        self.file_name = file_name
         self.handle = None
 
     def acquire(self) -> "RunLock":
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / LOCK_FILE, "a+", encoding="utf-8")
-        _take(handle, self.folder)
+        handle = open(self.folder / self.file_name, "a+", encoding="utf-8")
+        _take(handle, self.folder, file_name=self.file_name)
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
@@ -77,7 +79,7 @@ def lock_for_all_processes(folder: Path, is_main_process: bool, num_processes: i
     return lock
 
 
-def _take(handle, folder: Path, mode: int | None = None) -> None:
+def _take(handle, folder: Path, mode: int | None = None, file_name: str = LOCK_FILE) -> None:
     if fcntl is None:
         return
     try:
@@ -86,7 +88,7 @@ def _take(handle, folder: Path, mode: int | None = None) -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise RunFolderError(f"{folder} is in use by {holder} (lock {folder / LOCK_FILE}); wait for that run to "
+        raise RunFolderError(f"{folder} is in use by {holder} (lock {folder / file_name}); wait for that run to "
                              f"end or choose another output_dir") from None
 
 

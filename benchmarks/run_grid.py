@@ -6,8 +6,9 @@ corpora (EWT xpos + CoNLL-2000 chunk + CoNLL-2003 NER) and on NER + PP attachmen
 Resumable: a finished run (results.json, or report.json for sparse runs) is skipped, an interrupted run
 continues from its last checkpoint. Several drivers may work through the same grid at once: each run's
 ``running.lock`` is locked (flock) by the driver training it and by the training, and the kernel frees it when
-both have ended, however they end. Each run's wall time (summed over resumptions, and kept up to date every minute, so a killed driver
-loses at most a minute of it) is stored in <run>/wall_time.json. Summarise with
+both have ended, however they end (on Windows, without flock, drivers do not exclude each other). Each run's
+wall time (summed over resumptions, and kept up to date every minute, so a killed driver loses at most a minute
+of it) is stored in <run>/wall_time.json. Summarise with
 ``python benchmarks/summarize.py benchmarks/runs/conll03``.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sparseshare import run_folder
 from sparseshare.run_folder import RunFolderError, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,13 +82,6 @@ DRIVER_LOCK = "running.lock"  # the training itself locks <run>/.lock
 def run_one(name: str, seed: int, args) -> str:
     out = Path(args.out) / f"{name}_seed{seed}"
     sparse = name in SPARSE
-    if (out / ("report.json" if sparse else "results.json")).is_file():
-        import yaml
-
-        ran = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
-        if args.epochs and ran != args.epochs:
-            return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
-        return f"{out}: done already"
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out, DRIVER_LOCK)  # several drivers may share one queue: one of them trains a run
     try:
@@ -94,13 +89,25 @@ def run_one(name: str, seed: int, args) -> str:
     except RunFolderError as err:
         return f"{out}: running in another driver: {err}"
     try:
-        if name in SHARES_SEARCH and not (out / "config.yaml").exists():
-            refused = copy_search(Path(args.out) / f"{SHARES_SEARCH[name]}_seed{seed}", out, name, seed, args)
-            if refused:
-                return refused
-        return _train(name, seed, out, sparse, args, lock)
+        return _run_locked(name, seed, out, sparse, args, lock)
     finally:
         lock.release()
+
+
+def _run_locked(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLock) -> str:
+    # looked at under the lock: a driver that finished the run a moment ago has written its results
+    if (out / ("report.json" if sparse else "results.json")).is_file():
+        import yaml
+
+        ran = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
+        if args.epochs and ran != args.epochs:
+            return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
+        return f"{out}: done already"
+    if name in SHARES_SEARCH and not (out / "config.yaml").exists():
+        refused = copy_search(Path(args.out) / f"{SHARES_SEARCH[name]}_seed{seed}", out, name, seed, args)
+        if refused:
+            return refused
+    return _train(name, seed, out, sparse, args, lock)
 
 
 def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | None:
@@ -161,7 +168,7 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLock) -
     with open(out / "train.log", "a") as log:
         # the training inherits the driver's lock: if the driver is killed, the run stays locked while it trains
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                   pass_fds=(lock.handle.fileno(),) if lock.handle else ())
+                                   pass_fds=(lock.handle.fileno(),) if run_folder.fcntl else ())
         try:
             while True:
                 try:

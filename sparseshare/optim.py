@@ -135,7 +135,7 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         params = [p for group in self.param_groups for p in group["params"]]
         for position, steps in counts.items():
             p = params[position]
-            self.state[p]["masked_steps"] = steps.to(device=p.device, dtype=torch.int32)
+            self.state[p]["masked_steps"] = steps.to(device=p.device, dtype=torch.int32, copy=True)  # not shared
 
     def _same_as_unmasked(self, p):
         # once a weight has skipped a step, its own step count (bias correction) differs from the shared one

@@ -2,6 +2,8 @@
 the pipeline (warm-up -> search -> selection -> joint training -> report, resumable)."""
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import json
 
@@ -282,7 +284,7 @@ def test_masked_adamw_state_dict_keeps_step_counts_exact_in_bfloat16():
     assert sorted(before.unique().tolist()) == [1, 301]
     resumed = torch.nn.Parameter(p.detach().clone())
     other = MaskedAdamW([resumed], lr=1e-3)
-    other.load_state_dict(optimizer.state_dict())
+    other.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as from a file: nothing shared
     after = other.state[resumed]["masked_steps"]
     assert after.dtype == torch.int32 and torch.equal(after, before)
     for optim, param in ((optimizer, p), (other, resumed)):

@@ -69,6 +69,9 @@ RUNS = {
     # the control of issue 13: the sparse run's selected masks replaced by random masks keeping as many weights
     # per tensor, trained jointly from the same rewind point with the same budget
     "sparse_random": ("conll03_sparse", ["sparse.random_masks=true"]),
+    # issue 23 (why multi-task training costs NER): hard sharing with one change each, against "hard"
+    "hard_per_task": ("conll03_hard", ["train.optimizer_state=per_task"]),
+    "hard_token_loss": ("conll03_hard", ["train.loss_normalization=token"]),
 }
 # runs whose warm-up and search are those of another run of the same seed (same config up to the joint
 # stage, so recomputing them would give the same files): copied from it when it has finished its search

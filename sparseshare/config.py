@@ -121,6 +121,12 @@ class TrainConfig:
     lr: float = 0.1
     head_lr: float | None = None  # learning rate of the task heads (CRF, output layers); defaults to lr
     momentum: float = 0.9
+    # shared: one optimiser state (moments, momentum) per weight, fed by every task's steps | per_task: one state per
+    # task, as if each task had its own optimiser (see sparseshare/optim.py)
+    optimizer_state: str = "shared"
+    # the training loss of a batch: sentence = mean per-sentence loss (a CRF's sentence NLL) | token = sum of the
+    # sentence losses divided by the batch's number of words
+    loss_normalization: str = "sentence"
     weight_decay: float = 0.0
     clip: float | None = 5.0
     lr_schedule: str = "constant"  # constant | linear | cosine | constant_with_warmup | inverse_time
@@ -300,6 +306,8 @@ def validate(config: Config) -> None:
         "train.mixed_precision": (t.mixed_precision, tuple(p.value for p in PrecisionType)),
         "train.log_with": (t.log_with, (None, "auto", "none", *(l.value for l in LoggerType))),
         "train.optimizer": (config.train.optimizer, ("sgd", "adamw")),
+        "train.optimizer_state": (t.optimizer_state, ("shared", "per_task")),
+        "train.loss_normalization": (t.loss_normalization, ("sentence", "token")),
         "train.lr_schedule": (config.train.lr_schedule,
                               ("constant", "linear", "cosine", "constant_with_warmup", "inverse_time")),
         "data.source": (config.data.source, ("local", "hub")),

@@ -18,6 +18,7 @@ torch's fused AdamW the results agree up to float rounding.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import torch
@@ -206,6 +207,77 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         return table["step_sizes"], table["corrections2_sqrt"]
 
 
+class PerTaskState:
+    """One optimiser state (momentum buffers, Adam's moments and step counts) per task, as if each task had its
+    own optimiser over the parameters it uses (HMTL keeps one optimiser per task), with one set of param groups,
+    so that one LR schedule drives them all.
+
+    With a state shared by the tasks, Adam's moments on a shared weight mix every task's gradients: in
+    round-robin training the first moment at a step of task t is mostly the other tasks' recent gradients, and
+    the second moment is set by whichever task has the largest gradients. A task with small gradients on the
+    shared encoder (NER, whose tokens are mostly ``O``) then barely steers it (benchmarks/task_gradients.py
+    measures this). With a state per task, each task's step on a shared weight is normalised by that task's own
+    gradient history, as in single-task training.
+
+    Before each step the training loop calls :meth:`set_task`. A parameter no task has stepped has no state."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._task_states: dict[str, dict] = {}
+        self._task: str | None = None
+
+    def set_task(self, task: str) -> None:
+        if task != self._task:
+            self._task = task
+            self.state = self._task_states.setdefault(task, defaultdict(dict))
+
+    def step(self, closure=None):
+        if self._task is None:
+            raise RuntimeError("per-task optimizer state: call set_task(task) before step()")
+        return super().step(closure)
+
+    def state_dict(self) -> dict:
+        """torch's state dict with an empty ``state`` and every task's packed state under ``task_states``."""
+        current = self.state
+        packed = {}
+        try:
+            for task, state in self._task_states.items():
+                self.state = state
+                packed[task] = super().state_dict()["state"]
+        finally:
+            self.state = current
+        return {**super().state_dict(), "state": {}, "task_states": packed, "task": self._task}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "task_states" not in state_dict:
+            raise ValueError("this optimizer state was saved with train.optimizer_state=shared (one state for all "
+                             "tasks); resume with the same setting")
+        self._task_states = {}
+        for task, packed in state_dict["task_states"].items():
+            super().load_state_dict({"state": packed, "param_groups": state_dict["param_groups"]})
+            self._task_states[task] = self.state
+        self._task = None
+        self.state = defaultdict(dict)
+        if state_dict.get("task") is not None:
+            self.set_task(state_dict["task"])
+
+
+class PerTaskSGD(PerTaskState, torch.optim.SGD):
+    pass
+
+
+class PerTaskAdamW(PerTaskState, torch.optim.AdamW):
+    pass
+
+
+class PerTaskMaskedSGD(PerTaskState, MaskedSGD):
+    pass
+
+
+class PerTaskMaskedAdamW(PerTaskState, MaskedAdamW):
+    pass
+
+
 # -- building the optimiser and schedule a config asks for -----------------------------------------
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
@@ -234,13 +306,15 @@ def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "
                      "weight_decay": t.weight_decay if decays else 0.0}
                     for (is_head, decays), params in groups.items()]
     fused = device_type in FUSED_ADAMW_DEVICES or None
-    if model.sharing.masked_optimizer:  # steps must leave weights outside the active mask alone
-        if t.optimizer == "sgd":
-            return MaskedSGD(param_groups, lr=t.lr, momentum=t.momentum)
-        return MaskedAdamW(param_groups, lr=t.lr, fused=fused)
+    per_task = t.optimizer_state == "per_task"
+    masked = model.sharing.masked_optimizer  # steps must leave weights outside the active mask alone
     if t.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum)
-    return torch.optim.AdamW(param_groups, lr=t.lr, fused=fused)
+        sgd = {(False, False): torch.optim.SGD, (False, True): MaskedSGD,
+               (True, False): PerTaskSGD, (True, True): PerTaskMaskedSGD}[per_task, masked]
+        return sgd(param_groups, lr=t.lr, momentum=t.momentum)
+    adamw = {(False, False): torch.optim.AdamW, (False, True): MaskedAdamW,
+             (True, False): PerTaskAdamW, (True, True): PerTaskMaskedAdamW}[per_task, masked]
+    return adamw(param_groups, lr=t.lr, fused=fused)
 
 
 def build_scheduler(config: Config, optimizer, steps_per_epoch: int):

@@ -30,7 +30,7 @@ from ..evaluation import evaluate, mean_score
 from ..files import atomic_path, write_json_atomically
 from ..metrics import format_table
 from ..model import MultiTaskTagger
-from ..optim import MaskedAdamW, MaskedSGD, build_optimizer, build_scheduler
+from ..optim import MaskedAdamW, MaskedSGD, PerTaskState, build_optimizer, build_scheduler
 from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
 from ..training.checkpoints import (STATE_FILE, TrainingDiverged, TrainState, check_finite, check_random_states,
                                     check_resume_config, flat_config, latest_checkpoint, recover_interrupted_saves,
@@ -120,6 +120,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     tagger: MultiTaskTagger = accelerator.unwrap_model(model)
     masked_optimizer = optimizer.optimizer if isinstance(optimizer.optimizer, (MaskedSGD, MaskedAdamW)) else None
+    per_task_optimizer = optimizer.optimizer if isinstance(optimizer.optimizer, PerTaskState) else None
 
     # 4. Resume from the newest complete checkpoint.
     state = TrainState()
@@ -161,6 +162,8 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
             batch = tagger.featurizer.collate([d.train_tokens[i] for i in local], [d.train_labels[i] for i in local],
                                               [d.train_word_ids[i] for i in local]).to(accelerator.device)
             losses = model(batch, task)
+            if t.loss_normalization == "token":  # the same global divisor on every process, as for sentences
+                weight *= len(indices) / sum(len(d.train_tokens[i]) for i in indices)
             loss = losses.sum() * weight
             accelerator.backward(loss)
             # The norm of the all-reduced gradient (the same on every process; max_norm inf leaves it unchanged)
@@ -178,6 +181,8 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
                     f"and train again with --overwrite or into another output_dir")
             if masked_optimizer is not None:
                 masked_optimizer.set_masks(tagger.sharing.parameter_masks(task))
+            if per_task_optimizer is not None:
+                per_task_optimizer.set_task(task)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

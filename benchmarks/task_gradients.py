@@ -9,7 +9,10 @@ heads excluded):
 - ``update``: the norm of the step the optimiser takes, ``|theta_after - theta_before|``,
 - ``along``: the step's progress along task t's own descent direction, ``-(theta_after - theta_before) . g / |g|``,
 - ``cos``: ``along / update``, 1 when the step goes exactly where task t's gradient points,
-- ``clipped``: the share of task t's steps whose whole gradient norm exceeded ``train.clip``.
+- ``clipped``: the share of task t's steps whose whole gradient norm exceeded ``train.clip``;
+
+and after every step the ``drift`` of the word embeddings: the mean distance of the training words' vectors from
+their initial (GloVe) values, relative to their mean norm (words that never occur in training keep their vectors).
 
 With one optimiser state for all tasks, Adam's first moment at a step of task t is mostly the other tasks' recent
 gradients, and its second moment follows the largest gradients: a task with small gradients (NER) then moves
@@ -47,6 +50,14 @@ def shared_matrices(model) -> dict[str, torch.Tensor]:
             if p.requires_grad and p.dim() >= 2 and "embedding" not in n}
 
 
+def word_embeddings(model) -> torch.Tensor | None:
+    """The word embedding matrix of a BiLSTM / scratch encoder (None for a pretrained Transformer)."""
+    for name, p in model.sharing.named_parameters():
+        if name.endswith("words.weight"):
+            return p
+    return None
+
+
 def run_variant(config, data, steps: int, log) -> list[dict]:
     """One record per step: task, grad, update, along, cos, clipped."""
     t = config.train
@@ -60,6 +71,9 @@ def run_variant(config, data, steps: int, log) -> list[dict]:
     steps_per_epoch = sum(math.ceil(len(d.train_tokens) / t.batch_size) for d in data.values())
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     shared = shared_matrices(model)
+    embeddings = word_embeddings(model)
+    initial = embeddings.detach().clone() if embeddings is not None else None
+    trained_rows = torch.tensor(sorted({i for d in data.values() for ids in d.train_word_ids for i in ids}))
     records, epoch, started = [], 0, time.perf_counter()
     while len(records) < steps:
         rng = np.random.default_rng([t.seed, epoch])
@@ -91,6 +105,9 @@ def run_variant(config, data, steps: int, log) -> list[dict]:
             along = float(-(delta @ grads)) / max(grad_norm, 1e-30)
             records.append({"task": task, "grad": grad_norm, "update": update, "along": along,
                             "cos": along / max(update, 1e-30), "clipped": float(bool(t.clip) and total > t.clip)})
+            if initial is not None:  # how far the training words' vectors have moved from GloVe so far
+                moved = (embeddings.detach()[trained_rows] - initial[trained_rows]).norm(dim=1)
+                records[-1]["drift"] = float(moved.mean() / initial[trained_rows].norm(dim=1).mean())
             if len(records) % 200 == 0:
                 log(f"  step {len(records)}/{steps} ({time.perf_counter() - started:.0f} s)")
         epoch += 1
@@ -106,7 +123,8 @@ def summarize(records: list[dict], window: int, tasks: list[str]) -> list[dict]:
             own = [r for r in chunk if r["task"] == task]
             if own:
                 rows.append({"steps": f"{start + 1}-{start + len(chunk)}", "task": task,
-                             **{q: float(np.mean([r[q] for r in own])) for q in QUANTITIES}})
+                             **{q: float(np.mean([r[q] for r in own])) for q in QUANTITIES},
+                             "drift": chunk[-1].get("drift", float("nan"))})
     return rows
 
 
@@ -128,19 +146,21 @@ def main():
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         variants[name] = [o for o in rest.split(",") if o]
-    data, result = None, {"config": args.config, "steps": args.steps, "overrides": base, "variants": {}}
+    loaded, result = {}, {"config": args.config, "steps": args.steps, "overrides": base, "variants": {}}
     for name, overrides in variants.items():
         config = load_config(args.config, [*base, "train.progress_bar=false", *overrides])
-        data = data or load_task_data(config, log=print)
+        if tuple(config.tasks) not in loaded:
+            loaded[tuple(config.tasks)] = load_task_data(config, log=print)
+        data = loaded[tuple(config.tasks)]
         print(f"variant {name}: {' '.join(overrides) or '(config as is)'}", flush=True)
         started = time.perf_counter()
         records = run_variant(config, data, args.steps, lambda line: print(line, flush=True))
         rows = summarize(records, args.window, config.tasks)
         result["variants"][name] = {"overrides": overrides, "seconds": round(time.perf_counter() - started, 1),
                                     "windows": rows, "steps": records}
-        print(f"{'steps':>11} {'task':>6} " + " ".join(f"{q:>9}" for q in QUANTITIES))
+        print(f"{'steps':>11} {'task':>6} " + " ".join(f"{q:>9}" for q in (*QUANTITIES, "drift")))
         for row in rows:
-            print(f"{row['steps']:>11} {row['task']:>6} " + " ".join(f"{row[q]:9.4f}" for q in QUANTITIES))
+            print(f"{row['steps']:>11} {row['task']:>6} " + " ".join(f"{row[q]:9.4f}" for q in (*QUANTITIES, "drift")))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
 

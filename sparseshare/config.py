@@ -127,6 +127,10 @@ class TrainConfig:
     # the training loss of a batch: sentence = mean per-sentence loss (a CRF's sentence NLL) | token = sum of the
     # sentence losses divided by the batch's number of words
     loss_normalization: str = "sentence"
+    # distillation from single-task teachers (BAM!, sparseshare/training/distillation.py): {task: model folder}
+    distill_from: dict[str, str] = field(default_factory=dict)
+    # the teacher term's weight; null = teacher annealing (from all teacher at the first step to all gold at the last)
+    distill_weight: float | None = None
     weight_decay: float = 0.0
     clip: float | None = 5.0
     lr_schedule: str = "constant"  # constant | linear | cosine | constant_with_warmup | inverse_time
@@ -159,6 +163,9 @@ class SparseConfig:
     density: float | None = None  # with select=density
     # a control experiment: replace each selected mask by a random one keeping as many weights per tensor
     random_masks: bool = False
+    # distil each task, in the joint training, from the dense network the search trained for it (round 0: with
+    # search=oneshot the task's network trained to convergence from the rewind point); see train.distill_from
+    distill: bool = False
 
 
 @dataclass
@@ -329,6 +336,12 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'tasks' must list at least one task")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
+    # (tasks given as task-file paths are named by their files: checked when the data is loaded)
+    unknown = [task for task in t.distill_from if task not in config.tasks]
+    if unknown and not any(task.endswith((".yaml", ".yml")) for task in config.tasks):
+        raise ConfigError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks {config.tasks}")
+    if t.distill_weight is not None and not t.distill_from:
+        raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from")
     validate_sharing(config.model, config.tasks)
     validate_sparse(config.sparse)
 
@@ -374,7 +387,7 @@ NUMBER_RANGES = {
     "train.eval_batch_size": POSITIVE, "train.temperature": POSITIVE, "train.lr": POSITIVE, "train.head_lr": POSITIVE,
     "train.momentum": PROBABILITY, "train.weight_decay": NON_NEGATIVE, "train.clip": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE, "train.lr_decay": NON_NEGATIVE, "train.patience": NON_NEGATIVE,
-    "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE,
+    "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE, "train.distill_weight": "[0, 1]",
 }
 HINTS = {"train.clip": " (0 or null switches clipping off)", "train.patience": " (0 switches early stopping off)"}
 
@@ -421,6 +434,9 @@ def validate_sparse(s: SparseConfig) -> None:
     if s.random_masks and s.masks:
         raise ConfigError("config key 'sparse.random_masks' replaces the masks a search selects; with sparse.masks "
                           "there is no search: drop one of the two")
+    if s.distill and s.masks:
+        raise ConfigError("config key 'sparse.distill' distils from the networks a search trains; with sparse.masks "
+                          "there is no search: set train.distill_from to teacher model folders instead")
     if s.search not in ("iterative", "oneshot"):
         raise ConfigError(f"config key 'sparse.search': {s.search!r} is not one of ['iterative', 'oneshot']")
     if s.select not in ("dev", "density"):

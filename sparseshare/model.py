@@ -76,10 +76,16 @@ class MultiTaskTagger(nn.Module):
         })
 
     # -- training -------------------------------------------------------------------------------
-    def forward(self, batch: Batch, task: str) -> torch.Tensor:
-        """Per-sentence loss of ``task`` on ``batch``, shape (B,)."""
+    def forward(self, batch: Batch, task: str, soft_targets: dict[str, torch.Tensor] | None = None,
+                gold_weight: float = 1.0) -> torch.Tensor:
+        """Per-sentence loss of ``task`` on ``batch``, shape (B,); with a teacher's ``soft_targets``, the mix
+        ``gold_weight * loss + (1 - gold_weight) * cross-entropy to the teacher`` (training/distillation.py)."""
         features = self.sharing(batch, task)
-        return self.heads[task].loss(features, batch.labels, batch.mask)
+        head = self.heads[task]
+        loss = head.loss(features, batch.labels, batch.mask)
+        if soft_targets is None:
+            return loss
+        return gold_weight * loss + (1.0 - gold_weight) * head.soft_loss(features, soft_targets, batch.mask)
 
     # -- inference ------------------------------------------------------------------------------
     def check_tasks(self, tasks) -> list[str]:

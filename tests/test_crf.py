@@ -246,3 +246,52 @@ def test_crf_head_decodes_valid_bioes_and_matches_crf():
     loss = head.loss(features, labels, mask)
     ref = head.crf.nll(head.proj(features), labels.masked_fill(~mask, 0), mask)
     assert torch.allclose(loss, ref)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_marginals_and_cross_entropy_brute_force(constrained):
+    """The teacher's marginals (forward-backward) and the exact sequence-level cross-entropy of a student CRF under
+    a teacher CRF, against enumerating every path; padding changes nothing."""
+    gen = torch.Generator().manual_seed(7 + constrained)
+    constraints = transition_constraints(BIOES_LABELS, "bioes") if constrained else None
+    k, lengths, t = 5, [4, 3, 1], 4
+    teacher, student = _random_crf(k, gen, constraints), _random_crf(k, gen, constraints)
+    em_t, em_s = torch.randn(3, t, k, generator=gen), torch.randn(3, t, k, generator=gen)
+    mask = _prefix_mask(lengths, t)
+    unary, pairwise = teacher.marginals(em_t, mask)
+    ce = student.cross_entropy(em_s, mask, unary, pairwise)
+
+    def distribution(crf, em, n):
+        paths = [p for p in itertools.product(range(k), repeat=n) if not constrained or _valid(p, BIOES_LABELS, "bioes")]
+        scores = torch.tensor([_score(crf, em, p).item() for p in paths], dtype=torch.float64)
+        return paths, scores.log_softmax(0)
+
+    for b, n in enumerate(lengths):
+        paths, log_q = distribution(teacher, em_t[b], n)
+        _, log_p = distribution(student, em_s[b], n)
+        q = log_q.exp()
+        brute_unary = torch.zeros(t, k, dtype=torch.float64)
+        brute_pairwise = torch.zeros(k, k, dtype=torch.float64)
+        for weight, path in zip(q, paths):
+            for i, tag in enumerate(path):
+                brute_unary[i, tag] += weight
+            for a, c in zip(path, path[1:]):
+                brute_pairwise[a, c] += weight
+        torch.testing.assert_close(unary[b].double(), brute_unary, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pairwise[b].double(), brute_pairwise, atol=1e-5, rtol=0)
+        assert ce[b].item() == pytest.approx(-(q * log_p).sum().item(), abs=1e-3)
+    # a distribution's cross-entropy with itself is its entropy, the smallest over students
+    own = teacher.cross_entropy(em_t, mask, unary, pairwise)
+    assert (own <= ce + 1e-4).all()
+
+
+def test_softmax_soft_loss_is_cross_entropy_to_the_teachers_distributions():
+    gen = torch.Generator().manual_seed(3)
+    teacher, student = SoftmaxHead(4, ["a", "b", "c"]), SoftmaxHead(4, ["a", "b", "c"])
+    features, mask = torch.randn(2, 3, 4, generator=gen), _prefix_mask([3, 2], 3)
+    targets = teacher.soft_targets(features, mask)
+    assert torch.allclose(targets["unary"].sum(-1), mask.float())
+    loss = student.soft_loss(features, targets, mask)
+    log_p = student.proj(features).log_softmax(-1)
+    by_hand = [-(targets["unary"][b, :n] * log_p[b, :n]).sum() for b, n in enumerate([3, 2])]
+    torch.testing.assert_close(loss, torch.stack(by_hand))

@@ -45,12 +45,32 @@ class CRF(nn.Module):
 
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log Z for each sentence, shape (B,). ``mask`` must be a left-aligned prefix mask."""
+        return _log_partition(emissions, mask, *self._scores())
+
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior of each sentence's tag sequence, as the statistics its score is linear in: ``unary``
+        (B, T, K), P(y_t = k) (0 at padding), and ``pairwise`` (B, K, K), sum over t of P(y_t-1 = i, y_t = j).
+        They are the gradients of log Z with respect to the emissions and to a per-sentence copy of the
+        transitions (forward-backward by autograd)."""
+        trans, start, end = (x.detach() for x in self._scores())
+        with torch.enable_grad():
+            emissions = emissions.detach().requires_grad_(True)
+            per_sentence = trans.expand(emissions.shape[0], *trans.shape).clone().requires_grad_(True)
+            log_z = _log_partition(emissions, mask, per_sentence, start, end)
+            unary, pairwise = torch.autograd.grad(log_z.sum(), (emissions, per_sentence))
+        return unary, pairwise
+
+    def cross_entropy(self, emissions: torch.Tensor, mask: torch.Tensor, unary: torch.Tensor,
+                      pairwise: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy -E_q[log p(y)] of this CRF's sequence distribution p under another linear-chain
+        distribution q given by its :meth:`marginals` (a teacher's), per sentence, shape (B,). Exact: a path's
+        score is linear in its tags and transitions, so E_q[score] needs only q's marginals."""
         trans, start, end = self._scores()
-        alpha = start + emissions[:, 0]  # (B, K)
-        for t in range(1, emissions.shape[1]):
-            step = torch.logsumexp(alpha.unsqueeze(2) + trans.unsqueeze(0), dim=1) + emissions[:, t]
-            alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
-        return torch.logsumexp(alpha + end, dim=1)
+        lengths = mask.sum(1)
+        last = unary.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, unary.shape[2])).squeeze(1)
+        expected = ((unary * emissions).sum((1, 2)) + (pairwise * trans).sum((1, 2)) + unary[:, 0] @ start
+                    + last @ end)
+        return _log_partition(emissions, mask, trans, start, end) - expected
 
     def path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         trans, start, end = self._scores()
@@ -87,6 +107,16 @@ class CRF(nn.Module):
         return [row[:n] for row, n in zip(tags.tolist(), lengths.tolist())]
 
 
+def _log_partition(emissions: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor,
+                   end: torch.Tensor) -> torch.Tensor:
+    """The forward algorithm; ``trans`` is (K, K), or (B, K, K) for one copy per sentence."""
+    alpha = start + emissions[:, 0]  # (B, K)
+    for t in range(1, emissions.shape[1]):
+        step = torch.logsumexp(alpha.unsqueeze(2) + trans, dim=1) + emissions[:, t]
+        alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
+    return torch.logsumexp(alpha + end, dim=1)
+
+
 class CRFHead(nn.Module):
     def __init__(self, input_dim: int, labels: list[str], scheme: str = "none"):
         super().__init__()
@@ -101,3 +131,13 @@ class CRFHead(nn.Module):
 
     def decode(self, features: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
         return self.crf.viterbi(self.proj(features), mask)
+
+    # -- distillation: a teacher's posterior as soft targets ------------------------------------------------
+    def soft_targets(self, features: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per sentence of the batch: ``unary`` (T, K) and ``pairwise`` (K, K) marginals (see :meth:`CRF.marginals`)."""
+        unary, pairwise = self.crf.marginals(self.proj(features), mask)
+        return {"unary": unary, "pairwise": pairwise}
+
+    def soft_loss(self, features: torch.Tensor, targets: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of this head's sequence distribution under the teacher's, per sentence, shape (B,)."""
+        return self.crf.cross_entropy(self.proj(features), mask, targets["unary"], targets["pairwise"])

@@ -36,6 +36,7 @@ from ..training.checkpoints import (STATE_FILE, TrainingDiverged, TrainState, ch
                                     check_resume_config, flat_config, latest_checkpoint, recover_interrupted_saves,
                                     save_checkpoint, save_model_atomically)
 from ..training.data import TaskData, add_word_ids, build_model, check_input_files, load_task_data
+from ..training.distillation import TeacherTargets, gold_weight
 from ..training.progress import progress_bar, tracker_name
 
 
@@ -98,7 +99,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         accelerator.wait_for_everyone()  # every process has looked before the main one removes or writes
         if accelerator.is_main_process:
             if overwrite:
-                remove_outputs(output_dir, inputs=(config.sparse.masks, config.model.bilstm.embeddings))
+                remove_outputs(output_dir, inputs=(config.sparse.masks, config.model.bilstm.embeddings,
+                                                   *t.distill_from.values()))
             with atomic_path(output_dir / "config.yaml") as partial:
                 partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         checkpoint = None if overwrite else checkpoint
@@ -139,6 +141,10 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     if tracker_name(config):
         accelerator.init_trackers("sparseshare", config=flat_config("", config.to_dict(), {}))
 
+    # Teachers' soft targets (distillation), computed before the first step; the same on every process.
+    teachers = (TeacherTargets.compute(t.distill_from, data, tagger, t.eval_batch_size, log)
+                if t.distill_from else None)
+    total_steps = t.epochs * steps_per_epoch
     rank, world = accelerator.process_index, accelerator.num_processes
     # 5. Epochs (none left when resuming a run that had already stopped early).
     for epoch in range(state.epoch, t.epochs if not state.stopped_early else state.epoch):
@@ -155,15 +161,17 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
             # This process's slice of the global batch. A process left without sentences still runs a
             # zero-weighted forward/backward so that the gradient all-reduce stays in step.
             local = indices[rank::world]
-            weight = world / len(indices)
+            d = data[task]
+            weight = loss_weight(indices, d.train_tokens, world, t.loss_normalization)
             if not local:
                 local, weight = indices[:1], 0.0
-            d = data[task]
             batch = tagger.featurizer.collate([d.train_tokens[i] for i in local], [d.train_labels[i] for i in local],
                                               [d.train_word_ids[i] for i in local]).to(accelerator.device)
-            losses = model(batch, task)
-            if t.loss_normalization == "token":  # the same global divisor on every process, as for sentences
-                weight *= len(indices) / sum(len(d.train_tokens[i]) for i in indices)
+            if teachers is not None and task in teachers:
+                soft = teachers.batch(task, local, batch.mask.shape[1], accelerator.device)
+                losses = model(batch, task, soft, gold_weight(state.global_step, total_steps, t.distill_weight))
+            else:
+                losses = model(batch, task)
             loss = losses.sum() * weight
             accelerator.backward(loss)
             # The norm of the all-reduced gradient (the same on every process; max_norm inf leaves it unchanged)
@@ -260,6 +268,14 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     if test:
         log("test:\n" + format_table(test))
     return results
+
+def loss_weight(indices: list[int], sentences: list[list[str]], world: int, normalization: str) -> float:
+    """The factor of one process's summed sentence losses such that DDP's average over ``world`` processes is the
+    *global* batch ``indices``' mean loss per sentence (``normalization="sentence"``) or per word (``"token"``:
+    a long sentence, whose CRF loss is larger, then weighs no more per word than a short one)."""
+    units = len(indices) if normalization == "sentence" else sum(len(sentences[i]) for i in indices)
+    return world / units
+
 
 def _summary(results: dict[str, dict]) -> dict[str, float]:
     return {task: round(r["score"], 4) for task, r in results.items()}

@@ -124,6 +124,10 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
 
     # 4. Joint training through the masks; test is evaluated once, on the dev-selected joint model.
     joint_config = dataclasses.replace(config, output_dir=str(out / "joint"))
+    if config.sparse.distill:  # BAM!'s teachers: each task's dense network from its search (round 0)
+        teachers = {task: str(out / "search" / task / "round_00" / "model") for task in config.tasks}
+        joint_config = dataclasses.replace(joint_config, train=dataclasses.replace(
+            config.train, distill_from={**teachers, **config.train.distill_from}))
 
     def build_joint(cfg, task_data):
         model = copy.deepcopy(template)

@@ -86,6 +86,10 @@ def add_word_ids(model: MultiTaskTagger, data: dict[str, TaskData]) -> None:
 
 def check_input_files(config: Config) -> None:
     """Files the config names, checked by key before any corpus is read (which can take a while)."""
+    for task, folder in config.train.distill_from.items():
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"config key 'train.distill_from.{task}': {folder} is not a model folder "
+                                    f"(no config.json)")
     files = {"sparse.masks": config.sparse.masks}
     if config.model.encoder in ("bilstm", "scratch"):
         files["model.bilstm.embeddings"] = config.model.bilstm.embeddings

@@ -72,10 +72,17 @@ RUNS = {
     # issue 23 (why multi-task training costs NER): hard sharing with one change each, against "hard"
     "hard_per_task": ("conll03_hard", ["train.optimizer_state=per_task"]),
     "hard_token_loss": ("conll03_hard", ["train.loss_normalization=token"]),
+    "hard_frozen_embeddings": ("conll03_hard", ["model.bilstm.freeze_embeddings=true"]),
+    "ner_frozen_embeddings": ("conll03_ner", ["model.bilstm.freeze_embeddings=true"]),
+    # distillation (BAM!, teacher annealing): sparse sharing from its own searched dense networks; hard sharing
+    # from the single-task runs of the same seed in the same --out folder (run "pos", "chunk", "ner" first)
+    "sparse_distill": ("conll03_sparse", ["sparse.distill=true"]),
+    "hard_distill": ("conll03_hard", ["train.distill_from={pos: <out>/pos_seed<seed>/model, "
+                                      "chunk: <out>/chunk_seed<seed>/model, ner: <out>/ner_seed<seed>/model}"]),
 }
 # runs whose warm-up and search are those of another run of the same seed (same config up to the joint
 # stage, so recomputing them would give the same files): copied from it when it has finished its search
-SHARES_SEARCH = {"sparse_random": "sparse"}
+SHARES_SEARCH = {"sparse_random": "sparse", "sparse_distill": "sparse"}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 
 
@@ -127,9 +134,10 @@ def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | No
     theirs = yaml.safe_load((source / "config.yaml").read_text())
     config_file, *overrides = _config_args(name, seed, out, args)
     ours = load_config(config_file, overrides).to_dict()
-    for config in (theirs, ours):  # what may differ: where it runs, and the control switch
+    for config in (theirs, ours):  # what may differ: where it runs, and the joint stage's switches
         config.pop("output_dir")
         config["sparse"].pop("random_masks", None)
+        config["sparse"].pop("distill", None)
     if theirs != ours:
         return f"{out}: ERROR {source} ran with other settings; not copying its search (move one of them away)"
     for stage in ("warmup", "search"):
@@ -141,8 +149,10 @@ def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | No
 def _config_args(name: str, seed: int, out: Path, args) -> list[str]:
     """The config file and overrides of run ``name``."""
     extra = [f"train.epochs={args.epochs}"] if args.epochs else []
+    # <out> and <seed> in a run's overrides: other runs of the grid it reads (e.g. distillation teachers)
+    own = [o.replace("<out>", str(Path(args.out).resolve())).replace("<seed>", str(seed)) for o in RUNS[name][1]]
     return [str(ROOT / "recipes" / "configs" / f"{RUNS[name][0]}.yaml"), f"output_dir={out}", f"train.seed={seed}",
-            "train.progress_bar=false", f"data.root={args.data_root}", *RUNS[name][1], *extra, *args.overrides]
+            "train.progress_bar=false", f"data.root={args.data_root}", *own, *extra, *args.overrides]
 
 
 def _train(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLock) -> str:

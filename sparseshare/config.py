@@ -120,6 +120,9 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.1
     head_lr: float | None = None  # learning rate of the task heads (CRF, output layers); defaults to lr
+    # learning rate of the embedding tables (words, characters); defaults to lr. Shared by every task, they take
+    # every task's steps: a multi-task run moves them T times as often as a single-task run
+    embedding_lr: float | None = None
     momentum: float = 0.9
     # shared: one optimiser state (moments, momentum) per weight, fed by every task's steps | per_task: one state per
     # task, as if each task had its own optimiser (see sparseshare/optim.py)
@@ -385,6 +388,7 @@ NUMBER_RANGES = {
     "model.scratch.ff": AT_LEAST_ONE, "model.scratch.dropout": PROBABILITY, "model.scratch.max_positions": AT_LEAST_ONE,
     "train.seed": "[0, 4294967295]", "train.epochs": POSITIVE, "train.batch_size": POSITIVE,
     "train.eval_batch_size": POSITIVE, "train.temperature": POSITIVE, "train.lr": POSITIVE, "train.head_lr": POSITIVE,
+    "train.embedding_lr": POSITIVE,
     "train.momentum": PROBABILITY, "train.weight_decay": NON_NEGATIVE, "train.clip": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE, "train.lr_decay": NON_NEGATIVE, "train.patience": NON_NEGATIVE,
     "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE, "train.distill_weight": "[0, 1]",

@@ -283,7 +283,8 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "cpu") -> torch.optim.Optimizer:
-    """One parameter group, split only as the config asks: heads at ``train.head_lr``, and with weight decay
+    """One parameter group, split only as the config asks: heads at ``train.head_lr``, embedding tables (words,
+    characters; a Transformer's embeddings) at ``train.embedding_lr``, and with weight decay
     the usual exemptions (biases, LayerNorm weights, CRF transition scores) as in transformers' Trainer.
 
     AdamW runs torch's fused kernel on the devices that have one (``device_type``: where training will run):
@@ -293,6 +294,7 @@ def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "
 
     t = config.train
     heads = {id(p) for p in model.heads.parameters()}
+    tables = {id(m.weight) for m in model.sharing.modules() if isinstance(m, torch.nn.Embedding)}
     decayed = set()
     if t.weight_decay:
         names = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "crf."]))
@@ -300,11 +302,11 @@ def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "
     groups: dict[tuple, list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            key = (id(p) in heads and t.head_lr is not None, id(p) in decayed or not t.weight_decay)
-            groups.setdefault(key, []).append(p)
-    param_groups = [{"params": params, "lr": t.head_lr if is_head else t.lr,
-                     "weight_decay": t.weight_decay if decays else 0.0}
-                    for (is_head, decays), params in groups.items()]
+            lr = (t.head_lr if id(p) in heads and t.head_lr is not None else
+                  t.embedding_lr if id(p) in tables and t.embedding_lr is not None else t.lr)
+            groups.setdefault((lr, id(p) in decayed or not t.weight_decay), []).append(p)
+    param_groups = [{"params": params, "lr": lr, "weight_decay": t.weight_decay if decays else 0.0}
+                    for (lr, decays), params in groups.items()]
     fused = device_type in FUSED_ADAMW_DEVICES or None
     per_task = t.optimizer_state == "per_task"
     masked = model.sharing.masked_optimizer  # steps must leave weights outside the active mask alone

@@ -296,3 +296,17 @@ def test_the_sparse_recipe_distils_each_task_from_its_searched_dense_network(tin
     assert set(report["test"]) == {"pos", "chunk", "ner"}
     with pytest.raises(ConfigError, match="sparse.distill"):
         load_config(None, [*overrides, f"sparse.masks={tmp_path / 'run' / 'masks.safetensors'}"])
+
+
+def test_embedding_lr_gives_the_word_and_character_tables_their_own_rate(tiny_corpus, tmp_path):
+    from conftest import tiny_model
+
+    config = tiny_config(tiny_corpus, tmp_path, **{"train.optimizer": "adamw", "train.lr": 0.01,
+                                                   "train.embedding_lr": 0.002, "train.head_lr": 0.05})
+    model, _ = tiny_model(config)
+    rates = {id(p): group["lr"] for group in build_optimizer(config, model).param_groups for p in group["params"]}
+    names = {n: rates[id(p)] for n, p in model.named_parameters()}
+    tables = {n for n in names if n.endswith(("words.weight", "chars.embedding.weight", "chars.weight"))}
+    assert tables and all(names[n] == 0.002 for n in tables)
+    assert all(rate == 0.05 for n, rate in names.items() if n.startswith("heads."))
+    assert all(rate == 0.01 for n, rate in names.items() if n not in tables and not n.startswith("heads."))

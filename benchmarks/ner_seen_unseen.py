@@ -2,12 +2,15 @@
 occurs as an entity in the training data (issue 23: do multi-task models lose on memorised or on new names?).
 
     python benchmarks/ner_seen_unseen.py --train ../shared/data/conll2003/train.txt \\
-        benchmarks/results/conll03_converged/{ner,hard,sparse}_seed{1,2,3}
+        --vectors ../shared/data/glove/glove.6B.50d.filtered.txt benchmarks/results/conll03_converged/{ner,hard}_seed{1,2,3}
 
 Reads each run's committed ``predictions/test.ner.conll.gz`` (``token gold predicted`` per line) and prints, per
 run and as means over the runs of the same name, the F1 of seen and of unseen entities: a gold entity counts as
 unseen when its (type, text) never occurs as an entity in train; a predicted one is scored in the group its text
-would fall in (so precision and recall use one split). IOB2 spans, exact match as in conlleval.
+would fall in (so precision and recall use one split). Unseen entities are split further (columns ``u:train``,
+``u:vector``, ``u:unk``): every word of the entity occurs in train (lowercased), or some word never does; with
+``--vectors``, the latter by whether every such new word has a pretrained vector (which no step has moved) or
+not (it is UNK). IOB2 spans, exact match as in conlleval.
 """
 from __future__ import annotations
 
@@ -57,15 +60,39 @@ def train_entities(path: Path) -> set[tuple[str, str]]:
     return seen
 
 
-def scores(prediction_file: Path, seen: set) -> dict[str, dict[str, float]]:
-    counts = {g: defaultdict(int) for g in ("seen", "unseen", "all")}
+def train_words(path: Path) -> set[str]:
+    return {w.lower() for sentence in read_sentences(path, (0,)) for (w,) in sentence}
+
+
+def vector_words(path: Path) -> set[str]:
+    with open(path, encoding="utf-8") as f:
+        return {line.split(" ", 1)[0] for line in f}
+
+
+GROUPS = ("all", "seen", "unseen", "u:train", "u:vector", "u:unk")
+
+
+def unseen_kind(words: list[str], known: set[str], vectors: set[str] | None) -> str:
+    """Why an unseen entity is new: all its words occur in train, or some word never does (with a vector or not)."""
+    new = [w.lower() for w in words if w.lower() not in known]
+    if not new:
+        return "u:train"
+    if vectors is None:
+        return "u:vector"
+    return "u:vector" if all(w in vectors for w in new) else "u:unk"
+
+
+def scores(prediction_file: Path, seen: set, known: set[str], vectors: set[str] | None
+           ) -> dict[str, dict[str, float]]:
+    counts = {g: defaultdict(int) for g in GROUPS}
     for sentence in read_sentences(prediction_file, (0, 1, 2)):
         words = [w for w, _, _ in sentence]
         gold, predicted = spans([g for _, g, _ in sentence]), spans([p for _, _, p in sentence])
         for name, group in (("gold", gold), ("predicted", predicted)):
             for a, b, kind in group:
                 split = "seen" if (kind, " ".join(words[a:b])) in seen else "unseen"
-                for g in (split, "all"):
+                groups = (split, "all") if split == "seen" else (split, "all", unseen_kind(words[a:b], known, vectors))
+                for g in groups:
                     counts[g][name] += 1
                     counts[g]["correct"] += name == "gold" and (a, b, kind) in predicted
     result = {}
@@ -78,20 +105,25 @@ def scores(prediction_file: Path, seen: set) -> dict[str, dict[str, float]]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True, help="the CoNLL-2003 training file")
+    parser.add_argument("--vectors", help="the word vectors file: splits unseen entities with a new word by "
+                                          "whether every new word has a vector")
     parser.add_argument("runs", nargs="+", help="run folders holding predictions/test.ner.conll.gz")
     args = parser.parse_args()
-    seen = train_entities(Path(args.train))
+    seen, known = train_entities(Path(args.train)), train_words(Path(args.train))
+    vectors = vector_words(Path(args.vectors)) if args.vectors else None
+    groups = GROUPS if vectors is not None else GROUPS[:-1]
     by_name = defaultdict(list)
-    print(f"{'run':<28} {'all':>7} {'seen':>7} {'unseen':>7}   (gold entities: seen / unseen)")
-    for run in map(Path, args.runs):
-        result = scores(run / "predictions" / "test.ner.conll.gz", seen)
+    print(f"{'run':<22} " + " ".join(f"{g:>8}" for g in groups))
+    for i, run in enumerate(map(Path, args.runs)):
+        result = scores(run / "predictions" / "test.ner.conll.gz", seen, known, vectors)
+        if i == 0:
+            print(f"{'(gold entities)':<22} " + " ".join(f"{result[g]['gold']:>8}" for g in groups))
         by_name[re.sub(r"_seed\d+$", "", run.name)].append(result)
-        print(f"{run.name:<28} {result['all']['f1']:7.2f} {result['seen']['f1']:7.2f} {result['unseen']['f1']:7.2f}"
-              f"   ({result['seen']['gold']} / {result['unseen']['gold']})")
+        print(f"{run.name:<22} " + " ".join(f"{result[g]['f1']:8.2f}" for g in groups))
     print("\nmean over seeds")
     for name, results in by_name.items():
-        means = {g: np.mean([r[g]["f1"] for r in results]) for g in ("all", "seen", "unseen")}
-        print(f"{name + f' ({len(results)})':<28} {means['all']:7.2f} {means['seen']:7.2f} {means['unseen']:7.2f}")
+        print(f"{name + f' ({len(results)})':<22} "
+              + " ".join(f"{np.mean([r[g]['f1'] for r in results]):8.2f}" for g in groups))
 
 
 if __name__ == "__main__":

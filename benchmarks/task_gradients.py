@@ -22,13 +22,15 @@ the encoder little, and not in its own direction. ``train.optimizer_state=per_ta
         --variant shared: --variant per_task:train.optimizer_state=per_task --data-root ../shared/data \\
         --out benchmarks/results/task_gradients.json
 
-Prints a table per variant (means over windows of ``--window`` steps of each task) and writes all of it as JSON.
+Prints a table per variant (means over windows of ``--window`` steps of each task) and writes all of it as JSON;
+``python benchmarks/task_gradients.py --show FILE`` prints the tables of a written file again.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -128,7 +130,26 @@ def summarize(records: list[dict], window: int, tasks: list[str]) -> list[dict]:
     return rows
 
 
+def print_table(rows: list[dict]) -> None:
+    columns = (*QUANTITIES, "drift")
+    print(f"{'steps':>11} {'task':>6} " + " ".join(f"{q:>9}" for q in columns))
+    for row in rows:
+        print(f"{row['steps']:>11} {row['task']:>6} " + " ".join(f"{row[q]:9.4f}" for q in columns))
+
+
+def show(path: Path) -> None:
+    """Print the tables of a result file written by an earlier run (``.json`` or ``.json.gz``)."""
+    import gzip
+
+    text = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
+    for name, variant in json.loads(text)["variants"].items():
+        print(f"variant {name}: {' '.join(variant['overrides']) or '(config as is)'}")
+        print_table([{"drift": float("nan"), **row} for row in variant["windows"]])
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--show":
+        return show(Path(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--variant", action="append", required=True,
@@ -158,9 +179,7 @@ def main():
         rows = summarize(records, args.window, config.tasks)
         result["variants"][name] = {"overrides": overrides, "seconds": round(time.perf_counter() - started, 1),
                                     "windows": rows, "steps": records}
-        print(f"{'steps':>11} {'task':>6} " + " ".join(f"{q:>9}" for q in (*QUANTITIES, "drift")))
-        for row in rows:
-            print(f"{row['steps']:>11} {row['task']:>6} " + " ".join(f"{row[q]:9.4f}" for q in (*QUANTITIES, "drift")))
+        print_table(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
 

@@ -5,9 +5,9 @@ occurs as an entity in the training data (issue 23: do multi-task models lose on
         --vectors ../shared/data/glove/glove.6B.50d.filtered.txt benchmarks/results/conll03_converged/{ner,hard}_seed{1,2,3}
 
 Reads each run's committed ``predictions/test.ner.conll.gz`` (``token gold predicted`` per line) and prints, per
-run and as means over the runs of the same name, the F1 of seen and of unseen entities: a gold entity counts as
-unseen when its (type, text) never occurs as an entity in train; a predicted one is scored in the group its text
-would fall in (so precision and recall use one split). Unseen entities are split further (columns ``u:train``,
+run and as means over the runs of the same name, the F1 of seen and of unseen entities: an entity (gold or
+predicted) counts as unseen when its text never occurs as an entity (of any type) in train, so that a span's group
+does not depend on the type given to it and precision and recall use one split. Unseen entities are split further (columns ``u:train``,
 ``u:vector``, ``u:unk``): every word of the entity occurs in train (lowercased), or some word never does; with
 ``--vectors``, the latter by whether every such new word has a pretrained vector (which no step has moved) or
 not (it is UNK). IOB2 spans, exact match as in conlleval.
@@ -52,11 +52,11 @@ def read_sentences(path: Path, columns: tuple[int, ...]) -> list[list[tuple[str,
     return sentences
 
 
-def train_entities(path: Path) -> set[tuple[str, str]]:
+def train_entities(path: Path) -> set[str]:
     seen = set()
     for sentence in read_sentences(path, (0, 3)):
         words, tags = [w for w, _ in sentence], [t for _, t in sentence]
-        seen |= {(kind, " ".join(words[a:b])) for a, b, kind in spans(tags)}
+        seen |= {" ".join(words[a:b]) for a, b, _ in spans(tags)}
     return seen
 
 
@@ -90,7 +90,7 @@ def scores(prediction_file: Path, seen: set, known: set[str], vectors: set[str] 
         gold, predicted = spans([g for _, g, _ in sentence]), spans([p for _, _, p in sentence])
         for name, group in (("gold", gold), ("predicted", predicted)):
             for a, b, kind in group:
-                split = "seen" if (kind, " ".join(words[a:b])) in seen else "unseen"
+                split = "seen" if " ".join(words[a:b]) in seen else "unseen"
                 groups = (split, "all") if split == "seen" else (split, "all", unseen_kind(words[a:b], known, vectors))
                 for g in groups:
                     counts[g][name] += 1

@@ -85,6 +85,8 @@ RUNS = {
 # runs whose warm-up and search are those of another run of the same seed (same config up to the joint
 # stage, so recomputing them would give the same files): copied from it when it has finished its search
 SHARES_SEARCH = {"sparse_random": "sparse", "sparse_distill": "sparse"}
+# runs that read other runs of the same seed (distillation teachers): not started before those have finished
+NEEDS = {"hard_distill": ("pos", "chunk", "ner")}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 
 
@@ -115,6 +117,10 @@ def _run_locked(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLo
         if args.epochs and ran != args.epochs:
             return f"{out}: ERROR results.json is from a {ran}-epoch run, not {args.epochs}; move it away first"
         return f"{out}: done already"
+    unfinished = [f"{need}_seed{seed}" for need in NEEDS.get(name, ())
+                  if not (Path(args.out) / f"{need}_seed{seed}" / "results.json").is_file()]
+    if unfinished:
+        return f"{out}: WAITING for {', '.join(unfinished)} to finish in {args.out} (its teachers); run them first"
     if name in SHARES_SEARCH and not (out / "config.yaml").exists():
         refused = copy_search(Path(args.out) / f"{SHARES_SEARCH[name]}_seed{seed}", out, name, seed, args)
         if refused:

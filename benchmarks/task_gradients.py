@@ -170,9 +170,12 @@ def main():
     loaded, result = {}, {"config": args.config, "steps": args.steps, "overrides": base, "variants": {}}
     for name, overrides in variants.items():
         config = load_config(args.config, [*base, "train.progress_bar=false", *overrides])
-        if tuple(config.tasks) not in loaded:
-            loaded[tuple(config.tasks)] = load_task_data(config, log=print)
-        data = loaded[tuple(config.tasks)]
+        if config.train.distill_from:
+            parser.error(f"variant {name}: distillation is not measured by this script")
+        key = json.dumps([config.tasks, config.to_dict()["data"], config.model.bilstm.embeddings])
+        if key not in loaded:  # a variant with other tasks or data gets its own data (and word ids)
+            loaded[key] = load_task_data(config, log=print)
+        data = loaded[key]
         print(f"variant {name}: {' '.join(overrides) or '(config as is)'}", flush=True)
         started = time.perf_counter()
         records = run_variant(config, data, args.steps, lambda line: print(line, flush=True))

@@ -343,8 +343,9 @@ def validate(config: Config) -> None:
     unknown = [task for task in t.distill_from if task not in config.tasks]
     if unknown and not any(task.endswith((".yaml", ".yml")) for task in config.tasks):
         raise ConfigError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks {config.tasks}")
-    if t.distill_weight is not None and not t.distill_from:
-        raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from")
+    if t.distill_weight is not None and not t.distill_from and not config.sparse.distill:
+        raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from (or "
+                          "sparse.distill)")
     validate_sharing(config.model, config.tasks)
     validate_sparse(config.sparse)
 

@@ -299,14 +299,16 @@ def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "
     if t.weight_decay:
         names = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "crf."]))
         decayed = {id(p) for n, p in model.named_parameters() if n in names}
+    # groups by role, not by rate (a checkpoint's groups must match whatever the rates are)
+    rates = {"head": t.head_lr, "embedding": t.embedding_lr, "other": t.lr}
     groups: dict[tuple, list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            lr = (t.head_lr if id(p) in heads and t.head_lr is not None else
-                  t.embedding_lr if id(p) in tables and t.embedding_lr is not None else t.lr)
-            groups.setdefault((lr, id(p) in decayed or not t.weight_decay), []).append(p)
-    param_groups = [{"params": params, "lr": lr, "weight_decay": t.weight_decay if decays else 0.0}
-                    for (lr, decays), params in groups.items()]
+            role = ("head" if id(p) in heads and t.head_lr is not None else
+                    "embedding" if id(p) in tables and t.embedding_lr is not None else "other")
+            groups.setdefault((role, id(p) in decayed or not t.weight_decay), []).append(p)
+    param_groups = [{"params": params, "lr": rates[role], "weight_decay": t.weight_decay if decays else 0.0}
+                    for (role, decays), params in groups.items()]
     fused = device_type in FUSED_ADAMW_DEVICES or None
     per_task = t.optimizer_state == "per_task"
     masked = model.sharing.masked_optimizer  # steps must leave weights outside the active mask alone

@@ -383,8 +383,10 @@ def _scores(results: dict) -> dict[str, float]:
 def _stage_config(config: Config, folder: Path, sharing: str | None = None, tasks: list[str] | None = None,
                   epochs: int | None = None) -> Config:
     model = dataclasses.replace(config.model, sharing=sharing or config.model.sharing)
-    # a stage's own budget: no early stopping inside a few epochs, selection on dev as always
-    train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0)
+    # a stage's own budget: no early stopping inside a few epochs, selection on dev as always; distillation
+    # (train.distill_from, sparse.distill) is the joint training's
+    train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0, distill_from={},
+                                distill_weight=None)
     return dataclasses.replace(config, output_dir=str(folder), model=model, tasks=tasks or config.tasks, train=train)
 
 

@@ -39,8 +39,12 @@ class TeacherTargets:
         unknown = [task for task in teachers if task not in data]
         if unknown:
             raise ValueError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks {list(data)}")
+        device = next(student.parameters()).device
         for task, folder in teachers.items():
-            teacher = MultiTaskTagger.from_pretrained(folder)
+            # building a model draws from torch's generator: a resumed run (whose generator was restored from the
+            # checkpoint) must draw the same dropout masks afterwards as a run that never stopped
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                teacher = MultiTaskTagger.from_pretrained(folder, device=device)
             order = _label_order(teacher, student, task, folder)
             if type(teacher.heads[task]) is not type(student.heads[task]):
                 raise ValueError(f"config key 'train.distill_from.{task}': the teacher {folder} has a "
@@ -49,15 +53,15 @@ class TeacherTargets:
             sentences = data[task].train_tokens
             per_sentence: list = [None] * len(sentences)
             for index in bucketed_batches([len(s) for s in sentences], batch_size, None):
-                batch = teacher.featurizer.collate([sentences[i] for i in index])
+                batch = teacher.featurizer.collate([sentences[i] for i in index]).to(device)
                 with torch.no_grad():  # not inference_mode: the CRF's marginals are gradients of log Z
                     features = teacher.sharing.features_for_tasks(batch, [task])[task]
                     soft = teacher.heads[task].soft_targets(features, batch.mask)
                 for row, i in enumerate(index):
                     n = len(sentences[i])
-                    per_sentence[i] = {"unary": soft["unary"][row, :n][:, order].clone()}
+                    per_sentence[i] = {"unary": soft["unary"][row, :n][:, order].cpu()}
                     if "pairwise" in soft:
-                        per_sentence[i]["pairwise"] = soft["pairwise"][row][order][:, order].clone()
+                        per_sentence[i]["pairwise"] = soft["pairwise"][row][order][:, order].cpu()
             targets[task] = per_sentence
             log(f"[{task}] distilling from {folder}: soft targets for {len(sentences)} training sentences")
         return cls(targets)

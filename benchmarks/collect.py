@@ -62,6 +62,25 @@ def _ignored_labels(config: Path) -> dict[str, tuple[str, ...]]:
     return {spec.name: tuple(spec.ignore_labels) for spec in specs}
 
 
+def without_machine_paths(folder: Path, run: Path, data_root: str) -> None:
+    """Records name no path of the machine they ran on: the interpreter becomes ``python``, files of a checkout
+    (or worktree) of this repository become relative to it, the data root ``../shared/data`` and the runs'
+    folder ``benchmarks/runs/<its name>``."""
+    import re
+
+    rules = [(re.escape(str(Path(data_root).resolve())), "../shared/data"),
+             (re.escape(str(run.parent.resolve())), f"benchmarks/runs/{run.parent.resolve().name}"),
+             (r"/[^\s\"',]*/bin/python[0-9.]*", "python"),
+             (r"/[^\s\"',]*/((?:recipes|benchmarks|sparseshare)/)", r"\1")]
+    for path in folder.rglob("*"):
+        if path.suffix in (".json", ".yaml", ".md") and path.is_file():
+            text = original = path.read_text(encoding="utf-8")
+            for pattern, replacement in rules:
+                text = re.sub(pattern, replacement, text)
+            if text != original:
+                path.write_text(text, encoding="utf-8")
+
+
 def collect(run: Path, dest: Path, data_root: str) -> list[str]:
     sparse = (run / "report.json").is_file()
     if not sparse and not (run / "results.json").is_file():
@@ -97,6 +116,7 @@ def collect(run: Path, dest: Path, data_root: str) -> list[str]:
             raise SystemExit(f"{run}: test {task} rescored {again:.4f} from the predictions, reported "
                              f"{scores['score']:.4f}")
         lines.append(f"{run.name}: test {task} {scores['score']:.2f}, rescored {again:.2f}")
+    without_machine_paths(dest, run, data_root)
     return lines
 
 

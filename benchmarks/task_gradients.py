@@ -14,9 +14,10 @@ heads excluded):
 and after every step the ``drift`` of the word embeddings: the mean distance of the training words' vectors from
 their initial (GloVe) values, relative to their mean norm (words that never occur in training keep their vectors).
 
-With one optimiser state for all tasks, Adam's first moment at a step of task t is mostly the other tasks' recent
-gradients, and its second moment follows the largest gradients: a task with small gradients (NER) then moves
-the encoder little, and not in its own direction. ``train.optimizer_state=per_task`` gives each task its own state.
+The hypothesis it tests: with one optimiser state for all tasks, Adam's moments on a shared weight mix every
+task's gradients, so a task with small gradients (NER) might move the encoder little, or not in its own
+direction; ``train.optimizer_state=per_task`` gives each task its own state. (On CoNLL-2003 it does not:
+benchmarks/RESULTS.md, "Why multi-task training costs NER".)
 
     python benchmarks/task_gradients.py --config recipes/configs/conll03_hard.yaml --steps 1320 \\
         --variant shared: --variant per_task:train.optimizer_state=per_task --data-root ../shared/data \\
@@ -41,6 +42,7 @@ from sparseshare.config import load_config
 from sparseshare.data.batching import bucketed_batches
 from sparseshare.data.schedules import epoch_plan
 from sparseshare.optim import MaskedAdamW, MaskedSGD, PerTaskState, build_optimizer, build_scheduler
+from sparseshare.recipes.train import loss_weight
 from sparseshare.training.data import add_word_ids, build_model, load_task_data
 
 QUANTITIES = ("grad", "update", "along", "cos", "clipped")
@@ -88,10 +90,7 @@ def run_variant(config, data, steps: int, log) -> list[dict]:
             batch = model.featurizer.collate([d.train_tokens[i] for i in indices], [d.train_labels[i] for i in indices],
                                              [d.train_word_ids[i] for i in indices])
             losses = model(batch, task)
-            weight = 1 / len(indices)
-            if t.loss_normalization == "token":
-                weight = 1 / sum(len(d.train_tokens[i]) for i in indices)
-            (losses.sum() * weight).backward()
+            (losses.sum() * loss_weight(indices, d.train_tokens, 1, t.loss_normalization)).backward()
             grads = torch.cat([p.grad.reshape(-1) for p in shared.values() if p.grad is not None])
             total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip or math.inf))
             before = torch.cat([p.detach().reshape(-1) for p in shared.values()])

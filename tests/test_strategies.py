@@ -281,3 +281,63 @@ def test_runs_checkpointed_before_the_new_keys_existed_still_resume():
     del saved["model"]["bottom_layers"]
     with pytest.raises(ValueError, match="model.bottom_layers: 1 -> 2"):
         check_resume_config(saved, current)
+
+
+# -- hard sharing with private embedders ---------------------------------------------------------------------
+PRIVATE = {"model.private_embedder": "true"}
+
+
+def test_private_embedders_equal_to_the_shared_one_compute_hard_sharing(tiny_corpus, tmp_path):
+    """Each task's embedder starts as a copy of the built one, and the strategy runs the BiLSTM layers itself:
+    with every copy equal to hard sharing's embedder it computes exactly hard sharing's features."""
+    hard, data = _model(_config(tiny_corpus, tmp_path))
+    private, _ = _model(_config(tiny_corpus, tmp_path, **PRIVATE), data, seed=1)
+    state = {n: v for n, v in hard.state_dict().items() if not n.startswith("sharing.encoder.embedder.")}
+    for task in TASKS:
+        state.update({n.replace("sharing.encoder.embedder.", f"sharing.embedders.{task}."): v
+                      for n, v in hard.state_dict().items() if n.startswith("sharing.encoder.embedder.")})
+    private.load_state_dict(state)  # strict: the encoder keeps no embedder of its own
+    batch = _batch(hard, data, "ner")
+    expected = hard.sharing(batch, "ner")
+    features = private.sharing.features_for_tasks(batch, TASKS)
+    for task in TASKS:
+        assert torch.equal(features[task], expected) and torch.equal(private.sharing(batch, task), expected), task
+    assert private.sharing.task_encoder_state("chunk").keys() == hard.sharing.task_encoder_state("chunk").keys()
+
+
+def test_private_embedders_get_gradients_from_their_task_only_and_layers_from_all(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **PRIVATE))
+    hard, _ = _model(_config(tiny_corpus, tmp_path), data)
+    embedder = sum(p.numel() for p in hard.sharing.encoder.embedder.parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model) == count(hard) + (len(TASKS) - 1) * embedder
+    names = [n for n, _ in model.sharing.named_parameters()]
+    layers = [n for n in names if n.startswith("encoder.layers.")]
+    assert layers and not [n for n in names if n.startswith("encoder.embedder.")]
+    for task in TASKS:
+        grads = _grads(model, data, task)
+        for other in TASKS:
+            own = [n for n in names if n.startswith(f"embedders.{other}.")]
+            assert own and all(_has_grad(grads[n]) == (other == task) for n in own
+                               if "words" in n or "conv" in n), (task, other)
+        assert all(_has_grad(grads[n]) for n in layers), task
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({**PRIVATE, **SCRATCH}, "'model.private_embedder' serves the bilstm encoder"),
+    ({**PRIVATE, "model.sharing": "sparse"}, "'model.private_embedder' only applies to model.sharing=hard"),
+    ({**PRIVATE, "tasks": "[ner]", "model.sharing": "single"}, "'model.private_embedder' only applies"),
+])
+def test_private_embedder_bad_combinations_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_corpus, tmp_path, **overrides)
+
+
+def test_private_embedders_train_save_and_reload_with_identical_predictions(tiny_corpus, tmp_path):
+    config = _config(tiny_corpus, tmp_path, **PRIVATE)
+    results = run_training(config, log=_quiet)
+    model = assert_reloads_identically(tmp_path / "model", tmp_path, config)
+    assert_reloaded_model_scores_like_the_trained_one(results)
+    pos, ner = (dict(model.sharing.embedders[t].named_parameters()) for t in ("pos", "ner"))
+    assert any(not torch.equal(pos[n], ner[n]) for n in pos)  # started equal, trained apart by their tasks
+    assert "private embedders" in (tmp_path / "model" / "README.md").read_text()

@@ -17,6 +17,8 @@ The same folder is a Hugging Face Hub model repository: ``from_pretrained`` take
 from __future__ import annotations
 
 import dataclasses
+import threading
+import weakref
 from pathlib import Path
 
 import torch
@@ -37,6 +39,22 @@ from .tasks import TaskSpec
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("config.json", "vocab.json", "labels.json", "model.safetensors")
+
+# Forward passes change modules while they run (the BiLSTM's CPU path and sparse sharing substitute weights with
+# torch.func.functional_call, Transformer stand-in layers are switched to the active task, routes and roaming
+# gates are set per batch), so two threads predicting with one model at once would read each other's weights.
+# Inference therefore holds one lock per model (kept outside the module, so that copying or pickling a model
+# never meets a lock); threads wanting parallel throughput give one call many texts, or use one model each.
+_INFERENCE_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def inference_lock(model: nn.Module) -> threading.RLock:
+    with _LOCKS_GUARD:
+        lock = _INFERENCE_LOCKS.get(model)
+        if lock is None:
+            lock = _INFERENCE_LOCKS[model] = threading.RLock()
+        return lock
 
 
 
@@ -94,9 +112,12 @@ class MultiTaskTagger(nn.Module):
         tasks = list(self.tasks) if tasks is None else list(tasks)
         if not tasks:
             raise ValueError(f"tasks is empty; give some of {list(self.tasks)}, or None for all")
-        unknown = [t for t in tasks if t not in self.tasks]
+        unknown = [t for t in tasks if not isinstance(t, str) or t not in self.tasks]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; this model has {list(self.tasks)}")
+        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        if repeated:
+            raise ValueError(f"task(s) {repeated} listed more than once in tasks={tasks}; list each task once")
         return tasks
 
     @torch.inference_mode()
@@ -105,7 +126,8 @@ class MultiTaskTagger(nn.Module):
         """Labels per task in each task's corpus scheme (e.g. NER trained in BIOES comes back in IOB2), or with
         ``head_scheme`` the head's own classes (BIOES), unconverted."""
         tasks = self.check_tasks(tasks)
-        features = self.sharing.features_for_tasks(batch, tasks)
+        with inference_lock(self):
+            features = self.sharing.features_for_tasks(batch, tasks)
         result = {}
         for task in tasks:
             spec, names = self.tasks[task], self.labels[task]
@@ -122,15 +144,18 @@ class MultiTaskTagger(nn.Module):
             if len(sentence) == 0:
                 raise ValueError(f"sentence {i} is empty: nothing to tag")
         device = device or next(self.parameters()).device
-        was_training = self.training
-        self.eval()
         result = {task: [None] * len(sentences) for task in tasks}
-        for index in bucketed_batches([len(s) for s in sentences], batch_size, None):
-            batch = self.featurizer.collate([sentences[i] for i in index]).to(device)
-            for task, labels in self.predict_batch(batch, tasks, head_scheme).items():
-                for i, seq in zip(index, labels):
-                    result[task][i] = seq
-        self.train(was_training)
+        with inference_lock(self):  # held across the switch to eval mode and back
+            was_training = self.training
+            self.eval()
+            try:
+                for index in bucketed_batches([len(s) for s in sentences], batch_size, None):
+                    batch = self.featurizer.collate([sentences[i] for i in index]).to(device)
+                    for task, labels in self.predict_batch(batch, tasks, head_scheme).items():
+                        for i, seq in zip(index, labels):
+                            result[task][i] = seq
+            finally:
+                self.train(was_training)
         return result
 
     # -- persistence ----------------------------------------------------------------------------

@@ -133,6 +133,8 @@ def test_tagger_bad_and_empty_input(bilstm_model):
         tagger("John", tasks=["srl"])
     with pytest.raises(TypeError, match=r"tasks must be a list of task names, got the string 'ner'; write \['ner'\]"):
         tagger("John", tasks="ner")
+    with pytest.raises(ValueError, match=r"task\(s\) \['ner'\] listed more than once in tasks=\['ner', 'pos', 'ner'\]"):
+        tagger("John", tasks=["ner", "pos", "ner"])
     with pytest.raises(ValueError, match="tasks is empty"):
         tagger("John", tasks=[])
 
@@ -360,3 +362,66 @@ def test_export_refuses_what_transformers_cannot_run(tmp_path):
     with pytest.raises(ValueError, match="unknown task"):
         export_task(bilstm, "srl", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# -- one Tagger, many threads ----------------------------------------------------------------------------------
+STRATEGIES = {
+    "single": {"tasks": "[ner]", "model.sharing": "single"},
+    "hard": {},
+    "hard_private_embedder": {"model.private_embedder": "true"},
+    "hierarchical": {"model.sharing": "hierarchical", "model.task_layers": "{pos: 1}"},
+    "bottom": {"model.sharing": "bottom"},
+    "cross_stitch": {"model.sharing": "cross_stitch"},
+    "sparse": {"model.sharing": "sparse"},
+    "roaming": {"model.sharing": "roaming"},
+    "routing": {"model.sharing": "routing"},
+}
+STAND_INS = ("bottom", "cross_stitch", "sparse", "roaming", "routing")  # a Transformer's layers switched per task
+
+
+def _words_texts(corpus, n=48, seed=0):
+    import random
+
+    words = sorted({line.split()[0] for line in (corpus / "train.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("-DOCSTART-")})
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + "." for _ in range(n)]
+
+
+def _task_dependent(model, seed=0):
+    """Every weight perturbed independently (per-task copies that start equal now differ) and, for sparse
+    sharing, a random mask per task: each task's features differ, so a thread reading another's task shows."""
+    model.sharing.initialize(seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    if model.config.sharing == "sparse":
+        masks = {task: {n: torch.rand(p.shape, generator=g) < 0.5 for n, p in model.sharing.prunable().items()}
+                 for task in model.tasks}
+        model.sharing.set_masks(masks)
+    return model
+
+
+@pytest.mark.parametrize("encoder,sharing", [("bilstm", name) for name in STRATEGIES] +
+                                            [("transformer", name) for name in STAND_INS])
+def test_one_tagger_called_from_many_threads_tags_as_one_thread_does(tmp_path, tiny_bert, encoder, sharing):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import tiny_bert_overrides
+
+    corpus = write_tiny_corpus(tmp_path)
+    extra = STRATEGIES[sharing]
+    overrides = (tiny_overrides(corpus, tmp_path / "run", **extra) if encoder == "bilstm" else
+                 tiny_bert_overrides(corpus, tmp_path / "run", tiny_bert, **extra))
+    model, _ = tiny_model(load_config(None, overrides))
+    tagger = Tagger(_task_dependent(model))
+    texts = _words_texts(corpus)
+    expected = [tagger(text).tags for text in texts]
+    if len(tagger.tasks) > 1:  # the test can only catch a thread reading another task's weights if tasks differ
+        assert any(len(set(map(tuple, tags.values()))) > 1 for tags in expected)
+    torch.set_num_threads(1)  # threads interleave at the Python level; intra-op threads only slow the test
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda text: tagger(text).tags, texts)) == expected

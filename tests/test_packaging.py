@@ -1,6 +1,6 @@
 """A regular (non-editable) install works: the wheel carries every subpackage and the built-in task files, and a
-fresh virtual environment with only the wheel (the heavy dependencies come from the system site-packages) trains
-nothing but can build, save, reload and tag a model from a folder outside the checkout."""
+fresh virtual environment with only the wheel (the heavy dependencies come from the environment running the tests)
+trains nothing but can build, save, reload and tag a model from a folder outside the checkout."""
 from __future__ import annotations
 
 import shutil
@@ -80,11 +80,24 @@ INSTALLED_USE = textwrap.dedent("""
 """)
 
 
+def dependency_folders() -> list[str]:
+    """The site-packages folders the running interpreter imports from: its virtual environment's and, if that one
+    sees them, the base interpreter's. (``venv --system-site-packages`` would give the *base* interpreter's only,
+    which lack the dependencies when the tests run inside a virtual environment.)"""
+    return [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+
+
 def test_the_installed_wheel_builds_saves_reloads_and_tags(wheel, tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True,
+                   timeout=120)
     python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    # Lines of a .pth file are appended to sys.path after the venv's own site-packages, so the wheel installed
+    # there wins; the .pth files *inside* those folders are not run, so an editable install of the checkout
+    # cannot supply sparseshare either.
+    (Path(own) / "dependencies.pth").write_text("\n".join(dependency_folders()) + "\n")
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                            str(wheel)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

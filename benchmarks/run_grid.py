@@ -76,9 +76,12 @@ RUNS = {
     "ner_frozen_embeddings": ("conll03_ner", ["model.bilstm.freeze_embeddings=true"]),
     # the embedding tables at lr / 3: with three tasks they then move about as far as in a single-task run
     "hard_embedding_lr": ("conll03_hard", ["train.embedding_lr=0.001"]),
-    # each task with its own word embeddings and char-CNN, the BiLSTM layers shared: is the loss in the shared
-    # word representations or in the shared layers above them?
-    "hard_private_embedder": ("conll03_hard", ["model.private_embedder=true"]),
+    # each task with its own word embeddings and char-CNN (or one of them), the BiLSTM layers shared: is the loss in
+    # the shared word representations or in the shared layers above them? (hard_private_embedder ran at a8ddd5e as
+    # model.private_embedder=true, which is "all" since)
+    "hard_private_embedder": ("conll03_hard", ["model.private_embedder=all"]),
+    "hard_private_words": ("conll03_hard", ["model.private_embedder=words"]),
+    "hard_private_chars": ("conll03_hard", ["model.private_embedder=chars"]),
     # distillation (BAM!, teacher annealing): sparse sharing from its own searched dense networks; hard sharing
     # from the single-task runs of the same seed in the same --out folder (run "pos", "chunk", "ner" first)
     "sparse_distill": ("conll03_sparse", ["sparse.distill=true"]),

@@ -368,7 +368,7 @@ def test_export_refuses_what_transformers_cannot_run(tmp_path):
 STRATEGIES = {
     "single": {"tasks": "[ner]", "model.sharing": "single"},
     "hard": {},
-    "hard_private_embedder": {"model.private_embedder": "true"},
+    "hard_private_embedder": {"model.private_embedder": "all"},
     "hierarchical": {"model.sharing": "hierarchical", "model.task_layers": "{pos: 1}"},
     "bottom": {"model.sharing": "bottom"},
     "cross_stitch": {"model.sharing": "cross_stitch"},

@@ -284,60 +284,79 @@ def test_runs_checkpointed_before_the_new_keys_existed_still_resume():
 
 
 # -- hard sharing with private embedders ---------------------------------------------------------------------
-PRIVATE = {"model.private_embedder": "true"}
+PARTS = {"words": ("words",), "chars": ("chars",), "all": ("words", "chars")}
 
 
-def test_private_embedders_equal_to_the_shared_one_compute_hard_sharing(tiny_corpus, tmp_path):
-    """Each task's embedder starts as a copy of the built one, and the strategy runs the BiLSTM layers itself:
-    with every copy equal to hard sharing's embedder it computes exactly hard sharing's features."""
+def _private_state_from_hard(state, parts):
+    """Hard sharing's state dict with its embedder's ``parts`` copied to every task, as the strategy starts."""
+    out = {}
+    for name, value in state.items():
+        part = next((p for p in parts if name.startswith(f"sharing.encoder.embedder.{p}.")), None)
+        if part is None:
+            out[name] = value
+        else:
+            rest = name[len(f"sharing.encoder.embedder.{part}."):]
+            out.update({f"sharing.private.{task}.{part}.{rest}": value for task in TASKS})
+    return out
+
+
+@pytest.mark.parametrize("choice", PARTS)
+def test_private_embedders_equal_to_the_shared_one_compute_hard_sharing(tiny_corpus, tmp_path, choice):
+    """Each task's part starts as a copy of the built one, and the strategy runs the BiLSTM layers itself: with
+    every copy equal to hard sharing's it computes exactly hard sharing's features."""
     hard, data = _model(_config(tiny_corpus, tmp_path))
-    private, _ = _model(_config(tiny_corpus, tmp_path, **PRIVATE), data, seed=1)
-    state = {n: v for n, v in hard.state_dict().items() if not n.startswith("sharing.encoder.embedder.")}
-    for task in TASKS:
-        state.update({n.replace("sharing.encoder.embedder.", f"sharing.embedders.{task}."): v
-                      for n, v in hard.state_dict().items() if n.startswith("sharing.encoder.embedder.")})
-    private.load_state_dict(state)  # strict: the encoder keeps no embedder of its own
+    private, _ = _model(_config(tiny_corpus, tmp_path, **{"model.private_embedder": choice}), data, seed=1)
+    private.load_state_dict(_private_state_from_hard(hard.state_dict(), PARTS[choice]))  # strict: no originals kept
     batch = _batch(hard, data, "ner")
     expected = hard.sharing(batch, "ner")
     features = private.sharing.features_for_tasks(batch, TASKS)
     for task in TASKS:
         assert torch.equal(features[task], expected) and torch.equal(private.sharing(batch, task), expected), task
-    assert private.sharing.task_encoder_state("chunk").keys() == hard.sharing.task_encoder_state("chunk").keys()
+    exported = private.sharing.task_encoder_state("chunk")
+    assert exported.keys() == hard.sharing.task_encoder_state("chunk").keys()
+    assert all(torch.equal(v, hard.sharing.encoder.state_dict()[k]) for k, v in exported.items())
 
 
-def test_private_embedders_get_gradients_from_their_task_only_and_layers_from_all(tiny_corpus, tmp_path):
-    model, data = _model(_config(tiny_corpus, tmp_path, **PRIVATE))
+@pytest.mark.parametrize("choice", PARTS)
+def test_private_embedders_get_gradients_from_their_task_only_and_the_rest_from_all(tiny_corpus, tmp_path, choice):
+    model, data = _model(_config(tiny_corpus, tmp_path, **{"model.private_embedder": choice}))
     hard, _ = _model(_config(tiny_corpus, tmp_path), data)
-    embedder = sum(p.numel() for p in hard.sharing.encoder.embedder.parameters())
+    per_task = sum(p.numel() for part in PARTS[choice] for p in getattr(hard.sharing.encoder.embedder, part).parameters())
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(model) == count(hard) + (len(TASKS) - 1) * embedder
+    assert count(model) == count(hard) + (len(TASKS) - 1) * per_task
     names = [n for n, _ in model.sharing.named_parameters()]
-    layers = [n for n in names if n.startswith("encoder.layers.")]
-    assert layers and not [n for n in names if n.startswith("encoder.embedder.")]
+    shared = [n for n in names if n.startswith("encoder.")]
+    assert [n for n in shared if n.startswith("encoder.layers.")]
+    assert not [n for n in shared if any(n.startswith(f"encoder.embedder.{part}.") for part in PARTS[choice])]
     for task in TASKS:
         grads = _grads(model, data, task)
         for other in TASKS:
-            own = [n for n in names if n.startswith(f"embedders.{other}.")]
+            own = [n for n in names for part in PARTS[choice] if n.startswith(f"private.{other}.{part}.")]
             assert own and all(_has_grad(grads[n]) == (other == task) for n in own
-                               if "words" in n or "conv" in n), (task, other)
-        assert all(_has_grad(grads[n]) for n in layers), task
+                               if not n.endswith("embedding.weight")), (task, other)  # char table: padding rows
+        assert all(_has_grad(grads[n]) for n in shared if "weight" in n and "embedding" not in n), task
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({**PRIVATE, **SCRATCH}, "'model.private_embedder' serves the bilstm encoder"),
-    ({**PRIVATE, "model.sharing": "sparse"}, "'model.private_embedder' only applies to model.sharing=hard"),
-    ({**PRIVATE, "tasks": "[ner]", "model.sharing": "single"}, "'model.private_embedder' only applies"),
+    ({"model.private_embedder": "all", **SCRATCH}, "'model.private_embedder' serves the bilstm encoder"),
+    ({"model.private_embedder": "chars", "model.bilstm.char_filters": 0}, "makes the char-CNN private, but"),
+    ({"model.private_embedder": "true"}, r"'model.private_embedder' must be one of \['none', 'words', 'chars', 'all'\]"),
+    ({"model.private_embedder": "all", "model.sharing": "sparse"},
+     "'model.private_embedder' only applies to model.sharing=hard"),
+    ({"model.private_embedder": "words", "tasks": "[ner]", "model.sharing": "single"},
+     "'model.private_embedder' only applies"),
 ])
-def test_private_embedder_bad_combinations_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
+def test_private_embedder_bad_values_and_combinations_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(tiny_corpus, tmp_path, **overrides)
 
 
 def test_private_embedders_train_save_and_reload_with_identical_predictions(tiny_corpus, tmp_path):
-    config = _config(tiny_corpus, tmp_path, **PRIVATE)
+    config = _config(tiny_corpus, tmp_path, **{"model.private_embedder": "all"})
     results = run_training(config, log=_quiet)
     model = assert_reloads_identically(tmp_path / "model", tmp_path, config)
     assert_reloaded_model_scores_like_the_trained_one(results)
-    pos, ner = (dict(model.sharing.embedders[t].named_parameters()) for t in ("pos", "ner"))
-    assert any(not torch.equal(pos[n], ner[n]) for n in pos)  # started equal, trained apart by their tasks
-    assert "private embedders" in (tmp_path / "model" / "README.md").read_text()
+    for part in ("words", "chars"):  # started equal, trained apart by their tasks
+        pos, ner = (dict(model.sharing.private[t][part].named_parameters()) for t in ("pos", "ner"))
+        assert any(not torch.equal(pos[n], ner[n]) for n in pos)
+    assert "owns its word embeddings and char-CNN" in (tmp_path / "model" / "README.md").read_text()

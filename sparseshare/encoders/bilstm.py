@@ -43,14 +43,18 @@ class WordEmbedder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_dim = word_dim + (char_filters if self.chars is not None else 0)
 
-    def forward(self, batch) -> torch.Tensor:
+    def forward(self, batch, words: nn.Embedding | None = None, chars: CharCNN | None = None) -> torch.Tensor:
+        """``words`` / ``chars``: a task's own word table / char-CNN in place of this embedder's (hard sharing with
+        private embedders, sharing/hard.py, moves them out of it)."""
+        words = self.words if words is None else words
+        chars = self.chars if chars is None else chars
         word_ids = batch.word_ids
         if self.training and self.word_dropout > 0:
             drop = (torch.rand(word_ids.shape, device=word_ids.device) < self.word_dropout) & (word_ids > 1)
             word_ids = word_ids.masked_fill(drop, 1)
-        x = self.words(word_ids)
-        if self.chars is not None:
-            x = torch.cat([x, self.chars(batch.char_ids)[batch.char_index]], dim=-1)
+        x = words(word_ids)
+        if chars is not None:
+            x = torch.cat([x, chars(batch.char_ids)[batch.char_index]], dim=-1)
         return self.dropout(x)
 
 

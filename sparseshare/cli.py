@@ -23,7 +23,7 @@ def _train(args):
     from .recipes.train import run_training
 
     config = load_config(args.config, args.overrides)
-    run_training(config, resume=args.resume, overwrite=args.overwrite, command=command_line())
+    run_training(config, resume=args.resume, overwrite=args.overwrite, command=command_line(), config_file=args.config)
 
 
 def _train_sparse(args):
@@ -31,7 +31,7 @@ def _train_sparse(args):
     from .recipes.train_sparse import run_sparse
 
     config = load_config(args.config, args.overrides)
-    run_sparse(config, resume=args.resume, overwrite=args.overwrite, command=command_line())
+    run_sparse(config, resume=args.resume, overwrite=args.overwrite, command=command_line(), config_file=args.config)
 
 
 def _masks_show(args):
@@ -154,18 +154,13 @@ def _tag(args):
 
 
 def _push(args):
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from .hub import push_folder
+    from .hub import hub_errors_reported, push_folder
     from .model import MultiTaskTagger
 
     MultiTaskTagger.from_pretrained(args.model)  # only a folder that loads is uploaded, and as it is on disk
-    try:
+    with hub_errors_reported(f"could not upload {args.model} to {args.repo_id}"):  # main() prints it in one line
         commit = push_folder(Path(args.model), args.repo_id, private=args.private or None, token=args.token,
                              commit_message=args.message, revision=args.revision)
-    except (OSError, HfHubHTTPError) as err:
-        raise SystemExit(f"sparseshare push: could not upload {args.model} to {args.repo_id}: "
-                         f"{type(err).__name__}: {err}") from None
     print(f"pushed {args.model} to {getattr(commit, 'commit_url', commit)}")
 
 
@@ -260,13 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; an error it expects (a bad input, a missing file, a full disk, an unreachable Hub, a refused
+    token, a diverged training) ends it with one line and exit status 1, never a traceback."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from .hub import describe_network_error, network_errors, one_line
     from .training.checkpoints import TrainingDiverged
 
     try:
         args.run(args)
-    except (ValueError, OSError, TrainingDiverged) as err:  # OSError: a missing file, a directory for a file, ...
-        raise SystemExit(f"sparseshare {args.command}: error: {err}") from None
+    # OSError: a missing file, a directory for a file, a full disk (run_folder.DiskFullError), a failed Hub call
+    # (hub.HubError, errors.ModelFolderError)
+    except (ValueError, OSError, TrainingDiverged) as err:
+        raise SystemExit(f"sparseshare {args.command}: error: {one_line(err)}") from None
+    except network_errors() as err:  # the HTTP client's own errors (not OSErrors), from a call hub.py does not make
+        raise SystemExit(f"sparseshare {args.command}: error: {describe_network_error(err)}") from None
     finally:
         _close_process_group()
 

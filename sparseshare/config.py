@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,47 +188,69 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data, where: str):
+def build_dataclass(cls, data, where: str, noun: str = "config key", *, strict: bool = False):
+    """``cls`` from a mapping, every key checked against the field's type (:func:`check_type`); errors name the key
+    (``noun`` says whose keys: a config's or a task file's). A section given as null (``train:`` with nothing under
+    it, in YAML) is its defaults. ``strict`` (JSON written from typed values, such as a model folder's config.json)
+    converts nothing: a null section is an error, and so is any value :func:`check_type` would convert."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{f'{noun} {where!r}' if where else 'config'}: expected a mapping, got "
+                          f"{type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+            inside = f"; {where!r} has no key {key!r}" if where else ""
+            raise ConfigError(f"unknown {noun} {path!r}{inside}; valid keys here: {sorted(names)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, path)
+            if value is None and not strict:
+                value = {}
+            kwargs[key] = build_dataclass(hint, value, path, noun, strict=strict)
         else:
-            kwargs[key] = _check_type(value, hint, path)
+            kwargs[key] = check_type(value, hint, path, noun, strict=strict)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{noun} {where!r}: missing key(s) {missing}" if where else f"missing {noun}(s) {missing}")
     return cls(**kwargs)
 
 
-def _check_type(value, hint, path):
+def _type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
+def check_type(value, hint, path: str, noun: str = "config key", *, strict: bool = False):
+    """``value`` as the type ``hint`` (a config field's) asks for, or a :class:`ConfigError` naming ``path``. YAML's
+    readings are undone: a number YAML 1.1 reads as a string (``1e-3``) is a float, and for a string field a bool
+    (YAML 1.1 reads ``no`` / ``yes`` / ``off`` / ``on`` as one) is ``"no"`` or ``"yes"``. ``strict`` undoes nothing (JSON written from typed
+    values: ``"0.5"`` is not a float, ``false`` is not a string); an int is a float in either mode."""
     origin = typing.get_origin(hint)
     options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
     for option in options:
         base = typing.get_origin(option) or option
         if option is type(None) and value is None:
             return None
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):  # an optional section (a task's hub: ...)
+            return build_dataclass(option, value, path, noun, strict=strict)
         if base is float and not isinstance(value, bool):
             number = None
             if isinstance(value, (int, float)):
                 number = float(value)
-            elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            elif isinstance(value, str) and not strict:  # YAML 1.1 reads 1e-3 (no dot) as a string
                 try:
                     number = float(value)
                 except ValueError:
                     pass
             if number is not None:
                 if not math.isfinite(number):  # nan / inf would train a model of NaNs without an error
-                    raise ConfigError(f"config key {path!r} must be a finite number, got {value!r}")
+                    raise ConfigError(f"{noun} {path!r} must be a finite number, got {value!r}")
                 return number
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if base is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans
+        if base is str and isinstance(value, bool) and not strict:  # YAML 1.1 reads no/yes/off/on as booleans
             return "yes" if value else "no"
         if base in (str, bool) and isinstance(value, base):
             return value
@@ -237,29 +260,106 @@ def _check_type(value, hint, path):
                 return value
             bad = [i for i, v in enumerate(value) if not isinstance(v, item) or isinstance(v, bool) != (item is bool)]
             if bad:
-                raise ConfigError(f"config key {path!r}: item {bad[0]} ({value[bad[0]]!r}) is not a {item.__name__}")
+                raise ConfigError(f"{noun} {path!r}: item {bad[0]} ({value[bad[0]]!r}) is not a {item.__name__}")
             return value
         if base is dict and isinstance(value, dict):
             key_type, value_type = typing.get_args(option) or (object, object)
-            return {_check_type(k, key_type, path): _check_type(v, value_type, f"{path}.{k}") for k, v in value.items()}
-    raise ConfigError(f"config key {path!r}: {value!r} is not a valid {hint}")
+            if key_type is object:
+                return value
+            return {check_type(k, key_type, path, noun, strict=strict):
+                    check_type(v, value_type, f"{path}.{k}", noun, strict=strict) for k, v in value.items()}
+    raise ConfigError(f"{noun} {path!r}: {value!r} is not a valid {_type_name(hint)}")
 
 
-def read_yaml(path: Path):
-    """A YAML file's content; syntax errors and undecodable bytes name the file and line."""
+# The names other modules imported before these were public.
+_build, _check_type = build_dataclass, check_type
+
+
+@dataclass
+class YamlFile:
+    """A YAML file's content and the line of each key in it, so that an error about a key names the file, the line
+    and the key (``file:line: config key 'train.lr': ...``)."""
+
+    path: Path
+    data: object
+    lines: dict[str, int] = field(default_factory=dict)  # dotted key (list items by index: tasks.0) -> 1-based line
+    overridden: set[str] = field(default_factory=set)  # keys an override replaced: their values are not the file's
+
+    def location(self, key: str | None = None) -> str | None:
+        """Where the value of ``key`` (dotted) comes from, for an error about it: ``file:line`` of ``key``, or of the
+        nearest enclosing key the file gives; ``file`` when the file gives none of them (or ``key`` is None). None
+        when an override (:meth:`override`), not the file, gave ``key`` or a section above it: the error message
+        names the override, and no file line is to blame."""
+        enclosing = []  # key, then the sections above it
+        while key:
+            enclosing.append(key)
+            key = key.rpartition(".")[0]
+        if any(k in self.overridden for k in enclosing):
+            return None
+        return next((f"{self.path}:{self.lines[k]}" for k in enclosing if k in self.lines), str(self.path))
+
+    def override(self, key: str) -> None:
+        """``key`` (and what is under it) no longer comes from the file."""
+        self.overridden.add(key)
+
+    def locate(self, err: ValueError) -> ValueError:
+        """``err`` (whose message names a key as ``config key 'a.b'`` or ``task key 'a.b'``) with the file and line
+        of that key in front (the file alone when the message names no key the file gives)."""
+        found = _KEY_IN_MESSAGE.search(str(err))
+        where = self.location(found.group(1) if found else None)
+        return err if where is None else ConfigError(f"{where}: {err}")
+
+
+# How every message about a key names it (see build_dataclass, check_type, validate, tasks.TaskSpec).
+_KEY_IN_MESSAGE = re.compile(r"\b(?:config|task) key '([^']+)'")
+
+
+def read_yaml(path: str | Path):
+    """A YAML file's content; syntax errors and undecodable bytes name the file and line (a :class:`ConfigError`)."""
+    return read_yaml_with_lines(path).data
+
+
+def read_yaml_with_lines(path: str | Path) -> YamlFile:
+    """A YAML file's content and the line of each key in it; syntax errors and undecodable bytes name the file and
+    line. The one loader of config files, task files and a run folder's config.yaml (:func:`read_yaml` returns the
+    content alone)."""
+    path = Path(path)
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        content = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or str(err)
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and start is not None:  # e.g. "while parsing a flow mapping": where the unclosed {...} began
+            problem += f" ({context} that starts at line {start.line + 1})"
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    finally:
+        loader.dispose()
+    lines: dict[str, int] = {}
+    _key_lines(node, "", lines)
+    return YamlFile(path, content, lines)
+
+
+def _key_lines(node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[key] = key_node.start_mark.line + 1
+            _key_lines(value_node, key, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = f"{prefix}.{index}"
+            lines[key] = item.start_mark.line + 1
+            _key_lines(item, key, lines)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -274,14 +374,18 @@ def parse_override(text: str) -> tuple[list[str], object]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """A config file (or the defaults) with ``overrides`` applied and validated. An error about a key the file
+    gives names the file and line; an override's error names the override."""
     data: dict = {}
+    source = None
     if path is not None:
         path = Path(path)
         if path.is_dir():
             raise ConfigError(f"config file {path} is a directory, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = read_yaml(path) or {}
+        source = read_yaml_with_lines(path)
+        data = source.data or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must be a YAML mapping")
     for override in overrides:
@@ -294,13 +398,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {key!r} is not a section")
         node[keys[-1]] = value
-    config = _build(Config, data, "")
-    validate(config)
+        if source is not None:
+            source.override(".".join(keys))
+    try:
+        config = build_dataclass(Config, data, "")
+        validate(config)
+    except ConfigError as err:
+        if source is None:
+            raise
+        raise source.locate(err) from None
     return config
 
 
 def config_from_dict(data: dict) -> Config:
-    config = _build(Config, data, "")
+    config = build_dataclass(Config, data, "")
     validate(config)
     return config
 
@@ -342,9 +453,9 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'tasks' must list at least one task")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
-    # (tasks given as task-file paths are named by their files: checked when the data is loaded)
+    # (a task file names its task with its name:, known once the file is read: training.distillation.check_teachers)
     unknown = [task for task in t.distill_from if task not in config.tasks]
-    if unknown and not any(task.endswith((".yaml", ".yml")) for task in config.tasks):
+    if unknown and not any(is_task_file(task) for task in config.tasks):
         raise ConfigError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks {config.tasks}")
     if t.distill_weight is not None and not t.distill_from and not config.sparse.distill:
         raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from (or "
@@ -378,7 +489,7 @@ def validate_sharing(model: ModelConfig, tasks: list[str]) -> None:
 
 
 # Every numeric key outside the strategy and sparse sections, as an interval: "> 0", ">= 1", "[0, 1)".
-# Non-finite values never get here (_check_type rejects them); a null optional key is not checked.
+# Non-finite values never get here (check_type rejects them); a null optional key is not checked.
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, PROBABILITY = "> 0", ">= 0", ">= 1", "[0, 1)"
 NUMBER_RANGES = {
     "data.max_train_sentences": POSITIVE, "data.min_word_count": AT_LEAST_ONE,
@@ -420,12 +531,22 @@ def check_number_ranges(config: Config) -> None:
             raise ConfigError(f"config key {key!r} must be {wanted}{HINTS.get(key, '')}, got {value}")
 
 
+def is_task_file(name_or_path: str) -> bool:
+    """A task is given by the path of its YAML file, or by a built-in task's name. (Here rather than in
+    :mod:`sparseshare.tasks`, which reads task files with this module's loader, so that neither imports the other
+    both ways.)"""
+    return Path(name_or_path).suffix in (".yaml", ".yml")
+
+
 def upgrade_saved_model_config(model: dict) -> dict:
     """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a checkpointed
     run's config.yaml) in today's spelling: the fixed random partition of roaming was ``roaming_delta: 0`` before
-    ``roaming_fixed`` existed. Configs given to a new run are not upgraded: there, Δ < 1 is an error."""
+    ``roaming_fixed`` existed; ``private_embedder`` was a boolean (true: the word table and the char-CNN, "all")
+    before it named the parts. Configs given to a new run are not upgraded: there, Δ < 1 is an error."""
     if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
         model = {**model, "roaming_delta": ModelConfig.roaming_delta, "roaming_fixed": True}
+    if isinstance(model.get("private_embedder"), bool):
+        model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
     return model
 
 

@@ -9,3 +9,13 @@ class ConfigError(ValueError):
 
 class ModelFolderError(FileNotFoundError):
     """A model folder (or Hub repo) that is missing or lacks a file."""
+
+
+class InvalidModelFolderError(ValueError):
+    """A file of a model folder that is there but cannot be used: corrupt, of a wrong JSON type or dtype, out of range,
+    or inconsistent with the folder's other files (sparseshare/model_folder.py). The message names the file and the
+    key (a JSON key, a tensor name); ``path`` and ``key`` hold them too (None where none is to blame)."""
+
+    def __init__(self, message: str, path: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.path, self.key = path, key

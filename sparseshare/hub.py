@@ -7,7 +7,9 @@ temporary folder followed by one ``upload_folder`` commit.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ModelFolderError
@@ -17,12 +19,50 @@ MODEL_FILE_PATTERNS = ["config.json", "vocab.json", "labels.json", "model.safete
                        "routing.json", "README.md", "encoder/*.json", "encoder/*.txt", "encoder/*.model"]
 
 
+class HubError(OSError):
+    """A failed Hub call (an unreachable endpoint, a refused token, a missing repo or dataset), in one line that
+    names what was asked for and why it failed."""
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of a failed Hub call: huggingface_hub's own (an HTTP error: refused token, missing repo;
+    no cached copy while offline), the builtin ConnectionError and TimeoutError (datasets raises them), and the HTTP
+    client's transport errors, which are not OSErrors (this huggingface_hub uses httpx2, 1.x httpx, 0.x requests).
+    A client that was never imported raised nothing, so only those in sys.modules are listed."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    found = [HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        client = sys.modules.get(module)
+        if client is not None and hasattr(client, name):
+            found.append(getattr(client, name))
+    return tuple(found)
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line: the Hub's span several (the server's message, advice, links)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+def describe_network_error(err: BaseException) -> str:
+    return f"{type(err).__name__}: {one_line(err)}"
+
+
+@contextmanager
+def hub_errors_reported(what: str, *also: type[BaseException]):
+    """``with hub_errors_reported("could not upload x to y"):`` turns a failed Hub call (:func:`network_errors`, and
+    the types ``also``) into a :class:`HubError` of one line: ``what``, then the error's type and message."""
+    try:
+        yield
+    except (*network_errors(), *also) as err:
+        raise HubError(f"{what}: {describe_network_error(err)}") from err
+
 
 def resolve_model_folder(name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
                          local_files_only: bool = False, token: str | bool | None = None) -> Path:
     """A local model folder for a folder path or a Hub repo id (downloaded into the Hub cache)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
     from huggingface_hub.utils import validate_repo_id
 
     path = Path(name_or_path).expanduser()
@@ -42,14 +82,16 @@ def resolve_model_folder(name_or_path: str | Path, *, revision: str | None = Non
                                       token=token, allow_patterns=MODEL_FILE_PATTERNS, library_name="sparseshare"))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
         raise ModelFolderError(f"{not_found}; as a Hub repo id, {name!r} has no cached copy and the Hub cannot be "
-                               f"reached ({type(err).__name__}: {err})") from err
-    except HfHubHTTPError as err:
-        raise ModelFolderError(f"{not_found}; as a Hub repo id, downloading {name!r} failed: {err}") from err
+                               f"reached ({describe_network_error(err)})") from err
+    except network_errors() as err:  # a refused token, a missing repo, a connection lost mid-download, ...
+        raise ModelFolderError(f"{not_found}; as a Hub repo id, downloading {name!r} failed "
+                               f"({describe_network_error(err)})") from err
 
 
 def push_folder(folder: Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload sparseshare model", revision: str | None = None):
-    """Create the repo if needed and upload ``folder`` in one commit; returns the ``CommitInfo``."""
+    """Create the repo if needed and upload ``folder`` in one commit; returns the ``CommitInfo``. A failed call raises
+    huggingface_hub's own error (``sparseshare push`` reports it in one line, see :func:`hub_errors_reported`)."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

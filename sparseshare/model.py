@@ -17,6 +17,7 @@ The same folder is a Hugging Face Hub model repository: ``from_pretrained`` take
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -26,18 +27,19 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import __version__
-from .config import ModelConfig, _build, upgrade_saved_model_config
+from . import model_folder
+from .config import ModelConfig
 from .data.batching import Batch, Featurizer, bucketed_batches
 from .data.schemes import convert
 from .data.vocab import Vocab
 from .encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder, WordEmbedder
-from .errors import ModelFolderError  # noqa: F401 - importable from here as before
-from .files import load_json_object, save_json
+from .errors import InvalidModelFolderError, ModelFolderError  # ModelFolderError: importable from here, as before
+from .files import save_json
 from .heads import build_head
 from .sharing import build_strategy
 from .tasks import TaskSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = model_folder.FORMAT_VERSION  # the version from_pretrained reads
 REQUIRED_FILES = ("config.json", "vocab.json", "labels.json", "model.safetensors")
 
 # Forward passes change modules while they run (the BiLSTM's CPU path and sparse sharing substitute weights with
@@ -211,45 +213,30 @@ class MultiTaskTagger(nn.Module):
         missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
         if missing:
             raise ModelFolderError(f"model folder {directory} is missing {', '.join(missing)}")
-        config = load_json_object(directory / "config.json")
-        version = config.get("format_version")
-        if version != FORMAT_VERSION:
-            written_by = config.get("sparseshare_version", "an unknown version")
-            advice = ("upgrade sparseshare (pip install -U sparseshare) to load it"
-                      if isinstance(version, int) and version > FORMAT_VERSION else "this is not a model this "
-                      "sparseshare can read")
-            raise ValueError(f"{directory / 'config.json'}: model folder format {version!r} (written by sparseshare "
-                             f"{written_by}) is not supported by sparseshare {__version__}, which reads format "
-                             f"{FORMAT_VERSION}; {advice}")
-        try:
-            model_config = _build(ModelConfig, upgrade_saved_model_config(config["model"]), "model")
-            tasks = [TaskSpec.from_dict(spec, source=f"tasks.{name}") for name, spec in config["tasks"].items()]
-            data_options = {"lowercase": bool(config["data"]["lowercase"]),
-                            "normalize_digits": bool(config["data"]["normalize_digits"])}
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{directory / 'config.json'}: invalid model config ({type(err).__name__}: {err})") from None
-        vocab = load_json_object(directory / "vocab.json")
-        labels = load_json_object(directory / "labels.json")
-        try:
-            words, chars = Vocab.from_dict(vocab["words"]), Vocab.from_dict(vocab["chars"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{directory / 'vocab.json'}: invalid vocabulary ({type(err).__name__}: {err})") from None
-        missing = [spec.name for spec in tasks if not isinstance(labels.get(spec.name), list)]
-        if missing:
-            raise ValueError(f"{directory / 'labels.json'}: no label list for task(s) {missing}")
-        parts = None
-        if model_config.encoder == "transformer":
-            parts = _load_transformer_parts(directory / "encoder")
-        model = cls(model_config, tasks, labels, words, chars, transformer_parts=parts, **data_options)
+        # every file is checked, by type, range and against the others, before it is used (model_folder.py)
+        contents = model_folder.read_json_files(directory)
+        weights = directory / "model.safetensors"
+        header = model_folder.read_header(weights)
+        model_folder.check_sizes(directory, contents, header)  # nothing config.json asks for is allocated before
+
+        def build():
+            parts = _load_transformer_parts(directory / "encoder") if contents.model.encoder == "transformer" else None
+            return cls(contents.model, contents.tasks, contents.labels, contents.words, contents.chars,
+                       contents.lowercase, contents.normalize_digits, transformer_parts=parts)
+
+        model = model_folder.build_model(build, directory, contents.model.encoder)
+        model_folder.check_state(model, directory, header)
         device = torch.device(device)
         try:
             # safetensors names CPU "cpu" only (a distributed run's device may read "cpu:0")
-            load_model(model, str(directory / "model.safetensors"), strict=True,
-                       device="cpu" if device.type == "cpu" else str(device))
+            load_model(model, str(weights), strict=True, device="cpu" if device.type == "cpu" else str(device))
         except Exception as err:  # safetensors raises several types for truncated / mismatched files
-            raise ValueError(f"{directory / 'model.safetensors'}: cannot load weights ({err})") from err
-        model.sharing.load_files(directory)
-        model.info = dict(config.get("info") or {})
+            named = re.search(r"(?:size mismatch for |Missing key\(s\) in state_dict: \")([\w.]+)", str(err))
+            raise InvalidModelFolderError(f"{weights}: cannot load weights ({err})", path=str(weights),
+                                          key=named.group(1) if named else None) from err
+        model_folder.check_values(model, directory, header)
+        model_folder.load_strategy_files(model, directory)
+        model.info = contents.info
         return model.to(device).eval()
 
 

@@ -4,15 +4,19 @@
   drops it when the process dies, so a lock left by a killed run never blocks the next one; the file names
   the process that holds it.
 - :func:`check_run_folder`: a folder that holds a run is continued (``--resume``), replaced
-  (``--overwrite``) or refused, never silently overwritten.
+  (``--overwrite``) or refused, never silently overwritten; and no run deletes or replaces a file it reads
+  (:func:`check_inputs_kept`).
+- :func:`disk_full_reported`: a full disk stops the run with one line naming the folder (:class:`DiskFullError`).
 
 What a run writes, it writes atomically (:mod:`sparseshare.files`).
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 try:
@@ -113,11 +117,13 @@ def finished_outputs(folder: Path, names=RUN_OUTPUTS) -> list[str]:
 
 
 def check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint: bool,
-                     outputs=RUN_OUTPUTS, done_marker: str = "results.json", probe_lock: bool = False) -> None:
-    """Refuse to start in a folder that holds a run unless told what to do with it. With ``probe_lock`` (a look
-    before taking the lock), a folder refused because another run is writing into it says so."""
+                     outputs=RUN_OUTPUTS, done_marker: str = "results.json", probe_lock: bool = False,
+                     inputs: dict | None = None) -> None:
+    """Refuse to start in a folder that holds a run unless told what to do with it, and refuse a run whose outputs
+    hold one of its ``inputs`` (see :func:`check_inputs_kept`). With ``probe_lock`` (a look before taking the lock),
+    a folder refused because another run is writing into it says so."""
     try:
-        _check_run_folder(folder, resume, overwrite, has_checkpoint, outputs, done_marker)
+        _check_run_folder(folder, resume, overwrite, has_checkpoint, outputs, done_marker, inputs or {})
     except RunFolderError:
         if probe_lock:
             raise_if_in_use(folder)
@@ -125,10 +131,11 @@ def check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint
 
 
 def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint: bool, outputs,
-                      done_marker: str) -> None:
+                      done_marker: str, inputs: dict) -> None:
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: continue the run in output_dir, or "
                              "replace it, not both")
+    check_inputs_kept(folder, inputs, outputs, overwrite)
     if overwrite:
         return
     found = finished_outputs(folder, outputs)
@@ -141,15 +148,114 @@ def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoin
                              f"nothing to resume (pass --overwrite to train again)")
 
 
-def remove_outputs(folder: Path, names=RUN_OUTPUTS, inputs=()) -> None:
-    """Remove a run's outputs for --overwrite; refuses when one of ``inputs`` (files the run reads) is among them."""
-    doomed = [(folder / name).resolve() for name in names]
-    for path in inputs:
-        if path and any(Path(path).resolve() == d or d in Path(path).resolve().parents for d in doomed):
-            raise RunFolderError(f"--overwrite would delete {path}, which this run reads; move it out of {folder}")
+def check_inputs_kept(folder: Path, inputs: dict, names=RUN_OUTPUTS, overwrite: bool = True) -> None:
+    """Refuse, naming the file, a run that would delete or replace a file it reads: one of ``inputs`` (path -> what
+    it is, from ``training.data.run_inputs``) that is one of the outputs ``names`` in ``folder`` or lies inside one.
+    ``--overwrite`` deletes them all; any run replaces them as it writes (model/ at every new best epoch), except
+    config.yaml, which a resumed run rewrites with the same settings it was checked against (so a run's own
+    config.yaml given back as --config to resume it stays what it was)."""
+    written = [name for name in names if overwrite or name != "config.yaml"]
+    for path, what in inputs.items():
+        name = next((name for name in written if _is_within(Path(path), Path(folder) / name)), None)
+        if name is None:
+            continue
+        if overwrite:
+            raise RunFolderError(f"--overwrite would delete {path}, which this run reads ({what}); move it out of "
+                                 f"{folder}, or choose another output_dir")
+        raise RunFolderError(f"this run would replace {path}, which it reads ({what}), when it writes "
+                             f"{Path(folder) / name}; move it out of {folder}, or choose another output_dir")
+
+
+def _is_within(path: Path, output: Path) -> bool:
+    """Whether ``path`` is ``output`` or lies inside it, by its name as given and by the file it names: a symbolic
+    link inside ``output`` is deleted with it (its target is not), a file reached through a linked folder is."""
+    output = output.parent.resolve() / output.name  # the output itself is removed, not followed, when it is a link
+    for candidate in {Path(os.path.abspath(path)), Path(path).resolve()}:
+        if candidate == output or output in candidate.parents:
+            return True
+    return False
+
+
+def remove_outputs(folder: Path, names=RUN_OUTPUTS, inputs: dict | None = None) -> None:
+    """Remove a run's outputs for --overwrite; refuses (before removing anything) when one of ``inputs`` (the files
+    the run reads, ``training.data.run_inputs``) is among them."""
+    check_inputs_kept(folder, inputs or {}, names, overwrite=True)
     for name in names:
         path = folder / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+class DiskFullError(OSError):
+    """No space left where a run writes. One line (the folder and what to do), not the writer's own error: torch's
+    says only ``unexpected pos ...``. What the run had saved stays consistent, so ``--resume`` continues it once
+    space is freed."""
+
+    def __init__(self, folder: Path, file: str | None = None):
+        free = _free_bytes(folder)
+        super().__init__(f"no space left on device: cannot write into {folder}" + (f" ({file})" if file else "")
+                         + (f", {_size(free)} free" if free is not None else "")
+                         + "; free some space, then continue the run with --resume")
+        self.errno = errno.ENOSPC  # set after: OSError(errno, text) would print as "[Errno 28] text"
+
+
+@contextmanager
+def disk_full_reported(folder: Path):
+    """``with disk_full_reported(output_dir):`` turns an out-of-space failure of any writer (Python's, torch's,
+    safetensors') into a :class:`DiskFullError` naming ``folder``; other errors pass unchanged."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch and safetensors raise their own types; only a full disk is caught
+        if not _is_disk_full(err, Path(folder)):
+            raise
+        file = next((e.filename for e in _chain(err) if isinstance(e, OSError) and e.filename), None)
+        raise DiskFullError(Path(folder), file) from err
+
+
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# Messages of writers that do not raise OSError: safetensors ("No space left on device (os error 28)") and torch's
+# zip writer, whose error names no cause ("unexpected pos ...", "iostream error", "file write failed").
+NO_SPACE_MESSAGES = ("no space left on device", "disk quota exceeded", "os error 28")
+TORCH_WRITE_FAILED = ("PytorchStreamWriter", "inline_container.cc", "iostream error", "file write failed")
+LOW_SPACE = 16 * 2**20  # bytes: after a failed write the file system is full to within a few blocks
+
+
+def _chain(err: BaseException):
+    """``err`` and the errors it was raised from or while handling (torch's writer raises two)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _is_disk_full(err: BaseException, folder: Path) -> bool:
+    for e in _chain(err):
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(text in str(e).lower() for text in NO_SPACE_MESSAGES):
+            return True
+    # torch's writer loses the errno: a failed torch write on a (nearly) full file system is taken for a full disk
+    if any(text in str(e) for e in _chain(err) for text in TORCH_WRITE_FAILED):
+        free = _free_bytes(folder)
+        return free is not None and free < LOW_SPACE
+    return False
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n // 1024} KiB"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free bytes on the file system of ``folder`` (or of its nearest existing parent)."""
+    for path in (Path(folder), *Path(folder).absolute().parents):
+        if path.exists():
+            try:
+                return shutil.disk_usage(path).free
+            except OSError:
+                return None
+    return None

@@ -79,6 +79,26 @@ def test_the_cli_reports_a_yaml_error_without_a_traceback(tmp_path, capsys):
         main(["train", "--config", str(path)])
 
 
+def test_the_cli_reports_a_bad_task_file_in_one_line(tmp_path):
+    path = tmp_path / "mytask.yaml"
+    path.write_text("name: mytask\nformat: conll\ncolumns: [tokens, ner]\nlabel_column: ner\n"
+                    "files: {train: 5, dev: dev.txt}\n")
+    with pytest.raises(SystemExit, match=rf"^sparseshare train: error: {path}:5: task key 'files.train': 5 is not a "
+                                         rf"valid str$"):
+        main(["train", f"tasks=[pos,{path}]"])
+    path.write_text("name: mytask\nfiles: {train: t.txt\n")
+    with pytest.raises(SystemExit, match=rf"^sparseshare train: error: {path}:\d+:\d+: YAML syntax error"):
+        main(["train", f"tasks=[pos,{path}]"])
+
+
+def test_two_tasks_of_one_name_are_refused(tiny_corpus, tmp_path):
+    path = tmp_path / "chunk.yaml"
+    path.write_text("name: chunk\nformat: conll\ncolumns: [tokens, pos, chunk, ner]\nlabel_column: chunk\n"
+                    "files: {train: train.txt, dev: dev.txt}\nscheme: iob2\nmetric: span_f1\n")
+    with pytest.raises(ConfigError, match=r"config key 'tasks': .* gives two tasks named 'chunk'"):
+        load_task_data(tiny_config(tiny_corpus, tmp_path / "run", tasks=f"[chunk,{path}]"), log=quiet)
+
+
 # -- word vectors ----------------------------------------------------------------------------------------------
 def test_a_missing_embeddings_file_names_the_key_before_any_corpus_is_read(tmp_path):
     config = tiny_config(tmp_path / "no_corpus_here", tmp_path / "run",

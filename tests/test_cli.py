@@ -123,3 +123,105 @@ def test_evaluate_writes_conlleval_predictions_that_rescore_to_the_same_numbers(
     text = gzip.open(tmp_path / "pred" / "test.pos.conll.gz", "rt").read()
     pos = [line.split(" ") for line in text.splitlines() if line]
     assert round(100 * sum(g == p for _, g, p in pos) / len(pos), 6) == round(results["pos"]["accuracy"], 6)
+
+
+# -- the network and the Hub: one line, never a traceback --------------------------------------------------------
+HUB_FAILURES = ["refused token", "missing repo", "server error", "offline, not cached", "unreachable",
+                "dataset not found"]
+
+
+def _hub_failure(name: str) -> Exception:
+    """The error huggingface_hub (or datasets) raises for ``name``, made as they make it (HTTP errors from a response
+    by hf_raise_for_status)."""
+    import httpx2 as httpx  # huggingface_hub's HTTP client
+
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import hf_raise_for_status
+
+    def http(status, url, message):
+        response = httpx.Response(status, request=httpx.Request("GET", url), headers={"x-request-id": "r1"},
+                                  json={"error": message})
+        try:
+            hf_raise_for_status(response)
+        except Exception as err:  # noqa: BLE001 - whatever type huggingface_hub chose for this response
+            return err
+        raise AssertionError(f"no error for HTTP {status}")
+
+    repo = "https://huggingface.co/api/models/someone/tiny/revision/main"
+    return {
+        "refused token": lambda: http(401, "https://huggingface.co/api/repos/create", "Invalid username or password."),
+        "missing repo": lambda: http(401, repo, "Repository not found"),
+        "server error": lambda: http(500, repo, "Internal Error"),
+        "offline, not cached": lambda: LocalEntryNotFoundError(
+            "An error happened while trying to locate the files on the Hub, and we cannot find the appropriate "
+            "snapshot folder for the specified revision on the local disk.\nPlease check your internet connection "
+            "and try again."),
+        "unreachable": lambda: httpx.ConnectError("[Errno 111] Connection refused"),
+        "dataset not found": lambda: DatasetNotFoundError(
+            "Dataset 'someone/tiny' doesn't exist on the Hub or cannot be accessed."),
+    }[name]()
+
+
+def _raising(error):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+def _one_line_exit(argv) -> str:
+    from sparseshare.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    message = str(exit_.value.code)
+    assert exit_.value.code != 0 and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("failure", HUB_FAILURES[:-1])
+def test_a_model_that_cannot_be_downloaded_fails_in_one_line(failure, monkeypatch):
+    import huggingface_hub
+
+    from sparseshare.errors import ModelFolderError
+    from sparseshare.model import MultiTaskTagger
+
+    error = _hub_failure(failure)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _raising(error))
+    with pytest.raises(ModelFolderError) as info:
+        MultiTaskTagger.from_pretrained("someone/tiny")
+    assert "as a Hub repo id" in str(info.value) and "'someone/tiny'" in str(info.value)
+    assert f"({type(error).__name__}: " in str(info.value)
+    assert "\n" not in str(info.value)
+    message = _one_line_exit(["tag", "someone/tiny", "-"])
+    assert message.startswith("sparseshare tag: error: model folder not found: ") and type(error).__name__ in message
+
+
+@pytest.mark.parametrize("failure", HUB_FAILURES)
+def test_a_hub_dataset_that_cannot_be_loaded_fails_in_one_line(failure, tmp_path, monkeypatch):
+    import datasets
+
+    from sparseshare.data.corpus import load_split
+    from sparseshare.hub import HubError
+    from sparseshare.tasks import load_task
+
+    error = _hub_failure(failure)
+    monkeypatch.setattr(datasets, "load_dataset", _raising(error))
+    with pytest.raises(HubError, match=rf"^task 'ner': cannot load the Hub dataset 'eriktks/conll2003' "
+                                       rf"\(train split\): {type(error).__name__}: [^\n]+$"):
+        load_split(load_task("ner"), "train", source="hub")
+    message = _one_line_exit(["train", "tasks=[ner]", "data.source=hub", f"output_dir={tmp_path / 'run'}",
+                              "train.log_with=none", "train.progress_bar=false"])
+    assert message.startswith("sparseshare train: error: task 'ner': cannot load the Hub dataset")
+
+
+@pytest.mark.parametrize("failure", HUB_FAILURES[:-1])
+def test_a_push_that_fails_ends_in_one_line(model_dir, failure, monkeypatch):
+    import huggingface_hub
+
+    model, _ = model_dir
+    error = _hub_failure(failure)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", _raising(error))
+    message = _one_line_exit(["push", str(model), "someone/tiny"])
+    assert message.startswith(f"sparseshare push: error: could not upload {model} to someone/tiny: "
+                              f"{type(error).__name__}: ")

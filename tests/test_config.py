@@ -203,3 +203,87 @@ def test_round_trip_through_dict():
     config = load_config(None, ["train.lr=0.01", "tasks=[ner]"])
     again = config_from_dict(config.to_dict())
     assert again == config
+
+
+def test_an_error_in_a_config_file_names_file_line_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [pos]\ntrain:\n  epochs: 3\n  lr: fast\nmodel:\n  bilstm:\n    hiden: 5\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:4: config key 'train.lr': 'fast' is not a valid float$"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"^{path}:7: unknown config key 'model.bilstm.hiden'"):
+        load_config(path, ["train.lr=0.1"])
+    path.write_text("tasks: [pos]\ntrain:\n  epochs: 0\n")  # a value validate() rejects
+    with pytest.raises(ConfigError, match=rf"^{path}:3: config key 'train.epochs' must be > 0"):
+        load_config(path)
+    # an override's error is the override's, not the file's
+    with pytest.raises(ConfigError, match=r"^config key 'train.epochs' must be > 0, got -1"):
+        load_config(path, ["train.epochs=-1"])
+
+
+def test_read_yaml_returns_the_content_and_read_yaml_with_lines_the_key_lines(tmp_path):
+    from sparseshare.config import YamlFile, read_yaml, read_yaml_with_lines
+
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [pos]\ntrain:\n  lr: 0.1\n")
+    assert read_yaml(path) == {"tasks": ["pos"], "train": {"lr": 0.1}}  # as before: the content
+    located = read_yaml_with_lines(str(path))
+    assert isinstance(located, YamlFile) and located.data == read_yaml(path)
+    assert located.location("train.lr") == f"{path}:3" and located.location("train.lr.x") == f"{path}:3"
+    assert located.location("model.head") == str(path) and located.location() == str(path)
+    located.override("train")
+    assert located.location("train.lr") is None  # an override gave it: the error is the override's
+    path.write_text("train: {lr: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:2:1: YAML syntax error"):
+        read_yaml(path)
+
+
+def test_the_old_private_names_of_the_type_checks_still_work():
+    from sparseshare import config as config_module
+
+    assert config_module._build is config_module.build_dataclass
+    assert config_module._check_type is config_module.check_type
+
+
+@pytest.mark.parametrize("value, hint", [
+    ("0.5", float), ("1e-3", float), (True, str), ("false", bool), (1.5, int), (None, int),
+    ({"a": "1"}, dict[str, float]),
+])
+def test_strict_typing_converts_nothing(value, hint):
+    from sparseshare.config import check_type
+
+    with pytest.raises(ConfigError, match=r"^config key 'k(\.a)?': .* is not a valid"):
+        check_type(value, hint, "k", strict=True)
+
+
+def test_strict_typing_keeps_what_json_types_exactly():
+    from sparseshare.config import check_type
+
+    assert check_type(1, float, "k", strict=True) == 1.0 and type(check_type(1, float, "k", strict=True)) is float
+    assert check_type(False, bool, "k", strict=True) is False
+    assert check_type(None, float | None, "k", strict=True) is None
+    assert check_type({"a": 2}, dict[str, float], "k", strict=True) == {"a": 2.0}
+    # lenient (YAML) reading, the default, as before
+    assert check_type("1e-3", float, "k") == 0.001 and check_type(False, str, "k") == "no"
+
+
+def test_strict_building_refuses_a_null_section():
+    from sparseshare.config import ModelConfig, TrainConfig, build_dataclass
+
+    assert build_dataclass(ModelConfig, {"bilstm": None}, "model").bilstm == ModelConfig().bilstm  # YAML `bilstm:`
+    with pytest.raises(ConfigError, match=r"^config key 'model.bilstm': expected a mapping, got NoneType$"):
+        build_dataclass(ModelConfig, {"bilstm": None}, "model", strict=True)
+    with pytest.raises(ConfigError, match=r"config key 'train.lr': '0.5' is not a valid float"):
+        build_dataclass(TrainConfig, {"lr": "0.5"}, "train", strict=True)
+    assert build_dataclass(TrainConfig, {"lr": "0.5"}, "train").lr == 0.5
+    with pytest.raises(ConfigError, match=r"config key 'model.bilstm.hidden'"):  # strict reaches nested sections
+        build_dataclass(ModelConfig, {"bilstm": {"hidden": "64"}}, "model", strict=True)
+    # a section given as something else than a mapping or null is an error in either mode (was: read as defaults)
+    with pytest.raises(ConfigError, match=r"^config key 'model.bilstm': expected a mapping, got list$"):
+        build_dataclass(ModelConfig, {"bilstm": []}, "model")
+
+
+def test_an_override_that_replaces_a_section_is_blamed_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [pos]\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"^config key 'train.lr' must be > 0, got -1"):
+        load_config(path, ["train={lr: -1}"])

@@ -6,6 +6,7 @@ run trains, tensor for tensor.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import shutil
@@ -241,6 +242,84 @@ def test_overwrite_never_deletes_a_file_the_run_reads(tiny_corpus, tmp_path):
     assert vectors.is_file() and (run / "results.json").is_file()
 
 
+CHUNK_TASK = ("name: mychunk\nformat: conll\ncolumns: [tokens, pos, chunk, ner]\nlabel_column: chunk\n"
+              "files: {train: train.txt, dev: dev.txt, test: test.txt}\nscheme: iob2\nmetric: span_f1\n")
+
+
+def _input_inside(kind: str, run: Path, data: Path) -> tuple[dict, Path]:
+    """(overrides, the file the run reads) for an input of ``kind`` placed inside one of ``run``'s outputs."""
+    if kind == "corpus":  # the layout of the issue: output_dir=run2 data.dir=run2/model
+        shutil.copytree(data, run / "model")
+        return {"data.dir": str(run / "model")}, run / "model" / "train.txt"
+    if kind == "task file":
+        (run / "model").mkdir(parents=True)
+        (run / "model" / "mychunk.yaml").write_text(CHUNK_TASK)
+        return {"tasks": f"[pos,{run / 'model' / 'mychunk.yaml'}]"}, run / "model" / "mychunk.yaml"
+    if kind == "masks":
+        (run / "model").mkdir(parents=True)
+        (run / "model" / "masks.safetensors").write_bytes(b"")  # only its place matters: refused before it is read
+        return {"model.sharing": "sparse", "sparse.masks": str(run / "model" / "masks.safetensors")}, \
+            run / "model" / "masks.safetensors"
+    if kind == "teacher":
+        (run / "checkpoints" / "teacher").mkdir(parents=True)
+        (run / "checkpoints" / "teacher" / "config.json").write_text("{}")
+        return {"train.distill_from.ner": str(run / "checkpoints" / "teacher")}, run / "checkpoints" / "teacher"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["corpus", "task file", "masks", "teacher"])
+def test_no_run_deletes_or_replaces_a_file_it_reads_whatever_the_layout(kind, tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    extra, read = _input_inside(kind, run, tiny_corpus)
+    before = sorted(p for p in run.rglob("*"))
+    config = tiny_config(tiny_corpus, run, **{"train.epochs": 1, **extra})
+    with pytest.raises(RunFolderError, match=rf"--overwrite would delete {read}, which this run reads \("):
+        run_training(config, overwrite=True, log=quiet)
+    # without --overwrite, training would replace model/ (or checkpoints/) as it goes: refused as well
+    with pytest.raises(RunFolderError, match=rf"this run would replace {read}, which it reads .* when it writes "
+                                             rf"{run}/"):
+        run_training(config, resume=True, log=quiet)
+    assert sorted(p for p in run.rglob("*")) == before  # nothing deleted, nothing written
+
+
+def test_overwrite_never_replaces_the_config_file_it_was_given(tiny_corpus, tmp_path):
+    from sparseshare.cli import main
+
+    run = tmp_path / "run"
+    main(["train", *tiny_overrides(tiny_corpus, run, **{"train.epochs": 1})])
+    config_file = run / "config.yaml"
+    config_file.write_text(config_file.read_text() + "# my notes\n")
+    with pytest.raises(SystemExit, match=rf"--overwrite would delete {config_file}, which this run reads \(the config "
+                                         rf"file\)"):
+        main(["train", "--config", str(config_file), "--overwrite", f"output_dir={run}"])
+    assert config_file.read_text().endswith("# my notes\n") and (run / "results.json").is_file()
+    # --resume rewrites config.yaml with the settings it checked it against: a run's own config resumes it
+    main(["train", "--config", str(config_file), "--resume"])
+    assert (run / "results.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["corpus", "masks"])
+def test_the_sparse_pipeline_never_deletes_a_file_it_reads(kind, tiny_corpus, tmp_path):
+    from sparseshare.config import load_config
+    from sparseshare.recipes.train_sparse import run_sparse
+
+    run = tmp_path / "run"
+    if kind == "corpus":
+        shutil.copytree(tiny_corpus, run / "warmup")
+        extra, read = {"data.dir": str(run / "warmup")}, run / "warmup" / "train.txt"
+    else:
+        run.mkdir()
+        (run / "masks.safetensors").write_bytes(b"")
+        extra, read = {"sparse.masks": str(run / "masks.safetensors")}, run / "masks.safetensors"
+    config = load_config(None, tiny_overrides(tiny_corpus, run, **{"tasks": "[ner]", "model.sharing": "sparse",
+                                                                    "train.epochs": 1, **extra}))
+    with pytest.raises(RunFolderError, match=rf"--overwrite would delete {read}, which this run reads"):
+        run_sparse(config, overwrite=True, log=quiet)
+    with pytest.raises(RunFolderError, match=rf"this run would replace {read}"):
+        run_sparse(config, resume=True, log=quiet)
+    assert read.is_file()
+
+
 def test_nothing_is_written_before_the_inputs_are_checked(tiny_corpus, tmp_path):
     (tiny_corpus / "dev.txt").write_text("John NNP B-NP\n")  # a column missing
     run = tmp_path / "run"
@@ -295,6 +374,90 @@ def test_the_cli_reports_divergence_without_a_traceback(tiny_corpus, tmp_path, m
         main(["train", *tiny_overrides(tiny_corpus, tmp_path / "run")])
 
 
+# -- a full disk ----------------------------------------------------------------------------------------------
+def _no_space(path):
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_it(reference, tmp_path, monkeypatch):
+    from sparseshare.run_folder import DiskFullError
+
+    data, reference_dir, _, _ = reference
+    run = tmp_path / "run"
+    config = tiny_config(data, run, **TRAIN)
+    save = torch.save
+
+    def full_at_the_epoch_2_checkpoint(obj, f, *args, **kwargs):  # the optimizer state, written by Accelerate
+        if "step_00000036" in str(f):
+            raise _no_space(f)
+        return save(obj, f, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", full_at_the_epoch_2_checkpoint)
+        with pytest.raises(DiskFullError, match=rf"^no space left on device: cannot write into {run} \(.*step_00000036"
+                                                 rf".*\), \d+ [MK]iB free; free some space, then continue the run with "
+                                                 rf"--resume$"):
+            run_training(config, log=quiet)
+    assert latest_checkpoint(run).name == "step_00000018"
+    results = run_training(config, resume=True, log=quiet)  # space freed
+    assert results["epochs_run"] == 2
+    _assert_same_model(run / "model", reference_dir / "model")
+
+
+def _raise(make_error):
+    def fail(*args, **kwargs):
+        raise make_error()
+    return fail
+
+
+def _torch_writer_failure():
+    """What torch.save raises on a full disk: two chained RuntimeErrors that never say why."""
+    try:
+        try:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        finally:
+            raise RuntimeError("basic_ios::clear: iostream error")
+    except RuntimeError as err:
+        return err
+
+
+@pytest.mark.parametrize("writer", ["torch", "safetensors", "python"])
+def test_the_cli_reports_a_full_disk_in_one_line_naming_the_folder(writer, tiny_corpus, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import sparseshare.run_folder as run_folder
+    from sparseshare.cli import main
+    from sparseshare.model import MultiTaskTagger
+
+    run = tmp_path / "run"
+    if writer == "torch":  # torch's error names no cause: the free space on the output_dir's file system tells
+        monkeypatch.setattr(torch, "save", _raise(_torch_writer_failure))
+        monkeypatch.setattr(run_folder, "_free_bytes", lambda folder: 4096)
+    elif writer == "safetensors":  # the model folder's weights
+        monkeypatch.setattr(MultiTaskTagger, "save_pretrained", _raise(lambda: SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)")))
+    else:  # the first file the run writes, config.yaml
+        write_text = Path.write_text
+
+        def full_for_config_yaml(path, *args, **kwargs):
+            if path.name == "config.yaml.partial":
+                raise _no_space(path)
+            return write_text(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", full_for_config_yaml)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *tiny_overrides(tiny_corpus, run, **{"train.epochs": 1})])
+    message = str(exit_.value.code)
+    assert message.startswith(f"sparseshare train: error: no space left on device: cannot write into {run}")
+    assert "\n" not in message and message.endswith("continue the run with --resume")
+
+
+def test_other_torch_write_failures_are_not_taken_for_a_full_disk(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", _raise(_torch_writer_failure))
+    with pytest.raises(RuntimeError, match="iostream error"):  # plenty of space left: torch's own error
+        run_training(tiny_config(tiny_corpus, tmp_path / "run", **{"train.epochs": 1}), log=quiet)
+
+
 # -- damaged checkpoints ---------------------------------------------------------------------------------------
 def _interrupted_run(data, run, steps=6):
     config = tiny_config(data, run, **{"train.checkpoint_every": 4})
@@ -347,3 +510,25 @@ def test_progress_is_a_few_plain_lines_when_stderr_is_not_a_terminal(tiny_corpus
     lines = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in lines] == ["epoch 1"] * 4 + ["epoch 2"] * 4
     assert lines[3].startswith("epoch 1: 18/18 steps (") and "task " in lines[3] and "loss " in lines[3]
+
+
+@pytest.mark.parametrize("command", ["train", "train-sparse"])
+def test_resume_with_a_damaged_config_yaml_ends_in_one_line_naming_the_file_and_line(command, tiny_corpus, tmp_path):
+    from sparseshare.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)  # a checkpoint: train --resume compares configs
+    (run / "checkpoints" / "step_00000001" / "train_state.json").write_text("{}")
+    saved = run / "config.yaml"
+    saved.write_text("tasks: [ner]\ntrain: {epochs: 1\nmodel:\n  sharing: sparse\n")  # the flow mapping never closes
+    extra = {"tasks": "[ner]", "train.epochs": 1, **({"model.sharing": "sparse"} if command == "train-sparse" else {})}
+    with pytest.raises(SystemExit) as info:
+        main([command, *tiny_overrides(tiny_corpus, run, **extra), "--resume"])
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"sparseshare {command}: error: {saved}:3:6: YAML syntax error: "), message
+    assert saved.read_text().startswith("tasks: [ner]\ntrain: {epochs: 1\n")  # left as it was
+    # a config.yaml that is valid YAML but not a mapping is named as well
+    saved.write_text("- not a config\n")
+    with pytest.raises(SystemExit, match=rf"error: {saved}: not a run's saved config \(a YAML mapping"):
+        main([command, *tiny_overrides(tiny_corpus, run, **extra), "--resume"])

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from sparseshare.config import ConfigError, load_config
-from sparseshare.model import MultiTaskTagger
+from sparseshare.model import ModelFolderError, MultiTaskTagger
 from sparseshare.optim import MaskedAdamW, MaskedSGD
 from sparseshare.recipes import train_sparse as pipeline
 from sparseshare.sharing.masks import (MaskError, density, load_masks, overlap_matrix, overlap_ratio,
@@ -478,7 +478,7 @@ def test_a_sparse_model_reloads_with_identical_predictions(sparse_model, tmp_pat
         for name, m in model.sharing.masks[task].items():
             assert torch.equal(again.sharing.masks[task][name], m)
     (tmp_path / "m" / "masks.safetensors").unlink()
-    with pytest.raises(MaskError, match="mask file not found: .*masks.safetensors"):
+    with pytest.raises(ModelFolderError, match=r"model folder .* is missing masks\.safetensors"):  # and a MaskError
         MultiTaskTagger.from_pretrained(tmp_path / "m")
 
 
@@ -673,3 +673,95 @@ def test_random_masks_like_is_seeded_and_independent_per_task():
 def test_the_random_mask_control_needs_a_search():
     with pytest.raises(ConfigError, match=r"'sparse\.random_masks'.*with sparse\.masks there is no search"):
         load_config(None, ["sparse.random_masks=true", "sparse.masks=given.safetensors"])
+
+
+# -- user task files -------------------------------------------------------------------------------------------
+MYCHUNK = ("name: mychunk\nformat: conll\ncolumns: [tokens, pos, chunk, ner]\nlabel_column: chunk\n"
+           "files: {train: train.txt, dev: dev.txt, test: test.txt}\nscheme: iob2\nmetric: span_f1\n")
+
+
+def _task_file(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mychunk.yaml").write_text(MYCHUNK)
+    return folder / "mychunk.yaml"
+
+
+def test_the_pipeline_trains_a_task_given_by_its_file(tiny_corpus, tmp_path):
+    """`train` accepts tasks=[ner, my/task.yaml]; so do the sparse pipeline's stages, which know the task by the
+    file's name: (its search folder, its mask, the report) and list it by its path in their configs."""
+    task_file = _task_file(tmp_path / "tasks")
+    config = _sparse(tiny_corpus, tmp_path / "a", **{"tasks": f"[ner,{task_file}]", "sparse.rounds": 1,
+                                                     "sparse.prune_fraction": 0.5, "train.epochs": 1,
+                                                     "sparse.distill": "true"})
+    report = pipeline.run_sparse(config, log=_quiet)
+    assert report["tasks"] == ["ner", "mychunk"] and set(report["test"]) == {"ner", "mychunk"}
+    assert (tmp_path / "a" / "search" / "mychunk" / "round_01" / "round.json").is_file()
+    round_config = tmp_path / "a" / "search" / "mychunk" / "round_00" / "config.yaml"
+    assert load_config(round_config).tasks == [str(task_file)]  # a stage's config loads like the pipeline's
+    assert set(load_masks(tmp_path / "a" / "masks.safetensors")) == {"ner", "mychunk"}
+    assert pipeline.run_sparse(config, resume=True, log=_quiet)["test"] == report["test"]
+    # the selected masks, given to a run of the same tasks: warm-up and search skipped
+    given = _sparse(tiny_corpus, tmp_path / "b", **{"tasks": f"[ner,{task_file}]", "train.epochs": 1,
+                                                    "sparse.masks": str(tmp_path / "a" / "masks.safetensors")})
+    assert pipeline.run_sparse(given, log=_quiet)["density"] == report["density"]
+
+
+def test_the_pipeline_checks_what_its_later_stages_read_before_the_first(tiny_corpus, tmp_path, monkeypatch):
+    task_file = _task_file(tmp_path / "tasks")
+    teacher = tmp_path / "pos_teacher"  # a model of another task
+    run_training(load_config(None, tiny_overrides(tiny_corpus, teacher, **{"tasks": "[pos]", "train.epochs": 1})),
+                 log=_quiet)
+    stages = []
+    monkeypatch.setattr(pipeline, "run_training", lambda cfg, **kwargs: stages.append(cfg.output_dir))
+    model_config = _sparse(tiny_corpus, tmp_path / "x", **{"tasks": f"[ner,{task_file}]"})
+    dense = build_model(model_config, load_task_data(model_config, log=_quiet)).sharing.dense_masks()
+    save_masks({"ner": dense["ner"]}, tmp_path / "ner_only.safetensors")
+    cases = [
+        # a teacher named by the task's path (or a built-in's name) instead of the task file's name:
+        ({"train.distill_from.chunk": str(teacher / "model")},
+         r"'train.distill_from' names \['chunk'\], not among the run's tasks \['ner', 'mychunk'\]"),
+        ({"train.distill_from.mychunk": str(teacher / "model")}, r"the teacher .*pos_teacher/model has no task "
+                                                                r"'mychunk'"),
+        ({"sparse.masks": str(tmp_path / "ner_only.safetensors")}, r"no mask for task\(s\) \['mychunk'\]"),
+    ]
+    for extra, message in cases:
+        config = _sparse(tiny_corpus, tmp_path / "run", **{"tasks": f"[ner,{task_file}]", **extra})
+        with pytest.raises(ValueError, match=message):
+            pipeline.run_sparse(config, log=_quiet)
+        assert stages == [] and not (tmp_path / "run").exists()  # before the warm-up, before anything is written
+
+
+def test_the_pipeline_checks_its_teachers_without_loading_them(tiny_corpus, tmp_path, monkeypatch):
+    """The up-front check reads a teacher's config.json and labels.json, never its weights: only the joint stage
+    loads a teacher (once)."""
+    import shutil
+
+    teacher = tmp_path / "ner_teacher"
+    run_training(load_config(None, tiny_overrides(tiny_corpus, teacher, **{"tasks": "[ner]", "train.epochs": 1})),
+                 log=_quiet)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a teacher was loaded by the up-front check")
+
+    monkeypatch.setattr(MultiTaskTagger, "from_pretrained", no_loading)
+    config = _sparse(tiny_corpus, tmp_path / "run", **{"tasks": "[pos,ner]",
+                                                      "train.distill_from.ner": str(teacher / "model")})
+    template = build_model(config, load_task_data(config, log=_quiet))
+    assert pipeline.check_pipeline_inputs(config, template) is None  # a fitting teacher; no sparse.masks
+    softmax = _sparse(tiny_corpus, tmp_path / "run", **{"tasks": "[pos,ner]", "model.head": "softmax",
+                                                       "train.distill_from.ner": str(teacher / "model")})
+    with pytest.raises(ValueError, match=r"'train.distill_from.ner': the teacher .* has a CRFHead for 'ner', this "
+                                         r"model a SoftmaxHead"):
+        pipeline.check_pipeline_inputs(softmax, build_model(softmax, load_task_data(softmax, log=_quiet)))
+    weightless = tmp_path / "weightless"
+    shutil.copytree(teacher / "model", weightless)
+    (weightless / "model.safetensors").unlink()
+    config = _sparse(tiny_corpus, tmp_path / "run", **{"tasks": "[pos,ner]", "train.distill_from.ner": str(weightless)})
+    with pytest.raises(FileNotFoundError, match=rf"'train.distill_from.ner': the teacher {weightless} is missing "
+                                                r"model.safetensors$"):
+        pipeline.check_pipeline_inputs(config, template)
+    (weightless / "model.safetensors").write_bytes(b"")
+    (weightless / "labels.json").write_text('{"ner": ["O", "B-PER", "I-PER", "B-LOC"]}')  # not the corpus's labels
+    with pytest.raises(ValueError, match=r"'train.distill_from.ner': the teacher .* was trained on other 'ner' "
+                                         r"labels"):
+        pipeline.check_pipeline_inputs(config, template)

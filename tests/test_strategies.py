@@ -360,3 +360,20 @@ def test_private_embedders_train_save_and_reload_with_identical_predictions(tiny
         pos, ner = (dict(model.sharing.private[t][part].named_parameters()) for t in ("pos", "ner"))
         assert any(not torch.equal(pos[n], ner[n]) for n in pos)
     assert "owns its word embeddings and char-CNN" in (tmp_path / "model" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("saved,choice", [(True, "all"), (False, "none")])
+def test_a_private_embedder_saved_as_a_boolean_loads_and_resumes_as_its_part_name(tiny_corpus, tmp_path, saved,
+                                                                                   choice):
+    """model.private_embedder was a boolean at first (true: word table and char-CNN); model folders and checkpointed
+    runs of then still load and resume."""
+    config = _config(tiny_corpus, tmp_path, **{"model.private_embedder": choice})
+    model, _ = _model(config)
+    folder = model.save_pretrained(tmp_path / "model")
+    old = json.loads((folder / "config.json").read_text())
+    old["model"]["private_embedder"] = saved
+    (folder / "config.json").write_text(json.dumps(old))
+    assert MultiTaskTagger.from_pretrained(folder).config == config.model
+    old_run = config.to_dict()
+    old_run["model"]["private_embedder"] = saved
+    check_resume_config(old_run, config.to_dict())

@@ -149,3 +149,58 @@ def test_task_validation(changes, message):
 def test_accuracy_with_scheme_none_allowed():
     spec = TaskSpec.from_dict(_task_dict(scheme="none", train_scheme=None, metric="accuracy"))
     assert spec.train_scheme == "none"
+
+
+# -- task files: every error names the file, the line and the key ----------------------------------------------
+TASK_LINES = ["name: ner_de", "format: conll", "columns: [tokens, ner]", "label_column: ner",
+              "files: {train: train.txt, dev: dev.txt}", "scheme: iob1", "metric: span_f1"]
+
+
+def test_a_syntax_error_in_a_task_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("\n".join(TASK_LINES).replace("dev: dev.txt}", "dev: dev.txt") + "\n")
+    with pytest.raises(ValueError, match=rf"^{path}:\d+:\d+: YAML syntax error: .*flow mapping that starts at "
+                                         rf"line 5") as info:
+        load_task(str(path))
+    assert "<unicode string>" not in str(info.value)
+
+
+@pytest.mark.parametrize("replaced, text, line, key", [
+    ("name", "name: 5", 1, "name"),
+    ("files", "files: {train: 5, dev: dev.txt}", 5, "files.train"),
+    ("files", "files:\n  dev: dev.txt\n  train: [a, b]", 7, "files.train"),
+    ("columns", "columns: tokens", 3, "columns"),
+    ("files", "files: [train.txt]", 5, "files"),
+    ("metric", "metric: span_f1\nhub: {id: a/b, label_column: 3}", 8, "hub.label_column"),
+    ("metric", "metric: span_f1\nhub: {label_column: x}", 8, "hub"),
+    ("metric", "metric: span_f1\ndev_from_train: {fraction: lots}", 8, "dev_from_train.fraction"),
+    ("format", "format: tsv", 2, "format"),
+    ("label_column", "label_column: pos", 4, "label_column"),
+])
+def test_a_wrong_value_in_a_task_file_names_file_line_and_key(tmp_path, replaced, text, line, key):
+    path = tmp_path / "t.yaml"
+    path.write_text("\n".join(text if entry.startswith(replaced + ":") else entry for entry in TASK_LINES) + "\n")
+    with pytest.raises(ValueError, match=rf"^{path}:{line}: .*task key '{key}'"):
+        load_task(str(path))
+
+
+def test_a_wrong_value_in_a_saved_task_names_where_it_comes_from():
+    with pytest.raises(ValueError, match=r"^tasks.ner_de: task key 'ignore_labels': item 0 \(5\) is not a str"):
+        TaskSpec.from_dict(_task_dict(ignore_labels=[5]), source="tasks.ner_de")
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"dev_from_train": {"fraction": "0.2"}}, "dev_from_train.fraction"),  # a YAML-style number in JSON
+    ({"description": False}, "description"),  # YAML's `no`, read as a bool: not a string in JSON
+    ({"hub": {"id": "a/b", "label_column": "ner", "config": True}}, "hub.config"),
+])
+def test_a_strictly_typed_task_converts_nothing(changes, key):
+    data = _task_dict(**changes)
+    TaskSpec.from_dict(data)  # a task file's YAML is read leniently
+    with pytest.raises(ValueError, match=rf"^tasks.ner: task key '{key}': .* is not a valid"):
+        TaskSpec.from_dict(data, source="tasks.ner", strict=True)
+
+
+def test_a_strictly_typed_task_reads_json_types():
+    spec = TaskSpec.from_dict(_task_dict(dev_from_train={"fraction": 1, "seed": 3}), strict=True)
+    assert spec.dev_from_train == DevCarveOut(fraction=1.0, seed=3)

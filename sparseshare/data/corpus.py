@@ -9,7 +9,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from datasets.exceptions import DatasetNotFoundError
 
+from ..hub import hub_errors_reported
 from ..tasks import TaskSpec
 from .readers import READERS, CorpusFormatError
 from .schemes import first_invalid_transition, well_formed_label
@@ -110,7 +112,11 @@ def _read_hub(spec: TaskSpec, split: str, path_or_id: str | None) -> datasets.Da
     hub = spec.hub
     if split not in hub.splits:
         raise MissingSplitError(f"task {spec.name!r}: Hub dataset {hub.id} has no {split} split mapping ({hub.splits})")
-    raw = datasets.load_dataset(path_or_id or hub.id, hub.config, split=hub.splits[split], revision=hub.revision)
+    source = path_or_id or hub.id
+    # an unreachable Hub, a refused token or a missing dataset: one line naming the task, the dataset and the split
+    with hub_errors_reported(f"task {spec.name!r}: cannot load the Hub dataset {source!r} ({split} split)",
+                             DatasetNotFoundError):
+        raw = datasets.load_dataset(source, hub.config, split=hub.splits[split], revision=hub.revision)
     for column in (hub.tokens_column, hub.label_column):
         if column not in raw.column_names:
             raise ValueError(f"Hub dataset {path_or_id or hub.id}: no column {column!r} (has {raw.column_names})")

@@ -31,17 +31,19 @@ from ..files import atomic_path, write_json_atomically
 from ..metrics import format_table
 from ..model import MultiTaskTagger
 from ..optim import MaskedAdamW, MaskedSGD, PerTaskState, build_optimizer, build_scheduler
-from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
+from ..run_folder import check_run_folder, disk_full_reported, lock_for_all_processes, remove_outputs
 from ..training.checkpoints import (STATE_FILE, TrainingDiverged, TrainState, check_finite, check_random_states,
-                                    check_resume_config, flat_config, latest_checkpoint, recover_interrupted_saves,
-                                    save_checkpoint, save_model_atomically)
-from ..training.data import TaskData, add_word_ids, build_model, check_input_files, load_task_data
-from ..training.distillation import TeacherTargets, gold_weight
+                                    check_resume_config, flat_config, latest_checkpoint, read_run_config,
+                                    recover_interrupted_saves, save_checkpoint, save_model_atomically)
+from ..training.data import (TaskData, add_word_ids, build_model, check_input_files, load_task_data,
+                             run_inputs)
+from ..training.distillation import TeacherTargets, check_teachers, gold_weight
 from ..training.progress import progress_bar, tracker_name
 
 
 def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *, data=None, build=None,
-                 evaluate_test: bool = True, command: str | None = None, overwrite: bool = False) -> dict:
+                 evaluate_test: bool = True, command: str | None = None, overwrite: bool = False,
+                 config_file: str | Path | None = None) -> dict:
     """Train, select on dev, evaluate test once. Returns the results written to ``results.json``.
 
     ``callbacks`` are called as ``callback(global_step)`` after every optimisation step (tests use one to
@@ -49,10 +51,13 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     ``build(config, data) -> MultiTaskTagger`` that starts from given weights and masks, and
     ``evaluate_test=False`` for intermediate runs, so that test is only looked at once. ``command`` (the
     CLI passes its command line) goes into the model card. A folder holding a run is continued with ``resume``,
-    replaced with ``overwrite``, and otherwise refused; nothing is written before the inputs are read and checked.
+    replaced with ``overwrite``, and otherwise refused; nothing is written before the inputs are read and checked,
+    and no file the run reads is deleted or replaced (``config_file``: the YAML file the config came from, one of
+    them). A full disk ends the run with a :class:`~sparseshare.run_folder.DiskFullError` naming ``output_dir``.
     """
     validate(config)  # load_config validated already; a Config built in Python had no such check
     check_input_files(config)
+    inputs = run_inputs(config, config_file)
     output_dir = Path(config.output_dir)
     t = config.train
 
@@ -74,7 +79,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     # device_specific: each rank draws its own dropout masks (DDP broadcasts rank 0's initial weights).
     set_seed(t.seed, device_specific=True)
     # a quick look before the (slow) data loading; checked again under the lock
-    check_run_folder(output_dir, resume, overwrite, latest_checkpoint(output_dir) is not None, probe_lock=True)
+    check_run_folder(output_dir, resume, overwrite, latest_checkpoint(output_dir) is not None, probe_lock=True,
+                     inputs=inputs)
 
     # 2. Data and model: corpora and vectors are read (and checked) before anything is written.
     data = data if data is not None else load_task_data(config, log)
@@ -82,6 +88,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     model.sharing.initialize(t.seed)  # e.g. Maximum Roaming's initial masks; a resumed checkpoint replaces them
     add_word_ids(model, data)
     model.sharing.prepare_training(config, list(data))  # e.g. sparse sharing's masks (sparse.masks)
+    check_teachers(t.distill_from, model)  # their config.json and labels.json; loaded when training starts
     log(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters")
     dev_sets = {name: d.dev for name, d in data.items()}
@@ -89,24 +96,25 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     # One run writes into output_dir at a time; the lock is held until the run ends.
     lock = lock_for_all_processes(output_dir, accelerator.is_main_process, accelerator.num_processes)
     try:
-        if accelerator.is_main_process:
-            recover_interrupted_saves(output_dir)
-        accelerator.wait_for_everyone()
-        checkpoint = latest_checkpoint(output_dir)
-        check_run_folder(output_dir, resume, overwrite, checkpoint is not None)
-        if resume and checkpoint is not None and (output_dir / "config.yaml").is_file():
-            check_resume_config(yaml.safe_load((output_dir / "config.yaml").read_text()), config.to_dict())
-        accelerator.wait_for_everyone()  # every process has looked before the main one removes or writes
-        if accelerator.is_main_process:
-            if overwrite:
-                remove_outputs(output_dir, inputs=(config.sparse.masks, config.model.bilstm.embeddings,
-                                                   *t.distill_from.values()))
-            with atomic_path(output_dir / "config.yaml") as partial:
-                partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        checkpoint = None if overwrite else checkpoint
-        if resume and checkpoint is None:
-            log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
-        return _train(config, accelerator, model, data, dev_sets, checkpoint, callbacks, log, evaluate_test, command)
+        with disk_full_reported(output_dir):
+            if accelerator.is_main_process:
+                recover_interrupted_saves(output_dir)
+            accelerator.wait_for_everyone()
+            checkpoint = latest_checkpoint(output_dir)
+            check_run_folder(output_dir, resume, overwrite, checkpoint is not None, inputs=inputs)
+            if resume and checkpoint is not None and (output_dir / "config.yaml").is_file():
+                check_resume_config(read_run_config(output_dir / "config.yaml"), config.to_dict())
+            accelerator.wait_for_everyone()  # every process has looked before the main one removes or writes
+            if accelerator.is_main_process:
+                if overwrite:
+                    remove_outputs(output_dir, inputs=inputs)
+                with atomic_path(output_dir / "config.yaml") as partial:
+                    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            checkpoint = None if overwrite else checkpoint
+            if resume and checkpoint is None:
+                log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
+            return _train(config, accelerator, model, data, dev_sets, checkpoint, callbacks, log, evaluate_test,
+                          command)
     finally:
         if lock is not None:
             lock.release()

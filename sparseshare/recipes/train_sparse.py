@@ -41,15 +41,16 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
-from ..config import Config, config_from_dict
+from ..config import Config, load_config
 from ..evaluation import evaluate
 from ..files import atomic_path, write_json_atomically
 from ..model import MultiTaskTagger
-from ..run_folder import check_run_folder, lock_for_all_processes, remove_outputs
-from ..training.checkpoints import check_resume_config
-from ..training.data import TaskData, build_model, check_input_files, load_task_data
-from ..sharing.masks import (check_masks, density, draw_overlap, format_report, load_masks, model_statistics,
-                             prune_by_magnitude, random_masks_like, save_masks)
+from ..run_folder import check_run_folder, disk_full_reported, lock_for_all_processes, remove_outputs
+from ..training.checkpoints import check_resume_config, read_run_config
+from ..training.data import TaskData, build_model, check_input_files, load_task_data, run_inputs, task_names
+from ..training.distillation import check_teachers
+from ..sharing.masks import (MaskError, check_masks, density, draw_overlap, format_report, load_masks,
+                             model_statistics, prune_by_magnitude, random_masks_like, save_masks)
 from .train import run_training
 
 
@@ -59,10 +60,12 @@ PIPELINE_OUTPUTS = ("report.json", "report.md", "overlap.png", "joint", "masks.s
 
 
 def run_sparse(config: Config, resume: bool = False, log=None, command: str | None = None,
-               overwrite: bool = False) -> dict:
+               overwrite: bool = False, config_file: str | Path | None = None) -> dict:
     """Run (or with ``resume``, continue; with ``overwrite``, start again) the pipeline in ``config.output_dir``.
     Under a distributed launch the warm-up and the joint training are data-parallel, while each process searches
-    its own tasks."""
+    its own tasks. Everything the stages read is checked before the first stage starts; no file the pipeline reads
+    (``config_file``, the YAML file the config came from, among them) is deleted or replaced; a full disk ends it
+    with a :class:`~sparseshare.run_folder.DiskFullError` naming ``output_dir``."""
     if config.model.sharing != "sparse":
         raise ValueError(f"config key 'model.sharing' must be 'sparse' for the sparse recipe, got {config.model.sharing!r}")
     # the same process group run_training's Accelerator joins (cpu=True: see .train)
@@ -70,36 +73,49 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
     log = log or state.print
     out = Path(config.output_dir)
     check_input_files(config)
+    inputs = run_inputs(config, config_file)
     check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS, done_marker="report.json",
-                     probe_lock=True)
+                     probe_lock=True, inputs=inputs)
     data = load_task_data(config, log)  # corpora and vectors are read (and checked) before anything is written
     set_seed(config.train.seed)
     template = build_model(config, data)  # fixes the vocabulary and the initialisation for every stage
+    given_masks = check_pipeline_inputs(config, template)
     lock = lock_for_all_processes(out, state.is_main_process, state.num_processes)
     try:
-        check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS,
-                         done_marker="report.json")
-        saved = out / "config.yaml"
-        if resume and saved.is_file():
-            check_resume_config(yaml.safe_load(saved.read_text()), config.to_dict())
-        state.wait_for_everyone()  # every process has checked before the main one removes or writes
-        if state.is_main_process:
-            if overwrite:
-                remove_outputs(out, PIPELINE_OUTPUTS, inputs=(config.sparse.masks, config.model.bilstm.embeddings))
-            with atomic_path(saved) as partial:
-                partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        state.wait_for_everyone()
-        return _run_pipeline(config, state, out, data, template, log, command)
+        with disk_full_reported(out):
+            check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS,
+                             done_marker="report.json", inputs=inputs)
+            saved = out / "config.yaml"
+            if resume and saved.is_file():
+                check_resume_config(read_run_config(saved), config.to_dict())
+            state.wait_for_everyone()  # every process has checked before the main one removes or writes
+            if state.is_main_process:
+                if overwrite:
+                    remove_outputs(out, PIPELINE_OUTPUTS, inputs=inputs)
+                with atomic_path(saved) as partial:
+                    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            state.wait_for_everyone()
+            return _run_pipeline(config, state, out, data, template, given_masks, log, command)
     finally:
         if lock is not None:
             lock.release()
 
 
+def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | None:
+    """What a later stage reads, checked before the first stage (a mismatch would otherwise surface after the warm-up
+    and the search): the teachers of ``train.distill_from`` fit the run's tasks (by their names: a task file's
+    ``name:``, not its path), as their config.json and labels.json say (only the joint stage loads their weights);
+    ``sparse.masks`` holds a fitting mask for every task. Returns those masks (None without ``sparse.masks``)."""
+    check_teachers(config.train.distill_from, template)
+    return _given_masks(config, template) if config.sparse.masks else None
+
+
 def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str, TaskData],
-                  template: MultiTaskTagger, log, command: str | None) -> dict:
+                  template: MultiTaskTagger, given_masks: dict | None, log, command: str | None) -> dict:
+    tasks = list(data)  # the tasks' names (a task file's name:), which the stages' folders and masks are named by
     # 1. The rewind point.
-    if config.sparse.masks:
-        masks, search, rewind = _given_masks(config, template), {}, None
+    if given_masks is not None:
+        masks, search, rewind = given_masks, {}, None
         masks_file = config.sparse.masks
         log(f"masks from {masks_file}: skipping warm-up and search")
     else:
@@ -111,10 +127,10 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
             search = search_distributed(config, state, out, log)
         else:
             search = {}
-            for task in config.tasks:
+            for task in tasks:
                 search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
                 write_json_atomically(out / "search" / task / SEARCH_DONE, search[task])
-        masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in config.tasks}
+        masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in tasks}
         if config.sparse.random_masks:
             masks = random_masks_like(masks, seed=config.train.seed)
             log("control: each selected mask replaced by a random mask of the same density per tensor")
@@ -125,7 +141,7 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
     # 4. Joint training through the masks; test is evaluated once, on the dev-selected joint model.
     joint_config = dataclasses.replace(config, output_dir=str(out / "joint"))
     if config.sparse.distill:  # BAM!'s teachers: each task's dense network from its search (round 0)
-        teachers = {task: str(out / "search" / task / "round_00" / "model") for task in config.tasks}
+        teachers = {task: str(out / "search" / task / "round_00" / "model") for task in tasks}
         joint_config = dataclasses.replace(joint_config, train=dataclasses.replace(
             config.train, distill_from={**teachers, **config.train.distill_from}))
 
@@ -137,7 +153,7 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
         return model
 
     joint = _run_stage(joint_config, data, build_joint, log, evaluate_test=True, command=command)
-    costs = stage_costs(out, config.tasks, search)
+    costs = stage_costs(out, tasks, search)
 
     # 5. The report.
     return write_report(config, out, joint, search, costs, log, write=state.is_main_process)
@@ -215,7 +231,8 @@ def _train_round(config: Config, train: TaskData, template: MultiTaskTagger, rew
                  round_dir: Path, r: int, log) -> dict:
     """Train the subnet ``mask`` from the rewind point for ``sparse.search_epochs``; its dev-selected score."""
     task = train.spec.name
-    round_config = _stage_config(config, round_dir, tasks=[task], epochs=config.sparse.search_epochs)
+    round_config = _stage_config(config, round_dir, tasks=[task_entry(config, task)],
+                                 epochs=config.sparse.search_epochs)
     results = _run_stage(round_config, {task: train}, _search_builder(template, task, rewind, mask), log,
                          evaluate_test=False)
     shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
@@ -256,7 +273,8 @@ def search_distributed(config: Config, state: PartialState, out: Path, log) -> d
     if torch.cuda.is_available():  # the child sees only this process's GPU
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
         env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[state.local_process_index]
-    for task in config.tasks[state.process_index::state.num_processes]:
+    tasks = task_names(config)  # a task file's name:, as the single-process search names its folders
+    for task in tasks[state.process_index::state.num_processes]:
         folder = out / "search" / task
         (folder / SEARCH_FAILED).unlink(missing_ok=True)
         if not (folder / SEARCH_DONE).is_file():
@@ -267,7 +285,7 @@ def search_distributed(config: Config, state: PartialState, out: Path, log) -> d
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / SEARCH_FAILED).write_text(f"exit code {child.returncode}\n")
                 raise RuntimeError(f"mask search for task {task!r} failed (exit code {child.returncode})")
-    waiting = {task: out / "search" / task for task in config.tasks}
+    waiting = {task: out / "search" / task for task in tasks}
     while not all((folder / SEARCH_DONE).is_file() for folder in waiting.values()):  # a collective would time out
         failed = [task for task, folder in waiting.items() if (folder / SEARCH_FAILED).is_file()]
         if failed:
@@ -282,7 +300,7 @@ SEARCH_DONE, SEARCH_FAILED = "search.json", "search.failed"
 
 def _search_one_task(out: Path, task: str) -> None:
     """The child of :func:`search_distributed`: one task's search, as the single-process pipeline runs it."""
-    config = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    config = load_config(out / "config.yaml")  # the config the parent process checked and saved
     data = load_task_data(config, log=lambda *a: None)
     set_seed(config.train.seed)
     template = build_model(config, data)
@@ -332,11 +350,16 @@ def select_mask(config: Config, records: list[dict], folder: Path, log) -> dict[
 
 
 def _given_masks(config: Config, template: MultiTaskTagger) -> dict:
+    """The masks of ``sparse.masks`` for the run's tasks, checked against the model. The file may hold masks of
+    more tasks than the run trains, so ``SparseSharing.load_files`` (a model folder's own masks.safetensors: exactly
+    the model's tasks) does not apply, and the joint stage's ``prepare_training`` takes what the file has: a task
+    without a mask is refused here, naming the file, before the first stage."""
     masks = load_masks(config.sparse.masks)
-    missing = [t for t in config.tasks if t not in masks]
+    tasks = list(template.tasks)  # by name (a task file's name:), as masks are saved
+    missing = [t for t in tasks if t not in masks]
     if missing:
-        raise ValueError(f"{config.sparse.masks}: no mask for task(s) {missing}")
-    masks = {t: masks[t] for t in config.tasks}
+        raise MaskError(f"{config.sparse.masks}: no mask for task(s) {missing}")
+    masks = {t: masks[t] for t in tasks}
     check_masks(masks, template.sharing.prunable(), where=config.sparse.masks)
     return masks
 
@@ -347,7 +370,8 @@ def _given_masks(config: Config, template: MultiTaskTagger) -> dict:
 def write_report(config: Config, out: Path, joint: dict, search: dict, costs: dict, log, write: bool = True) -> dict:
     model = MultiTaskTagger.from_pretrained(out / "joint" / "model")
     stats = model_statistics(model)
-    report = {"tasks": config.tasks, "seed": config.train.seed, "dev": _scores(joint["dev"]),
+    tasks = list(model.tasks)
+    report = {"tasks": tasks, "seed": config.train.seed, "dev": _scores(joint["dev"]),
               "test": _scores(joint["test"]), "selected_epoch": joint["selected_epoch"], **stats,
               "search": search, "cost_s": costs,
               "random_masks": config.sparse.random_masks,
@@ -357,7 +381,7 @@ def write_report(config: Config, out: Path, joint: dict, search: dict, costs: di
                                 "train_sentences": config.sparse.search_max_train_sentences}}
     if write:
         draw_overlap(model.sharing.masks, out / "overlap.png")
-    text = [f"sparse sharing: {', '.join(config.tasks)} (seed {config.train.seed})",
+    text = [f"sparse sharing: {', '.join(tasks)} (seed {config.train.seed})",
             "dev:  " + ", ".join(f"{t} {v:.2f}" for t, v in report["dev"].items()),
             "test: " + ", ".join(f"{t} {v:.2f}" for t, v in report["test"].items()),
             format_report(model.sharing.masks, stats["parameters"]),
@@ -380,6 +404,12 @@ def _scores(results: dict) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 # Stages share one way of running
 # ----------------------------------------------------------------------------------------------
+def task_entry(config: Config, name: str) -> str:
+    """The entry of ``config.tasks`` (a built-in task's name or a task file's path) of the task named ``name``: a
+    stage's config lists its tasks as the pipeline's config does, so that it loads them the same way."""
+    return dict(zip(task_names(config), config.tasks))[name]
+
+
 def _stage_config(config: Config, folder: Path, sharing: str | None = None, tasks: list[str] | None = None,
                   epochs: int | None = None) -> Config:
     model = dataclasses.replace(config.model, sharing=sharing or config.model.sharing)

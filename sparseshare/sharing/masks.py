@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import ModelFolderError
 from ..files import atomic_path
 
 MaskSet = dict[str, dict[str, torch.Tensor]]
@@ -36,6 +37,16 @@ DEFAULT_PRUNABLE = {
 
 class MaskError(ValueError):
     pass
+
+
+class MissingMaskFileError(ModelFolderError, MaskError):
+    """A sparse-sharing model folder without its mask file: a missing file of the folder (ModelFolderError), and a
+    MaskError as before."""
+
+
+def holds_only_0_and_1(tensor: torch.Tensor) -> bool:
+    """Whether a bool tensor's bytes are all 0 or 1: a bool read from a file is a byte, which may hold anything."""
+    return not tensor.numel() or int(tensor.contiguous().view(torch.uint8).max()) <= 1
 
 
 def prunable_parameters(encoder: nn.Module, patterns: list[str]) -> dict[str, nn.Parameter]:
@@ -64,7 +75,7 @@ def ones_like_parameters(parameters: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def check_masks(masks: MaskSet, parameters: dict[str, torch.Tensor], where: str = "masks") -> None:
-    """Every task's mask covers exactly the prunable tensors, with their shapes, as bool tensors."""
+    """Every task's mask covers exactly the prunable tensors, with their shapes, as bool tensors of 0s and 1s."""
     expected = set(parameters)
     for task, mask in masks.items():
         missing, extra = sorted(expected - set(mask)), sorted(set(mask) - expected)
@@ -80,6 +91,8 @@ def check_masks(masks: MaskSet, parameters: dict[str, torch.Tensor], where: str 
             if tuple(m.shape) != tuple(parameters[name].shape):
                 raise MaskError(f"{where}: mask {task}/{name} has shape {tuple(m.shape)}, the tensor has "
                                 f"{tuple(parameters[name].shape)}")
+            if not holds_only_0_and_1(m):
+                raise MaskError(f"{where}: mask {task}/{name} holds values other than 0 and 1")
 
 
 def save_masks(masks: MaskSet, path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
-from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, check_masks, load_masks, model_statistics,
-                    ones_like_parameters, prunable_parameters, save_masks)
+from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, MissingMaskFileError, check_masks, load_masks,
+                    model_statistics, ones_like_parameters, prunable_parameters, save_masks)
 from .base import SharingStrategy, register
 
 MASK_FILE = "masks.safetensors"
@@ -100,10 +100,16 @@ class SparseSharing(SharingStrategy):
 
     def load_files(self, directory: Path) -> None:
         path = Path(directory) / MASK_FILE
+        if not path.is_file():
+            raise MissingMaskFileError(f"model folder {directory} is missing {MASK_FILE}")
         masks = load_masks(path)
         missing = [t for t in self.tasks if t not in masks]
         if missing:
             raise MaskError(f"{path}: no mask for task(s) {missing}")
+        extra = [t for t in masks if t not in self.tasks]
+        if extra:
+            raise MaskError(f"{path}: masks for task(s) {extra} that this model does not have (its tasks: "
+                            f"{self.tasks})")
         self.set_masks({t: masks[t] for t in self.tasks}, where=str(path))  # the model's task order, not the file's
 
     def card_section(self, model) -> list[str]:

@@ -12,10 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from ..config import ConfigError, YamlFile, build_dataclass, read_yaml_with_lines
+from ..config import is_task_file  # noqa: F401 - importable from here, as before
 from ..data.schemes import SCHEMES
-
 
 
 def _builtin_dir() -> Path:
@@ -42,7 +41,7 @@ class HubSource:
     tokens_column: str = "tokens"
     config: str | None = None
     revision: str | None = None
-    splits: dict = field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
 
 
 @dataclass
@@ -72,59 +71,37 @@ class TaskSpec:
     def __post_init__(self):
         if self.train_scheme is None:
             self.train_scheme = self.scheme
-        checks = [
-            ("format", self.format, FORMATS),
-            ("metric", self.metric, METRICS),
-            ("scheme", self.scheme, SCHEMES),
-            ("train_scheme", self.train_scheme, SCHEMES),
-        ]
-        for key, value, allowed in checks:
-            if value not in allowed:
-                raise ValueError(f"task {self.name!r}: {key}={value!r} is not one of {allowed}")
+        for key, allowed in (("format", FORMATS), ("metric", METRICS), ("scheme", SCHEMES),
+                             ("train_scheme", SCHEMES)):
+            if getattr(self, key) not in allowed:
+                self._invalid(key, f"{getattr(self, key)!r} is not one of {list(allowed)}")
         if self.label_column not in self.columns:
-            raise ValueError(f"task {self.name!r}: label_column {self.label_column!r} is not among columns {self.columns}")
+            self._invalid("label_column", f"{self.label_column!r} is not among columns {self.columns}")
         if "train" not in self.files:
-            raise ValueError(f"task {self.name!r}: files must name a train split")
+            self._invalid("files", "must name a train split")
         if "dev" not in self.files and self.dev_from_train is None:
-            raise ValueError(f"task {self.name!r}: no dev split; give files.dev or dev_from_train")
+            self._invalid("files", "no dev split; give files.dev or dev_from_train")
         if self.metric == "span_f1" and self.scheme == "none":
-            raise ValueError(f"task {self.name!r}: span_f1 needs a span tag scheme (iob1, iob2 or bioes)")
+            self._invalid("metric", "span_f1 needs a span tag scheme (iob1, iob2 or bioes)")
+
+    def _invalid(self, key: str, problem: str):
+        # "task key '<key>'": the task file's loader finds the key's line by this phrase (config.YamlFile.locate)
+        raise ValueError(f"task {self.name!r}: task key {key!r}: {problem}")
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> "TaskSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown task key(s) {unknown}; known keys: {sorted(known)}")
-        data = dict(data)
-        if data.get("hub"):
-            data["hub"] = _strict(HubSource, data["hub"], f"{source}: hub")
-        if data.get("dev_from_train"):
-            data["dev_from_train"] = _strict(DevCarveOut, data["dev_from_train"], f"{source}: dev_from_train")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in data]
-        if missing:
-            raise ValueError(f"{source}: missing task key(s) {missing}")
+    def from_dict(cls, data: dict, source: str = "<dict>", yaml_file: YamlFile | None = None, *,
+                  strict: bool = False) -> "TaskSpec":
+        """A task from a mapping: a task file's (``yaml_file``: errors name its file, line and key) or a model
+        folder's ``tasks.<name>`` (errors name ``source`` and the key). Unknown keys, missing keys and values of
+        the wrong type are errors, as in a config; ``strict`` (a model folder's JSON) converts no value
+        (:func:`sparseshare.config.build_dataclass`)."""
         try:
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from None
+            return build_dataclass(cls, data, "", noun="task key", strict=strict)
+        except ValueError as err:
+            raise (yaml_file.locate(err) if yaml_file is not None else ValueError(f"{source}: {err}")) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _strict(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as err:  # a required key is missing
-        raise ValueError(f"{where}: {err}") from None
 
 
 def builtin_tasks() -> list[str]:
@@ -134,13 +111,15 @@ def builtin_tasks() -> list[str]:
 def load_task(name_or_path: str) -> TaskSpec:
     """A built-in task by name (``ner``) or a user task file by path (``my_tasks/ner_de.yaml``)."""
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
+    if not is_task_file(name_or_path):
         path = BUILTIN_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             raise ValueError(f"unknown task {name_or_path!r}; built-in tasks: {builtin_tasks()} (or pass a task .yaml path)")
+    elif path.is_dir():
+        raise FileNotFoundError(f"task file {path} is a directory, not a YAML file")
     elif not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a task file must be a YAML mapping")
-    return TaskSpec.from_dict(data, source=str(path))
+    task_file = read_yaml_with_lines(path)  # the config files' loader: errors name the file and line
+    if not isinstance(task_file.data, dict):
+        raise ConfigError(f"{path}: a task file must be a YAML mapping")
+    return TaskSpec.from_dict(task_file.data, source=str(path), yaml_file=task_file)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..config import Config, upgrade_saved_model_config
+from ..config import Config, ConfigError, read_yaml, upgrade_saved_model_config
 from ..files import recover_folder, replace_folder
 from ..model import MultiTaskTagger
 
@@ -117,6 +117,17 @@ class TrainingDiverged(RuntimeError):
 # Keys a resumed run may change: how long it runs and how it reports, not what it computes.
 RESUMABLE_CHANGES = {"train.epochs", "train.patience", "train.progress_bar", "train.log_with",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
+
+
+def read_run_config(path: Path) -> dict:
+    """The config a run saved in its folder (``config.yaml``), read by the config files' loader: a damaged file is a
+    :class:`ConfigError` naming the file and line, never a YAML traceback."""
+    saved = read_yaml(path)
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: not a run's saved config (a YAML mapping of config keys), got "
+                          f"{type(saved).__name__}; restore it, or start the run again with --overwrite")
+    return saved
+
 
 def check_resume_config(saved: dict, current: dict) -> None:
     if isinstance(saved.get("model"), dict):

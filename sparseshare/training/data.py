@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.corpus import load_split
 from ..data.schemes import convert
 from ..data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab, build_word_vocab,
                           embedding_matrix, read_word_vectors)
 from ..model import MultiTaskTagger
-from ..tasks import TaskSpec, load_task
+from ..tasks import TaskSpec, is_task_file, load_task
 
 
 @dataclass
@@ -30,10 +30,27 @@ def task_dir(config: Config, spec: TaskSpec) -> str:
     data = config.data
     return data.task_dirs.get(spec.name) or data.dir or str(Path(data.root) / spec.corpus)
 
+
+def task_specs(config: Config) -> list[TaskSpec]:
+    """The run's tasks, built-in names or task-file paths, as specs. A run's data, models and output folders know
+    a task by its spec's name (a task file's ``name:``, not its path), so no two may share one."""
+    specs = [load_task(entry) for entry in config.tasks]
+    names = [spec.name for spec in specs]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"config key 'tasks': {config.tasks} gives two tasks named {twice!r}; a task file's "
+                          f"'name:' must differ from the other tasks' names")
+    return specs
+
+
+def task_names(config: Config) -> list[str]:
+    """The names the run knows its tasks by (a task file's ``name:``), in the order of ``tasks``."""
+    return [spec.name for spec in task_specs(config)]
+
+
 def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
     result = {}
-    for name in config.tasks:
-        spec = load_task(name)
+    for spec in task_specs(config):
         options = dict(source=config.data.source, data_dir=task_dir(config, spec),
                        hub_path=config.data.hub_paths.get(spec.name))
         train = load_split(spec, "train", **options)
@@ -83,6 +100,40 @@ def add_word_ids(model: MultiTaskTagger, data: dict[str, TaskData]) -> None:
     for d in data.values():
         if len(d.train_word_ids) != len(d.train_tokens):
             d.train_word_ids = [model.featurizer.word_ids(s) for s in d.train_tokens]
+
+
+def run_inputs(config: Config, config_file: str | Path | None = None) -> dict[Path, str]:
+    """Every file or folder a run reads (path -> what it is): its config file, task files, corpora, word vectors,
+    masks, distillation teachers, a local encoder. A run never deletes or replaces one of them
+    (``run_folder.check_inputs_kept``); the recipes ask here and nowhere else, so an input added to the config is
+    protected by adding it to this list."""
+    inputs: dict[Path, str] = {}
+
+    def add(path, what: str) -> None:
+        if path:
+            inputs.setdefault(Path(path), what)
+
+    add(config_file, "the config file")
+    for entry in config.tasks:
+        if is_task_file(entry):
+            add(entry, "a task file")
+    for spec in task_specs(config):
+        if config.data.source == "local":
+            for split, name in spec.files.items():
+                add(Path(task_dir(config, spec)) / name, f"the {split} file of task {spec.name!r}")
+        else:
+            hub_path = config.data.hub_paths.get(spec.name)
+            if hub_path and Path(hub_path).exists():  # a local dataset folder, not a Hub id
+                add(hub_path, f"config key 'data.hub_paths.{spec.name}'")
+    add(config.model.bilstm.embeddings, "config key 'model.bilstm.embeddings'")
+    add(config.sparse.masks, "config key 'sparse.masks'")
+    for task, folder in config.train.distill_from.items():
+        add(folder, f"config key 'train.distill_from.{task}'")
+    encoder = config.model.transformer.name_or_path
+    if config.model.encoder == "transformer" and Path(encoder).exists():  # a local folder, not a Hub id or package:
+        add(encoder, "config key 'model.transformer.name_or_path'")
+    return inputs
+
 
 def check_input_files(config: Config) -> None:
     """Files the config names, checked by key before any corpus is read (which can take a while)."""

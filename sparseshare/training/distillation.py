@@ -15,11 +15,17 @@ Targets are recomputed (deterministically) when a run resumes, so checkpoints ho
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import torch
 
+from .. import model_folder
+from ..config import ConfigError
 from ..data.batching import bucketed_batches
-from ..model import MultiTaskTagger
+from ..errors import ModelFolderError
+from ..heads import HEADS
+from ..model import REQUIRED_FILES, MultiTaskTagger
+from ..tasks import TaskSpec
 from .data import TaskData
 
 
@@ -35,21 +41,13 @@ class TeacherTargets:
     @classmethod
     def compute(cls, teachers: dict[str, str], data: dict[str, TaskData], student: MultiTaskTagger,
                 batch_size: int = 256, log=print) -> "TeacherTargets":
+        """The soft targets of ``teachers`` (task -> model folder) on the tasks' training sentences, each teacher
+        loaded in turn. ``teachers`` passed :func:`check_teachers` (run_training checks them before it writes
+        anything)."""
         targets = {}
-        unknown = [task for task in teachers if task not in data]
-        if unknown:
-            raise ValueError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks {list(data)}")
         device = next(student.parameters()).device
         for task, folder in teachers.items():
-            # building a model draws from torch's generator: a resumed run (whose generator was restored from the
-            # checkpoint) must draw the same dropout masks afterwards as a run that never stopped
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                teacher = MultiTaskTagger.from_pretrained(folder, device=device)
-            order = _label_order(teacher, student, task, folder)
-            if type(teacher.heads[task]) is not type(student.heads[task]):
-                raise ValueError(f"config key 'train.distill_from.{task}': the teacher {folder} has a "
-                                 f"{type(teacher.heads[task]).__name__} for {task!r}, this model a "
-                                 f"{type(student.heads[task]).__name__}; distillation needs the same kind of head")
+            teacher, order = load_teacher(folder, task, student)
             sentences = data[task].train_tokens
             per_sentence: list = [None] * len(sentences)
             for index in bucketed_batches([len(s) for s in sentences], batch_size, None):
@@ -78,16 +76,57 @@ class TeacherTargets:
         return out
 
 
-def _label_order(teacher: MultiTaskTagger, student: MultiTaskTagger, task: str, folder) -> list[int]:
-    """For each of the student's labels, its index among the teacher's (the same labels in any order)."""
-    if task not in teacher.tasks:
+def check_teachers(teachers: dict[str, str], student: MultiTaskTagger) -> None:
+    """``train.distill_from`` (task -> teacher model folder) checked against ``student`` without loading a teacher:
+    each task is one of the student's (by its name: a task file's ``name:``, not its path), and each folder has a
+    model's files, whose config.json and labels.json (read and checked as loading reads them; the weights are not
+    read) give the task with the student's labels, train scheme and kind of head. The recipes call it before they
+    write anything; errors name the config key."""
+    unknown = [task for task in teachers if task not in student.tasks]
+    if unknown:
+        raise ConfigError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks "
+                          f"{list(student.tasks)}")
+    for task, folder in teachers.items():
+        directory = Path(folder)
+        missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+        if missing:
+            raise ModelFolderError(f"config key 'train.distill_from.{task}': the teacher {folder} is missing "
+                                   f"{', '.join(missing)}")
+        model, tasks, _, _ = model_folder.read_config(directory / "config.json")
+        labels = model_folder.read_labels(directory / "labels.json", tasks)
+        _fit(folder, task, student, {spec.name: spec for spec in tasks}, labels, HEADS[model.head])
+
+
+def load_teacher(folder: str, task: str, student: MultiTaskTagger) -> tuple[MultiTaskTagger, list[int]]:
+    """The teacher of ``task`` in ``folder``, checked against ``student`` (same labels, same kind of head), and for
+    each of the student's labels its index among the teacher's."""
+    device = next(student.parameters()).device
+    # building a model draws from torch's generator: a resumed run (whose generator was restored from the
+    # checkpoint) must draw the same dropout masks afterwards as a run that never stopped
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        teacher = MultiTaskTagger.from_pretrained(folder, device=device)
+    head = type(teacher.heads[task]) if task in teacher.heads else None
+    order = _fit(folder, task, student, teacher.tasks, teacher.labels, head)
+    return teacher, order
+
+
+def _fit(folder, task: str, student: MultiTaskTagger, tasks: dict[str, TaskSpec], labels: dict[str, list[str]],
+         head: type | None) -> list[int]:
+    """The teacher in ``folder`` (its ``tasks``, ``labels`` and ``head`` class for ``task``) fits ``student`` for
+    ``task``: it has the task, with the same labels (in any order) and train scheme, and the same kind of head.
+    For each of the student's labels, its index among the teacher's."""
+    if task not in tasks:
         raise ValueError(f"config key 'train.distill_from.{task}': the teacher {folder} has no task {task!r} "
-                         f"(it has {list(teacher.tasks)})")
-    ours, theirs = student.labels[task], teacher.labels[task]
-    if sorted(ours) != sorted(theirs) or teacher.tasks[task].train_scheme != student.tasks[task].train_scheme:
+                         f"(it has {list(tasks)})")
+    ours, theirs = student.labels[task], labels[task]
+    if sorted(ours) != sorted(theirs) or tasks[task].train_scheme != student.tasks[task].train_scheme:
         raise ValueError(f"config key 'train.distill_from.{task}': the teacher {folder} was trained on other "
-                         f"{task!r} labels ({teacher.tasks[task].train_scheme}: {theirs}) than this model's "
+                         f"{task!r} labels ({tasks[task].train_scheme}: {theirs}) than this model's "
                          f"({student.tasks[task].train_scheme}: {ours})")
+    if head is not type(student.heads[task]):
+        raise ValueError(f"config key 'train.distill_from.{task}': the teacher {folder} has a "
+                         f"{head.__name__} for {task!r}, this model a {type(student.heads[task]).__name__}; "
+                         f"distillation needs the same kind of head")
     return [theirs.index(label) for label in ours]
 
 

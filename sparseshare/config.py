@@ -420,12 +420,10 @@ def validate(config: Config) -> None:
     from accelerate.utils import LoggerType, PrecisionType
 
     from .data.schedules import SCHEDULES
-    from .heads import HEADS
 
+    validate_model(config.model, config.tasks)
     t = config.train
     choices = {
-        "model.encoder": (config.model.encoder, ("bilstm", "transformer", "scratch")),
-        "model.head": (config.model.head, tuple(HEADS)),
         "train.schedule": (config.train.schedule, SCHEDULES),
         "train.mixed_precision": (t.mixed_precision, tuple(p.value for p in PrecisionType)),
         "train.log_with": (t.log_with, (None, "auto", "none", *(l.value for l in LoggerType))),
@@ -439,18 +437,10 @@ def validate(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
-    check_number_ranges(config)
+    check_number_ranges(config, skip=("model",))
     if t.warmup_steps and t.lr_schedule in ("constant", "inverse_time"):
         raise ConfigError(f"config key 'train.warmup_steps' ({t.warmup_steps}) has no effect with "
                           f"train.lr_schedule={t.lr_schedule!r}; use constant_with_warmup, linear or cosine")
-    if config.model.bilstm.char_kernel % 2 == 0:
-        raise ConfigError(f"config key 'model.bilstm.char_kernel' must be odd (same-length convolution), "
-                          f"got {config.model.bilstm.char_kernel}")
-    if config.model.scratch.dim % config.model.scratch.heads:
-        raise ConfigError(f"config key 'model.scratch.dim' ({config.model.scratch.dim}) must be divisible by "
-                          f"model.scratch.heads ({config.model.scratch.heads})")
-    if not config.tasks:
-        raise ConfigError("config key 'tasks' must list at least one task")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
     # (a task file names its task with its name:, known once the file is read: training.distillation.check_teachers)
@@ -460,8 +450,31 @@ def validate(config: Config) -> None:
     if t.distill_weight is not None and not t.distill_from and not config.sparse.distill:
         raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from (or "
                           "sparse.distill)")
-    validate_sharing(config.model, config.tasks)
     validate_sparse(config.sparse)
+
+
+ENCODERS = ("bilstm", "transformer", "scratch")
+
+
+def validate_model(model: ModelConfig, tasks: list[str]) -> None:
+    """The checks of the model section and the task list: :func:`validate` runs them on a training config, a model
+    folder's loader (sparseshare/model_folder.py) on a saved model, which has no training options (and so needs
+    none of accelerate, which validate imports for them)."""
+    from .heads import HEADS
+
+    for key, value, allowed in (("model.encoder", model.encoder, ENCODERS), ("model.head", model.head, tuple(HEADS))):
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
+    check_number_ranges(Config(tasks=list(tasks), model=model), only=("model",))
+    if model.bilstm.char_kernel % 2 == 0:
+        raise ConfigError(f"config key 'model.bilstm.char_kernel' must be odd (same-length convolution), "
+                          f"got {model.bilstm.char_kernel}")
+    if model.scratch.dim % model.scratch.heads:
+        raise ConfigError(f"config key 'model.scratch.dim' ({model.scratch.dim}) must be divisible by "
+                          f"model.scratch.heads ({model.scratch.heads})")
+    if not tasks:
+        raise ConfigError("config key 'tasks' must list at least one task")
+    validate_sharing(model, tasks)
 
 
 def validate_sharing(model: ModelConfig, tasks: list[str]) -> None:
@@ -520,9 +533,12 @@ def in_interval(value: float, interval: str) -> bool:
     return value > float(bound) if op == ">" else value >= float(bound)
 
 
-def check_number_ranges(config: Config) -> None:
+def check_number_ranges(config: Config, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """Every key of NUMBER_RANGES in its interval; ``only`` / ``skip``: of these top-level sections only / but these."""
     for key, interval in NUMBER_RANGES.items():
         section, *rest = key.split(".")
+        if (only and section not in only) or section in skip:
+            continue
         value = getattr(config, section)
         for name in rest:
             value = getattr(value, name)

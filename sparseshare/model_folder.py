@@ -49,13 +49,12 @@ from safetensors import safe_open
 from torch import nn
 
 from . import __version__
-from .config import (_KEY_IN_MESSAGE, Config, ConfigError, DataConfig, ModelConfig, build_dataclass,
-                     check_number_ranges, upgrade_saved_model_config, validate_sharing)
+from .config import (_KEY_IN_MESSAGE, ConfigError, DataConfig, ModelConfig, build_dataclass,
+                     upgrade_saved_model_config, validate_model)
 from .data.schemes import well_formed_label
 from .data.vocab import PAD, UNK, Vocab, WordLookup
 from .errors import InvalidModelFolderError, ModelFolderError
 from .files import load_json_object
-from .heads import HEADS
 from .sharing.base import config_depth
 from .sharing.masks import MaskError, holds_only_0_and_1
 from .tasks import TaskSpec
@@ -63,7 +62,6 @@ from .tasks import TaskSpec
 FORMAT_VERSION = 1
 CONFIG_KEYS = ("format_version", "sparseshare_version", "model", "data", "tasks", "info")
 DATA_KEYS = ("lowercase", "normalize_digits")
-ENCODERS = ("bilstm", "transformer", "scratch")
 INFO_TYPES = {"selected_epoch": int, "dev": dict, "test": dict, "command": str, "training_config": dict}
 # safetensors' dtype names (the header's) of the dtypes a model holds
 SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -139,7 +137,7 @@ def read_config(path: Path) -> tuple[ModelConfig, list[TaskSpec], DataConfig, di
         model = build_dataclass(ModelConfig, upgrade_saved_model_config(raw["model"]), "model", strict=True)
         data = _read_data(raw["data"])
         tasks = [_read_task(name, spec) for name, spec in raw["tasks"].items()]
-        _check_model(model, [task.name for task in tasks])
+        validate_model(model, [task.name for task in tasks])  # the training config's checks of the model section
     except (ValueError, TypeError) as err:  # ConfigError; TypeError: a value that a check could not compare
         found = _KEY_IN_MESSAGE.search(str(err))
         raise InvalidModelFolderError(f"{path}: {err}", path=str(path), key=found.group(1) if found else None) from None
@@ -158,24 +156,6 @@ def _check_format_version(raw: dict, path: Path) -> None:
         f"{path}: model folder format {version!r} (written by sparseshare {written_by}) is not supported by "
         f"sparseshare {__version__}, which reads format {FORMAT_VERSION}; {advice} (config key 'format_version')",
         path=str(path), key="format_version")
-
-
-def _check_model(model: ModelConfig, tasks: list[str]) -> None:
-    """``config.validate``'s checks of the model section. (``validate`` also checks a training run's options and
-    imports accelerate for them, which a model being loaded does not need.)"""
-    for key, value, allowed in (("model.encoder", model.encoder, ENCODERS), ("model.head", model.head, tuple(HEADS))):
-        if value not in allowed:
-            raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
-    check_number_ranges(Config(tasks=tasks, model=model))
-    if model.bilstm.char_kernel % 2 == 0:
-        raise ConfigError(f"config key 'model.bilstm.char_kernel' must be odd (same-length convolution), "
-                          f"got {model.bilstm.char_kernel}")
-    if model.scratch.dim % model.scratch.heads:
-        raise ConfigError(f"config key 'model.scratch.dim' ({model.scratch.dim}) must be divisible by "
-                          f"model.scratch.heads ({model.scratch.heads})")
-    if not tasks:
-        raise ConfigError("config key 'tasks' must list at least one task")
-    validate_sharing(model, tasks)
 
 
 def _read_data(raw: dict) -> DataConfig:

@@ -82,6 +82,9 @@ RUNS = {
     "hard_private_embedder": ("conll03_hard", ["model.private_embedder=all"]),
     "hard_private_words": ("conll03_hard", ["model.private_embedder=words"]),
     "hard_private_chars": ("conll03_hard", ["model.private_embedder=chars"]),
+    # sparse sharing with a private word table per task (the char-CNN is split by the masks already); its warm-up
+    # and search are those of "sparse"
+    "sparse_private_words": ("conll03_sparse", ["model.private_embedder=words"]),
     # distillation (BAM!, teacher annealing): sparse sharing from its own searched dense networks; hard sharing
     # from the single-task runs of the same seed in the same --out folder (run "pos", "chunk", "ner" first)
     "sparse_distill": ("conll03_sparse", ["sparse.distill=true"]),
@@ -90,7 +93,7 @@ RUNS = {
 }
 # runs whose warm-up and search are those of another run of the same seed (same config up to the joint
 # stage, so recomputing them would give the same files): copied from it when it has finished its search
-SHARES_SEARCH = {"sparse_random": "sparse", "sparse_distill": "sparse"}
+SHARES_SEARCH = {"sparse_random": "sparse", "sparse_distill": "sparse", "sparse_private_words": "sparse"}
 # runs that read other runs of the same seed (distillation teachers): not started before those have finished
 NEEDS = {"hard_distill": ("pos", "chunk", "ner")}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
@@ -150,6 +153,7 @@ def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | No
     ours = load_config(config_file, overrides).to_dict()
     for config in (theirs, ours):  # what may differ: where it runs, and the joint stage's switches
         config.pop("output_dir")
+        config["model"].pop("private_embedder", None)
         config["sparse"].pop("random_masks", None)
         config["sparse"].pop("distill", None)
     if theirs != ours:

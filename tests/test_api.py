@@ -373,6 +373,7 @@ STRATEGIES = {
     "bottom": {"model.sharing": "bottom"},
     "cross_stitch": {"model.sharing": "cross_stitch"},
     "sparse": {"model.sharing": "sparse"},
+    "sparse_private_words": {"model.sharing": "sparse", "model.private_embedder": "words"},
     "roaming": {"model.sharing": "roaming"},
     "routing": {"model.sharing": "routing"},
 }

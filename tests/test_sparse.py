@@ -17,7 +17,8 @@ from sparseshare.optim import MaskedAdamW, MaskedSGD
 from sparseshare.recipes import train_sparse as pipeline
 from sparseshare.sharing.masks import (MaskError, density, load_masks, overlap_matrix, overlap_ratio,
                                       parameter_counts, prunable_parameters, save_masks)
-from sparseshare.sharing.masks import prune_by_magnitude
+from sparseshare.sharing.masks import model_statistics, prune_by_magnitude
+from sparseshare.sharing.private_embedder import copies_of_shared_parts
 from sparseshare.training.data import build_model, load_task_data
 from sparseshare.optim import build_optimizer
 from sparseshare.recipes.train import run_training
@@ -765,3 +766,67 @@ def test_the_pipeline_checks_its_teachers_without_loading_them(tiny_corpus, tmp_
     with pytest.raises(ValueError, match=r"'train.distill_from.ner': the teacher .* was trained on other 'ner' "
                                          r"labels"):
         pipeline.check_pipeline_inputs(config, template)
+
+
+# -- private word tables ----------------------------------------------------------------------------
+def test_private_word_tables_equal_to_the_shared_one_compute_plain_sparse_sharing(sparse_model, tiny_corpus, tmp_path):
+    config, data, plain = sparse_model
+    private = build_model(_sparse(tiny_corpus, tmp_path, **{"model.private_embedder": "words"}), data)
+    tasks = list(plain.tasks)
+    private.load_state_dict(copies_of_shared_parts(plain.state_dict(), ("words",), tasks))  # strict: no original
+    private.sharing.set_masks(plain.sharing.masks)
+    assert "embedder.words.weight" not in dict(private.sharing.encoder.named_parameters())
+    d = data["ner"]
+    batch = plain.featurizer.collate(d.train_tokens[:8], d.train_labels[:8], d.train_word_ids[:8])
+    for task in tasks:
+        assert torch.equal(private.sharing(batch, task), plain.sharing(batch, task)), task
+        exported = private.sharing.task_encoder_state(task)
+        expected = plain.sharing.task_encoder_state(task)
+        assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
+    private.zero_grad(set_to_none=True)
+    private(batch, "ner").sum().backward()
+    for task in tasks:  # a task's table learns from its own sentences only; the shared char table from all
+        grad = private.sharing.private[task].words.weight.grad
+        assert (grad is not None and bool(grad.abs().sum() > 0)) == (task == "ner"), task
+    # parameter counts: each task's table is its own, like its head
+    stats_plain, stats_private = model_statistics(plain), model_statistics(private)
+    table = plain.sharing.encoder.embedder.words.weight.numel()
+    assert stats_private["parameters"]["private"] == stats_plain["parameters"]["private"] + len(tasks) * table
+    assert stats_private["parameters"]["shared"] == stats_plain["parameters"]["shared"] - table
+    assert stats_private["parameters"]["separate_models"] == stats_plain["parameters"]["separate_models"]
+
+
+def test_the_pipeline_with_private_word_tables_searches_one_network_and_copies_its_table_to_every_task(
+        tiny_corpus, tmp_path, monkeypatch):
+    config = _sparse(tiny_corpus, tmp_path / "run", **{"sparse.rounds": 1, "sparse.prune_fraction": 0.5,
+                                                       "train.epochs": 1, "model.private_embedder": "words"})
+    real, started = pipeline.run_training, {}
+
+    def look_at_the_joint_start(cfg, **kwargs):
+        if cfg.output_dir.endswith("joint"):
+            started["model"] = kwargs["build"](cfg, kwargs["data"])
+        else:  # the warm-up and the search train one network with one word table
+            assert cfg.model.private_embedder == "none", cfg.output_dir
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_training", look_at_the_joint_start)
+    report = pipeline.run_sparse(config, log=_quiet)
+    rewind = load_file(str(tmp_path / "run" / "warmup" / "model" / "model.safetensors"))
+    for task in ("pos", "chunk", "ner"):
+        assert torch.equal(started["model"].sharing.private[task].words.weight,
+                           rewind["sharing.encoder.embedder.words.weight"]), task
+    folder = tmp_path / "run" / "joint" / "model"
+    model = MultiTaskTagger.from_pretrained(folder)
+    tables = [model.sharing.private[t].words.weight for t in ("pos", "chunk", "ner")]
+    assert not torch.equal(tables[0], tables[2])  # started equal, trained apart by their tasks
+    assert report["parameters"] == model_statistics(model)["parameters"]
+    assert "owns its word embeddings" in (folder / "README.md").read_text()
+    sentences = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
+    assert MultiTaskTagger.from_pretrained(folder).predict(sentences) == model.predict(sentences)
+
+    # given masks: no warm-up, every copy starts from the initialisation's one table
+    given = _sparse(tiny_corpus, tmp_path / "given", **{"sparse.masks": str(tmp_path / "run" / "masks.safetensors"),
+                                                        "train.epochs": 1, "model.private_embedder": "words"})
+    assert set(pipeline.run_sparse(given, log=_quiet)["test"]) == {"pos", "chunk", "ner"}
+    assert all(torch.equal(started["model"].sharing.private[t].words.weight,
+                           started["model"].sharing.private["pos"].words.weight) for t in ("chunk", "ner"))

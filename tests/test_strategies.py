@@ -15,6 +15,7 @@ from sparseshare.model import MultiTaskTagger
 from sparseshare.training.data import build_model, load_task_data
 from sparseshare.training.checkpoints import check_resume_config
 from sparseshare.recipes.train import run_training
+from sparseshare.sharing.private_embedder import copies_of_shared_parts
 
 from conftest import assert_reloaded_model_scores_like_the_trained_one, assert_reloads_identically
 from conftest import TINY_SCRATCH as SCRATCH, TINY_SENTENCES as SENTENCES, TINY_TASKS as TASKS
@@ -287,26 +288,13 @@ def test_runs_checkpointed_before_the_new_keys_existed_still_resume():
 PARTS = {"words": ("words",), "chars": ("chars",), "all": ("words", "chars")}
 
 
-def _private_state_from_hard(state, parts):
-    """Hard sharing's state dict with its embedder's ``parts`` copied to every task, as the strategy starts."""
-    out = {}
-    for name, value in state.items():
-        part = next((p for p in parts if name.startswith(f"sharing.encoder.embedder.{p}.")), None)
-        if part is None:
-            out[name] = value
-        else:
-            rest = name[len(f"sharing.encoder.embedder.{part}."):]
-            out.update({f"sharing.private.{task}.{part}.{rest}": value for task in TASKS})
-    return out
-
-
 @pytest.mark.parametrize("choice", PARTS)
 def test_private_embedders_equal_to_the_shared_one_compute_hard_sharing(tiny_corpus, tmp_path, choice):
     """Each task's part starts as a copy of the built one, and the strategy runs the BiLSTM layers itself: with
     every copy equal to hard sharing's it computes exactly hard sharing's features."""
     hard, data = _model(_config(tiny_corpus, tmp_path))
     private, _ = _model(_config(tiny_corpus, tmp_path, **{"model.private_embedder": choice}), data, seed=1)
-    private.load_state_dict(_private_state_from_hard(hard.state_dict(), PARTS[choice]))  # strict: no originals kept
+    private.load_state_dict(copies_of_shared_parts(hard.state_dict(), PARTS[choice], TASKS))  # strict: no originals kept
     batch = _batch(hard, data, "ner")
     expected = hard.sharing(batch, "ner")
     features = private.sharing.features_for_tasks(batch, TASKS)
@@ -342,7 +330,13 @@ def test_private_embedders_get_gradients_from_their_task_only_and_the_rest_from_
     ({"model.private_embedder": "chars", "model.bilstm.char_filters": 0}, "makes the char-CNN private, but"),
     ({"model.private_embedder": "true"}, r"'model.private_embedder' must be one of \['none', 'words', 'chars', 'all'\]"),
     ({"model.private_embedder": "all", "model.sharing": "sparse"},
-     "'model.private_embedder' only applies to model.sharing=hard"),
+     r"'model.private_embedder' = 'all' is not available with model.sharing='sparse' \(choose one of \['none', "
+     r"'words'\]\); the char-CNN's weights are split among the tasks by their masks already"),
+    ({"model.private_embedder": "chars", "model.sharing": "sparse"}, "is not available with model.sharing='sparse'"),
+    ({"model.private_embedder": "words", "model.sharing": "sparse", **SCRATCH},
+     "'model.private_embedder' serves the bilstm encoder"),
+    ({"model.private_embedder": "words", "model.sharing": "bottom"},
+     "'model.private_embedder' only applies to model.sharing=hard / sparse"),
     ({"model.private_embedder": "words", "tasks": "[ner]", "model.sharing": "single"},
      "'model.private_embedder' only applies"),
 ])

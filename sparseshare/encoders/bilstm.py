@@ -44,8 +44,8 @@ class WordEmbedder(nn.Module):
         self.output_dim = word_dim + (char_filters if self.chars is not None else 0)
 
     def forward(self, batch, words: nn.Embedding | None = None, chars: CharCNN | None = None) -> torch.Tensor:
-        """``words`` / ``chars``: a task's own word table / char-CNN in place of this embedder's (hard sharing with
-        private embedders, sharing/hard.py, moves them out of it)."""
+        """``words`` / ``chars``: a task's own word table / char-CNN in place of this embedder's (private embedders,
+        sharing/private_embedder.py, move them out of it)."""
         words = self.words if words is None else words
         chars = self.chars if chars is None else chars
         word_ids = batch.word_ids
@@ -129,8 +129,8 @@ class BiLSTMEncoder(LayerwiseEncoder):
         self.num_layers, self.output_dim = layers, 2 * hidden
         self.units = self.output_dim  # a unit mask addresses a layer's output units
 
-    def embed(self, batch) -> torch.Tensor:
-        return self.embedder(batch)
+    def embed(self, batch, **parts) -> torch.Tensor:
+        return self.embedder(batch, **parts)
 
     @staticmethod
     def run_layer(layer: BiLSTMLayer, x: torch.Tensor, mask: torch.Tensor,

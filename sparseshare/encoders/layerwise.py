@@ -13,8 +13,9 @@ class LayerwiseEncoder(nn.Module):
 
     layer_access = "direct"
 
-    def forward(self, batch) -> list[torch.Tensor]:
-        x, outputs = self.embed(batch), []
+    def forward(self, batch, **embed_parts) -> list[torch.Tensor]:
+        """``embed_parts``: a task's own embedder parts, for strategies with private embedders (BiLSTM only)."""
+        x, outputs = self.embed(batch, **embed_parts), []
         for layer in self.layers:
             x = self.run_layer(layer, x, batch.mask)
             outputs.append(self.finish(x, batch.mask))

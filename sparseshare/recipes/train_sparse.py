@@ -11,7 +11,9 @@
      retraining (seconds instead of a training run per round);
 3. subnet selection per task on dev (with ``sparse.random_masks``, the control: each selected mask is
    replaced by a random one keeping as many weights per tensor);
-4. joint training of all tasks, each through its mask, from the rewind point;
+4. joint training of all tasks, each through its mask, from the rewind point (with ``model.private_embedder``,
+   each task's own copy of the embedder parts starts from the rewind point's one shared embedder: the warm-up
+   and the search run one network, as without it);
 5. the report: dev/test scores, densities, overlap ratios, parameter counts, the search's cost.
 
 Every stage writes into ``output_dir`` and is skipped when its results are already there, so an
@@ -51,6 +53,7 @@ from ..training.data import TaskData, build_model, check_input_files, load_task_
 from ..training.distillation import check_teachers
 from ..sharing.masks import (MaskError, check_masks, density, draw_overlap, format_report, load_masks,
                              model_statistics, prune_by_magnitude, random_masks_like, save_masks)
+from ..sharing.private_embedder import PRIVATE_PARTS, copies_of_shared_parts
 from .train import run_training
 
 
@@ -78,7 +81,7 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
                      probe_lock=True, inputs=inputs)
     data = load_task_data(config, log)  # corpora and vectors are read (and checked) before anything is written
     set_seed(config.train.seed)
-    template = build_model(config, data)  # fixes the vocabulary and the initialisation for every stage
+    template = build_model(one_network(config), data)  # fixes the vocabulary and the initialisation for every stage
     given_masks = check_pipeline_inputs(config, template)
     lock = lock_for_all_processes(out, state.is_main_process, state.num_processes)
     try:
@@ -146,9 +149,14 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
             config.train, distill_from={**teachers, **config.train.distill_from}))
 
     def build_joint(cfg, task_data):
-        model = copy.deepcopy(template)
-        if rewind is not None:
-            model.load_state_dict(rewind, strict=True)
+        parts = PRIVATE_PARTS[cfg.model.private_embedder]
+        if parts:  # each task's copy of the parts starts from the one shared embedder of the rewind point
+            start = copies_of_shared_parts(template.state_dict() if rewind is None else rewind, parts, tasks)
+            model = _model_like(template, cfg.model, tasks, start)
+        else:
+            model = copy.deepcopy(template)
+            if rewind is not None:
+                model.load_state_dict(rewind, strict=True)
         model.sharing.set_masks(masks, where=masks_file)
         return model
 
@@ -303,7 +311,7 @@ def _search_one_task(out: Path, task: str) -> None:
     config = load_config(out / "config.yaml")  # the config the parent process checked and saved
     data = load_task_data(config, log=lambda *a: None)
     set_seed(config.train.seed)
-    template = build_model(config, data)
+    template = build_model(one_network(config), data)
     rewind = warm_up(config, data, template, out / "warmup", print)
     records = search_masks(config, data[task], template, rewind, out / "search" / task, print)
     write_json_atomically(out / "search" / task / SEARCH_DONE, records)
@@ -317,6 +325,12 @@ def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: di
         return model
 
     return build
+
+
+def one_network(config: Config) -> Config:
+    """``config`` with one embedder shared by all tasks: the network of the warm-up and the search, whose stages do
+    not depend on ``model.private_embedder`` (a search stage trains one task)."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, private_embedder="none"))
 
 
 def _model_like(template: MultiTaskTagger, model_config, tasks: list[str], state: dict) -> MultiTaskTagger:
@@ -412,7 +426,8 @@ def task_entry(config: Config, name: str) -> str:
 
 def _stage_config(config: Config, folder: Path, sharing: str | None = None, tasks: list[str] | None = None,
                   epochs: int | None = None) -> Config:
-    model = dataclasses.replace(config.model, sharing=sharing or config.model.sharing)
+    """The config of a warm-up or search stage (one network: see :func:`one_network`)."""
+    model = dataclasses.replace(one_network(config).model, sharing=sharing or config.model.sharing)
     # a stage's own budget: no early stopping inside a few epochs, selection on dev as always; distillation
     # (train.distill_from, sparse.distill) is the joint training's
     train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0, distill_from={},

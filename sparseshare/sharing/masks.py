@@ -197,7 +197,8 @@ def overlap_matrix(masks: MaskSet) -> dict[str, dict[str, float]]:
 def parameter_counts(masks: MaskSet, encoder_dense: int, heads: dict[str, int]) -> dict[str, int]:
     """Effective parameters of a sparse model. A prunable weight kept by >= 2 tasks is shared, by one task
     private, by none unused (it is never read, so it is not counted). Dense encoder parameters (embeddings,
-    biases) are shared; heads are private. ``separate_models`` = one dense single-task model per task."""
+    biases) are shared; ``heads`` are each task's own parameters (its head, and private embedder copies).
+    ``separate_models`` = one dense single-task model per task."""
     names = list(next(iter(masks.values())))
     stacked = {n: torch.stack([m[n] for m in masks.values()]).sum(0) for n in names}
     shared_prunable = sum(int((c >= 2).sum()) for c in stacked.values())
@@ -267,7 +268,10 @@ def model_statistics(model) -> dict:
     masks = model.sharing.masks
     prunable = set(model.sharing.prunable_names)
     dense = sum(p.numel() for n, p in model.sharing.encoder.named_parameters() if n not in prunable)
-    heads = {t: sum(p.numel() for p in model.heads[t].parameters()) for t in model.tasks}
+    # a task's own parameters outside the masks: its head, and its copy of the embedder parts it owns
+    private = getattr(model.sharing, "private", None)
+    heads = {t: sum(p.numel() for p in model.heads[t].parameters())
+             + (sum(p.numel() for p in private[t].parameters()) if private is not None else 0) for t in model.tasks}
     return {
         "density": {t: density(m) for t, m in masks.items()},
         "tensor_density": {t: tensor_densities(m) for t, m in masks.items()},

@@ -7,6 +7,10 @@ mask are private to it. Which weights an optimizer step may move is the optimize
 :mod:`sparseshare.optim`, which the training loop feeds :meth:`parameter_masks`.
 
 Masks are not part of ``model.safetensors``: they are saved beside it as ``masks.safetensors``.
+
+With ``model.private_embedder: words`` each task also owns a copy of the word table (the char-CNN is split by the
+masks already); the pipeline's warm-up and search run one shared table, whose state at the rewind point every
+task's copy starts from.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from torch.func import functional_call
 from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, MissingMaskFileError, check_masks, load_masks,
                     model_statistics, ones_like_parameters, prunable_parameters, save_masks)
 from .base import SharingStrategy, register
+from .private_embedder import PRIVATE_PARTS, card_lines, check_private_embedder, move_to_private_copies
 
 MASK_FILE = "masks.safetensors"
 
@@ -31,10 +36,20 @@ class SparseSharing(SharingStrategy):
   year = {2020}
 }"""
     masked_optimizer = True
+    options = ("private_embedder",)
+
+    @classmethod
+    def check_options(cls, config, tasks, depth, depth_key=""):
+        check_private_embedder(config, "sparse", allowed=("none", "words"),
+                               why_not="; the char-CNN's weights are split among the tasks by their masks already")
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
+        self.check_options(config, tasks, None)
         self.encoder = build_encoder()
+        self.private_parts = PRIVATE_PARTS[config.private_embedder]
+        if self.private_parts:  # the built parts become every task's starting copies (never masked: no weight matrix)
+            self.private = move_to_private_copies(self.encoder, self.private_parts, self.tasks)
         self.prunable_patterns = list(config.prunable or DEFAULT_PRUNABLE[config.encoder])
         self.prunable_names = list(prunable_parameters(self.encoder, self.prunable_patterns))
         self.masks: MaskSet = {}
@@ -82,11 +97,14 @@ class SparseSharing(SharingStrategy):
     def forward(self, batch, task):
         mask, prunable = self.mask_of(task), self.prunable()
         masked = {name: p * self._on_device(mask, name, p) for name, p in prunable.items()}
-        return functional_call(self.encoder, masked, (batch,), strict=False)[-1]
+        own = dict(self.private[task].items()) if self.private_parts else {}
+        return functional_call(self.encoder, masked, (batch,), own, strict=False)[-1]
 
     def task_encoder_state(self, task):
         mask = self.mask_of(task)
         state = dict(self.encoder.state_dict())
+        if self.private_parts:
+            state.update({f"embedder.{k}": v for k, v in self.private[task].state_dict().items()})
         for name, m in mask.items():
             state[name] = state[name] * m.to(state[name].device, state[name].dtype)
         return state
@@ -125,6 +143,9 @@ class SparseSharing(SharingStrategy):
         lines += [f"| {a} | " + " | ".join(f"{stats['overlap'][a][b]:.3f}" for b in tasks) + " |" for a in tasks]
         counts = stats["parameters"]
         lines += ["", "Parameters: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()) + "."]
+        if self.private_parts:
+            lines += [""] + card_lines("Sparse sharing", self.private, self.private_parts,
+                                       "the rest of the encoder is shared through the masks")
         return lines
 
     def prepare_training(self, config, tasks):

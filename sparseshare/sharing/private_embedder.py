@@ -1,0 +1,66 @@
+"""Per-task copies of parts of the BiLSTM's embedder (``model.private_embedder``), for hard and sparse sharing.
+
+Each task owns a copy of the word table, the char-CNN or both, and the rest of the encoder is shared: issue 23
+found that most of what NER loses by sharing is in the shared word representations (new names), not in the shared
+layers above them. The copies live in the strategy as ``private.<task>.<part>.*`` and leave the encoder's embedder,
+which then reads them per task (``WordEmbedder.forward(batch, words=, chars=)``).
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from ..errors import ConfigError
+
+# model.private_embedder -> the WordEmbedder submodules each task owns a copy of
+PRIVATE_PARTS = {"none": (), "words": ("words",), "chars": ("chars",), "all": ("words", "chars")}
+KEY = "model.private_embedder"
+
+
+def check_private_embedder(config, strategy: str, allowed: tuple[str, ...] = tuple(PRIVATE_PARTS),
+                           why_not: str = "") -> None:
+    choice = config.private_embedder
+    if choice not in PRIVATE_PARTS:
+        raise ConfigError(f"config key '{KEY}' must be one of {list(PRIVATE_PARTS)}, got {choice!r}")
+    if choice not in allowed:
+        raise ConfigError(f"config key '{KEY}' = {choice!r} is not available with model.sharing={strategy!r} "
+                          f"(choose one of {list(allowed)}){why_not}")
+    if choice == "none":
+        return
+    if config.encoder != "bilstm":
+        raise ConfigError(f"config key '{KEY}' serves the bilstm encoder, not model.encoder = {config.encoder!r}")
+    if "chars" in PRIVATE_PARTS[choice] and config.bilstm.char_filters == 0:
+        raise ConfigError(f"config key '{KEY}' = {choice!r} makes the char-CNN private, but "
+                          f"model.bilstm.char_filters = 0 builds none")
+
+
+def move_to_private_copies(encoder: nn.Module, parts: tuple[str, ...], tasks: list[str]) -> nn.ModuleDict:
+    """Every task's copy of the built ``parts`` of ``encoder.embedder``, which then leave it (no unused originals)."""
+    embedder = encoder.embedder
+    private = nn.ModuleDict({task: nn.ModuleDict({part: copy.deepcopy(getattr(embedder, part)) for part in parts})
+                             for task in tasks})
+    for part in parts:
+        setattr(embedder, part, None)
+    return private
+
+
+def copies_of_shared_parts(state: dict, parts: tuple[str, ...], tasks: list[str]) -> dict:
+    """A model state dict with one shared embedder turned into the state of the same model with private ``parts``:
+    each task's copy starts from the shared part (sparse sharing's rewind point is one network)."""
+    out = {}
+    for name, value in state.items():
+        part = next((p for p in parts if name.startswith(f"sharing.encoder.embedder.{p}.")), None)
+        if part is None:
+            out[name] = value
+            continue
+        rest = name[len(f"sharing.encoder.embedder.{part}."):]
+        out.update({f"sharing.private.{task}.{part}.{rest}": value for task in tasks})
+    return out
+
+
+def card_lines(strategy_title: str, private: nn.ModuleDict, parts: tuple[str, ...], rest: str) -> list[str]:
+    what = {"words": "word embeddings", "chars": "char-CNN"}
+    own = sum(p.numel() for p in next(iter(private.values())).parameters())
+    return [f"## {strategy_title} with private embedders", "",
+            f"Each task owns its {' and '.join(what[p] for p in parts)} ({own:,} parameters per task); {rest}."]

@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 from sparseshare.config import config_from_dict
 from sparseshare.files import write_json_atomically
 from sparseshare.sharing.masks import load_masks
-from sparseshare.recipes.train_sparse import _train_round, search_train_data, warm_up
+from sparseshare.recipes.train_sparse import _train_round, one_network, search_train_data, warm_up
 from sparseshare.training.data import build_model, load_task_data
 
 
@@ -46,7 +46,7 @@ def main():
     chosen = load_masks(args.run / "masks.safetensors")[args.task]
     data = load_task_data(config, log=lambda *a: None)
     set_seed(config.train.seed)
-    template = build_model(config, data)  # the pipeline's template: same vocabulary, same initialisation
+    template = build_model(one_network(config), data)  # the pipeline's template: same vocabulary, same initialisation
     rewind = warm_up(config, data, template, args.run / "warmup", print)  # the run's own (finished) rewind point
     train = search_train_data(config, data[args.task])  # what the search's rounds train on
 

@@ -34,14 +34,14 @@ def main():
     from safetensors.torch import load_file
 
     from sparseshare.config import config_from_dict
-    from sparseshare.recipes.train_sparse import search_masks
+    from sparseshare.recipes.train_sparse import one_network, search_masks
     from sparseshare.training.data import build_model, load_task_data
 
     run = Path(args.run)
     config = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     data = load_task_data(config, log=lambda *a: None)
     set_seed(config.train.seed)
-    template = build_model(config, data)  # the run's vocabulary, so its warm-up weights fit
+    template = build_model(one_network(config), data)  # the run's vocabulary, so its warm-up weights fit
     rewind = load_file(str(run / "warmup" / "model" / "model.safetensors"))
     out = Path(args.out)
     # curves from earlier invocations (e.g. other --rounds per setting) are kept

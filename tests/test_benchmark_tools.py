@@ -54,3 +54,34 @@ def test_a_training_keeps_its_run_locked_after_its_driver_let_go(tmp_path):
         training.wait()
     with _driver_lock(tmp_path):
         pass
+
+
+def test_a_run_that_changes_only_the_joint_stage_copies_the_search_of_the_run_it_shares_it_with(tmp_path):
+    """sparse_private_words trains its joint stage with a private word table per task; its warm-up and search are
+    those of "sparse" (one network), so the driver copies them instead of computing them again, and refuses to
+    when the source ran with other settings."""
+    import argparse
+
+    import yaml
+
+    from sparseshare.config import load_config
+
+    args = argparse.Namespace(epochs=None, data_root=str(tmp_path / "data"), out=str(tmp_path), overrides=[])
+    assert run_grid.SHARES_SEARCH["sparse_private_words"] == "sparse"
+    source = tmp_path / "sparse_seed1"
+    config_file, *overrides = run_grid._config_args("sparse", 1, source, args)
+    theirs = load_config(config_file, overrides).to_dict()
+    for stage in ("warmup", "search"):
+        (source / stage).mkdir(parents=True)
+        (source / stage / "results.json").write_text("{}")
+    (source / "masks.safetensors").write_bytes(b"")
+    (source / "config.yaml").write_text(yaml.safe_dump(theirs))
+    out = tmp_path / "sparse_private_words_seed1"
+    out.mkdir()
+    assert run_grid.copy_search(source, out, "sparse_private_words", 1, args) is None
+    assert (out / "warmup" / "results.json").is_file() and (out / "search" / "results.json").is_file()
+    assert (out / "search_copied_from.txt").read_text().strip() == str(source)
+
+    (source / "config.yaml").write_text(yaml.safe_dump({**theirs, "train": {**theirs["train"], "lr": 0.1}}))
+    refused = run_grid.copy_search(source, tmp_path / "other", "sparse_private_words", 1, args)
+    assert "ran with other settings" in refused and not (tmp_path / "other" / "warmup").exists()

@@ -146,6 +146,37 @@ def test_sparse_pipeline_resumes_after_a_crash_at_every_stage_transition(tiny_co
         assert report["test"] == expected["test"], transitions[k - 1]
 
 
+def test_a_sparse_joint_stage_with_private_word_tables_resumes_exactly_from_a_mid_epoch_checkpoint(
+        tiny_corpus, tmp_path, monkeypatch):
+    """The joint stage's checkpoint holds each task's own word table: killed after its first checkpoint, the
+    resumed pipeline ends with the uninterrupted run's model."""
+    from sparseshare.config import load_config
+    from sparseshare.recipes.train_sparse import run_sparse
+
+    extra = {"tasks": "[pos, ner]", "model.sharing": "sparse", "model.private_embedder": "words",
+             "sparse.rounds": 1, "train.epochs": 2, "train.checkpoint_every": 2}
+
+    def config(folder):
+        return load_config(None, tiny_overrides(tiny_corpus, folder, **extra))
+
+    with monkeypatch.context() as patch:
+        counter = FileSystemSteps(patch, tmp_path / "reference", only=("write",))
+        run_sparse(config(tmp_path / "reference"), log=quiet)
+    joint_checkpoints = [k for k, step in enumerate(counter.steps, 1)
+                         if "/joint/checkpoints/" in step and step.endswith("train_state.json")]
+    assert len(joint_checkpoints) >= 2
+    run = tmp_path / "crashed"
+    with monkeypatch.context() as patch:  # writing the second checkpoint's state: the first one is complete
+        FileSystemSteps(patch, run, crash_at=joint_checkpoints[1], only=("write",))
+        with pytest.raises(Crash):
+            run_sparse(config(run), log=quiet)
+    lines = []
+    run_sparse(config(run), resume=True, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert any(line.startswith("resumed from") and "joint" in line for line in lines)
+    _assert_same_model(run / "joint" / "model", tmp_path / "reference" / "joint" / "model")
+    assert any(k.startswith("sharing.private.ner.words.") for k in _tensors(run / "joint" / "model"))
+
+
 def test_a_finished_sparse_pipeline_is_never_replaced_without_overwrite(tiny_corpus, tmp_path):
     from sparseshare.config import load_config
     from sparseshare.recipes.train_sparse import run_sparse

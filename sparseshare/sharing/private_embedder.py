@@ -22,9 +22,9 @@ def check_private_embedder(config, strategy: str, allowed: tuple[str, ...] = tup
                            why_not: str = "") -> None:
     choice = config.private_embedder
     if choice not in PRIVATE_PARTS:
-        raise ConfigError(f"config key '{KEY}' must be one of {list(PRIVATE_PARTS)}, got {choice!r}")
+        raise ConfigError(f"config key '{KEY}' must be one of {list(allowed)}, got {choice!r}")
     if choice not in allowed:
-        raise ConfigError(f"config key '{KEY}' = {choice!r} is not available with model.sharing={strategy!r} "
+        raise ConfigError(f"config key '{KEY}' = {choice!r} is not available with model.sharing={strategy} "
                           f"(choose one of {list(allowed)}){why_not}")
     if choice == "none":
         return

@@ -8,8 +8,8 @@ mask are private to it. Which weights an optimizer step may move is the optimize
 
 Masks are not part of ``model.safetensors``: they are saved beside it as ``masks.safetensors``.
 
-With ``model.private_embedder: words`` each task also owns a copy of the word table (the char-CNN is split by the
-masks already); the pipeline's warm-up and search run one shared table, whose state at the rewind point every
+With ``model.private_embedder: words`` each task also owns a copy of the word table (the default prunable patterns
+split the char-CNN's convolution by the masks); the pipeline's warm-up and search run one shared table, whose state at the rewind point every
 task's copy starts from.
 """
 from __future__ import annotations
@@ -41,7 +41,8 @@ class SparseSharing(SharingStrategy):
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
         check_private_embedder(config, "sparse", allowed=("none", "words"),
-                               why_not="; the char-CNN's weights are split among the tasks by their masks already")
+                               why_not="; the default prunable patterns split the char-CNN's convolution among the "
+                                       "tasks by their masks")
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)

@@ -6,8 +6,10 @@
 """
 __version__ = "0.1.0"
 
+from .errors import SparseshareError  # noqa: E402  (imports nothing: `import sparseshare` stays light)
+
 _LAZY = {"Tagger": "tagger", "Doc": "tagger", "Span": "tagger", "MultiTaskTagger": "model"}
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "SparseshareError", *_LAZY]
 
 
 def __getattr__(name):  # torch and transformers are imported on first use, not by `import sparseshare`

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import SparseshareError
+
 
 def command_line() -> str:
     """How this process was started, for the model card: ``python recipes/train.py ...`` or ``sparseshare ...``."""
@@ -174,6 +176,8 @@ def _export(args):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseshare", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the whole traceback of an error instead of one line (or set {DEBUG_VARIABLE}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model from a YAML config")
@@ -251,23 +255,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="folder to write")
     export.add_argument("--task", required=True, help="the task to export, e.g. ner")
     export.set_defaults(run=_export)
+    for command in sub.choices.values():  # also after the command (recipes/train.py passes its arguments there)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the whole traceback of an error instead of one line")
     return parser
+
+
+DEBUG_VARIABLE = "SPARSESHARE_DEBUG"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run a command; an error it expects (a bad input, a missing file, a full disk, an unreachable Hub, a refused
-    token, a diverged training) ends it with one line and exit status 1, never a traceback."""
+    token, a diverged training) ends it with one line and exit status 1, never a traceback (``--debug`` or
+    ``SPARSESHARE_DEBUG=1``: the traceback, for a bug report)."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from .hub import describe_network_error, network_errors, one_line
-    from .training.checkpoints import TrainingDiverged
 
+    debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     try:
         args.run(args)
-    # OSError: a missing file, a directory for a file, a full disk (run_folder.DiskFullError), a failed Hub call
-    # (hub.HubError, errors.ModelFolderError)
-    except (ValueError, OSError, TrainingDiverged) as err:
+    # SparseshareError: every error of ours (a diverged training among them); OSError: a missing file, a directory
+    # for a file; ValueError: a bad value that Python or a library found
+    except (SparseshareError, ValueError, OSError) as err:
+        if debug:
+            raise
         raise SystemExit(f"sparseshare {args.command}: error: {one_line(err)}") from None
     except network_errors() as err:  # the HTTP client's own errors (not OSErrors), from a call hub.py does not make
+        if debug:
+            raise
         raise SystemExit(f"sparseshare {args.command}: error: {describe_network_error(err)}") from None
     finally:
         _close_process_group()

@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import SparseshareError
 from .model import MultiTaskTagger, _transformer_of
 
 
 BIOES_TO_IOB2_PREFIX = {"S": "B", "E": "I"}  # a single-token chunk begins one; a chunk's last token is inside it
 
 
-class ExportError(ValueError):
+class ExportError(SparseshareError, ValueError):
     pass
 
 

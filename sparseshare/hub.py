@@ -12,14 +12,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ModelFolderError
+from .errors import ModelFolderError, SparseshareError
 
 # Everything a model folder may hold; nothing else is downloaded (no pickles, no code).
 MODEL_FILE_PATTERNS = ["config.json", "vocab.json", "labels.json", "model.safetensors", "masks.safetensors",
                        "routing.json", "README.md", "encoder/*.json", "encoder/*.txt", "encoder/*.model"]
 
 
-class HubError(OSError):
+class HubError(SparseshareError, OSError):
     """A failed Hub call (an unreachable endpoint, a refused token, a missing repo or dataset), in one line that
     names what was asked for and why it failed."""
 

@@ -19,6 +19,8 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import SparseshareError
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; runs are not protected against a second writer
@@ -27,7 +29,7 @@ except ImportError:  # Windows: no advisory locks; runs are not protected agains
 LOCK_FILE = ".lock"
 
 
-class RunFolderError(ValueError):
+class RunFolderError(SparseshareError, ValueError):
     pass
 
 
@@ -188,7 +190,7 @@ def remove_outputs(folder: Path, names=RUN_OUTPUTS, inputs: dict | None = None) 
             path.unlink()
 
 
-class DiskFullError(OSError):
+class DiskFullError(SparseshareError, OSError):
     """No space left where a run writes. One line (the folder and what to do), not the writer's own error: torch's
     says only ``unexpected pos ...``. What the run had saved stays consistent, so ``--resume`` continues it once
     space is freed."""

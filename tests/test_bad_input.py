@@ -79,6 +79,49 @@ def test_the_cli_reports_a_yaml_error_without_a_traceback(tmp_path, capsys):
         main(["train", "--config", str(path)])
 
 
+@pytest.mark.parametrize("where", ["before", "after", "environment"])
+def test_debug_shows_the_whole_traceback_of_an_error_the_cli_would_report_in_one_line(tmp_path, monkeypatch, where):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {lr: 0.1\n")
+    argv = {"before": ["--debug", "train", "--config", str(path)], "after": ["train", "--config", str(path), "--debug"],
+            "environment": ["train", "--config", str(path)]}[where]
+    if where == "environment":
+        monkeypatch.setenv("SPARSESHARE_DEBUG", "1")
+    with pytest.raises(ConfigError, match="YAML syntax error"):  # the error itself, not a one-line exit
+        main(argv)
+    monkeypatch.setenv("SPARSESHARE_DEBUG", "0")
+    with pytest.raises(SystemExit, match="sparseshare train: error: "):
+        main(["train", "--config", str(path)])
+
+
+def test_every_error_the_toolkit_raises_on_purpose_derives_from_one_base_and_keeps_its_builtin_one():
+    """Callers catch ours (``except SparseshareError``) and not torch's; code that caught ValueError / OSError
+    before still does."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import sparseshare
+    from sparseshare import SparseshareError
+
+    found = {}
+    for info in pkgutil.walk_packages(sparseshare.__path__, "sparseshare."):
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__ == info.name:
+                found[f"{info.name}.{name}"] = cls
+    assert len(found) >= 14, sorted(found)
+    assert [name for name, cls in found.items() if not issubclass(cls, SparseshareError)] == []
+    builtin = {"ConfigError": ValueError, "ModelFolderError": FileNotFoundError, "InvalidModelFolderError": ValueError,
+               "CheckpointError": ValueError, "TrainingDiverged": RuntimeError, "ExportError": ValueError,
+               "RunFolderError": ValueError, "DiskFullError": OSError, "HubError": OSError,
+               "CorpusFormatError": ValueError, "MissingSplitError": FileNotFoundError, "MaskError": ValueError}
+    for name, cls in found.items():
+        short = name.rsplit(".", 1)[1]
+        if short in builtin:
+            assert issubclass(cls, builtin[short]), name
+
+
 def test_the_cli_reports_a_bad_task_file_in_one_line(tmp_path):
     path = tmp_path / "mytask.yaml"
     path.write_text("name: mytask\nformat: conll\ncolumns: [tokens, ner]\nlabel_column: ner\n"

@@ -11,6 +11,7 @@ import datasets
 import numpy as np
 from datasets.exceptions import DatasetNotFoundError
 
+from ..errors import SparseshareError
 from ..hub import hub_errors_reported
 from ..tasks import TaskSpec
 from .readers import READERS, CorpusFormatError
@@ -19,7 +20,7 @@ from .schemes import first_invalid_transition, well_formed_label
 SPLITS = ("train", "dev", "test")
 
 
-class MissingSplitError(FileNotFoundError):
+class MissingSplitError(SparseshareError, FileNotFoundError):
     """A task's corpus has no such split (or its file is missing)."""
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import SparseshareError
 
-class CorpusFormatError(ValueError):
+
+class CorpusFormatError(SparseshareError, ValueError):
     def __init__(self, path: str | Path, line: int | None, message: str):
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")

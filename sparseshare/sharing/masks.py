@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import ModelFolderError
+from ..errors import ModelFolderError, SparseshareError
 from ..files import atomic_path
 
 MaskSet = dict[str, dict[str, torch.Tensor]]
@@ -35,7 +35,7 @@ DEFAULT_PRUNABLE = {
 }
 
 
-class MaskError(ValueError):
+class MaskError(SparseshareError, ValueError):
     pass
 
 

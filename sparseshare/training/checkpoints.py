@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from ..config import Config, ConfigError, read_yaml, upgrade_saved_model_config
+from ..errors import SparseshareError
 from ..files import recover_folder, replace_folder
 from ..model import MultiTaskTagger
 
@@ -108,10 +109,10 @@ def check_finite(model: torch.nn.Module | None, state: TrainState) -> None:
         raise TrainingDiverged(f"training diverged by step {state.global_step}: {len(bad)} weight tensor(s) hold "
                                f"NaN/inf (first: {bad[0]}); nothing was saved over the last good checkpoint and model")
 
-class CheckpointError(ValueError):
+class CheckpointError(SparseshareError, ValueError):
     pass
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(SparseshareError, RuntimeError):
     pass
 
 # Keys a resumed run may change: how long it runs and how it reports, not what it computes.

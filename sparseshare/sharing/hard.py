@@ -56,7 +56,8 @@ class HardSharing(SharingStrategy):
     def card_section(self, model) -> list[str]:
         if not self.private_parts:
             return []
-        return card_lines("Hard sharing", self.private, self.private_parts, "the rest of the encoder is shared by all tasks")
+        return card_lines("Hard sharing", self.private, self.private_parts,
+                          "the rest of the encoder is shared by all tasks")
 
 
 @register("single")

@@ -1,9 +1,9 @@
 """Per-task copies of parts of the BiLSTM's embedder (``model.private_embedder``), for hard and sparse sharing.
 
 Each task owns a copy of the word table, the char-CNN or both, and the rest of the encoder is shared: issue 23
-found that most of what NER loses by sharing is in the shared word representations (new names), not in the shared
-layers above them. The copies live in the strategy as ``private.<task>.<part>.*`` and leave the encoder's embedder,
-which then reads them per task (``WordEmbedder.forward(batch, words=, chars=)``).
+found about half of what NER loses by sharing (on new names) in the shared word representations that the other
+tasks move, the rest in the shared layers above them. The copies live in the strategy as ``private.<task>.<part>.*``
+and leave the encoder's embedder, which then reads them per task (``WordEmbedder.forward(batch, words=, chars=)``).
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ mask are private to it. Which weights an optimizer step may move is the optimize
 Masks are not part of ``model.safetensors``: they are saved beside it as ``masks.safetensors``.
 
 With ``model.private_embedder: words`` each task also owns a copy of the word table (the default prunable patterns
-split the char-CNN's convolution by the masks); the pipeline's warm-up and search run one shared table, whose state at the rewind point every
-task's copy starts from.
+split the char-CNN's convolution by the masks); the pipeline's warm-up and search run one shared table, and every
+task's copy starts from its state at the rewind point.
 """
 from __future__ import annotations
 

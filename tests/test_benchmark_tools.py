@@ -81,6 +81,8 @@ def test_a_run_that_changes_only_the_joint_stage_copies_the_search_of_the_run_it
     assert run_grid.copy_search(source, out, "sparse_private_words", 1, args) is None
     assert (out / "warmup" / "results.json").is_file() and (out / "search" / "results.json").is_file()
     assert (out / "search_copied_from.txt").read_text().strip() == str(source)
+    # the selection is made after the search, from its records: another tie tolerance shares the search too
+    assert run_grid.copy_search(source, tmp_path / "tol", "sparse_private_words_tol25", 1, args) is None
 
     (source / "config.yaml").write_text(yaml.safe_dump({**theirs, "train": {**theirs["train"], "lr": 0.1}}))
     refused = run_grid.copy_search(source, tmp_path / "other", "sparse_private_words", 1, args)

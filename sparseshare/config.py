@@ -69,8 +69,8 @@ class ModelConfig:
     # sharing: sparse only: fnmatch patterns over encoder parameter names selecting the prunable weight
     # matrices; null = the encoder's default (sparseshare/sharing/masks.py: DEFAULT_PRUNABLE)
     prunable: list[str] | None = None
-    # sharing: hard and sparse (BiLSTM encoder): what of the embedder each task owns a copy of: none | words (the
-    # word embedding table) | chars (the char-CNN) | all (both; sparse: none | words); the rest stays shared
+    # sharing: hard, sparse, hierarchical, bottom, cross_stitch (BiLSTM encoder): what of the embedder each task owns
+    # a copy of: none | words (the word table) | chars (the char-CNN) | all (both; sparse: none | words)
     private_embedder: str = "none"
     # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
     # read the top layer (Søgaard & Goldberg 2016)

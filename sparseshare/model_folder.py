@@ -382,7 +382,7 @@ def _sizes(contents: FolderContents) -> list[_Size]:
 
     if model.encoder in ("bilstm", "scratch"):  # (a Hugging Face model's sizes are in encoder/config.json)
         b = model.bilstm
-        # the shared embedder's tables (...embedder.words.weight) or the tasks' private copies (...words.<task>.weight)
+        # the shared embedder's tables (...embedder.words.weight) or the tasks' private copies (...private.<task>.words.weight)
         tables = [("words", "*words*.weight", r"(^|\.)words(\.[^.]+)?\.weight$", contents.words,
                    "model.bilstm.word_dim", b.word_dim)]
         if b.char_filters:

@@ -337,8 +337,13 @@ def test_private_embedders_get_gradients_from_their_task_only_and_the_rest_from_
      r"'model.private_embedder' must be one of \['none', 'words'\], got 'word'"),
     ({"model.private_embedder": "words", "model.sharing": "sparse", **SCRATCH},
      "'model.private_embedder' serves the bilstm encoder"),
-    ({"model.private_embedder": "words", "model.sharing": "bottom"},
-     "'model.private_embedder' only applies to model.sharing=hard / sparse"),
+    ({"model.private_embedder": "words", "model.sharing": "routing"},
+     "'model.private_embedder' only applies to model.sharing=bottom / cross_stitch / hard / hierarchical / sparse"),
+    ({"model.private_embedder": "words", "model.sharing": "roaming"}, "'model.private_embedder' only applies"),
+    ({"model.private_embedder": "all", "model.sharing": "bottom", **SCRATCH},
+     "'model.private_embedder' serves the bilstm encoder"),
+    ({"model.private_embedder": "al", "model.sharing": "cross_stitch"},
+     r"'model.private_embedder' must be one of \['none', 'words', 'chars', 'all'\], got 'al'"),
     ({"model.private_embedder": "words", "tasks": "[ner]", "model.sharing": "single"},
      "'model.private_embedder' only applies"),
 ])
@@ -373,3 +378,71 @@ def test_a_private_embedder_saved_as_a_boolean_loads_and_resumes_as_its_part_nam
     old_run = config.to_dict()
     old_run["model"]["private_embedder"] = saved
     check_resume_config(old_run, config.to_dict())
+
+
+# -- the other strategies with private embedders -------------------------------------------------------------
+OTHERS = {"hierarchical": {"model.sharing": "hierarchical", "model.task_layers": "{pos: 1}"},
+          "bottom": {"model.sharing": "bottom"},
+          "cross_stitch": {"model.sharing": "cross_stitch", "model.cross_stitch_init": 0.8}}
+
+
+@pytest.mark.parametrize("choice", PARTS)
+@pytest.mark.parametrize("strategy", OTHERS)
+def test_private_embedders_equal_to_the_shared_one_compute_the_strategy_without_them(tiny_corpus, tmp_path, strategy,
+                                                                                       choice):
+    shared, data = _model(_config(tiny_corpus, tmp_path, **OTHERS[strategy]))
+    for p in shared.sharing.parameters():  # bottoms and columns that differ, so that a task reading another's
+        p.data.add_(0.05 * torch.randn_like(p))  # parts or layers would show
+    private, _ = _model(_config(tiny_corpus, tmp_path, **OTHERS[strategy], **{"model.private_embedder": choice}),
+                        data, seed=1)
+    private.load_state_dict(copies_of_shared_parts(shared.state_dict(), PARTS[choice], TASKS))  # strict
+    batch = _batch(shared, data, "ner")
+    features = private.sharing.features_for_tasks(batch, TASKS)
+    for task in TASKS:
+        expected = shared.sharing(batch, task)
+        assert torch.equal(features[task], expected) and torch.equal(private.sharing(batch, task), expected), task
+    if strategy == "hierarchical":  # the exported encoder of a top-layer task holds its own parts
+        exported = private.sharing.task_encoder_state("ner")
+        assert exported.keys() == shared.sharing.task_encoder_state("ner").keys()
+        assert all(torch.equal(v, shared.sharing.encoder.state_dict()[k]) for k, v in exported.items())
+    for p in private.sharing.private.parameters():  # copies that differ: each task reads its own, at once or alone
+        p.data.add_(0.05 * torch.randn_like(p))
+    features = private.sharing.features_for_tasks(batch, TASKS)
+    for task in TASKS:
+        assert torch.equal(features[task], private.sharing(batch, task)), task
+    assert not torch.equal(features["chunk"], expected)  # (expected: ner's features without private parts)
+
+
+@pytest.mark.parametrize("strategy", OTHERS)
+def test_private_embedders_of_the_other_strategies_get_gradients_from_their_task_only(tiny_corpus, tmp_path, strategy):
+    """Cross-stitch with identity mixing: each column reads its own task's embedder (with mixing, every column's
+    embedder also learns from the other tasks, through the mix)."""
+    extra = {**OTHERS[strategy], "model.private_embedder": "all"}
+    if strategy == "cross_stitch":
+        extra["model.cross_stitch_init"] = 1.0
+    model, data = _model(_config(tiny_corpus, tmp_path, **extra))
+    names = [n for n, _ in model.sharing.named_parameters()]
+    assert not [n for n in names if n.startswith(("encoder.embedder.words.", "encoder.embedder.chars."))]
+    for task in TASKS:
+        grads = _grads(model, data, task)
+        for other in TASKS:
+            own = [n for n in names if n.startswith(f"private.{other}.") and not n.endswith("embedding.weight")]
+            assert own and all(_has_grad(grads[n]) == (other == task) for n in own), (task, other)
+
+
+def test_cross_stitch_embedders_learn_from_every_task_through_the_mixing(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **OTHERS["cross_stitch"], **{"model.private_embedder": "words"}))
+    grads = _grads(model, data, "ner")
+    assert all(_has_grad(grads[f"private.{task}.words.weight"]) for task in TASKS)
+
+
+@pytest.mark.parametrize("strategy", OTHERS)
+def test_the_other_strategies_with_private_embedders_train_save_and_reload_with_identical_predictions(
+        tiny_corpus, tmp_path, strategy):
+    config = _config(tiny_corpus, tmp_path, **OTHERS[strategy], **{"model.private_embedder": "all"})
+    results = run_training(config, log=_quiet)
+    model = assert_reloads_identically(tmp_path / "model", tmp_path, config)
+    assert_reloaded_model_scores_like_the_trained_one(results)
+    pos, ner = (dict(model.sharing.private[t]["words"].named_parameters()) for t in ("pos", "ner"))
+    assert any(not torch.equal(pos[n], ner[n]) for n in pos)  # started equal, trained apart
+    assert "owns its word embeddings and char-CNN" in (tmp_path / "model" / "README.md").read_text()

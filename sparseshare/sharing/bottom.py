@@ -2,7 +2,8 @@
 each task owns the lowest ``model.bottom_layers`` encoder layers, the layers above are shared.
 
 The word/char embeddings (and, for the scratch Transformer, the input projection, positions and final
-LayerNorm) stay shared. Each task's bottom layers start as copies of the built encoder's layers, whose
+LayerNorm) stay shared, unless ``model.private_embedder`` gives each task its own word table and/or char-CNN
+(BiLSTM only; ``private.<task>.<part>.*``, see :mod:`.private_embedder`). Each task's bottom layers start as copies of the built encoder's layers, whose
 originals are moved out of the encoder, so the model has ``(tasks - 1) x bottom-layer`` parameters more than
 hard sharing. The strategy composes the encoder's parts itself (embeddings once per batch -> the task's
 bottom layers -> the shared upper layers); the encoder classes are unchanged, but the encoder instance
@@ -26,6 +27,7 @@ from torch import nn
 from ..errors import ConfigError
 from .base import SharingStrategy, config_depth, layerwise_encoder, register
 from .hf_layers import TaskLayers, layer_stack, plain_state
+from .private_embedder import PrivateEmbedders, check_private_embedder
 
 
 def check_bottom_layers(k: int, depth: int, depth_key: str = "") -> None:
@@ -36,8 +38,8 @@ def check_bottom_layers(k: int, depth: int, depth_key: str = "") -> None:
 
 
 @register("bottom")
-class BottomSharing(SharingStrategy):
-    options = ("bottom_layers",)
+class BottomSharing(PrivateEmbedders, SharingStrategy):
+    options = ("bottom_layers", "private_embedder")
     citation = """@misc{zhang2021rethinking,
   title = {Rethinking Hard-Parameter Sharing in Multi-Task Learning},
   author = {Zhang and others},
@@ -48,6 +50,7 @@ class BottomSharing(SharingStrategy):
     def check_options(cls, config, tasks, depth, depth_key=""):
         if depth is not None:  # a Transformer's depth: checked by the constructor once it is loaded
             check_bottom_layers(config.bottom_layers, depth, depth_key)
+        check_private_embedder(config, "bottom")
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
@@ -68,6 +71,7 @@ class BottomSharing(SharingStrategy):
         layers = list(encoder.layers)
         encoder.layers = nn.ModuleList()  # its layers live in bottom/top now: no unused originals
         self.encoder = encoder
+        self.make_private_embedders(encoder, config)
         self.bottom = nn.ModuleDict({task: nn.ModuleList(copy.deepcopy(layers[:k])) for task in self.tasks})
         self.top = nn.ModuleList(layers[k:])
 
@@ -76,11 +80,8 @@ class BottomSharing(SharingStrategy):
         return self.encoder.output_dim
 
     # -- the encoder's forward pass, in parts -----------------------------------------------------
-    def embed(self, batch) -> torch.Tensor:
-        return self.encoder.embed(batch)
-
     def encode(self, x: torch.Tensor, batch, task: str) -> torch.Tensor:
-        """Top-layer features of ``task`` from the shared embeddings ``x``."""
+        """Top-layer features of ``task`` from the embeddings ``x``."""
         for layer in (*self.bottom[task], *self.top):
             x = self.encoder.run_layer(layer, x, batch.mask)
         return self.encoder.finish(x, batch.mask)
@@ -88,7 +89,7 @@ class BottomSharing(SharingStrategy):
     def forward(self, batch, task):
         if self.stand_ins:
             return self._hf_forward(batch, task, self.encoder.subword_rows(batch))
-        return self.encode(self.embed(batch), batch, task)
+        return self.encode(self.encoder.embed(batch, **self.own_embedder(task)), batch, task)
 
     def _hf_forward(self, batch, task, rows):
         for layer in self.task_switches:
@@ -109,11 +110,17 @@ class BottomSharing(SharingStrategy):
         if self.stand_ins:  # the model runs as a whole, once per task (the batch is tokenised once)
             rows = self.encoder.subword_rows(batch)
             return {task: self._hf_forward(batch, task, rows) for task in tasks}
-        x = self.embed(batch)  # embeddings once per batch; layers per task, as they differ from the first
+        if self.private_parts:  # each task embeds the batch its own way
+            return super().features_for_tasks(batch, tasks)
+        x = self.encoder.embed(batch)  # embeddings once per batch; layers per task, as they differ from the first
         return {task: self.encode(x, batch, task) for task in tasks}
 
     def card_section(self, model) -> list[str]:
-        return ["## Separate bottom layers", "",
-                f"Each task owns the lowest {self.bottom_layers} of the encoder's {self.num_layers} layers "
-                f"({self.own_parameters(self.tasks[0]):,} parameters per task); the layers above and the embeddings "
-                f"are shared by all tasks."]
+        shared = "the layers above are" if self.private_parts else "the layers above and the embeddings are"
+        lines = ["## Separate bottom layers", "",
+                 f"Each task owns the lowest {self.bottom_layers} of the encoder's {self.num_layers} layers "
+                 f"({self.own_parameters(self.tasks[0]):,} parameters per task); {shared} shared "
+                 f"by all tasks."]
+        if self.private_parts:
+            lines += [""] + self.private_card_lines("Separate bottom layers", "the layers above are shared")
+        return lines

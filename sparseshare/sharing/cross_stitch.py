@@ -12,7 +12,9 @@ Shared part: the word/char embeddings (for the scratch Transformer also its inpu
 are computed once and read by every column. The paper has no shared part; the embedding table is most of a
 tagger's parameters (a GloVe vocabulary), so copying it T times would multiply the model's size for little
 (every column would start from the same vectors anyway). Everything above the embeddings is per task: the
-layers and, for the scratch Transformer, the final LayerNorm.
+layers and, for the scratch Transformer, the final LayerNorm. ``model.private_embedder`` (BiLSTM only, see
+:mod:`.private_embedder`) gives each column its own word table and/or char-CNN (``all``: whole columns, as in the
+paper); a column's embeddings then reach the other tasks only through the mixing.
 
 A Hugging Face Transformer: every entry of its layer list becomes a :class:`~.hf_layers.StitchedLayer` holding
 the T columns' copies of that layer; the model runs once on T stacked copies of the batch (stack t = task t's
@@ -32,6 +34,7 @@ from torch import nn
 from ..errors import ConfigError
 from .base import SharingStrategy, layerwise_encoder, register
 from .hf_layers import StitchedLayer, layer_stack
+from .private_embedder import PrivateEmbedders, check_private_embedder
 
 
 def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
@@ -44,8 +47,8 @@ def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
 
 
 @register("cross_stitch")
-class CrossStitchSharing(SharingStrategy):
-    options = ("cross_stitch_init",)
+class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
+    options = ("cross_stitch_init", "private_embedder")
     citation = """@inproceedings{misra2016cross,
   title = {Cross-stitch Networks for Multi-task Learning},
   author = {Misra, Ishan and Shrivastava, Abhinav and Gupta, Abhinav and Hebert, Martial},
@@ -57,6 +60,7 @@ class CrossStitchSharing(SharingStrategy):
     def check_options(cls, config, tasks, depth, depth_key=""):
         if not 0.0 <= config.cross_stitch_init <= 1.0:
             raise ConfigError(f"config key 'model.cross_stitch_init' must be in [0, 1], got {config.cross_stitch_init}")
+        check_private_embedder(config, "cross_stitch")
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
@@ -78,6 +82,7 @@ class CrossStitchSharing(SharingStrategy):
             self.norms = nn.ModuleDict({task: copy.deepcopy(encoder.norm) for task in self.tasks})
             encoder.norm = None
         self.encoder = encoder
+        self.make_private_embedders(encoder, config)
         # every column starts as a copy of the same initialisation, like the paper's columns that all start
         # from one pretrained network
         self.columns = nn.ModuleDict({task: copy.deepcopy(layers) for task in self.tasks})
@@ -97,8 +102,11 @@ class CrossStitchSharing(SharingStrategy):
                 for layer in self.stitched:
                     layer.mixing = None
             return top if rows is None else top[rows]
-        x = self.encoder.embed(batch)
-        h = x.unsqueeze(0).expand(len(self.tasks), *x.shape)  # every column reads the shared embeddings
+        if self.private_parts:  # every column reads its own task's embeddings
+            h = torch.stack([self.encoder.embed(batch, **self.own_embedder(task)) for task in self.tasks])
+        else:
+            x = self.encoder.embed(batch)
+            h = x.unsqueeze(0).expand(len(self.tasks), *x.shape)  # every column reads the shared embeddings
         for i in range(self.num_layers):
             out = torch.stack([self.encoder.run_layer(self.columns[task][i], h[j], batch.mask) for j, task in enumerate(self.tasks)])
             mixing = self.mixing[i]
@@ -131,5 +139,8 @@ class CrossStitchSharing(SharingStrategy):
         for i, matrix in enumerate(self.mixing.detach().cpu().tolist()):
             lines += ["", f"Layer {i + 1}:", "", "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
             lines += [f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for t, row in zip(tasks, matrix)]
+        if self.private_parts:
+            lines += [""] + self.private_card_lines("Cross-stitch", "they feed only that task's column; the mixing "
+                                                                    "passes each column's outputs to the others")
         return lines
 

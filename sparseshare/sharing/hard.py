@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import SharingStrategy, register
-from .private_embedder import PRIVATE_PARTS, card_lines, check_private_embedder, move_to_private_copies
+from .private_embedder import PrivateEmbedders, check_private_embedder
 
 
 @register("hard")
-class HardSharing(SharingStrategy):
+class HardSharing(PrivateEmbedders, SharingStrategy):
     options = ("private_embedder",)
     citation = """@article{caruana1997multitask,
   title = {Multitask Learning},
@@ -30,34 +30,26 @@ class HardSharing(SharingStrategy):
         super().__init__(build_encoder, tasks, config)
         self.check_options(config, tasks, None)
         self.encoder = build_encoder()
-        self.private_parts = PRIVATE_PARTS[config.private_embedder]
-        if self.private_parts:  # the built parts become every task's starting copies
-            self.private = move_to_private_copies(self.encoder, self.private_parts, self.tasks)
+        self.make_private_embedders(self.encoder, config)
 
     @property
     def output_dim(self) -> int:
         return self.encoder.output_dim
 
     def forward(self, batch, task):
-        return self.encoder(batch, **self.private[task])[-1] if self.private_parts else self.encoder(batch)[-1]
+        return self.encoder(batch, **self.own_embedder(task))[-1]
 
     def features_for_tasks(self, batch, tasks):
-        if self.private_parts:
-            return {task: self(batch, task) for task in tasks}
+        if self.private_parts:  # each task embeds the batch its own way
+            return super().features_for_tasks(batch, tasks)
         top = self.encoder(batch)[-1]  # the encoder is shared: run it once for all tasks
         return {task: top for task in tasks}
 
     def task_encoder_state(self, task):
-        state = dict(self.encoder.state_dict())
-        if self.private_parts:
-            state.update({f"embedder.{k}": v for k, v in self.private[task].state_dict().items()})
-        return state
+        return self.with_own_embedder(dict(self.encoder.state_dict()), task)
 
     def card_section(self, model) -> list[str]:
-        if not self.private_parts:
-            return []
-        return card_lines("Hard sharing", self.private, self.private_parts,
-                          "the rest of the encoder is shared by all tasks")
+        return self.private_card_lines("Hard sharing", "the rest of the encoder is shared by all tasks")
 
 
 @register("single")

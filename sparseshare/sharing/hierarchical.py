@@ -3,12 +3,14 @@
 Lower-level tasks (POS) are supervised at lower layers, higher-level tasks (chunking, NER) at upper ones:
 ``model.task_layers: {pos: 1}`` makes POS read layer 1; tasks not listed read the top layer. A task's loss
 therefore reaches only the layers up to the one it reads. With every task on the top layer this is hard
-sharing, weight for weight.
+sharing, weight for weight. ``model.private_embedder`` gives each task its own word table and/or char-CNN
+(BiLSTM only, see :mod:`.private_embedder`).
 """
 from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import SharingStrategy, register
+from .private_embedder import PrivateEmbedders, check_private_embedder
 
 
 def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None, depth_key: str = "") -> None:
@@ -23,8 +25,8 @@ def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None,
 
 
 @register("hierarchical")
-class HierarchicalSharing(SharingStrategy):
-    options = ("task_layers",)
+class HierarchicalSharing(PrivateEmbedders, SharingStrategy):
+    options = ("task_layers", "private_embedder")
     citation = """@inproceedings{sogaard2016deep,
   title = {Deep multi-task learning with low level tasks supervised at lower layers},
   author = {S{\\o}gaard, Anders and Goldberg, Yoav},
@@ -36,6 +38,7 @@ class HierarchicalSharing(SharingStrategy):
     def check_options(cls, config, tasks, depth, depth_key=""):
         for task, layer in config.task_layers.items():
             check_task_layer(task, layer, tasks, depth, depth_key)
+        check_private_embedder(config, "hierarchical")
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
@@ -43,15 +46,18 @@ class HierarchicalSharing(SharingStrategy):
         depth = self.encoder.num_layers
         self.check_options(config, self.tasks, depth)  # again here: only the built encoder knows a Transformer's depth
         self.task_layers = {task: config.task_layers.get(task, depth) for task in self.tasks}  # 1-based
+        self.make_private_embedders(self.encoder, config)
 
     @property
     def output_dim(self) -> int:
         return self.encoder.output_dim  # every layer has the same width
 
     def forward(self, batch, task):
-        return self.encoder(batch)[self.task_layers[task] - 1]
+        return self.encoder(batch, **self.own_embedder(task))[self.task_layers[task] - 1]
 
     def features_for_tasks(self, batch, tasks):
+        if self.private_parts:  # each task embeds the batch its own way
+            return super().features_for_tasks(batch, tasks)
         layers = self.encoder(batch)  # one encoder pass; each task picks its layer
         return {task: layers[self.task_layers[task] - 1] for task in tasks}
 
@@ -62,11 +68,13 @@ class HierarchicalSharing(SharingStrategy):
                 f"task {task!r} reads encoder layer {layer} of {depth} (model.task_layers), but an exported "
                 f"encoder runs all its layers and its head reads the top one, so it would predict differently; "
                 f"only tasks that read the top layer can be exported")
-        return dict(self.encoder.state_dict())
+        return self.with_own_embedder(dict(self.encoder.state_dict()), task)
 
     def card_section(self, model) -> list[str]:
+        own = [""] + self.private_card_lines("Hierarchical sharing", "the encoder's layers are shared by all tasks") \
+            if self.private_parts else []
         return ["## Hierarchical sharing", "",
                 f"One encoder of {self.encoder.num_layers} layers; each task's head reads the output of its own "
                 f"layer:", "",
-                "| task | layer |", "|---|---|", *[f"| {task} | {self.task_layers[task]} |" for task in self.tasks]]
+                "| task | layer |", "|---|---|", *[f"| {task} | {self.task_layers[task]} |" for task in self.tasks], *own]
 

@@ -1,4 +1,5 @@
-"""Per-task copies of parts of the BiLSTM's embedder (``model.private_embedder``), for hard and sparse sharing.
+"""Per-task copies of parts of the BiLSTM's embedder (``model.private_embedder``), for the strategies that offer
+the option (hard, sparse, hierarchical, separate bottom layers, cross-stitch) through :class:`PrivateEmbedders`.
 
 Each task owns a copy of the word table, the char-CNN or both, and the rest of the encoder is shared: issue 23
 found about half of what NER loses by sharing (on new names) in the shared word representations that the other
@@ -59,8 +60,32 @@ def copies_of_shared_parts(state: dict, parts: tuple[str, ...], tasks: list[str]
     return out
 
 
-def card_lines(strategy_title: str, private: nn.ModuleDict, parts: tuple[str, ...], rest: str) -> list[str]:
-    what = {"words": "word embeddings", "chars": "char-CNN"}
-    own = sum(p.numel() for p in next(iter(private.values())).parameters())
-    return [f"## {strategy_title} with private embedders", "",
-            f"Each task owns its {' and '.join(what[p] for p in parts)} ({own:,} parameters per task); {rest}."]
+class PrivateEmbedders:
+    """Mixin of a :class:`~.base.SharingStrategy` that offers ``model.private_embedder``: the strategy calls
+    :meth:`make_private_embedders` on its built encoder, passes :meth:`own_embedder` to the encoder's ``embed`` (or
+    forward) and :meth:`with_own_embedder` to what it exports. Without the option all three change nothing."""
+    private_parts: tuple[str, ...] = ()
+
+    def make_private_embedders(self, encoder: nn.Module, config) -> None:
+        self.private_parts = PRIVATE_PARTS[config.private_embedder]
+        if self.private_parts:  # the built parts become every task's starting copies
+            self.private = move_to_private_copies(encoder, self.private_parts, self.tasks)
+
+    def own_embedder(self, task: str) -> dict[str, nn.Module]:
+        """Keyword arguments for the encoder's embedder: ``task``'s own parts (none without private embedders)."""
+        return dict(self.private[task].items()) if self.private_parts else {}
+
+    def with_own_embedder(self, state: dict, task: str) -> dict:
+        """``state`` (an encoder's ``state_dict`` names) with ``task``'s own parts in place of the shared ones."""
+        if self.private_parts:
+            state.update({f"embedder.{k}": v for k, v in self.private[task].state_dict().items()})
+        return state
+
+    def private_card_lines(self, strategy_title: str, rest: str) -> list[str]:
+        if not self.private_parts:
+            return []
+        what = {"words": "word embeddings", "chars": "char-CNN"}
+        own = sum(p.numel() for p in next(iter(self.private.values())).parameters())
+        return [f"## {strategy_title} with private embedders", "",
+                f"Each task owns its {' and '.join(what[p] for p in self.private_parts)} ({own:,} parameters per "
+                f"task); {rest}."]

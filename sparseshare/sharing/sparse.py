@@ -22,13 +22,13 @@ from torch.func import functional_call
 from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, MissingMaskFileError, check_masks, load_masks,
                     model_statistics, ones_like_parameters, prunable_parameters, save_masks)
 from .base import SharingStrategy, register
-from .private_embedder import PRIVATE_PARTS, card_lines, check_private_embedder, move_to_private_copies
+from .private_embedder import PrivateEmbedders, check_private_embedder
 
 MASK_FILE = "masks.safetensors"
 
 
 @register("sparse")
-class SparseSharing(SharingStrategy):
+class SparseSharing(PrivateEmbedders, SharingStrategy):
     citation = """@inproceedings{sun2020sparse,
   title = {Learning Sparse Sharing Architectures for Multiple Tasks},
   author = {Sun, Tianxiang and Shao, Yunfan and Li, Xiaonan and Liu, Pengfei and Yan, Hang and Qiu, Xipeng and Huang, Xuanjing},
@@ -48,9 +48,7 @@ class SparseSharing(SharingStrategy):
         super().__init__(build_encoder, tasks, config)
         self.check_options(config, tasks, None)
         self.encoder = build_encoder()
-        self.private_parts = PRIVATE_PARTS[config.private_embedder]
-        if self.private_parts:  # the built parts become every task's starting copies (never masked: no weight matrix)
-            self.private = move_to_private_copies(self.encoder, self.private_parts, self.tasks)
+        self.make_private_embedders(self.encoder, config)  # a word table: no weight matrix, never masked
         self.prunable_patterns = list(config.prunable or DEFAULT_PRUNABLE[config.encoder])
         self.prunable_names = list(prunable_parameters(self.encoder, self.prunable_patterns))
         self.masks: MaskSet = {}
@@ -98,14 +96,11 @@ class SparseSharing(SharingStrategy):
     def forward(self, batch, task):
         mask, prunable = self.mask_of(task), self.prunable()
         masked = {name: p * self._on_device(mask, name, p) for name, p in prunable.items()}
-        own = dict(self.private[task].items()) if self.private_parts else {}
-        return functional_call(self.encoder, masked, (batch,), own, strict=False)[-1]
+        return functional_call(self.encoder, masked, (batch,), self.own_embedder(task), strict=False)[-1]
 
     def task_encoder_state(self, task):
         mask = self.mask_of(task)
-        state = dict(self.encoder.state_dict())
-        if self.private_parts:
-            state.update({f"embedder.{k}": v for k, v in self.private[task].state_dict().items()})
+        state = self.with_own_embedder(dict(self.encoder.state_dict()), task)
         for name, m in mask.items():
             state[name] = state[name] * m.to(state[name].device, state[name].dtype)
         return state
@@ -145,8 +140,8 @@ class SparseSharing(SharingStrategy):
         counts = stats["parameters"]
         lines += ["", "Parameters: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()) + "."]
         if self.private_parts:
-            lines += [""] + card_lines("Sparse sharing", self.private, self.private_parts,
-                                       "the rest of the encoder is shared through the masks")
+            lines += [""] + self.private_card_lines("Sparse sharing", "the rest of the encoder is shared through the "
+                                                                      "masks")
         return lines
 
     def prepare_training(self, config, tasks):

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MIXED, NER_PP = "tasks=[xpos,chunk2000,ner]", "tasks=[ner,pp]"
 ADAM = ["train.optimizer=adamw", "train.lr=0.002", "train.lr_schedule=constant", "model.bilstm.word_dropout=0.05",
         "train.epochs=12", "train.patience=4"]
+# routing and roaming take no private embedders (conll03_hard.yaml turns them on)
+SHARED_EMBEDDER = ["model.private_embedder=none"]
 RUNS = {
     "pos": ("conll03_pos", []), "chunk": ("conll03_chunk", []), "ner": ("conll03_ner", []),
     "hard": ("conll03_hard", []), "sparse": ("conll03_sparse", []), "sparse_quick": ("conll03_sparse_quick", []),
@@ -48,16 +50,16 @@ RUNS = {
     "hierarchical": ("conll03_hard", ["model.sharing=hierarchical", "model.task_layers={pos: 1}"]),
     "bottom": ("conll03_hard", ["model.sharing=bottom"]),
     "cross_stitch": ("conll03_hard", ["model.sharing=cross_stitch"]),
-    "roaming": ("conll03_hard", ["model.sharing=roaming", "model.roaming_delta=40"]),
-    "roaming_fixed": ("conll03_hard", ["model.sharing=roaming", "model.roaming_fixed=true"]),
-    "routing": ("conll03_hard", ["model.sharing=routing"]),
+    "roaming": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=40"]),
+    "roaming_fixed": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_fixed=true"]),
+    "routing": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing"]),
     # the collaboration reward over the last 8 batches (256 sentences, the official code's window of 256 decisions)
     # instead of all of training
-    "routing_window": ("conll03_hard", ["model.sharing=routing", "model.routing_history=8"]),
+    "routing_window": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing", "model.routing_history=8"]),
     # the paper's other routers: one REINFORCE agent (an MLP over the representation and the task), and a REINFORCE
     # dispatcher over one WPL agent per task
-    "routing_reinforce": ("conll03_hard", ["model.sharing=routing", "model.routing_router=reinforce"]),
-    "routing_dispatched": ("conll03_hard", ["model.sharing=routing", "model.routing_router=dispatched"]),
+    **{f"routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing",
+                                              f"model.routing_router={router}"]) for router in ("reinforce", "dispatched")},
     # time-to-accuracy of the single-task BiLSTM-CNN-CRF (issue 13): AdamW at a constant rate with word dropout
     # (Reimers & Gurevych 2017: Adam-family optimisers converge in ~9 epochs where SGD needs ~40), early stopping
     # with patience 4 under a 12-epoch cap; variants change one thing each

@@ -87,3 +87,16 @@ def test_a_run_that_changes_only_the_joint_stage_copies_the_search_of_the_run_it
     (source / "config.yaml").write_text(yaml.safe_dump({**theirs, "train": {**theirs["train"], "lr": 0.1}}))
     refused = run_grid.copy_search(source, tmp_path / "other", "sparse_private_words", 1, args)
     assert "ran with other settings" in refused and not (tmp_path / "other" / "warmup").exists()
+
+
+def test_every_run_of_the_grid_has_a_valid_config(tmp_path):
+    """A run whose overrides no longer fit its config file (e.g. a strategy that refuses an option the shipped
+    config turned on) would fail hours into a grid; each one loads here."""
+    import argparse
+
+    from sparseshare.config import load_config
+
+    args = argparse.Namespace(epochs=None, data_root=str(tmp_path / "data"), out=str(tmp_path), overrides=[])
+    for name in run_grid.RUNS:
+        config_file, *overrides = run_grid._config_args(name, 1, tmp_path / name, args)
+        load_config(config_file, overrides)

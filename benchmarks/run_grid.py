@@ -90,6 +90,8 @@ RUNS = {
     # ... and with a smaller tie tolerance in the dev selection of each task's mask (0.5 keeps NER at 34% where
     # the search's 70% round scored 0.4 dev higher): denser masks for the tasks whose pruning costs dev
     "sparse_private_words_tol25": ("conll03_sparse", ["model.private_embedder=words", "sparse.select_tolerance=0.25"]),
+    # ... and with its own char-CNN per task too: the masks then cover the BiLSTM only (own warm-up and search)
+    "sparse_private_all": ("conll03_sparse", ["model.private_embedder=all", "model.prunable=[layers.*.lstm.weight_*]"]),
     # distillation (BAM!, teacher annealing): sparse sharing from its own searched dense networks; hard sharing
     # from the single-task runs of the same seed in the same --out folder (run "pos", "chunk", "ner" first)
     "sparse_distill": ("conll03_sparse", ["sparse.distill=true"]),

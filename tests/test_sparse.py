@@ -769,14 +769,25 @@ def test_the_pipeline_checks_its_teachers_without_loading_them(tiny_corpus, tmp_
         pipeline.check_pipeline_inputs(config, template)
 
 
-# -- private word tables ----------------------------------------------------------------------------
-def test_private_word_tables_equal_to_the_shared_one_compute_plain_sparse_sharing(sparse_model, tiny_corpus, tmp_path):
-    config, data, plain = sparse_model
-    private = build_model(_sparse(tiny_corpus, tmp_path, **{"model.private_embedder": "words"}), data)
+# -- private word tables (and char-CNNs, when model.prunable leaves them out) --------------------------------
+LSTM_ONLY = {"model.prunable": "[layers.*.lstm.weight_*]"}
+PRIVATE = {"words": ("words", {}), "all": ("words chars", LSTM_ONLY)}
+
+
+@pytest.mark.parametrize("choice", PRIVATE)
+def test_private_embedders_equal_to_the_shared_one_compute_plain_sparse_sharing(tiny_corpus, tmp_path, choice):
+    parts, extra = PRIVATE[choice][0].split(), PRIVATE[choice][1]
+    config = _sparse(tiny_corpus, tmp_path, **extra)
+    data = load_task_data(config, log=_quiet)
+    torch.manual_seed(0)
+    plain = build_model(config, data)
+    plain.sharing.set_masks(_random_masks(plain))
+    private = build_model(_sparse(tiny_corpus, tmp_path, **{"model.private_embedder": choice, **extra}), data)
     tasks = list(plain.tasks)
-    private.load_state_dict(copies_of_shared_parts(plain.state_dict(), ("words",), tasks))  # strict: no original
+    private.load_state_dict(copies_of_shared_parts(plain.state_dict(), tuple(parts), tasks))  # strict: no original
     private.sharing.set_masks(plain.sharing.masks)
-    assert "embedder.words.weight" not in dict(private.sharing.encoder.named_parameters())
+    assert not [n for n in dict(private.sharing.encoder.named_parameters())
+                if any(n.startswith(f"embedder.{part}.") for part in parts)]
     d = data["ner"]
     batch = plain.featurizer.collate(d.train_tokens[:8], d.train_labels[:8], d.train_word_ids[:8])
     for task in tasks:
@@ -786,21 +797,26 @@ def test_private_word_tables_equal_to_the_shared_one_compute_plain_sparse_sharin
         assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
     private.zero_grad(set_to_none=True)
     private(batch, "ner").sum().backward()
-    for task in tasks:  # a task's table learns from its own sentences only; the shared char table from all
-        grad = private.sharing.private[task].words.weight.grad
-        assert (grad is not None and bool(grad.abs().sum() > 0)) == (task == "ner"), task
-    # parameter counts: each task's table is its own, like its head
+    for task in tasks:  # a task's copies learn from its own sentences only
+        own = [private.sharing.private[task].words.weight]
+        if "chars" in parts:
+            own.append(private.sharing.private[task].chars.conv.weight)
+        for p in own:
+            assert (p.grad is not None and bool(p.grad.abs().sum() > 0)) == (task == "ner"), task
+    # parameter counts: each task's copies are its own, like its head
     stats_plain, stats_private = model_statistics(plain), model_statistics(private)
-    table = plain.sharing.encoder.embedder.words.weight.numel()
-    assert stats_private["parameters"]["private"] == stats_plain["parameters"]["private"] + len(tasks) * table
-    assert stats_private["parameters"]["shared"] == stats_plain["parameters"]["shared"] - table
+    copied = sum(p.numel() for part in parts for p in getattr(plain.sharing.encoder.embedder, part).parameters())
+    assert stats_private["parameters"]["private"] == stats_plain["parameters"]["private"] + len(tasks) * copied
+    assert stats_private["parameters"]["shared"] == stats_plain["parameters"]["shared"] - copied
     assert stats_private["parameters"]["separate_models"] == stats_plain["parameters"]["separate_models"]
 
 
-def test_the_pipeline_with_private_word_tables_searches_one_network_and_copies_its_table_to_every_task(
-        tiny_corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("choice", PRIVATE)
+def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its_embedder_to_every_task(
+        tiny_corpus, tmp_path, monkeypatch, choice):
+    extra = {"model.private_embedder": choice, **PRIVATE[choice][1]}
     config = _sparse(tiny_corpus, tmp_path / "run", **{"sparse.rounds": 1, "sparse.prune_fraction": 0.5,
-                                                       "train.epochs": 1, "model.private_embedder": "words"})
+                                                       "train.epochs": 1, **extra})
     real, started = pipeline.run_training, {}
 
     def look_at_the_joint_start(cfg, **kwargs):
@@ -816,18 +832,22 @@ def test_the_pipeline_with_private_word_tables_searches_one_network_and_copies_i
     for task in ("pos", "chunk", "ner"):
         assert torch.equal(started["model"].sharing.private[task].words.weight,
                            rewind["sharing.encoder.embedder.words.weight"]), task
+        if choice == "all":
+            assert torch.equal(started["model"].sharing.private[task].chars.conv.weight,
+                               rewind["sharing.encoder.embedder.chars.conv.weight"]), task
     folder = tmp_path / "run" / "joint" / "model"
     model = MultiTaskTagger.from_pretrained(folder)
     tables = [model.sharing.private[t].words.weight for t in ("pos", "chunk", "ner")]
     assert not torch.equal(tables[0], tables[2])  # started equal, trained apart by their tasks
     assert report["parameters"] == model_statistics(model)["parameters"]
-    assert "owns its word embeddings" in (folder / "README.md").read_text()
+    assert ("owns its word embeddings and char-CNN" if choice == "all" else "owns its word embeddings (") in \
+        (folder / "README.md").read_text()
     sentences = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
     assert MultiTaskTagger.from_pretrained(folder).predict(sentences) == model.predict(sentences)
 
     # given masks: no warm-up, every copy starts from the initialisation's one table
     given = _sparse(tiny_corpus, tmp_path / "given", **{"sparse.masks": str(tmp_path / "run" / "masks.safetensors"),
-                                                        "train.epochs": 1, "model.private_embedder": "words"})
+                                                        "train.epochs": 1, **extra})
     assert set(pipeline.run_sparse(given, log=_quiet)["test"]) == {"pos", "chunk", "ner"}
     given_data = load_task_data(given, log=_quiet)
     set_seed(given.train.seed)  # the template the pipeline builds

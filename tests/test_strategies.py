@@ -330,11 +330,13 @@ def test_private_embedders_get_gradients_from_their_task_only_and_the_rest_from_
     ({"model.private_embedder": "chars", "model.bilstm.char_filters": 0}, "makes the char-CNN private, but"),
     ({"model.private_embedder": "true"}, r"'model.private_embedder' must be one of \['none', 'words', 'chars', 'all'\]"),
     ({"model.private_embedder": "all", "model.sharing": "sparse"},
-     r"'model.private_embedder' = 'all' is not available with model.sharing=sparse \(choose one of \['none', "
-     r"'words'\]\); the default prunable patterns split the char-CNN's convolution among the tasks by their masks"),
-    ({"model.private_embedder": "chars", "model.sharing": "sparse"}, "is not available with model.sharing=sparse"),
+     r"'model.private_embedder' = 'all' gives each task its own char-CNN, but the default prunable patterns "
+     r"\(model.prunable: null\) split its convolution among the tasks by their masks "
+     r"\(\['embedder.chars.conv.weight'\]\); set model.prunable to patterns without it"),
+    ({"model.private_embedder": "chars", "model.sharing": "sparse", "model.prunable": "[embedder.chars.*]"},
+     r"but model.prunable split its convolution .*\(\['embedder.chars.\*'\]\)"),
     ({"model.private_embedder": "word", "model.sharing": "sparse"},
-     r"'model.private_embedder' must be one of \['none', 'words'\], got 'word'"),
+     r"'model.private_embedder' must be one of \['none', 'words', 'chars', 'all'\], got 'word'"),
     ({"model.private_embedder": "words", "model.sharing": "sparse", **SCRATCH},
      "'model.private_embedder' serves the bilstm encoder"),
     ({"model.private_embedder": "words", "model.sharing": "routing"},

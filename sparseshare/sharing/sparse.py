@@ -8,23 +8,27 @@ mask are private to it. Which weights an optimizer step may move is the optimize
 
 Masks are not part of ``model.safetensors``: they are saved beside it as ``masks.safetensors``.
 
-With ``model.private_embedder: words`` each task also owns a copy of the word table (the default prunable patterns
-split the char-CNN's convolution by the masks); the pipeline's warm-up and search run one shared table, and every
-task's copy starts from its state at the rewind point.
+With ``model.private_embedder: words`` each task also owns a copy of the word table; ``chars`` / ``all`` give it its
+own char-CNN as well, when ``model.prunable`` leaves the char-CNN out (the default patterns split its convolution
+among the tasks by their masks). The pipeline's warm-up and search run one shared embedder, and every task's copy
+starts from its state at the rewind point.
 """
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import torch
 from torch.func import functional_call
 
+from ..errors import ConfigError
 from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, MissingMaskFileError, check_masks, load_masks,
                     model_statistics, ones_like_parameters, prunable_parameters, save_masks)
 from .base import SharingStrategy, register
-from .private_embedder import PrivateEmbedders, check_private_embedder
+from .private_embedder import PRIVATE_PARTS, PrivateEmbedders, check_private_embedder
 
 MASK_FILE = "masks.safetensors"
+CHAR_CONV = "embedder.chars.conv.weight"  # the char-CNN's one weight matrix (the default patterns mask it)
 
 
 @register("sparse")
@@ -40,15 +44,22 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
-        check_private_embedder(config, "sparse", allowed=("none", "words"),
-                               why_not="; the default prunable patterns split the char-CNN's convolution among the "
-                                       "tasks by their masks")
+        check_private_embedder(config, "sparse")
+        if "chars" not in PRIVATE_PARTS[config.private_embedder]:
+            return
+        patterns = config.prunable or DEFAULT_PRUNABLE[config.encoder]
+        masking = [p for p in patterns if fnmatch.fnmatchcase(CHAR_CONV, p)]
+        if masking:  # a private char-CNN leaves the encoder, so a pattern for it would match nothing
+            where = "model.prunable" if config.prunable else "the default prunable patterns (model.prunable: null)"
+            raise ConfigError(f"config key 'model.private_embedder' = {config.private_embedder!r} gives each task its "
+                              f"own char-CNN, but {where} split its convolution among the tasks by their masks "
+                              f"({masking}); set model.prunable to patterns without it, e.g. [layers.*.lstm.weight_*]")
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         self.check_options(config, tasks, None)
         self.encoder = build_encoder()
-        self.make_private_embedders(self.encoder, config)  # a word table: no weight matrix, never masked
+        self.make_private_embedders(self.encoder, config)  # never masked: they leave the encoder
         self.prunable_patterns = list(config.prunable or DEFAULT_PRUNABLE[config.encoder])
         self.prunable_names = list(prunable_parameters(self.encoder, self.prunable_patterns))
         self.masks: MaskSet = {}

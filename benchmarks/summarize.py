@@ -2,6 +2,9 @@
 
     python benchmarks/summarize.py benchmarks/runs/conll03
     python benchmarks/summarize.py benchmarks/results/conll03 --runs pos chunk ner hard sparse routing  # these rows
+    python benchmarks/summarize.py benchmarks/results/conll03_converged benchmarks/results/issue23 --runs ner hard
+
+Several folders are read as one (a shown run name found in two of them is refused: it would mix two grids' seeds).
 
 
 A run is ``<name>_seed<k>/results.json`` (recipes/train.py) or ``<name>_seed<k>/report.json`` with
@@ -31,24 +34,39 @@ def fmt(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def main(folder: str, only: list[str] | None = None, seeds: list[int] | None = None):
+def main(folders: str | list[str], only: list[str] | None = None, seeds: list[int] | None = None):
     groups = defaultdict(list)
-    for run in sorted(p for p in Path(folder).glob("*_seed*") if p.is_dir()):
-        name, seed = re.match(r"(.+)_seed(\d+)$", run.name).groups()
-        if seeds and int(seed) not in seeds:
-            continue
-        if (run / "report.json").is_file():
-            data = json.loads((run / "joint" / "results.json").read_text())
-            data["parameters"] = json.loads((run / "report.json").read_text())["parameters"]["total"]
-        elif (run / "results.json").is_file():
-            data = json.loads((run / "results.json").read_text())
-        else:
-            continue  # unfinished
-        wall = json.loads((run / "wall_time.json").read_text()) if (run / "wall_time.json").is_file() else {}
-        # a record marked incomplete lost the time of a part of its run (a driver killed before it kept count)
-        data["wall"] = wall["seconds"] if wall and wall.get("complete", True) else None
-        data["seed"] = int(seed)
-        groups[name].append(data)
+    found_in: dict[str, Path] = {}
+    for folder in [folders] if isinstance(folders, str) else folders:
+        for run in sorted(p for p in Path(folder).glob("*_seed*") if p.is_dir()):
+            name = re.match(r"(.+)_seed(\d+)$", run.name).group(1)
+            if only and name not in only:
+                continue
+            if found_in.setdefault(name, Path(folder)) != Path(folder):
+                sys.exit(f"run {name!r} is in both {found_in[name]} and {folder}; summarise them separately")
+            _read(run, seeds, groups)
+    _print(groups, only)
+
+
+def _read(run: Path, seeds: list[int] | None, groups: dict) -> None:
+    name, seed = re.match(r"(.+)_seed(\d+)$", run.name).groups()
+    if seeds and int(seed) not in seeds:
+        return
+    if (run / "report.json").is_file():
+        data = json.loads((run / "joint" / "results.json").read_text())
+        data["parameters"] = json.loads((run / "report.json").read_text())["parameters"]["total"]
+    elif (run / "results.json").is_file():
+        data = json.loads((run / "results.json").read_text())
+    else:
+        return  # unfinished
+    wall = json.loads((run / "wall_time.json").read_text()) if (run / "wall_time.json").is_file() else {}
+    # a record marked incomplete lost the time of a part of its run (a driver killed before it kept count)
+    data["wall"] = wall["seconds"] if wall and wall.get("complete", True) else None
+    data["seed"] = int(seed)
+    groups[name].append(data)
+
+
+def _print(groups: dict, only: list[str] | None) -> None:
     if only:  # the named runs, in the order given
         groups = {name: groups[name] for name in only if name in groups}
     found = dict.fromkeys(t for runs in groups.values() for r in runs for t in r["dev"])
@@ -69,8 +87,8 @@ def main(folder: str, only: list[str] | None = None, seeds: list[int] | None = N
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", nargs="?", default="benchmarks/runs/conll03")
+    parser.add_argument("folders", nargs="*", default=["benchmarks/runs/conll03"])
     parser.add_argument("--runs", nargs="+", help="only these runs (names without _seed<k>), in this order")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     args = parser.parse_args()
-    main(args.folder, args.runs, args.seeds)
+    main(args.folders, args.runs, args.seeds)

@@ -3,9 +3,9 @@ sharing measured in one run.
 
     python benchmarks/strategy_cost.py --steps 20 --repeats 3 --output benchmarks/results/strategy_cost.json
 
-The CoNLL-2003 BiLSTM-CNN-CRF (conll03_hard.yaml) on real batches of 32 sentences. One step = collate,
-forward, backward, clip, SGD step, the strategy's own step (routers, roaming's mask moves), for the tasks in
-turn (round robin). Settings (``--settings``):
+The CoNLL-2003 BiLSTM-CNN-CRF (conll03_hard.yaml, one embedder shared by all tasks) on real batches of 32
+sentences. One step = collate, forward, backward, clip, SGD step, the strategy's own step (routers, roaming's
+mask moves), for the tasks in turn (round robin). Settings (``--settings``):
 - tasks: 2 (pos, chunk), 3 (+ ner), 4 (+ chunk2000) for hard, cross_stitch, routing (k = 2);
 - blocks: k = 1, 2, 4, 8 routed blocks per layer with 3 tasks, for routing with an untrained router (near-uniform
   policies: a batch splits over ~k blocks) and with a converged one (one-hot policies on block 0, as the trained
@@ -33,8 +33,9 @@ def build(data, tasks, sharing, extra, args, converged=False):
     from sparseshare.config import load_config
     from sparseshare.training.data import build_model
 
+    # one embedder for all tasks (routing and roaming offer no private ones), as in the recorded ratios
     overrides = [f"data.root={args.data_root}", f"model.bilstm.embeddings={args.data_root}/glove/glove.6B.50d.filtered.txt",
-                 f"tasks=[{','.join(tasks)}]", f"model.sharing={sharing}", *extra]
+                 f"tasks=[{','.join(tasks)}]", f"model.sharing={sharing}", "model.private_embedder=none", *extra]
     config = load_config(ROOT / "recipes" / "configs" / "conll03_hard.yaml", overrides)
     torch.manual_seed(1)
     model = build_model(config, {t: data[t] for t in tasks})
@@ -99,8 +100,8 @@ def main():
 
         variants = {"hard": ("hard", [])}
         for name in ("hierarchical", "bottom", "cross_stitch", "routing", "roaming", "roaming_fixed"):
-            overrides = RUNS[name][1]
-            variants[name] = (overrides[0].split("=", 1)[1], overrides[1:])
+            sharing = [o for o in RUNS[name][1] if o.startswith("model.sharing=")]
+            variants[name] = (sharing[0].split("=", 1)[1], [o for o in RUNS[name][1] if o not in sharing])
         result["strategies"] = measure(data, TASKS[:3], variants, args)
         print("strategies:", json.dumps(result["strategies"]), flush=True)
     if args.output:

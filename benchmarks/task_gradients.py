@@ -49,15 +49,17 @@ QUANTITIES = ("grad", "update", "along", "cos", "clipped")
 
 
 def shared_matrices(model) -> dict[str, torch.Tensor]:
-    """The encoder's weight matrices (what every task shares under hard sharing, and what sparse sharing masks)."""
+    """The encoder's weight matrices (what every task shares under hard sharing, and what sparse sharing masks);
+    a task's private embedder copies (``private.<task>.*``) are not shared."""
     return {n: p for n, p in model.sharing.named_parameters()
-            if p.requires_grad and p.dim() >= 2 and "embedding" not in n}
+            if p.requires_grad and p.dim() >= 2 and "embedding" not in n and not n.startswith("private.")}
 
 
 def word_embeddings(model) -> torch.Tensor | None:
-    """The word embedding matrix of a BiLSTM / scratch encoder (None for a pretrained Transformer)."""
+    """The shared word embedding matrix of a BiLSTM / scratch encoder (None for a pretrained Transformer, and with
+    a word table per task)."""
     for name, p in model.sharing.named_parameters():
-        if name.endswith("words.weight"):
+        if name.endswith("words.weight") and not name.startswith("private."):
             return p
     return None
 

@@ -70,7 +70,8 @@ class ModelConfig:
     # matrices; null = the encoder's default (sparseshare/sharing/masks.py: DEFAULT_PRUNABLE)
     prunable: list[str] | None = None
     # sharing: hard, sparse, hierarchical, bottom, cross_stitch (BiLSTM encoder): what of the embedder each task owns
-    # a copy of: none | words (the word table) | chars (the char-CNN) | all (both; sparse: none | words)
+    # a copy of: none | words (the word table) | chars (the char-CNN) | all (both; sparse: chars / all only with a
+    # model.prunable that leaves the char-CNN out)
     private_embedder: str = "none"
     # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
     # read the top layer (Søgaard & Goldberg 2016)

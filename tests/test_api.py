@@ -374,6 +374,11 @@ STRATEGIES = {
     "cross_stitch": {"model.sharing": "cross_stitch"},
     "sparse": {"model.sharing": "sparse"},
     "sparse_private_words": {"model.sharing": "sparse", "model.private_embedder": "words"},
+    "sparse_private_all": {"model.sharing": "sparse", "model.private_embedder": "all",
+                           "model.prunable": "[layers.*.lstm.weight_*]"},
+    "hierarchical_private_chars": {"model.sharing": "hierarchical", "model.private_embedder": "chars"},
+    "bottom_private_words": {"model.sharing": "bottom", "model.private_embedder": "words"},
+    "cross_stitch_private_embedder": {"model.sharing": "cross_stitch", "model.private_embedder": "all"},
     "roaming": {"model.sharing": "roaming"},
     "routing": {"model.sharing": "routing"},
 }

@@ -122,5 +122,5 @@ class BottomSharing(PrivateEmbedders, SharingStrategy):
                  f"({self.own_parameters(self.tasks[0]):,} parameters per task); {shared} shared "
                  f"by all tasks."]
         if self.private_parts:
-            lines += [""] + self.private_card_lines("Separate bottom layers", "the layers above are shared")
+            lines += [""] + self.private_card_lines("Separate bottom layers")
         return lines

@@ -64,6 +64,7 @@ class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
+        self.check_options(config, self.tasks, None)  # also for a ModelConfig built in Python, not loaded
         encoder = layerwise_encoder("cross_stitch", build_encoder, config)
         self.num_layers = encoder.num_layers
         self.mixing = nn.Parameter(mixing_init(self.num_layers, len(self.tasks), config.cross_stitch_init))
@@ -140,7 +141,8 @@ class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
             lines += ["", f"Layer {i + 1}:", "", "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
             lines += [f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for t, row in zip(tasks, matrix)]
         if self.private_parts:
-            lines += [""] + self.private_card_lines("Cross-stitch", "they feed only that task's column; the mixing "
-                                                                    "passes each column's outputs to the others")
+            lines += [""] + self.private_card_lines(
+                "Cross-stitch", "a task's own parts feed only its column, and the mixing passes each column's outputs "
+                "to the others", shared_how="read by every column")
         return lines
 

@@ -49,7 +49,7 @@ class HardSharing(PrivateEmbedders, SharingStrategy):
         return self.with_own_embedder(dict(self.encoder.state_dict()), task)
 
     def card_section(self, model) -> list[str]:
-        return self.private_card_lines("Hard sharing", "the rest of the encoder is shared by all tasks")
+        return self.private_card_lines("Hard sharing", "the BiLSTM layers are shared by all tasks")
 
 
 @register("single")

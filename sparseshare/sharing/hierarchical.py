@@ -71,7 +71,7 @@ class HierarchicalSharing(PrivateEmbedders, SharingStrategy):
         return self.with_own_embedder(dict(self.encoder.state_dict()), task)
 
     def card_section(self, model) -> list[str]:
-        own = [""] + self.private_card_lines("Hierarchical sharing", "the encoder's layers are shared by all tasks") \
+        own = [""] + self.private_card_lines("Hierarchical sharing", "the BiLSTM layers are shared by all tasks") \
             if self.private_parts else []
         return ["## Hierarchical sharing", "",
                 f"One encoder of {self.encoder.num_layers} layers; each task's head reads the output of its own "

@@ -81,11 +81,15 @@ class PrivateEmbedders:
             state.update({f"embedder.{k}": v for k, v in self.private[task].state_dict().items()})
         return state
 
-    def private_card_lines(self, strategy_title: str, rest: str) -> list[str]:
+    def private_card_lines(self, strategy_title: str, rest: str = "",
+                           shared_how: str = "shared by all tasks") -> list[str]:
+        """The card's section: what each task owns, the embedder parts still shared (``shared_how``), ``rest``."""
         if not self.private_parts:
             return []
         what = {"words": "word embeddings", "chars": "char-CNN"}
         own = sum(p.numel() for p in next(iter(self.private.values())).parameters())
-        return [f"## {strategy_title} with private embedders", "",
-                f"Each task owns its {' and '.join(what[p] for p in self.private_parts)} ({own:,} parameters per "
-                f"task); {rest}."]
+        shared = [what[p] for p in what if getattr(self.encoder.embedder, p, None) is not None]
+        text = f"Each task owns its {' and '.join(what[p] for p in self.private_parts)} ({own:,} parameters per task)"
+        if shared:
+            text += f"; the {' and '.join(shared)} {'is' if len(shared) == 1 else 'are'} {shared_how}"
+        return [f"## {strategy_title} with private embedders", "", text + (f"; {rest}." if rest else ".")]

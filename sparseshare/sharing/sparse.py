@@ -50,7 +50,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         patterns = config.prunable or DEFAULT_PRUNABLE[config.encoder]
         masking = [p for p in patterns if fnmatch.fnmatchcase(CHAR_CONV, p)]
         if masking:  # a private char-CNN leaves the encoder, so a pattern for it would match nothing
-            where = "model.prunable" if config.prunable else "the default prunable patterns (model.prunable: null)"
+            where = "model.prunable" if config.prunable else "the default prunable patterns (model.prunable unset)"
             raise ConfigError(f"config key 'model.private_embedder' = {config.private_embedder!r} gives each task its "
                               f"own char-CNN, but {where} split its convolution among the tasks by their masks "
                               f"({masking}); set model.prunable to patterns without it, e.g. [layers.*.lstm.weight_*]")
@@ -151,8 +151,8 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         counts = stats["parameters"]
         lines += ["", "Parameters: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()) + "."]
         if self.private_parts:
-            lines += [""] + self.private_card_lines("Sparse sharing", "the rest of the encoder is shared through the "
-                                                                      "masks")
+            lines += [""] + self.private_card_lines(
+                "Sparse sharing", "the BiLSTM layers are shared through the masks", shared_how="shared through the masks")
         return lines
 
     def prepare_training(self, config, tasks):

@@ -92,6 +92,10 @@ RUNS = {
     # ... and with a smaller tie tolerance in the dev selection of each task's mask (0.5 keeps NER at 34% where
     # the search's 70% round scored 0.4 dev higher): denser masks for the tasks whose pruning costs dev
     "sparse_private_words_tol25": ("conll03_sparse", ["model.private_embedder=words", "sparse.select_tolerance=0.25"]),
+    # hard / sparse sharing with private embedders for NER only: POS and chunk keep sharing theirs (chunk lost
+    # 0.3 dev with a word table and char-CNN of its own)
+    "hard_private_ner": ("conll03_hard", ["model.private_embedder=all", "model.private_embedder_tasks=[ner]"]),
+    "sparse_private_ner": ("conll03_sparse", ["model.private_embedder=words", "model.private_embedder_tasks=[ner]"]),
     # ... and with its own char-CNN per task too: the masks then cover the BiLSTM only (own warm-up and search)
     "sparse_private_all": ("conll03_sparse", ["model.private_embedder=all", "model.prunable=[layers.*.lstm.weight_*]"]),
     # distillation (BAM!, teacher annealing): sparse sharing from its own searched dense networks; hard sharing
@@ -103,7 +107,7 @@ RUNS = {
 # runs whose warm-up and search are those of another run of the same seed (same config up to the joint
 # stage, so recomputing them would give the same files): copied from it when it has finished its search
 SHARES_SEARCH = {"sparse_random": "sparse", "sparse_distill": "sparse", "sparse_private_words": "sparse",
-                 "sparse_private_words_tol25": "sparse"}
+                 "sparse_private_words_tol25": "sparse", "sparse_private_ner": "sparse"}
 # runs that read other runs of the same seed (distillation teachers): not started before those have finished
 NEEDS = {"hard_distill": ("pos", "chunk", "ner")}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
@@ -167,6 +171,7 @@ def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | No
         config.pop("output_dir")
         config["sparse"].pop("select_tolerance", None)
         config["model"].pop("private_embedder", None)
+        config["model"].pop("private_embedder_tasks", None)
         config["sparse"].pop("random_masks", None)
         config["sparse"].pop("distill", None)
     if theirs != ours:

@@ -73,6 +73,9 @@ class ModelConfig:
     # a copy of: none | words (the word table) | chars (the char-CNN) | all (both; sparse: chars / all only with a
     # model.prunable that leaves the char-CNN out)
     private_embedder: str = "none"
+    # the tasks that own those copies (null: every task); the others read the one shared embedder (e.g. [ner]: POS
+    # and chunk share their word representations, NER has its own)
+    private_embedder_tasks: list[str] | None = None
     # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
     # read the top layer (Søgaard & Goldberg 2016)
     task_layers: dict[str, int] = field(default_factory=dict)

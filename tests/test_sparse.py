@@ -811,10 +811,16 @@ def test_private_embedders_equal_to_the_shared_one_compute_plain_sparse_sharing(
     assert stats_private["parameters"]["separate_models"] == stats_plain["parameters"]["separate_models"]
 
 
-@pytest.mark.parametrize("choice", PRIVATE)
-def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its_embedder_to_every_task(
-        tiny_corpus, tmp_path, monkeypatch, choice):
-    extra = {"model.private_embedder": choice, **PRIVATE[choice][1]}
+PIPELINE_CASES = {"words": ("words", {}), "all": ("all", LSTM_ONLY),
+                  "ner_words": ("words", {"model.private_embedder_tasks": "[ner]"})}  # NER's own table only
+
+
+@pytest.mark.parametrize("case", PIPELINE_CASES)
+def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its_embedder_to_every_owner(
+        tiny_corpus, tmp_path, monkeypatch, case):
+    choice, extra = PIPELINE_CASES[case]
+    extra = {"model.private_embedder": choice, **extra}
+    owners = ["ner"] if case == "ner_words" else ["pos", "chunk", "ner"]
     config = _sparse(tiny_corpus, tmp_path / "run", **{"sparse.rounds": 1, "sparse.prune_fraction": 0.5,
                                                        "train.epochs": 1, **extra})
     real, started = pipeline.run_training, {}
@@ -829,7 +835,8 @@ def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its
     monkeypatch.setattr(pipeline, "run_training", look_at_the_joint_start)
     report = pipeline.run_sparse(config, log=_quiet)
     rewind = load_file(str(tmp_path / "run" / "warmup" / "model" / "model.safetensors"))
-    for task in ("pos", "chunk", "ner"):
+    assert list(started["model"].sharing.private) == owners
+    for task in owners:
         assert torch.equal(started["model"].sharing.private[task].words.weight,
                            rewind["sharing.encoder.embedder.words.weight"]), task
         if choice == "all":
@@ -837,11 +844,13 @@ def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its
                                rewind["sharing.encoder.embedder.chars.conv.weight"]), task
     folder = tmp_path / "run" / "joint" / "model"
     model = MultiTaskTagger.from_pretrained(folder)
-    tables = [model.sharing.private[t].words.weight for t in ("pos", "chunk", "ner")]
+    tables = [model.sharing.private[t].words.weight if t in owners else model.sharing.encoder.embedder.words.weight
+              for t in ("pos", "chunk", "ner")]
     assert not torch.equal(tables[0], tables[2])  # started equal, trained apart by their tasks
     assert report["parameters"] == model_statistics(model)["parameters"]
-    assert ("owns its word embeddings and char-CNN" if choice == "all" else "owns its word embeddings (") in \
-        (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert {"words": "Each task owns its word embeddings (", "all": "Each task owns its word embeddings and char-CNN",
+            "ner_words": "Each of ner owns its word embeddings ("}[case] in card
     sentences = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
     assert MultiTaskTagger.from_pretrained(folder).predict(sentences) == model.predict(sentences)
 
@@ -852,6 +861,6 @@ def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its
     given_data = load_task_data(given, log=_quiet)
     set_seed(given.train.seed)  # the template the pipeline builds
     initial = build_model(pipeline.one_network(given), given_data)
-    for task in ("pos", "chunk", "ner"):
+    for task in owners:
         assert torch.equal(started["model"].sharing.private[task].words.weight,
                            initial.sharing.encoder.embedder.words.weight), task

@@ -450,3 +450,66 @@ def test_the_other_strategies_with_private_embedders_train_save_and_reload_with_
     pos, ner = (dict(model.sharing.private[t]["words"].named_parameters()) for t in ("pos", "ner"))
     assert any(not torch.equal(pos[n], ner[n]) for n in pos)  # started equal, trained apart
     assert "owns its word embeddings and char-CNN" in (tmp_path / "model" / "README.md").read_text()
+
+
+# -- private embedders for some tasks only (model.private_embedder_tasks) ------------------------------------
+SOME = {"hard": {}, **OTHERS, "sparse": {"model.sharing": "sparse", "model.prunable": "[layers.*.lstm.weight_*]"}}
+
+
+def _with_masks(model, seed=0):
+    if model.config.sharing == "sparse":
+        g = torch.Generator().manual_seed(seed)
+        model.sharing.set_masks({t: {n: torch.rand(p.shape, generator=g) < 0.5
+                                     for n, p in model.sharing.prunable().items()} for t in model.tasks})
+    return model
+
+
+@pytest.mark.parametrize("strategy", SOME)
+def test_an_embedder_owned_by_some_tasks_leaves_the_shared_one_to_the_others(tiny_corpus, tmp_path, strategy):
+    extra = dict(SOME[strategy])
+    if strategy == "cross_stitch":
+        extra["model.cross_stitch_init"] = 1.0  # independent columns: a task's gradient stays in its column
+    shared, data = _model(_config(tiny_corpus, tmp_path, **extra))
+    _with_masks(shared)
+    some, _ = _model(_config(tiny_corpus, tmp_path, **extra, **{"model.private_embedder": "all",
+                                                                 "model.private_embedder_tasks": "[ner]"}), data, seed=1)
+    assert set(some.sharing.private) == {"ner"}
+    some.load_state_dict(copies_of_shared_parts(shared.state_dict(), ("words", "chars"), ["ner"], keep_shared=True))
+    if strategy == "sparse":
+        some.sharing.set_masks(shared.sharing.masks)
+    batch = _batch(shared, data, "ner")
+    for task in TASKS:  # equal copies: the same features as one shared embedder
+        assert torch.equal(some.sharing(batch, task), shared.sharing(batch, task)), task
+    names = [n for n, _ in some.sharing.named_parameters()]
+    own = [n for n in names if n.startswith("private.ner.") and not n.endswith("embedding.weight")]
+    common = [n for n in names if n.startswith("encoder.embedder.") and not n.endswith("embedding.weight")]
+    assert own and common
+    for task in TASKS:
+        grads = _grads(some, data, task)
+        assert all(_has_grad(grads[n]) == (task == "ner") for n in own), task
+        assert all(_has_grad(grads[n]) == (task != "ner") for n in common), task
+
+
+def test_an_embedder_owned_by_some_tasks_trains_saves_reloads_and_says_so(tiny_corpus, tmp_path):
+    config = _config(tiny_corpus, tmp_path, **{"model.private_embedder": "words", "model.private_embedder_tasks": "[ner]"})
+    results = run_training(config, log=_quiet)
+    model = assert_reloads_identically(tmp_path / "model", tmp_path, config)
+    assert_reloaded_model_scores_like_the_trained_one(results)
+    assert set(model.sharing.private) == {"ner"}
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "Each of ner owns its word embeddings" in card and "pos, chunk read the shared ones" in card
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.private_embedder_tasks": "[ner]"}, "lists the tasks that own private embedder copies, but "
+                                                "model.private_embedder is 'none'"),
+    ({"model.private_embedder": "all", "model.private_embedder_tasks": "[]"}, "'model.private_embedder_tasks' is empty"),
+    ({"model.private_embedder": "all", "model.private_embedder_tasks": "[nr]"},
+     r"must list distinct tasks of the model \['pos', 'chunk', 'ner'\], got \['nr'\]"),
+    ({"model.private_embedder": "all", "model.private_embedder_tasks": "[ner, ner]"}, "must list distinct tasks"),
+    ({"model.private_embedder_tasks": "[ner]", "model.sharing": "routing"},
+     "'model.private_embedder_tasks' only applies to model.sharing=bottom / cross_stitch / hard / hierarchical / sparse"),
+])
+def test_bad_private_embedder_tasks_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_corpus, tmp_path, **overrides)

@@ -53,7 +53,7 @@ from ..training.data import TaskData, build_model, check_input_files, load_task_
 from ..training.distillation import check_teachers
 from ..sharing.masks import (MaskError, check_masks, density, draw_overlap, format_report, load_masks,
                              model_statistics, prune_by_magnitude, random_masks_like, save_masks)
-from ..sharing.private_embedder import PRIVATE_PARTS, copies_of_shared_parts
+from ..sharing.private_embedder import PRIVATE_PARTS, copies_of_shared_parts, private_owners
 from .train import run_training
 
 
@@ -150,8 +150,10 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
 
     def build_joint(cfg, task_data):
         parts = PRIVATE_PARTS[cfg.model.private_embedder]
-        if parts:  # each task's copy of the parts starts from the one shared embedder of the rewind point
-            start = copies_of_shared_parts(template.state_dict() if rewind is None else rewind, parts, tasks)
+        if parts:  # each owner's copy of the parts starts from the one shared embedder of the rewind point
+            owners, keep_shared = private_owners(cfg.model, tasks)
+            start = copies_of_shared_parts(template.state_dict() if rewind is None else rewind, parts, owners,
+                                           keep_shared)
             model = _model_like(template, cfg.model, tasks, start)
         else:
             model = copy.deepcopy(template)
@@ -330,7 +332,8 @@ def _search_builder(template: MultiTaskTagger, task: str, rewind: dict, mask: di
 def one_network(config: Config) -> Config:
     """``config`` with one embedder shared by all tasks: the network of the warm-up and the search, whose stages do
     not depend on ``model.private_embedder`` (a search stage trains one task)."""
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, private_embedder="none"))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, private_embedder="none",
+                                                                 private_embedder_tasks=None))
 
 
 def _model_like(template: MultiTaskTagger, model_config, tasks: list[str], state: dict) -> MultiTaskTagger:

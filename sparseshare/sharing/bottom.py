@@ -39,7 +39,7 @@ def check_bottom_layers(k: int, depth: int, depth_key: str = "") -> None:
 
 @register("bottom")
 class BottomSharing(PrivateEmbedders, SharingStrategy):
-    options = ("bottom_layers", "private_embedder")
+    options = ("bottom_layers", "private_embedder", "private_embedder_tasks")
     citation = """@misc{zhang2021rethinking,
   title = {Rethinking Hard-Parameter Sharing in Multi-Task Learning},
   author = {Zhang and others},
@@ -50,7 +50,7 @@ class BottomSharing(PrivateEmbedders, SharingStrategy):
     def check_options(cls, config, tasks, depth, depth_key=""):
         if depth is not None:  # a Transformer's depth: checked by the constructor once it is loaded
             check_bottom_layers(config.bottom_layers, depth, depth_key)
-        check_private_embedder(config, "bottom")
+        check_private_embedder(config, "bottom", tasks)
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)

@@ -48,7 +48,7 @@ def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
 
 @register("cross_stitch")
 class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
-    options = ("cross_stitch_init", "private_embedder")
+    options = ("cross_stitch_init", "private_embedder", "private_embedder_tasks")
     citation = """@inproceedings{misra2016cross,
   title = {Cross-stitch Networks for Multi-task Learning},
   author = {Misra, Ishan and Shrivastava, Abhinav and Gupta, Abhinav and Hebert, Martial},
@@ -60,7 +60,7 @@ class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
     def check_options(cls, config, tasks, depth, depth_key=""):
         if not 0.0 <= config.cross_stitch_init <= 1.0:
             raise ConfigError(f"config key 'model.cross_stitch_init' must be in [0, 1], got {config.cross_stitch_init}")
-        check_private_embedder(config, "cross_stitch")
+        check_private_embedder(config, "cross_stitch", tasks)
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)

@@ -12,7 +12,7 @@ from .private_embedder import PrivateEmbedders, check_private_embedder
 
 @register("hard")
 class HardSharing(PrivateEmbedders, SharingStrategy):
-    options = ("private_embedder",)
+    options = ("private_embedder", "private_embedder_tasks")
     citation = """@article{caruana1997multitask,
   title = {Multitask Learning},
   author = {Caruana, Rich},
@@ -24,7 +24,7 @@ class HardSharing(PrivateEmbedders, SharingStrategy):
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
-        check_private_embedder(config, "hard")
+        check_private_embedder(config, "hard", tasks)
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)

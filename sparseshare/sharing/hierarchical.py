@@ -26,7 +26,7 @@ def check_task_layer(task: str, layer: int, tasks: list[str], depth: int | None,
 
 @register("hierarchical")
 class HierarchicalSharing(PrivateEmbedders, SharingStrategy):
-    options = ("task_layers", "private_embedder")
+    options = ("task_layers", "private_embedder", "private_embedder_tasks")
     citation = """@inproceedings{sogaard2016deep,
   title = {Deep multi-task learning with low level tasks supervised at lower layers},
   author = {S{\\o}gaard, Anders and Goldberg, Yoav},
@@ -38,7 +38,7 @@ class HierarchicalSharing(PrivateEmbedders, SharingStrategy):
     def check_options(cls, config, tasks, depth, depth_key=""):
         for task, layer in config.task_layers.items():
             check_task_layer(task, layer, tasks, depth, depth_key)
-        check_private_embedder(config, "hierarchical")
+        check_private_embedder(config, "hierarchical", tasks)
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)

@@ -271,7 +271,8 @@ def model_statistics(model) -> dict:
     # a task's own parameters outside the masks: its head, and its copy of the embedder parts it owns
     private = getattr(model.sharing, "private", None)
     heads = {t: sum(p.numel() for p in model.heads[t].parameters())
-             + (sum(p.numel() for p in private[t].parameters()) if private is not None else 0) for t in model.tasks}
+             + (sum(p.numel() for p in private[t].parameters()) if private is not None and t in private else 0)
+             for t in model.tasks}
     return {
         "density": {t: density(m) for t, m in masks.items()},
         "tensor_density": {t: tensor_densities(m) for t, m in masks.items()},

@@ -40,11 +40,11 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
   year = {2020}
 }"""
     masked_optimizer = True
-    options = ("private_embedder",)
+    options = ("private_embedder", "private_embedder_tasks")
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
-        check_private_embedder(config, "sparse")
+        check_private_embedder(config, "sparse", tasks)
         if "chars" not in PRIVATE_PARTS[config.private_embedder]:
             return
         patterns = config.prunable or DEFAULT_PRUNABLE[config.encoder]

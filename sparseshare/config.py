@@ -151,6 +151,9 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
     keep_checkpoints: int = 2
     mixed_precision: str = "no"
+    # CPU threads per training process; null: OMP_NUM_THREADS when chosen, else this process's share of the cores
+    # (sparseshare/training/threads.py: `accelerate launch` alone would give each process one thread)
+    threads: int | None = None
     log_with: str | None = "auto"  # auto (TensorBoard when installed) | tensorboard | none
     progress_bar: bool = True
 
@@ -520,7 +523,7 @@ NUMBER_RANGES = {
     "model.scratch.ff": AT_LEAST_ONE, "model.scratch.dropout": PROBABILITY, "model.scratch.max_positions": AT_LEAST_ONE,
     "train.seed": "[0, 4294967295]", "train.epochs": POSITIVE, "train.batch_size": POSITIVE,
     "train.eval_batch_size": POSITIVE, "train.temperature": POSITIVE, "train.lr": POSITIVE, "train.head_lr": POSITIVE,
-    "train.embedding_lr": POSITIVE,
+    "train.embedding_lr": POSITIVE, "train.threads": POSITIVE,
     "train.momentum": PROBABILITY, "train.weight_decay": NON_NEGATIVE, "train.clip": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE, "train.lr_decay": NON_NEGATIVE, "train.patience": NON_NEGATIVE,
     "train.checkpoint_every": POSITIVE, "train.keep_checkpoints": POSITIVE, "train.distill_weight": "[0, 1]",

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPARSESHARE_DATA", ROOT.parent / "shared" / "data"))
 
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # what the recipes (sparseshare/training/threads.py) and subprocesses then take
 # Tests never touch the network: Hub loading code is exercised on local folders only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

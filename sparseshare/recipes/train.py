@@ -39,6 +39,7 @@ from ..training.data import (TaskData, add_word_ids, build_model, check_input_fi
                              run_inputs)
 from ..training.distillation import TeacherTargets, check_teachers, gold_weight
 from ..training.progress import progress_bar, tracker_name
+from ..training.threads import use_training_threads
 
 
 def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *, data=None, build=None,
@@ -76,6 +77,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     log = log or accelerator.print
+    if accelerator.device.type == "cpu":
+        log(f"{use_training_threads(t.threads)} CPU threads per process")
     # device_specific: each rank draws its own dropout masks (DDP broadcasts rank 0's initial weights).
     set_seed(t.seed, device_specific=True)
     # a quick look before the (slow) data loading; checked again under the lock

@@ -54,6 +54,7 @@ from ..training.distillation import check_teachers
 from ..sharing.masks import (MaskError, check_masks, density, draw_overlap, format_report, load_masks,
                              model_statistics, prune_by_magnitude, random_masks_like, save_masks)
 from ..sharing.private_embedder import PRIVATE_PARTS, copies_of_shared_parts, private_owners
+from ..training.threads import use_training_threads
 from .train import run_training
 
 
@@ -74,6 +75,8 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
     # the same process group run_training's Accelerator joins (cpu=True: see .train)
     state = PartialState(cpu=not torch.accelerator.is_available())
     log = log or state.print
+    if state.device.type == "cpu":
+        log(f"{use_training_threads(config.train.threads)} CPU threads per process")
     out = Path(config.output_dir)
     check_input_files(config)
     inputs = run_inputs(config, config_file)
@@ -280,6 +283,7 @@ def search_distributed(config: Config, state: PartialState, out: Path, log) -> d
     distributed_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
     env = {k: v for k, v in os.environ.items() if k not in distributed_env and not k.startswith("ACCELERATE_")}
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the child takes this process's place and threads
     if torch.cuda.is_available():  # the child sees only this process's GPU
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
         env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[state.local_process_index]

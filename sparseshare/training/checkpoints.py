@@ -117,7 +117,7 @@ class TrainingDiverged(SparseshareError, RuntimeError):
 
 # Keys a resumed run may change: how long it runs and how it reports, not what it computes.
 RESUMABLE_CHANGES = {"train.epochs", "train.patience", "train.progress_bar", "train.log_with",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size", "train.threads"}
 
 
 def read_run_config(path: Path) -> dict:

@@ -44,10 +44,10 @@ def main():
     config = config_from_dict(yaml.safe_load((args.run / "config.yaml").read_text()))
     search = json.loads((args.run / "search" / args.task / "search.json").read_text())
     chosen = load_masks(args.run / "masks.safetensors")[args.task]
-    data = load_task_data(config, log=lambda *a: None)
+    data = load_task_data(config)
     set_seed(config.train.seed)
     template = build_model(one_network(config), data)  # the pipeline's template: same vocabulary, same initialisation
-    rewind = warm_up(config, data, template, args.run / "warmup", print)  # the run's own (finished) rewind point
+    rewind = warm_up(config, data, template, args.run / "warmup")  # the run's own (finished) rewind point
     train = search_train_data(config, data[args.task])  # what the search's rounds train on
 
     rows = []
@@ -62,7 +62,7 @@ def main():
             if done.is_file():
                 converged = json.loads(done.read_text())
             else:
-                converged = _train_round(config, train, template, rewind, mask, done.parent, r, print)
+                converged = _train_round(config, train, template, rewind, mask, done.parent, r)
                 write_json_atomically(done, converged)
         else:
             continue

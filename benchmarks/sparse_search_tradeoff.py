@@ -39,7 +39,7 @@ def main():
 
     run = Path(args.run)
     config = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    data = load_task_data(config, log=lambda *a: None)
+    data = load_task_data(config)
     set_seed(config.train.seed)
     template = build_model(one_network(config), data)  # the run's vocabulary, so its warm-up weights fit
     rewind = load_file(str(run / "warmup" / "model" / "model.safetensors"))
@@ -51,7 +51,7 @@ def main():
         # the iterative search's trade-off (a run made with sparse.search: oneshot trains round 0 only)
         sparse = dataclasses.replace(config.sparse, search="iterative", rounds=args.rounds, search_epochs=epochs)
         cfg = dataclasses.replace(config, sparse=sparse)
-        records = search_masks(cfg, data[args.task], template, rewind, out / f"e{epochs}" / args.task, print)
+        records = search_masks(cfg, data[args.task], template, rewind, out / f"e{epochs}" / args.task)
         total = 0
         for record in records:
             total += record["epochs"]

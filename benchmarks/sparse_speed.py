@@ -38,7 +38,7 @@ def main():
 
     config = load_config(ROOT / "recipes" / "configs" / "conll03_sparse.yaml",
                          [f"data.root={args.data_root}", f"model.bilstm.embeddings={args.data_root}/glove/glove.6B.50d.filtered.txt"])
-    data = load_task_data(config, log=lambda *a: None)
+    data = load_task_data(config)
     torch.manual_seed(1)
     sparse = build_model(config, data)
     if args.masks:

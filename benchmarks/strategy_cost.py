@@ -78,7 +78,7 @@ def main():
 
     config = load_config(ROOT / "recipes" / "configs" / "conll03_hard.yaml",
                          [f"data.root={args.data_root}", f"tasks=[{','.join(TASKS)}]"])
-    data = load_task_data(config, log=lambda *a: None)
+    data = load_task_data(config)
     result = {"threads": torch.get_num_threads(), "steps_per_strategy": args.steps * args.repeats}
     if "tasks" in args.settings:
         result["tasks"] = {}

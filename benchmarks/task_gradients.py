@@ -175,7 +175,7 @@ def main():
             parser.error(f"variant {name}: distillation is not measured by this script")
         key = json.dumps([config.tasks, config.to_dict()["data"], config.model.bilstm.embeddings])
         if key not in loaded:  # a variant with other tasks or data gets its own data (and word ids)
-            loaded[key] = load_task_data(config, log=print)
+            loaded[key] = load_task_data(config)
         data = loaded[key]
         print(f"variant {name}: {' '.join(overrides) or '(config as is)'}", flush=True)
         started = time.perf_counter()

@@ -72,7 +72,7 @@ def measure_bare(data_root: str, steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         config = _config(data_root, out, steps)
         torch.manual_seed(config.train.seed)
-        data = load_task_data(config, log=lambda *a: None)
+        data = load_task_data(config)
         model = build_model(config, data)
     ner = data["ner"]
     # the same batches, in the same order, as run_training's first epoch (rng seeded by [seed, epoch])

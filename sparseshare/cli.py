@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseshare", description=__doc__)
     parser.add_argument("--debug", action="store_true",
                         help=f"show the whole traceback of an error instead of one line (or set {DEBUG_VARIABLE}=1)")
+    _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model from a YAML config")
@@ -258,7 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # also after the command (recipes/train.py passes its arguments there)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the whole traceback of an error instead of one line")
+        _add_verbosity(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default=None) -> None:
+    """--quiet / --verbose: the level of the ``sparseshare`` logger (sparseshare/logs.py)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", dest="verbosity", action="store_const", const="WARNING", default=default,
+                       help="only warnings and errors, no progress messages")
+    group.add_argument("--verbose", "-v", dest="verbosity", action="store_const", const="DEBUG", default=default,
+                       help="also the debugging messages")
 
 
 DEBUG_VARIABLE = "SPARSESHARE_DEBUG"
@@ -272,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     from .hub import describe_network_error, network_errors, one_line
 
     debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    from .logs import logger
+
+    level = logger.level
+    if args.verbosity:
+        logger.setLevel(args.verbosity)
     try:
         args.run(args)
     # SparseshareError: every error of ours (a diverged training among them); OSError: a missing file, a directory
@@ -285,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         raise SystemExit(f"sparseshare {args.command}: error: {describe_network_error(err)}") from None
     finally:
+        logger.setLevel(level)  # main() may be called again in this process (tests, notebooks)
         _close_process_group()
 
 

@@ -120,7 +120,7 @@ def tiny_model(config, data=None, seed=0):
     """(model in eval mode, task data) for ``config``, initialised from ``seed``."""
     from sparseshare.training.data import build_model, load_task_data
 
-    data = data or load_task_data(config, log=quiet)
+    data = data or load_task_data(config)
     torch.manual_seed(seed)
     return build_model(config, data).eval(), data
 

@@ -154,7 +154,7 @@ def _sparse_model(tmp_path, **extra):
     (tmp_path / "data").mkdir(exist_ok=True)
     data = write_tiny_corpus(tmp_path / "data")
     config = load_config(None, tiny_overrides(data, tmp_path / "run", **{"model.sharing": "sparse", **extra}))
-    model = build_model(config, load_task_data(config, log=lambda *a: None))
+    model = build_model(config, load_task_data(config))
     g = torch.Generator().manual_seed(0)
     model.sharing.set_masks({t: {n: torch.rand(p.shape, generator=g) < 0.5 for n, p in model.sharing.prunable().items()}
                              for t in model.tasks})

@@ -139,7 +139,7 @@ def test_two_tasks_of_one_name_are_refused(tiny_corpus, tmp_path):
     path.write_text("name: chunk\nformat: conll\ncolumns: [tokens, pos, chunk, ner]\nlabel_column: chunk\n"
                     "files: {train: train.txt, dev: dev.txt}\nscheme: iob2\nmetric: span_f1\n")
     with pytest.raises(ConfigError, match=r"config key 'tasks': .* gives two tasks named 'chunk'"):
-        load_task_data(tiny_config(tiny_corpus, tmp_path / "run", tasks=f"[chunk,{path}]"), log=quiet)
+        load_task_data(tiny_config(tiny_corpus, tmp_path / "run", tasks=f"[chunk,{path}]"))
 
 
 # -- word vectors ----------------------------------------------------------------------------------------------
@@ -259,11 +259,11 @@ def test_a_directory_where_a_corpus_file_is_expected(tmp_path):
 
 def test_a_bom_corpus_trains_the_same_vocabulary(tiny_corpus, tmp_path):
     config = tiny_config(tiny_corpus, tmp_path / "run")
-    plain = load_task_data(config, log=quiet)
+    plain = load_task_data(config)
     for split in ("train", "dev", "test"):
         path = tiny_corpus / f"{split}.txt"
         path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
-    bom = load_task_data(config, log=quiet)
+    bom = load_task_data(config)
     assert all(plain[t].train_tokens == bom[t].train_tokens and plain[t].labels.itos == bom[t].labels.itos
                for t in plain)
 

@@ -50,7 +50,7 @@ def test_sparse_sharing_two_processes_match_one_process(tiny_corpus, tmp_path):
 
     overrides = tiny_overrides(tiny_corpus, tmp_path / "masks", **{"model.sharing": "sparse"})
     config = load_config(None, overrides)
-    model = build_model(config, load_task_data(config, log=lambda *a: None))
+    model = build_model(config, load_task_data(config))
     g = torch.Generator().manual_seed(0)
     save_masks({t: {n: torch.rand(p.shape, generator=g) < 0.6 for n, p in model.sharing.prunable().items()}
                 for t in model.tasks}, tmp_path / "masks.safetensors")

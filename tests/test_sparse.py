@@ -54,7 +54,7 @@ def _step(model, optimizer, data, task, masked=True):
 @pytest.fixture
 def sparse_model(tiny_corpus, tmp_path):
     config = _sparse(tiny_corpus, tmp_path)
-    data = load_task_data(config, log=_quiet)
+    data = load_task_data(config)
     torch.manual_seed(0)
     model = build_model(config, data)
     model.sharing.set_masks(_random_masks(model))
@@ -324,7 +324,7 @@ def test_all_ones_masks_reproduce_hard_sharing_exactly(tiny_corpus, tmp_path, op
     hard = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "hard", **optimizer))
     run_training(hard, log=_quiet)
     config = _sparse(tiny_corpus, tmp_path / "sparse")
-    model = build_model(config, load_task_data(config, log=_quiet))
+    model = build_model(config, load_task_data(config))
     save_masks(model.sharing.dense_masks(), tmp_path / "ones.safetensors")
     sparse = _sparse(tiny_corpus, tmp_path / "sparse", **{"sparse.masks": str(tmp_path / "ones.safetensors"), **optimizer})
     run_training(sparse, log=_quiet)
@@ -355,7 +355,7 @@ def test_layerwise_masks_keep_a_task_off_the_upper_layer(sparse_model):
 
 def test_a_task_without_mask_is_refused_before_training(tiny_corpus, tmp_path):
     config = _sparse(tiny_corpus, tmp_path)
-    model = build_model(config, load_task_data(config, log=_quiet))
+    model = build_model(config, load_task_data(config))
     save_masks({"pos": model.sharing.dense_masks(["pos"])["pos"]}, tmp_path / "pos_only.safetensors")
     config = _sparse(tiny_corpus, tmp_path / "run", **{"sparse.masks": str(tmp_path / "pos_only.safetensors")})
     with pytest.raises(MaskError, match="task 'chunk' has no mask"):
@@ -558,7 +558,7 @@ def test_masks_show_prints_the_report(tiny_corpus, tmp_path, capsys):
 
 def test_mask_files_may_hold_more_tasks_than_a_run_trains(tiny_corpus, tmp_path):
     config = _sparse(tiny_corpus, tmp_path)
-    model = build_model(config, load_task_data(config, log=_quiet))
+    model = build_model(config, load_task_data(config))
     save_masks(model.sharing.dense_masks(), tmp_path / "three.safetensors")
     two = _sparse(tiny_corpus, tmp_path / "two", **{"tasks": "[pos,ner]", "train.epochs": 1,
                                                     "sparse.masks": str(tmp_path / "three.safetensors")})
@@ -572,7 +572,7 @@ def test_rewinding_to_the_initialisation(tiny_corpus, tmp_path):
     assert not (tmp_path / "warmup").exists()
     init = load_file(str(tmp_path / "init" / "model.safetensors"))
     torch.manual_seed(123)  # the template is seeded by train.seed, not by the global RNG state
-    data = load_task_data(config, log=_quiet)
+    data = load_task_data(config)
     from accelerate.utils import set_seed
 
     set_seed(config.train.seed)
@@ -592,7 +592,7 @@ def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeyp
 
     monkeypatch.setattr(subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 3))
     with pytest.raises(RuntimeError, match="mask search for task 'pos' failed"):
-        pipeline.search_distributed(config, rank(0), tmp_path, _quiet)
+        pipeline.search_distributed(config, rank(0), tmp_path)
     assert (tmp_path / "search" / "pos" / "search.failed").is_file()
 
     def chunk_succeeds(cmd, env):
@@ -602,7 +602,7 @@ def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeyp
 
     monkeypatch.setattr(subprocess, "run", chunk_succeeds)
     with pytest.raises(RuntimeError, match=r"task\(s\) \['pos'\] failed in another process"):
-        pipeline.search_distributed(config, rank(1), tmp_path, _quiet)
+        pipeline.search_distributed(config, rank(1), tmp_path)
 
 
 def test_oneshot_search_prunes_the_trained_dense_network_and_scores_it_without_retraining(tiny_corpus, tmp_path,
@@ -634,7 +634,7 @@ def test_oneshot_search_prunes_the_trained_dense_network_and_scores_it_without_r
         # the cheap score is the trained network's dev score through the mask, recomputed here
         model = MultiTaskTagger.from_pretrained(tmp_path / "search" / task / "round_00" / "model")
         model.sharing.set_masks({task: quarter})
-        data = load_task_data(config, log=_quiet)
+        data = load_task_data(config)
         from sparseshare.evaluation import evaluate
 
         assert rounds[2]["dev"] == evaluate(model, {task: data[task].dev})[task]["score"]
@@ -716,7 +716,7 @@ def test_the_pipeline_checks_what_its_later_stages_read_before_the_first(tiny_co
     stages = []
     monkeypatch.setattr(pipeline, "run_training", lambda cfg, **kwargs: stages.append(cfg.output_dir))
     model_config = _sparse(tiny_corpus, tmp_path / "x", **{"tasks": f"[ner,{task_file}]"})
-    dense = build_model(model_config, load_task_data(model_config, log=_quiet)).sharing.dense_masks()
+    dense = build_model(model_config, load_task_data(model_config)).sharing.dense_masks()
     save_masks({"ner": dense["ner"]}, tmp_path / "ner_only.safetensors")
     cases = [
         # a teacher named by the task's path (or a built-in's name) instead of the task file's name:
@@ -748,13 +748,13 @@ def test_the_pipeline_checks_its_teachers_without_loading_them(tiny_corpus, tmp_
     monkeypatch.setattr(MultiTaskTagger, "from_pretrained", no_loading)
     config = _sparse(tiny_corpus, tmp_path / "run", **{"tasks": "[pos,ner]",
                                                       "train.distill_from.ner": str(teacher / "model")})
-    template = build_model(config, load_task_data(config, log=_quiet))
+    template = build_model(config, load_task_data(config))
     assert pipeline.check_pipeline_inputs(config, template) is None  # a fitting teacher; no sparse.masks
     softmax = _sparse(tiny_corpus, tmp_path / "run", **{"tasks": "[pos,ner]", "model.head": "softmax",
                                                        "train.distill_from.ner": str(teacher / "model")})
     with pytest.raises(ValueError, match=r"'train.distill_from.ner': the teacher .* has a CRFHead for 'ner', this "
                                          r"model a SoftmaxHead"):
-        pipeline.check_pipeline_inputs(softmax, build_model(softmax, load_task_data(softmax, log=_quiet)))
+        pipeline.check_pipeline_inputs(softmax, build_model(softmax, load_task_data(softmax)))
     weightless = tmp_path / "weightless"
     shutil.copytree(teacher / "model", weightless)
     (weightless / "model.safetensors").unlink()
@@ -778,7 +778,7 @@ PRIVATE = {"words": ("words", {}), "all": ("words chars", LSTM_ONLY)}
 def test_private_embedders_equal_to_the_shared_one_compute_plain_sparse_sharing(tiny_corpus, tmp_path, choice):
     parts, extra = PRIVATE[choice][0].split(), PRIVATE[choice][1]
     config = _sparse(tiny_corpus, tmp_path, **extra)
-    data = load_task_data(config, log=_quiet)
+    data = load_task_data(config)
     torch.manual_seed(0)
     plain = build_model(config, data)
     plain.sharing.set_masks(_random_masks(plain))
@@ -858,7 +858,7 @@ def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its
     given = _sparse(tiny_corpus, tmp_path / "given", **{"sparse.masks": str(tmp_path / "run" / "masks.safetensors"),
                                                         "train.epochs": 1, **extra})
     assert set(pipeline.run_sparse(given, log=_quiet)["test"]) == {"pos", "chunk", "ner"}
-    given_data = load_task_data(given, log=_quiet)
+    given_data = load_task_data(given)
     set_seed(given.train.seed)  # the template the pipeline builds
     initial = build_model(pipeline.one_network(given), given_data)
     for task in owners:

@@ -114,7 +114,7 @@ def test_bad_layer_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides,
 def test_the_built_encoder_depth_is_checked_again(tiny_corpus, tmp_path):
     """A config that skipped validation (e.g. a hand-edited model folder) is caught when the model is built."""
     config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical"})
-    data = load_task_data(config, log=_quiet)
+    data = load_task_data(config)
     config.model.task_layers = {"pos": 3}
     with pytest.raises(ConfigError, match=r"'model.task_layers.pos' must be <= the encoder depth 2, got 3"):
         build_model(config, data)
@@ -135,7 +135,7 @@ def test_hierarchical_on_a_transformer_encoder(tiny_corpus, tmp_path):
 
     config = _config(tiny_corpus, tmp_path, **{"model.encoder": "transformer", "model.sharing": "hierarchical",
                                                "model.task_layers.pos": 2, "model.transformer.dropout": 0.0})
-    data = load_task_data(config, log=_quiet)
+    data = load_task_data(config)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model.transformer.name_or_path))
     torch.manual_seed(0)
     bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=3,

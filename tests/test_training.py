@@ -182,7 +182,7 @@ def test_momentum_does_not_move_a_head_its_task_did_not_use(tiny_corpus, tmp_pat
     from sparseshare.optim import build_optimizer
 
     config = load_config(None, tiny_overrides(tiny_corpus, tmp_path))
-    data = load_task_data(config, log=_quiet)
+    data = load_task_data(config)
     model = build_model(config, data)
     optimizer = build_optimizer(config, model)  # SGD with momentum 0.9
 

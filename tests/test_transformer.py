@@ -100,7 +100,7 @@ def test_sparse_sharing_masks_a_transformer_and_reloads_identically(tiny_corpus,
         "model.sharing": "sparse", "train.epochs": 1, "train.optimizer": "adamw", "train.lr": 1e-3,
         "train.clip": 1.0, "sparse.masks": str(tmp_path / "masks.safetensors")})
     config = load_config(None, overrides)
-    model = build_model(config, load_task_data(config, log=lambda *a: None))
+    model = build_model(config, load_task_data(config))
     g = torch.Generator().manual_seed(0)
     prunable = model.sharing.prunable()
     assert any(n.endswith("attention.self.query.weight") for n in prunable)

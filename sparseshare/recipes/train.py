@@ -13,6 +13,7 @@ the gradient of the mean loss over the *global* batch, hence 1 and N processes t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..data.batching import bucketed_batches
 from ..data.schedules import epoch_plan
 from ..evaluation import evaluate, mean_score
 from ..files import atomic_path, write_json_atomically
+from ..logs import messages_to
 from ..metrics import format_table
 from ..model import MultiTaskTagger
 from ..optim import MaskedAdamW, MaskedSGD, PerTaskState, build_optimizer, build_scheduler
@@ -42,6 +44,8 @@ from ..training.progress import progress_bar, tracker_name
 from ..training.threads import use_training_threads
 
 
+logger = logging.getLogger(__name__)
+
 def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *, data=None, build=None,
                  evaluate_test: bool = True, command: str | None = None, overwrite: bool = False,
                  config_file: str | Path | None = None) -> dict:
@@ -55,7 +59,16 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     replaced with ``overwrite``, and otherwise refused; nothing is written before the inputs are read and checked,
     and no file the run reads is deleted or replaced (``config_file``: the YAML file the config came from, one of
     them). A full disk ends the run with a :class:`~sparseshare.run_folder.DiskFullError` naming ``output_dir``.
+    The run's messages go to the ``sparseshare`` logger (:mod:`sparseshare.logs`); ``log``, a callable, receives them
+    instead of its default handler.
     """
+    with messages_to(log):
+        return _run_training(config, resume, callbacks, data=data, build=build, evaluate_test=evaluate_test,
+                             command=command, overwrite=overwrite, config_file=config_file)
+
+
+def _run_training(config: Config, resume: bool, callbacks, *, data, build, evaluate_test: bool, command: str | None,
+                  overwrite: bool, config_file: str | Path | None) -> dict:
     validate(config)  # load_config validated already; a Config built in Python had no such check
     check_input_files(config)
     inputs = run_inputs(config, config_file)
@@ -76,9 +89,8 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
         # Our buffers are constants (e.g. position ids; no BatchNorm): no need to broadcast them every step.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
-    log = log or accelerator.print
     if accelerator.device.type == "cpu":
-        log(f"{use_training_threads(t.threads)} CPU threads per process")
+        logger.info(f"{use_training_threads(t.threads)} CPU threads per process")
     # device_specific: each rank draws its own dropout masks (DDP broadcasts rank 0's initial weights).
     set_seed(t.seed, device_specific=True)
     # a quick look before the (slow) data loading; checked again under the lock
@@ -86,14 +98,14 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
                      inputs=inputs)
 
     # 2. Data and model: corpora and vectors are read (and checked) before anything is written.
-    data = data if data is not None else load_task_data(config, log)
+    data = data if data is not None else load_task_data(config)
     model = (build or build_model)(config, data)
     model.sharing.initialize(t.seed)  # e.g. Maximum Roaming's initial masks; a resumed checkpoint replaces them
     add_word_ids(model, data)
     model.sharing.prepare_training(config, list(data))  # e.g. sparse sharing's masks (sparse.masks)
     check_teachers(t.distill_from, model)  # their config.json and labels.json; loaded when training starts
-    log(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    logger.info(f"model: {config.model.encoder} encoder, {config.model.sharing} sharing, {config.model.head} heads, "
+                f"{sum(p.numel() for p in model.parameters()):,} parameters")
     dev_sets = {name: d.dev for name, d in data.items()}
 
     # One run writes into output_dir at a time; the lock is held until the run ends.
@@ -115,15 +127,15 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
                     partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             checkpoint = None if overwrite else checkpoint
             if resume and checkpoint is None:
-                log(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
-            return _train(config, accelerator, model, data, dev_sets, checkpoint, callbacks, log, evaluate_test,
+                logger.info(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
+            return _train(config, accelerator, model, data, dev_sets, checkpoint, callbacks, evaluate_test,
                           command)
     finally:
         if lock is not None:
             lock.release()
 
 def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, data: dict[str, TaskData],
-           dev_sets: dict, checkpoint: Path | None, callbacks, log, evaluate_test: bool, command: str | None) -> dict:
+           dev_sets: dict, checkpoint: Path | None, callbacks, evaluate_test: bool, command: str | None) -> dict:
     t, output_dir = config.train, Path(config.output_dir)
     # 3. Optimiser and LR schedule, sized by the (fixed) number of steps per epoch.
     batches_per_task = {n: math.ceil(len(d.train_tokens) / t.batch_size) for n, d in data.items()}
@@ -148,12 +160,12 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
         check_random_states(checkpoint, accelerator.process_index)
         accelerator.load_state(str(checkpoint))
         state = TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
-        log(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch} of that epoch)")
+        logger.info(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch} of that epoch)")
     if tracker_name(config):
         accelerator.init_trackers("sparseshare", config=flat_config("", config.to_dict(), {}))
 
     # Teachers' soft targets (distillation), computed before the first step; the same on every process.
-    teachers = (TeacherTargets.compute(t.distill_from, data, tagger, t.eval_batch_size, log)
+    teachers = (TeacherTargets.compute(t.distill_from, data, tagger, t.eval_batch_size)
                 if t.distill_from else None)
     total_steps = t.epochs * steps_per_epoch
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -244,14 +256,14 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
                               "train_sentences_per_s": sentences_seen / max(elapsed, 1e-9),
                               **({"sharing": sharing_values} if sharing_values else {})})
         accelerator.log({"train/loss": loss_sum / max(1, steps_run), **sharing_values}, step=state.global_step)
-        log(f"epoch {epoch + 1}: dev " + ", ".join(f"{k} {r['score']:.2f}" for k, r in dev.items())
-            + f" | mean {score:.2f}{' (best)' if improved else ''} | {sentences_seen / max(elapsed, 1e-9):.0f} sent/s"
-            + "".join(f" | {k} {v:.3f}" for k, v in sharing_values.items()))
+        logger.info(f"epoch {epoch + 1}: dev " + ", ".join(f"{k} {r['score']:.2f}" for k, r in dev.items())
+                    + f" | mean {score:.2f}{' (best)' if improved else ''} | {sentences_seen / max(elapsed, 1e-9):.0f} sent/s"
+                    + "".join(f" | {k} {v:.3f}" for k, v in sharing_values.items()))
         accelerator.log({f"dev/{k}": r["score"] for k, r in dev.items()} | {"dev/mean": score}, step=state.global_step)
         state.stopped_early = bool(t.patience and state.bad_epochs >= t.patience)
         save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints)  # weights checked above
         if state.stopped_early:
-            log(f"early stop: no dev improvement for {t.patience} epochs (best epoch {state.best_epoch})")
+            logger.info(f"early stop: no dev improvement for {t.patience} epochs (best epoch {state.best_epoch})")
             break
 
     # 7. The dev-selected model, evaluated once on test.
@@ -275,9 +287,9 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
             "training_config": config.to_dict()})
         write_json_atomically(output_dir / "results.json", results)  # last: results.json marks the run as finished
     accelerator.wait_for_everyone()  # no process reads model/ (e.g. the next pipeline stage) while it is replaced
-    log("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
+    logger.info("dev (selected epoch %d):\n%s" % (state.best_epoch, format_table(dev)))
     if test:
-        log("test:\n" + format_table(test))
+        logger.info("test:\n" + format_table(test))
     return results
 
 def loss_weight(indices: list[int], sentences: list[list[str]], world: int, normalization: str) -> float:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -46,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from ..config import Config, load_config
 from ..evaluation import evaluate
 from ..files import atomic_path, write_json_atomically
+from ..logs import EVERY_PROCESS, messages_to
 from ..model import MultiTaskTagger
 from ..run_folder import check_run_folder, disk_full_reported, lock_for_all_processes, remove_outputs
 from ..training.checkpoints import check_resume_config, read_run_config
@@ -58,6 +60,8 @@ from ..training.threads import use_training_threads
 from .train import run_training
 
 
+logger = logging.getLogger(__name__)
+
 # What the pipeline writes into its output_dir (removed by --overwrite; other files there are left alone).
 PIPELINE_OUTPUTS = ("report.json", "report.md", "overlap.png", "joint", "masks.safetensors", "search", "init",
                     "warmup", "config.yaml")
@@ -69,20 +73,26 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
     Under a distributed launch the warm-up and the joint training are data-parallel, while each process searches
     its own tasks. Everything the stages read is checked before the first stage starts; no file the pipeline reads
     (``config_file``, the YAML file the config came from, among them) is deleted or replaced; a full disk ends it
-    with a :class:`~sparseshare.run_folder.DiskFullError` naming ``output_dir``."""
+    with a :class:`~sparseshare.run_folder.DiskFullError` naming ``output_dir``. ``log``, a callable, receives the
+    messages instead of the ``sparseshare`` logger's default handler (:mod:`sparseshare.logs`)."""
+    with messages_to(log):
+        return _run_sparse(config, resume, command, overwrite, config_file)
+
+
+def _run_sparse(config: Config, resume: bool, command: str | None, overwrite: bool,
+                config_file: str | Path | None) -> dict:
     if config.model.sharing != "sparse":
         raise ValueError(f"config key 'model.sharing' must be 'sparse' for the sparse recipe, got {config.model.sharing!r}")
     # the same process group run_training's Accelerator joins (cpu=True: see .train)
     state = PartialState(cpu=not torch.accelerator.is_available())
-    log = log or state.print
     if state.device.type == "cpu":
-        log(f"{use_training_threads(config.train.threads)} CPU threads per process")
+        logger.info(f"{use_training_threads(config.train.threads)} CPU threads per process")
     out = Path(config.output_dir)
     check_input_files(config)
     inputs = run_inputs(config, config_file)
     check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS, done_marker="report.json",
                      probe_lock=True, inputs=inputs)
-    data = load_task_data(config, log)  # corpora and vectors are read (and checked) before anything is written
+    data = load_task_data(config)  # corpora and vectors are read (and checked) before anything is written
     set_seed(config.train.seed)
     template = build_model(one_network(config), data)  # fixes the vocabulary and the initialisation for every stage
     given_masks = check_pipeline_inputs(config, template)
@@ -101,7 +111,7 @@ def run_sparse(config: Config, resume: bool = False, log=None, command: str | No
                 with atomic_path(saved) as partial:
                     partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             state.wait_for_everyone()
-            return _run_pipeline(config, state, out, data, template, given_masks, log, command)
+            return _run_pipeline(config, state, out, data, template, given_masks, command)
     finally:
         if lock is not None:
             lock.release()
@@ -117,29 +127,29 @@ def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | N
 
 
 def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str, TaskData],
-                  template: MultiTaskTagger, given_masks: dict | None, log, command: str | None) -> dict:
+                  template: MultiTaskTagger, given_masks: dict | None, command: str | None) -> dict:
     tasks = list(data)  # the tasks' names (a task file's name:), which the stages' folders and masks are named by
     # 1. The rewind point.
     if given_masks is not None:
         masks, search, rewind = given_masks, {}, None
         masks_file = config.sparse.masks
-        log(f"masks from {masks_file}: skipping warm-up and search")
+        logger.info(f"masks from {masks_file}: skipping warm-up and search")
     else:
-        rewind = warm_up(config, data, template, out / "warmup", log)
+        rewind = warm_up(config, data, template, out / "warmup")
 
         # 2-3. Mask search and selection. Tasks are independent here: a distributed launch gives each
         # process its own tasks instead of searching every task data-parallel.
         if state.num_processes > 1:
-            search = search_distributed(config, state, out, log)
+            search = search_distributed(config, state, out)
         else:
             search = {}
             for task in tasks:
-                search[task] = search_masks(config, data[task], template, rewind, out / "search" / task, log)
+                search[task] = search_masks(config, data[task], template, rewind, out / "search" / task)
                 write_json_atomically(out / "search" / task / SEARCH_DONE, search[task])
-        masks = {task: select_mask(config, search[task], out / "search" / task, log) for task in tasks}
+        masks = {task: select_mask(config, search[task], out / "search" / task) for task in tasks}
         if config.sparse.random_masks:
             masks = random_masks_like(masks, seed=config.train.seed)
-            log("control: each selected mask replaced by a random mask of the same density per tensor")
+            logger.info("control: each selected mask replaced by a random mask of the same density per tensor")
         masks_file = str(out / "masks.safetensors")
         if state.is_main_process:
             save_masks(masks, masks_file)
@@ -165,17 +175,17 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
         model.sharing.set_masks(masks, where=masks_file)
         return model
 
-    joint = _run_stage(joint_config, data, build_joint, log, evaluate_test=True, command=command)
+    joint = _run_stage(joint_config, data, build_joint, evaluate_test=True, command=command)
     costs = stage_costs(out, tasks, search)
 
     # 5. The report.
-    return write_report(config, out, joint, search, costs, log, write=state.is_main_process)
+    return write_report(config, out, joint, search, costs, write=state.is_main_process)
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. Warm-up
 # ----------------------------------------------------------------------------------------------
-def warm_up(config: Config, data: dict[str, TaskData], template: MultiTaskTagger, folder: Path, log) -> dict:
+def warm_up(config: Config, data: dict[str, TaskData], template: MultiTaskTagger, folder: Path) -> dict:
     """The state dict every search round and the joint training start from."""
     if config.sparse.warmup_epochs == 0:
         init = folder.parent / "init" / "model.safetensors"
@@ -185,25 +195,25 @@ def warm_up(config: Config, data: dict[str, TaskData], template: MultiTaskTagger
             with atomic_path(init) as partial:  # a crash mid-write never leaves a truncated file
                 save_file({k: v.contiguous() for k, v in template.state_dict().items()}, str(partial))
         state.wait_for_everyone()
-        log("rewind point: the initialisation")
+        logger.info("rewind point: the initialisation")
         return load_file(str(init))
     if not (folder / "results.json").is_file():
-        log(f"warm-up: hard sharing for {config.sparse.warmup_epochs} epoch(s)")
+        logger.info(f"warm-up: hard sharing for {config.sparse.warmup_epochs} epoch(s)")
         warm = _stage_config(config, folder, sharing="hard", epochs=config.sparse.warmup_epochs)
 
         def build_hard(cfg, task_data):
             return _model_like(template, cfg.model, list(task_data), template.state_dict())
 
-        _run_stage(warm, data, build_hard, log, evaluate_test=False)
-    log(f"rewind point: {folder / 'model'}")
+        _run_stage(warm, data, build_hard, evaluate_test=False)
+    logger.info(f"rewind point: {folder / 'model'}")
     return load_file(str(folder / "model" / "model.safetensors"))
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. Mask search (iterative magnitude pruning)
 # ----------------------------------------------------------------------------------------------
-def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger, rewind: dict, folder: Path,
-                 log) -> list[dict]:
+def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger, rewind: dict,
+                 folder: Path) -> list[dict]:
     """Rounds 0..R for one task; returns one record per round (density, dev score, cost)."""
     s, task = config.sparse, task_data.spec.name
     train = search_train_data(config, task_data)
@@ -223,11 +233,11 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
             if s.search == "oneshot" and r > 0:
                 record = _score_pruned(config, task_data, folder / "round_00" / "model", mask, r)
             else:
-                record = _train_round(config, train, template, rewind, mask, round_dir, r, log)
+                record = _train_round(config, train, template, rewind, mask, round_dir, r)
             write_json_atomically(done, record)
             records.append(record)
-            log(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
-                f"({'trained' if record['epochs'] else 'pruned, not retrained'}, {record['wall_s']:.0f}s)")
+            logger.info(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
+                        f"({'trained' if record['epochs'] else 'pruned, not retrained'}, {record['wall_s']:.0f}s)")
         if r < s.rounds:  # the next round's mask
             if s.search == "oneshot":  # the trained dense network pruned to density (1 - p)^(r + 1), one threshold
                 trained = load_file(str(folder / "round_00" / "model" / "model.safetensors"))
@@ -241,12 +251,12 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
 
 
 def _train_round(config: Config, train: TaskData, template: MultiTaskTagger, rewind: dict, mask: dict,
-                 round_dir: Path, r: int, log) -> dict:
+                 round_dir: Path, r: int) -> dict:
     """Train the subnet ``mask`` from the rewind point for ``sparse.search_epochs``; its dev-selected score."""
     task = train.spec.name
     round_config = _stage_config(config, round_dir, tasks=[task_entry(config, task)],
                                  epochs=config.sparse.search_epochs)
-    results = _run_stage(round_config, {task: train}, _search_builder(template, task, rewind, mask), log,
+    results = _run_stage(round_config, {task: train}, _search_builder(template, task, rewind, mask),
                          evaluate_test=False)
     shutil.rmtree(round_dir / "checkpoints", ignore_errors=True)  # the round is complete
     return {"round": r, "density": density(mask), "dev": results["dev"][task]["score"],
@@ -276,7 +286,7 @@ def search_train_data(config: Config, task_data: TaskData) -> TaskData:
                                train_word_ids=task_data.train_word_ids[:n])
 
 
-def search_distributed(config: Config, state: PartialState, out: Path, log) -> dict[str, list[dict]]:
+def search_distributed(config: Config, state: PartialState, out: Path) -> dict[str, list[dict]]:
     """Process k searches tasks k, k + N, ... each in a single-process child (no process group, so the
     ranks never wait on each other mid-search), then waits until every task's search is on disk. The
     output_dir must be shared by the processes (one machine, or a shared file system)."""
@@ -292,7 +302,7 @@ def search_distributed(config: Config, state: PartialState, out: Path, log) -> d
         folder = out / "search" / task
         (folder / SEARCH_FAILED).unlink(missing_ok=True)
         if not (folder / SEARCH_DONE).is_file():
-            print(f"[{task}] mask search in process {state.process_index}", flush=True)  # every rank reports
+            logger.info(f"[{task}] mask search in process {state.process_index}", extra=EVERY_PROCESS)
             child = subprocess.run([sys.executable, "-m", "sparseshare.recipes.train_sparse", "search", str(out), task],
                                    env=env)
             if child.returncode != 0:  # tell the other processes, which are polling for this task
@@ -315,11 +325,11 @@ SEARCH_DONE, SEARCH_FAILED = "search.json", "search.failed"
 def _search_one_task(out: Path, task: str) -> None:
     """The child of :func:`search_distributed`: one task's search, as the single-process pipeline runs it."""
     config = load_config(out / "config.yaml")  # the config the parent process checked and saved
-    data = load_task_data(config, log=lambda *a: None)
+    data = load_task_data(config)
     set_seed(config.train.seed)
     template = build_model(one_network(config), data)
-    rewind = warm_up(config, data, template, out / "warmup", print)
-    records = search_masks(config, data[task], template, rewind, out / "search" / task, print)
+    rewind = warm_up(config, data, template, out / "warmup")
+    records = search_masks(config, data[task], template, rewind, out / "search" / task)
     write_json_atomically(out / "search" / task / SEARCH_DONE, records)
 
 
@@ -354,7 +364,7 @@ def _model_like(template: MultiTaskTagger, model_config, tasks: list[str], state
 # ----------------------------------------------------------------------------------------------
 # 3. Selection (dev only)
 # ----------------------------------------------------------------------------------------------
-def select_mask(config: Config, records: list[dict], folder: Path, log) -> dict[str, torch.Tensor]:
+def select_mask(config: Config, records: list[dict], folder: Path) -> dict[str, torch.Tensor]:
     s = config.sparse
     if s.select == "density":
         chosen = min(records, key=lambda rec: (abs(rec["density"] - s.density), rec["density"]))
@@ -366,7 +376,7 @@ def select_mask(config: Config, records: list[dict], folder: Path, log) -> dict[
         why = f"best dev {best:.2f}" + (f" (within {s.select_tolerance} counts as a tie; sparsest wins)"
                                          if s.select_tolerance else "")
     task = folder.name
-    log(f"[{task}] selected round {chosen['round']}: density {chosen['density'] * 100:.1f}%, dev {chosen['dev']:.2f}; {why}")
+    logger.info(f"[{task}] selected round {chosen['round']}: density {chosen['density'] * 100:.1f}%, dev {chosen['dev']:.2f}; {why}")
     return load_masks(folder / f"round_{chosen['round']:02d}" / "mask.safetensors")[task]
 
 
@@ -388,7 +398,7 @@ def _given_masks(config: Config, template: MultiTaskTagger) -> dict:
 # ----------------------------------------------------------------------------------------------
 # 5. Report
 # ----------------------------------------------------------------------------------------------
-def write_report(config: Config, out: Path, joint: dict, search: dict, costs: dict, log, write: bool = True) -> dict:
+def write_report(config: Config, out: Path, joint: dict, search: dict, costs: dict, write: bool = True) -> dict:
     model = MultiTaskTagger.from_pretrained(out / "joint" / "model")
     stats = model_statistics(model)
     tasks = list(model.tasks)
@@ -413,8 +423,8 @@ def write_report(config: Config, out: Path, joint: dict, search: dict, costs: di
     if write:
         (out / "report.md").write_text("\n".join(text) + "\n")
         write_json_atomically(out / "report.json", report)  # last: report.json marks the pipeline as finished
-    log("\n".join(text))
-    log(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'overlap.png'}")
+    logger.info("\n".join(text))
+    logger.info(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'overlap.png'}")
     return report
 
 
@@ -445,7 +455,7 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
 STAGE_TIME = "stage_time.json"
 
 
-def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_test: bool,
+def _run_stage(config: Config, data: dict[str, TaskData], build, evaluate_test: bool,
                command: str | None = None) -> dict:
     """One training run of the pipeline; skipped when finished, resumed from its checkpoints when not.
     Its wall time, summed over resumptions, goes to ``stage_time.json``."""
@@ -455,7 +465,7 @@ def _run_stage(config: Config, data: dict[str, TaskData], build, log, evaluate_t
     started = time.perf_counter()
     # resume=True: the folder only ever holds this stage's own run, continued from its newest checkpoint (or
     # started again when an interruption came before the first one)
-    results = run_training(config, resume=True, log=log, data=data, build=build, evaluate_test=evaluate_test,
+    results = run_training(config, resume=True, data=data, build=build, evaluate_test=evaluate_test,
                            command=command)
     if PartialState().is_main_process:
         write_json_atomically(folder / STAGE_TIME, {"seconds": round(_stage_seconds(folder) + time.perf_counter() - started, 1)})

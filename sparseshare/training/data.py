@@ -2,6 +2,7 @@
 model built from the config and the training words' vocabulary, and the input files a config names."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,10 @@ def task_names(config: Config) -> list[str]:
     return [spec.name for spec in task_specs(config)]
 
 
-def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
+logger = logging.getLogger(__name__)
+
+
+def load_task_data(config: Config) -> dict[str, TaskData]:
     result = {}
     for spec in task_specs(config):
         options = dict(source=config.data.source, data_dir=task_dir(config, spec),
@@ -60,15 +64,15 @@ def load_task_data(config: Config, log=print) -> dict[str, TaskData]:
         try:
             test = load_split(spec, "test", **options)
         except FileNotFoundError as err:
-            log(f"[{spec.name}] no test split: {err}")
+            logger.info(f"[{spec.name}] no test split: {err}")
             test = None
         tokens = list(train["tokens"])  # plain lists: indexed per batch, Arrow access would be slow
         labels = [convert(seq, spec.scheme, spec.train_scheme) for seq in train["labels"]]
         vocab = build_label_vocab(labels)
         ids = [[vocab[t] for t in seq] for seq in labels]
         result[spec.name] = TaskData(spec, vocab, tokens, ids, dev, test)
-        log(f"[{spec.name}] train {len(tokens)} / dev {len(dev)} / test {len(test) if test is not None else '-'} "
-            f"sentences, {len(vocab)} labels ({spec.train_scheme})")
+        logger.info(f"[{spec.name}] train {len(tokens)} / dev {len(dev)} / test {len(test) if test is not None else '-'} "
+                    f"sentences, {len(vocab)} labels ({spec.train_scheme})")
     return result
 
 def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:

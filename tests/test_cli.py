@@ -11,6 +11,8 @@ from sparseshare.sharing import STRATEGIES
 
 from conftest import ROOT, tiny_overrides, write_tiny_corpus
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 def sparseshare(*args, stdin: str | None = None, check: bool = True):
     done = subprocess.run([sys.executable, "-m", "sparseshare.cli", *map(str, args)], input=stdin, cwd=ROOT,

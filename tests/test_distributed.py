@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, TINY_SCRATCH, tiny_bert_overrides, tiny_config, tiny_model, tiny_overrides
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 def _launch(args: list[str], overrides: list[str], script: Path = ROOT / "recipes" / "train.py"):
     # PYTHONPATH: the launched processes import this checkout, whatever is installed

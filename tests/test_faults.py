@@ -87,6 +87,7 @@ def test_the_fault_points_cover_every_save(reference):
     assert len(steps) >= 20
 
 
+@pytest.mark.slow
 def test_a_crash_at_any_file_system_step_resumes_to_the_same_model(reference, tmp_path, monkeypatch):
     data, reference_dir, expected, steps = reference
     for k in range(1, len(steps) + 1):
@@ -117,6 +118,7 @@ def test_a_crash_between_the_renames_of_the_final_save_leaves_a_resumable_folder
     _assert_same_model(run / "model", reference_dir / "model")
 
 
+@pytest.mark.slow
 def test_sparse_pipeline_resumes_after_a_crash_at_every_stage_transition(tiny_corpus, tmp_path, monkeypatch):
     """Every stage marks its end by an atomic replace (a mask file, a round's round.json, a run's results.json, the
     search's search.json, masks.safetensors, the report): crash at each, resume, compare the final model."""
@@ -146,6 +148,7 @@ def test_sparse_pipeline_resumes_after_a_crash_at_every_stage_transition(tiny_co
         assert report["test"] == expected["test"], transitions[k - 1]
 
 
+@pytest.mark.slow
 def test_a_sparse_joint_stage_with_private_word_tables_resumes_exactly_from_a_mid_epoch_checkpoint(
         tiny_corpus, tmp_path, monkeypatch):
     """The joint stage's checkpoint holds each task's own word table: killed after its first checkpoint, the
@@ -223,6 +226,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tiny_corpus, tmp_path):
     assert results["epochs_run"] == 1
 
 
+@pytest.mark.slow
 def test_two_cli_trainings_into_one_folder_at_once_one_is_refused(tiny_corpus, tmp_path):
     overrides = tiny_overrides(tiny_corpus, tmp_path / "run", **{"train.epochs": 1000})
     command = [sys.executable, "-m", "sparseshare.cli", "train"]

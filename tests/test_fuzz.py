@@ -75,6 +75,7 @@ def read_or_error(path, reader=read_conll, columns=COLUMNS):
 @FUZZ
 @given(sentences=SENTENCES, docstart=st.booleans(), ending=st.sampled_from(["\n", "\r\n", "\r"]),
        bom=st.booleans(), padding=st.sampled_from([" ", "\t", "  ", " \t "]))
+@pytest.mark.slow
 def test_line_endings_bom_and_spacing_change_nothing(tmp_path_factory, sentences, docstart, ending, bom, padding):
     text = render(sentences, docstart).replace(" ", padding).replace("\n", ending)
     path = tmp_path_factory.mktemp("fuzz") / "train.txt"
@@ -84,6 +85,7 @@ def test_line_endings_bom_and_spacing_change_nothing(tmp_path_factory, sentences
 
 @FUZZ
 @given(sentences=SENTENCES, data=st.data())
+@pytest.mark.slow
 def test_a_dropped_column_is_named_by_its_line(tmp_path_factory, sentences, data):
     lines = render(sentences, docstart=False).split("\n")
     token_lines = [i for i, line in enumerate(lines) if line.strip()]
@@ -98,6 +100,7 @@ def test_a_dropped_column_is_named_by_its_line(tmp_path_factory, sentences, data
 
 @FUZZ
 @given(sentences=SENTENCES, data=st.data(), bad=st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf0\x28"]))
+@pytest.mark.slow
 def test_invalid_utf8_is_named_by_its_line(tmp_path_factory, sentences, data, bad):
     raw = render(sentences, docstart=True).encode("utf-8")
     at = data.draw(st.integers(0, len(raw)))
@@ -126,6 +129,7 @@ def test_other_encodings_are_an_error_or_the_same_text(tmp_path_factory, sentenc
 
 @FUZZ
 @given(sentences=SENTENCES, data=st.data())
+@pytest.mark.slow
 def test_random_damage_reads_as_the_bytes_say_or_names_a_line(tmp_path_factory, sentences, data):
     raw = bytearray(render(sentences, docstart=data.draw(st.booleans())).encode("utf-8"))
     for _ in range(data.draw(st.integers(1, 4))):
@@ -148,6 +152,7 @@ def test_random_damage_reads_as_the_bytes_say_or_names_a_line(tmp_path_factory, 
 
 @FUZZ
 @given(data=st.data())
+@pytest.mark.slow
 def test_pp_and_conllu_readers_never_raise_anything_else(tmp_path_factory, data):
     pp = b"0 join board as director V\n1 is chairman of N.V. N\n"
     conllu = ("# text = Hi there\n1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n"

@@ -488,6 +488,7 @@ def _predictions_with_rounded(model: MultiTaskTagger, name: str, dtype: torch.dt
         tensor.copy_(saved)
 
 
+@pytest.mark.slow
 def test_a_tampered_folder_loads_to_the_same_predictions_or_names_the_file(trained):
     """250 tampered folders (derandomized: the same every run), one change each. A refusal names the tampered file,
     or the other file of two whose sizes disagree and says so; a folder that loads tags as the original (or as the

@@ -161,6 +161,7 @@ def test_loss_weight_by_hand():
     assert loss_weight([0, 1, 2], sentences, 2, "sentence") == 2 / 3
 
 
+@pytest.mark.slow
 def test_per_task_state_and_word_loss_train_and_resume_mid_epoch_to_the_same_model(tiny_corpus, tmp_path):
     extra = {"train.epochs": 3, "train.checkpoint_every": 4, "train.optimizer": "adamw", "train.lr": 0.01,
              "train.optimizer_state": "per_task", "train.loss_normalization": "token"}
@@ -205,6 +206,7 @@ def teacher_and_mislabelled_corpus(tmp_path):
     return tmp_path / "teacher" / "model", bad
 
 
+@pytest.mark.slow
 def test_a_student_learns_what_its_teacher_knows_and_the_gold_labels_do_not_say(teacher_and_mislabelled_corpus,
                                                                               tmp_path):
     from sparseshare.model import MultiTaskTagger
@@ -219,6 +221,7 @@ def test_a_student_learns_what_its_teacher_knows_and_the_gold_labels_do_not_say(
     assert tags["gold"] == "O" and tags["teacher"] == "B-LOC"
 
 
+@pytest.mark.slow
 def test_no_teacher_weight_trains_exactly_as_without_distillation(teacher_and_mislabelled_corpus, tmp_path):
     teacher, corpus = teacher_and_mislabelled_corpus
     for name, extra in {"plain": {}, "zero": {"train.distill_from": f"{{ner: {teacher}}}", "train.distill_weight": 0.0}}.items():
@@ -229,6 +232,7 @@ def test_no_teacher_weight_trains_exactly_as_without_distillation(teacher_and_mi
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+@pytest.mark.slow
 def test_distilled_training_resumes_mid_epoch_to_the_same_model(teacher_and_mislabelled_corpus, tmp_path):
     teacher, corpus = teacher_and_mislabelled_corpus
     extra = {"train.epochs": 3, "train.checkpoint_every": 4, "train.optimizer": "adamw", "train.lr": 0.01,
@@ -279,6 +283,7 @@ def test_overwrite_never_deletes_a_teacher(teacher_and_mislabelled_corpus, tmp_p
     assert (teacher / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_the_sparse_recipe_distils_each_task_from_its_searched_dense_network(tiny_corpus, tmp_path):
     import yaml
 

@@ -16,6 +16,8 @@ from conftest import ROOT
 
 from sparseshare.tasks import builtin_tasks
 
+pytestmark = pytest.mark.slow  # every test here builds a wheel
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:

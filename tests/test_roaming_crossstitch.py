@@ -153,6 +153,7 @@ def test_roaming_masked_feed_forward_units_get_zero_gradient_scratch(tiny_corpus
             assert w1[~off].any() and w2[:, ~off].any(), (task, i)
 
 
+@pytest.mark.slow
 def test_roaming_resumed_run_ends_with_the_masks_of_an_uninterrupted_run(tiny_corpus, tmp_path):
     extra = {**ROAMING, "model.roaming_delta": 4, "train.epochs": 3, "train.checkpoint_every": 4,
              "train.seed": 7}

@@ -364,6 +364,7 @@ def test_pass_where_no_layer_can_be_skipped_is_rejected(tiny_corpus, tmp_path):
     {**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": 2, "model.routing_pass": "true",
      "model.routing_lr": 0.5},
 ])
+@pytest.mark.slow
 def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tiny_corpus, tmp_path, extra, capsys):
     config = _config(tiny_corpus, tmp_path, **extra, **{"train.epochs": 2})
     results = run_training(config, log=_quiet)
@@ -424,6 +425,7 @@ def _png_height(path) -> int:
 
 @pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},
                                    {"model.routing_router": "dispatched"}, {"model.routing_history": 5}])
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
              "train.seed": 7}

@@ -485,6 +485,7 @@ def test_a_sparse_model_reloads_with_identical_predictions(sparse_model, tmp_pat
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pipeline_runs_end_to_end_and_resumes_an_interrupted_search(tiny_corpus, tmp_path, monkeypatch):
     overrides = {"sparse.rounds": 2, "sparse.prune_fraction": 0.5, "train.epochs": 1}
     config = _sparse(tiny_corpus, tmp_path, **overrides)
@@ -529,6 +530,7 @@ def test_pipeline_runs_end_to_end_and_resumes_an_interrupted_search(tiny_corpus,
     assert json.loads((tmp_path / "warmup" / "results.json").read_text())["test"] == {}
 
 
+@pytest.mark.slow
 def test_selection_by_density_and_by_given_masks(tiny_corpus, tmp_path):
     config = _sparse(tiny_corpus, tmp_path / "a", **{"sparse.rounds": 2, "sparse.prune_fraction": 0.5,
                                                      "train.epochs": 1, "sparse.select": "density",
@@ -542,6 +544,7 @@ def test_selection_by_density_and_by_given_masks(tiny_corpus, tmp_path):
     assert report_b["density"] == report["density"]
 
 
+@pytest.mark.slow
 def test_masks_show_prints_the_report(tiny_corpus, tmp_path, capsys):
     from sparseshare.cli import main
 
@@ -566,6 +569,7 @@ def test_mask_files_may_hold_more_tasks_than_a_run_trains(tiny_corpus, tmp_path)
     assert set(load_masks(tmp_path / "two" / "model" / "masks.safetensors")) == {"pos", "ner"}
 
 
+@pytest.mark.slow
 def test_rewinding_to_the_initialisation(tiny_corpus, tmp_path):
     config = _sparse(tiny_corpus, tmp_path, **{"sparse.warmup_epochs": 0, "sparse.rounds": 1, "train.epochs": 1})
     report = pipeline.run_sparse(config, log=_quiet)
@@ -605,6 +609,7 @@ def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeyp
         pipeline.search_distributed(config, rank(1), tmp_path)
 
 
+@pytest.mark.slow
 def test_oneshot_search_prunes_the_trained_dense_network_and_scores_it_without_retraining(tiny_corpus, tmp_path,
                                                                                         monkeypatch):
     config = _sparse(tiny_corpus, tmp_path, **{"sparse.search": "oneshot", "sparse.rounds": 2,
@@ -641,6 +646,7 @@ def test_oneshot_search_prunes_the_trained_dense_network_and_scores_it_without_r
     assert report["search_budget"]["search"] == "oneshot" and report["random_masks"] is False
 
 
+@pytest.mark.slow
 def test_random_mask_control_keeps_the_selected_count_per_tensor(tiny_corpus, tmp_path):
     searched = _sparse(tiny_corpus, tmp_path / "a", **{"sparse.rounds": 1, "sparse.prune_fraction": 0.5,
                                                        "train.epochs": 1})
@@ -688,6 +694,7 @@ def _task_file(folder):
     return folder / "mychunk.yaml"
 
 
+@pytest.mark.slow
 def test_the_pipeline_trains_a_task_given_by_its_file(tiny_corpus, tmp_path):
     """`train` accepts tasks=[ner, my/task.yaml]; so do the sparse pipeline's stages, which know the task by the
     file's name: (its search folder, its mask, the report) and list it by its path in their configs."""
@@ -816,6 +823,7 @@ PIPELINE_CASES = {"words": ("words", {}), "all": ("all", LSTM_ONLY),
 
 
 @pytest.mark.parametrize("case", PIPELINE_CASES)
+@pytest.mark.slow
 def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its_embedder_to_every_owner(
         tiny_corpus, tmp_path, monkeypatch, case):
     choice, extra = PIPELINE_CASES[case]

@@ -21,6 +21,7 @@ def _quiet(*_args, **_kwargs):
     pass
 
 
+@pytest.mark.slow
 def test_tiny_training_beats_majority_baseline(conll03_subset, tmp_path):
     overrides = tiny_overrides(conll03_subset, tmp_path / "run", **{
         "model.bilstm.hidden": 32, "train.epochs": 6, "train.lr": 0.1, "model.bilstm.dropout": 0.2})
@@ -47,6 +48,7 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_model(tiny_corpus, tmp_path):
     extra = {"train.epochs": 3, "train.checkpoint_every": 4, "model.bilstm.dropout": 0.3, "train.patience": 0}
     reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)

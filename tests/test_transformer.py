@@ -69,6 +69,7 @@ def test_long_sentences_are_windowed_not_truncated():
     torch.testing.assert_close(top[0, 20], alone[0, 20 - start], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_transformer_model_trains_saves_and_reloads(tiny_corpus, tmp_path):
     overrides = tiny_overrides(tiny_corpus, tmp_path, **{
         "tasks": "[pos,ner]", "model.encoder": "transformer", "model.transformer.name_or_path": MINILM,
@@ -91,6 +92,7 @@ def test_a_token_without_subwords_still_gets_a_vector(encoder):
     assert top.shape[:2] == (1, 3) and bool((top[0].abs().sum(-1) > 0).all())
 
 
+@pytest.mark.slow
 def test_sparse_sharing_masks_a_transformer_and_reloads_identically(tiny_corpus, tmp_path):
     from sparseshare.sharing.masks import save_masks
     from sparseshare.training.data import build_model, load_task_data

@@ -4,6 +4,7 @@ bad configs. Tiny fixtures only."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from sparseshare.encoders.bilstm import BiLSTMLayer
 from sparseshare.model import MultiTaskTagger
 from sparseshare.encoders import BiLSTMEncoder, ScratchTransformerEncoder
 from sparseshare.sharing.routing import (RouterMLP, dispatch, draw_routing_map, returns_to_go, sample_choices,
+                                         task_block_information,
                                          wpl_update)
 from sparseshare.recipes.train import run_training
 
@@ -378,6 +380,12 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
     epochs = results["selected_epoch"]
     assert len(s.map_history) == epochs and len(routing["epochs"]) == epochs
     assert [h["sharing"]["routing/entropy"] for h in results["history"]]
+    # I(task; block) per epoch and layer, logged and saved: between 0 and log2(3 tasks) bits
+    assert [len(bits) for bits in routing["information_bits"]] == [2] * epochs
+    assert routing["information_bits"][-1] == pytest.approx(task_block_information(routing["epochs"][-1]), abs=1e-6)
+    assert all(0 <= b <= math.log2(3) + 1e-9 for bits in routing["information_bits"] for b in bits)
+    assert results["history"][-1]["sharing"]["routing/information_layer2"] == pytest.approx(
+        routing["information_bits"][-1][1], abs=1e-5)
     steps = 6  # 48 sentences / batch 8 per task and epoch
     for task in TASKS:  # every sentence of every epoch was routed once per layer
         for layer in range(2):
@@ -405,6 +413,8 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
     cli_main(["routing", "show", str(folder), "--png", str(tmp_path / "cli.png")])
     out = capsys.readouterr().out
     assert f"epoch {epochs}" in out and "ner layer 2:" in out and (tmp_path / "cli.png").is_file()
+    bits = routing["information_bits"][-1]
+    assert f"I(task; block): layer 1 {bits[0]:.3f} bits, layer 2 {bits[1]:.3f} bits" in out
     cli_main(["routing", "show", str(folder / "routing.json")])  # a routing.json on its own (benchmark records)
     assert capsys.readouterr().out == out.replace(f"wrote {tmp_path / 'cli.png'}\n", "")
     cli_main(["routing", "show", str(folder), "--epoch", "1"])
@@ -449,3 +459,20 @@ def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, 
     assert resumed["dev"] == reference["dev"]
     assert json.loads((tmp_path / "a" / "model" / "routing.json").read_text()) == \
         json.loads((tmp_path / "b" / "model" / "routing.json").read_text())
+
+
+def test_task_block_information_against_hand_computed_values():
+    same = {"pos": [[0.5, 0.5]], "ner": [[0.5, 0.5]]}
+    assert task_block_information(same) == [0.0]  # the task says nothing about the block
+    own = {"pos": [[1.0, 0.0]], "ner": [[0.0, 1.0]]}
+    assert task_block_information(own) == [1.0]  # two tasks, each its own block: 1 bit
+    # p(block) = (0.75, 0.25); I = 1/2 [0.5 log2(0.5/0.75) + 0.5 log2(0.5/0.25)] + 1/2 [log2(1/0.75)]
+    half = {"pos": [[0.5, 0.5]], "ner": [[1.0, 0.0]]}
+    expected = 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)) + 0.5 * math.log2(1 / 0.75)
+    assert task_block_information(half) == [pytest.approx(expected)]
+    assert expected == pytest.approx(0.311278, abs=1e-6)
+    # three tasks, three blocks, each its own: log2(3); a task absent from the epoch (zero shares) is left out
+    three = {"a": [[1, 0, 0], [0.2, 0.8, 0]], "b": [[0, 1, 0], [0.2, 0.8, 0]], "c": [[0, 0, 1], [0.2, 0.8, 0]],
+             "absent": [[0, 0, 0], [0, 0, 0]]}
+    assert task_block_information(three) == [pytest.approx(math.log2(3)), pytest.approx(0.0, abs=1e-12)]
+    assert task_block_information({"absent": [[0, 0]]}) == []

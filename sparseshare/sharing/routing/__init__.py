@@ -79,11 +79,12 @@ The package: :mod:`.network` (the strategy: blocks, grouping sentences by block,
 Parameter names: ``encoder.*`` (shared embeddings), ``blocks.<layer>.<j>.*`` (block j of a layer, 0-based). Hugging
 Face Transformer: ``encoder.model.<layer list>.<layer>.blocks.<j>.*``.
 """
-from .maps import ROUTING_FILE, draw_routing_map, final_map, format_routing_map, load_routing_map
+from .maps import (ROUTING_FILE, draw_routing_map, final_map, format_routing_map, load_routing_map,
+                   task_block_information)
 from .network import RoutingNetwork, dispatch, routing_blocks_per_layer
 from .routers import ROUTERS, Router
 from .rl import RouterMLP, returns_to_go, router_sgd_step, sample_choices, wpl_update
 
 __all__ = ["ROUTERS", "ROUTING_FILE", "Router", "RouterMLP", "RoutingNetwork", "dispatch", "draw_routing_map",
            "final_map", "format_routing_map", "load_routing_map", "returns_to_go", "router_sgd_step",
-           "routing_blocks_per_layer", "sample_choices", "wpl_update"]
+           "routing_blocks_per_layer", "sample_choices", "task_block_information", "wpl_update"]

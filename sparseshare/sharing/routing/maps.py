@@ -3,6 +3,7 @@ the policies) read back, printed and drawn (``sparseshare routing show MODEL --p
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 ROUTING_FILE = "routing.json"
@@ -35,9 +36,29 @@ def final_map(routing: dict, epoch: int | None = None) -> tuple[dict, str]:
     raise ValueError("the routing map has no epoch recorded yet (the model was not trained)")
 
 
+def task_block_information(shares: dict[str, list[list[float]]]) -> list[float]:
+    """I(task; block) in bits, per layer, of one epoch's map (task -> per layer, the share of the task's sentences
+    through each choice), with the tasks trained in that epoch equally likely: 0 when every task takes the same
+    blocks in the same proportions (hard sharing with unused blocks), log2(T) at most (each task its own block),
+    never above log2(choices). A task with no sentences in the epoch (all shares 0) is left out."""
+    tasks = [t for t in shares if any(sum(layer) > 0 for layer in shares[t])]
+    if not tasks:
+        return []
+    bits = []
+    for layer in range(len(shares[tasks[0]])):
+        rows = [[p / sum(shares[t][layer]) for p in shares[t][layer]] for t in tasks]
+        marginal = [sum(column) / len(rows) for column in zip(*rows)]
+        information = sum(p * math.log2(p / q) for row in rows for p, q in zip(row, marginal) if p > 0) / len(rows)
+        bits.append(max(0.0, information))  # rounding can leave -1e-17
+    return bits
+
+
 def format_routing_map(routing: dict, epoch: int | None = None) -> str:
     table, what = final_map(routing, epoch)
     lines = [f"router {routing['router']}, rho {routing['rho']}; {what}"]
+    if routing.get("epochs"):
+        information = task_block_information(table)
+        lines.append("  I(task; block): " + ", ".join(f"layer {n + 1} {b:.3f} bits" for n, b in enumerate(information)))
     for task in routing["tasks"]:
         for layer, names in enumerate(routing["choices"]):
             shares = ", ".join(f"{name} {p:.3f}" for name, p in zip(names, table[task][layer]))

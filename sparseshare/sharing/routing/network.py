@@ -16,7 +16,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..base import SharingStrategy, layerwise_encoder, register
 from ..hf_layers import RoutedLayer, layer_stack, plain_state, rows_by_choice
-from .maps import ROUTING_FILE, final_map
+from .maps import ROUTING_FILE, final_map, task_block_information
 from .routers import ROUTERS, RoutedPass
 from .rl import process_rank, returns_to_go, sample_choices
 
@@ -337,7 +337,13 @@ class RoutingNetwork(SharingStrategy):
                 p = current[t, layer, :k]
                 if k > 1 and p.sum() > 0:
                     entropies.append(float(-(p * p.clamp(min=1e-12).log()).sum()) / math.log(k))
-        return {"routing/entropy": sum(entropies) / len(entropies)} if entropies else {}
+        values = {"routing/entropy": sum(entropies) / len(entropies)} if entropies else {}
+        # does the task decide the block? 0 bits: every task takes the same routes (hard sharing with unused blocks)
+        epoch_shares = {task: [row[:k] for row, k in zip(current[t].tolist(), self.choices)]
+                        for t, task in enumerate(self.tasks)}
+        for layer, bits in enumerate(task_block_information(epoch_shares)):
+            values[f"routing/information_layer{layer + 1}"] = bits
+        return values
 
     def routing_map(self) -> dict:
         """Everything ``routing.json`` holds (JSON-ready)."""
@@ -351,6 +357,8 @@ class RoutingNetwork(SharingStrategy):
             "epochs": [{task: table(epoch[t]) for t, task in enumerate(self.tasks)} for epoch in self.map_history],
             "usage": table(self.historical_probs()),
         }
+        # per epoch, per layer: I(task; block) in bits, the tasks equally likely (maps.task_block_information)
+        result["information_bits"] = [[round(b, 6) for b in task_block_information(epoch)] for epoch in result["epochs"]]
         result.update(self.router.map_fields(table))
         return result
 
@@ -368,6 +376,10 @@ class RoutingNetwork(SharingStrategy):
                  "picks one per layer for each sentence.", "",
                  f"- Router: `{self.router.name}` ({self.router.description}); collaboration reward rho {self.rho}.",
                  f"- Blocks per layer: {blocks}."]
+        if routing["information_bits"] and routing["information_bits"][-1]:
+            lines.append("- How much the task decides the block, I(task; block) in the last epoch (0 bits: every task "
+                         "takes the same routes): " + ", ".join(
+                             f"layer {n + 1} {b:.3f} bits" for n, b in enumerate(routing["information_bits"][-1])) + ".")
         if routing.get("dispatch") and any(any(shares) for shares in routing["dispatch"].values()):
             shares = "; ".join(f"{task} " + ", ".join(f"{p:.3f}" for p in task_shares)
                                for task, task_shares in routing["dispatch"].items())

@@ -58,6 +58,14 @@ RUNS = {
     # the collaboration reward over the last 8 batches (256 sentences, the official code's window of 256 decisions)
     # instead of all of training
     "routing_window": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing", "model.routing_history=8"]),
+    # issue 25: the collaboration reward counted over the task's own routes (not the others'), a negative one (a
+    # diversity bonus: less-used blocks pay), none; on CoNLL-2003 and on NER + PP (where task-dependent routes should
+    # pay most)
+    **{f"{prefix}routing{suffix}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing", *change])
+       for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))
+       for suffix, change in (("_per_task", ["model.routing_collaboration=per_task"]),
+                              ("_diverse", ["model.routing_rho=-0.3"]), ("_no_reward", ["model.routing_rho=0"]))},
+    "nerpp_routing": ("conll03_hard", [*SHARED_EMBEDDER, NER_PP, "model.sharing=routing"]),
     # the paper's other routers: one REINFORCE agent (an MLP over the representation and the task), and a REINFORCE
     # dispatcher over one WPL agent per task
     **{f"routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing",

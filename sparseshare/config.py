@@ -104,8 +104,12 @@ class ModelConfig:
     routing_router: str = "wpl"
     # sharing: routing with routing_router: dispatched only: the number of WPL agents (0: one per task)
     routing_agents: int = 0
-    # sharing: routing only: weight rho of the collaboration reward rho x (historical probability of the chosen block)
+    # sharing: routing only: weight rho of the collaboration reward rho x (historical probability of the chosen block);
+    # a negative rho pays for the less-used blocks instead (a diversity bonus), 0 switches the reward off
     routing_rho: float = 0.3
+    # sharing: routing only: whose routes the historical probability counts: all_tasks (the paper's: every task's
+    # sentences, so a task is paid for following the others) | per_task (the same task's sentences only)
+    routing_collaboration: str = "all_tasks"
     # sharing: routing only: the historical probability of the collaboration reward counts the routes of the last
     # routing_history training batches (all tasks; the official code keeps the last 256 decisions); 0 counts every
     # batch since the start of training

@@ -184,7 +184,7 @@ def test_routing_model_card_shows_the_router_blocks_and_routes_untrained_and_tra
     s = model.sharing  # layer 1: block 0, block 1; layer 2: block 0..2, PASS
     s.policy[1, 1, :4] = torch.tensor([0.1, 0.2, 0.3, 0.4])
     card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Routing")
-    for needle in ("- Router: `wpl` (", "rho 0.2.", "- Blocks per layer: 2, 3 + PASS.",
+    for needle in ("- Router: `wpl` (", "rho 0.2 over all tasks' routes.", "- Blocks per layer: 2, 3 + PASS.",
                    "Most likely block per task and layer (no epoch recorded yet: the policy):",
                    "| task | layer 1 | layer 2 |", "| pos | block 0 (0.500) | block 0 (0.250) |",
                    "| chunk | block 0 (0.500) | PASS (0.400) |",

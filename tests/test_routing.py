@@ -63,6 +63,40 @@ def test_returns_to_go_add_the_later_collaboration_rewards():
     torch.testing.assert_close(returns_to_go(final, immediate), torch.tensor([[1.4, -0.4], [1.3, -0.6]]))
 
 
+@pytest.mark.parametrize("history", [0, 3])
+def test_a_per_task_collaboration_reward_reads_the_task_own_routes_and_may_be_negative(tiny_corpus, tmp_path, history):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_rho": -0.5, "model.routing_collaboration": "per_task", "model.routing_history": history}))
+    s, t = model.sharing, TASKS.index("chunk")
+    others = torch.tensor([[9.0, 1.0], [1.0, 9.0]], dtype=torch.float64)  # every task's routes: not read
+    own = torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=torch.float64)  # chunk's: (1/4, 3/4), (1/2, 1/2)
+    if history:  # a ring of 3 batches: one of pos (not chunk's), one of chunk, one empty slot
+        s.recent[0], s.recent[1] = others, own
+        s.recent_task[:2] = torch.tensor([TASKS.index("pos"), t])
+        s.recent_next.fill_(2)
+    else:
+        s.usage.copy_(others + own)
+        s.task_usage[t] = own
+    hist = [[0.25, 0.75], [0.5, 0.5]]
+    model.train()
+    batch = _batch(model, data, "chunk")
+    model(batch, "chunk")
+    routes = s.last_routes.clone()
+    words = batch.mask.sum(1).double()
+    losses = torch.linspace(1.0, 8.0, len(words), dtype=torch.float64)
+    s.observe_losses("chunk", losses.float())
+    for layer in range(2):
+        for a in range(2):
+            returns = [-losses[i] / words[i] + sum(-0.5 * hist[later][routes[later, i]] for later in range(layer, 2))
+                       for i in range(len(words)) if routes[layer, i] == a]
+            if returns:
+                assert float(s.q[t, layer, a]) == pytest.approx(float(sum(returns) / len(returns)), rel=1e-5)
+    if history:  # the batch took the empty slot, marked as chunk's
+        assert s.recent_task.tolist() == [TASKS.index("pos"), t, t] and s.recent[2].sum(-1).tolist() == [len(words)] * 2
+    else:
+        assert (s.task_usage[t] - own).sum(-1).tolist() == [len(words)] * 2 and not s.task_usage[[0, 2]].any()
+
+
 def test_sampling_inverts_the_cdf():
     probs = torch.tensor([[0.2, 0.0, 0.8]]).expand(5, 3)
     uniforms = torch.tensor([0.0, 0.19, 0.2, 0.5, 0.9999])
@@ -323,7 +357,7 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
                                                      r"\(model.bilstm.layers\)"),
     ({**ROUTING, **SCRATCH, "model.routing_blocks": "[2]"}, r"has 2 \(model.scratch.layers\)"),
     ({**ROUTING, "model.routing_blocks": "many"}, "'model.routing_blocks'"),
-    ({**ROUTING, "model.routing_rho": -0.1}, "'model.routing_rho' must be >= 0"),
+    ({**ROUTING, "model.routing_collaboration": "others"}, "'model.routing_collaboration': 'others' is not one of"),
     ({**ROUTING, "model.routing_lr": 0}, "'model.routing_lr' must be > 0"),
     ({**ROUTING, "model.routing_history": -1}, r"'model.routing_history' must be >= 0 \(0 = every batch since"),
     ({"model.routing_history": 8}, "'model.routing_history' only applies to model.sharing=routing"),

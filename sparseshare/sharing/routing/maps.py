@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 ROUTING_FILE = "routing.json"
+# model.routing_collaboration -> whose routes the collaboration reward's historical probability counts
+WHOSE_ROUTES = {"all_tasks": "all tasks'", "per_task": "each task's own"}
 
 
 def load_routing_map(source) -> dict:
@@ -55,7 +57,8 @@ def task_block_information(shares: dict[str, list[list[float]]]) -> list[float]:
 
 def format_routing_map(routing: dict, epoch: int | None = None) -> str:
     table, what = final_map(routing, epoch)
-    lines = [f"router {routing['router']}, rho {routing['rho']}; {what}"]
+    collaboration = routing.get("collaboration", "all_tasks")  # routing.json files written before it existed
+    lines = [f"router {routing['router']}, rho {routing['rho']} over {WHOSE_ROUTES[collaboration]} routes; {what}"]
     if routing.get("epochs"):
         information = task_block_information(table)
         lines.append("  I(task; block): " + ", ".join(f"layer {n + 1} {b:.3f} bits" for n, b in enumerate(information)))

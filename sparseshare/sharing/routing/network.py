@@ -16,7 +16,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..base import SharingStrategy, layerwise_encoder, register
 from ..hf_layers import RoutedLayer, layer_stack, plain_state, rows_by_choice
-from .maps import ROUTING_FILE, final_map, task_block_information
+from .maps import ROUTING_FILE, WHOSE_ROUTES, final_map, task_block_information
 from .routers import ROUTERS, RoutedPass
 from .rl import process_rank, returns_to_go, sample_choices
 
@@ -52,8 +52,8 @@ def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_k
 
 @register("routing")
 class RoutingNetwork(SharingStrategy):
-    options = ("routing_blocks", "routing_pass", "routing_router", "routing_rho", "routing_history", "routing_lr",
-               "routing_agents")
+    options = ("routing_blocks", "routing_pass", "routing_router", "routing_rho", "routing_collaboration",
+               "routing_history", "routing_lr", "routing_agents")
     citation = """@inproceedings{rosenbaum2018routing,
   title = {Routing Networks: Adaptive Selection of Non-linear Functions for Multi-Task Learning},
   author = {Rosenbaum, Clemens and Klinger, Tim and Riemer, Matthew},
@@ -66,8 +66,9 @@ class RoutingNetwork(SharingStrategy):
         if config.routing_router not in ROUTERS:
             raise ConfigError(f"config key 'model.routing_router': {config.routing_router!r} is not one of "
                               f"{list(ROUTERS)}")
-        if config.routing_rho < 0:
-            raise ConfigError(f"config key 'model.routing_rho' must be >= 0, got {config.routing_rho}")
+        if config.routing_collaboration not in WHOSE_ROUTES:
+            raise ConfigError(f"config key 'model.routing_collaboration': {config.routing_collaboration!r} is not one of "
+                              f"{list(WHOSE_ROUTES)}")
         if config.routing_lr <= 0:
             raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {config.routing_lr}")
         if config.routing_pass and config.encoder == "bilstm":
@@ -114,6 +115,7 @@ class RoutingNetwork(SharingStrategy):
                                         for layer, k in zip(layers, self.copies))
         self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
         self.rho, self.lr = config.routing_rho, config.routing_lr
+        self.per_task_reward = config.routing_collaboration == "per_task"
         T, L, K = len(self.tasks), self.num_layers, max(self.choices)
         self.agents = 0  # the dispatched router's agent count
         self.router = ROUTERS[config.routing_router](self, config)
@@ -128,6 +130,12 @@ class RoutingNetwork(SharingStrategy):
         self.history = config.routing_history
         self.register_buffer("recent", torch.zeros(self.history, L, K, dtype=torch.float64))
         self.register_buffer("recent_next", torch.zeros((), dtype=torch.long))
+        # per task: its routes over all of training, and the task of each slot of the ring (-1: empty), for
+        # model.routing_collaboration=per_task
+        self.register_buffer("task_usage", torch.zeros(T, L, K, dtype=torch.float64))
+        # (not saved without a ring: an empty tensor shares its null storage with `recent`, and a checkpoint keeps one)
+        self.register_buffer("recent_task", torch.full((self.history,), -1, dtype=torch.long),
+                             persistent=self.history > 0)
         self.register_buffer("epoch_counts", torch.zeros(T, L, K, dtype=torch.float64))
         self.register_buffer("map_history", torch.zeros(0, T, L, K))
         self.router.register()  # its policies, values, baselines, MLPs: buffers of this network
@@ -151,6 +159,8 @@ class RoutingNetwork(SharingStrategy):
         self.usage.zero_()
         self.recent.zero_()
         self.recent_next.zero_()
+        self.task_usage.zero_()
+        self.recent_task.fill_(-1)
         self.epoch_counts.zero_()
         self.map_history = self.map_history.new_zeros(0, *self.map_history.shape[1:])
         self.router.reset(generator)
@@ -164,12 +174,19 @@ class RoutingNetwork(SharingStrategy):
         if not self.history:  # models saved before model.routing_history existed have no (empty) window to load
             for name in ("recent", "recent_next"):
                 state_dict.setdefault(prefix + name, getattr(self, name))
+        # models saved before model.routing_collaboration existed trained with all_tasks and kept no per-task counts
+        for name in ("task_usage", "recent_task") if self.history else ("task_usage",):
+            state_dict.setdefault(prefix + name, getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def historical_probs(self) -> torch.Tensor:
-        """(L, K): the share of the routed training sentences (all tasks; of the last ``model.routing_history``
-        batches, or of all of training) that took each choice; uniform over the valid choices before the first step."""
-        counts = self.recent.sum(0) if self.history else self.usage
+    def historical_probs(self, task: int | None = None) -> torch.Tensor:
+        """(L, K): the share of the routed training sentences (all tasks, or task ``task``'s only; of the last
+        ``model.routing_history`` batches, or of all of training) that took each choice; uniform over the valid choices
+        before the first step."""
+        if task is None:
+            counts = self.recent.sum(0) if self.history else self.usage
+        else:
+            counts = self.recent[self.recent_task == task].sum(0) if self.history else self.task_usage[task]
         total = counts.sum(-1, keepdim=True)
         uniform = (self.valid / self.valid.sum(-1, keepdim=True)).to(counts.dtype)
         return torch.where(total > 0, counts / total.clamp(min=1), uniform)
@@ -306,16 +323,19 @@ class RoutingNetwork(SharingStrategy):
         returns = None
         if losses.numel():
             final = -losses.to(device=device, dtype=torch.float64) / words.to(device)
-            immediate = self.rho * self.historical_probs().gather(1, routes.to(device))
+            shares = self.historical_probs(t if self.per_task_reward else None)
+            immediate = self.rho * shares.gather(1, routes.to(device))
             returns = returns_to_go(final, immediate)
             onehot = F.one_hot(routes.to(device), K).to(torch.float64)  # (L, B, K)
             counts = onehot.sum(1)
             sums = (onehot * returns.unsqueeze(-1)).sum(1)
         counts = self.router.step(p, returns, sums, counts)
         self.usage += counts
+        self.task_usage[t] += counts
         self.epoch_counts[t] += counts
         if self.history and counts.sum() > 0:  # counts are summed over processes: every process moves the ring alike
             self.recent[int(self.recent_next) % self.history] = counts
+            self.recent_task[int(self.recent_next) % self.history] = t
             self.recent_next += 1
 
     # -- the routing map ---------------------------------------------------------------------------------------------
@@ -353,7 +373,7 @@ class RoutingNetwork(SharingStrategy):
         result = {
             "router": self.router.name, "tasks": list(self.tasks), "layers": self.num_layers,
             "choices": [self.choice_names(layer) for layer in range(self.num_layers)],
-            "rho": self.rho,
+            "rho": self.rho, "collaboration": "per_task" if self.per_task_reward else "all_tasks",
             "epochs": [{task: table(epoch[t]) for t, task in enumerate(self.tasks)} for epoch in self.map_history],
             "usage": table(self.historical_probs()),
         }
@@ -374,7 +394,8 @@ class RoutingNetwork(SharingStrategy):
         lines = ["## Routing", "",
                  "Every encoder layer offers several blocks (copies of the layer; PASS is the identity) and a router "
                  "picks one per layer for each sentence.", "",
-                 f"- Router: `{self.router.name}` ({self.router.description}); collaboration reward rho {self.rho}.",
+                 f"- Router: `{self.router.name}` ({self.router.description}); collaboration reward rho {self.rho} "
+                 f"over {WHOSE_ROUTES[routing['collaboration']]} routes.",
                  f"- Blocks per layer: {blocks}."]
         if routing["information_bits"] and routing["information_bits"][-1]:
             lines.append("- How much the task decides the block, I(task; block) in the last epoch (0 bits: every task "

@@ -63,6 +63,18 @@ def test_returns_to_go_add_the_later_collaboration_rewards():
     torch.testing.assert_close(returns_to_go(final, immediate), torch.tensor([[1.4, -0.4], [1.3, -0.6]]))
 
 
+def _route_and_score_a_chunk_batch(model, data):
+    """One training forward pass of a chunk batch, scored with losses 1..8: (routes, words per sentence, losses)."""
+    model.train()
+    batch = _batch(model, data, "chunk")
+    model(batch, "chunk")
+    routes = model.sharing.last_routes.clone()
+    words = batch.mask.sum(1).double()
+    losses = torch.linspace(1.0, 8.0, len(words), dtype=torch.float64)
+    model.sharing.observe_losses("chunk", losses.float())
+    return routes, words, losses
+
+
 @pytest.mark.parametrize("history", [0, 3])
 def test_a_per_task_collaboration_reward_reads_the_task_own_routes_and_may_be_negative(tiny_corpus, tmp_path, history):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
@@ -78,13 +90,7 @@ def test_a_per_task_collaboration_reward_reads_the_task_own_routes_and_may_be_ne
         s.usage.copy_(others + own)
         s.task_usage[t] = own
     hist = [[0.25, 0.75], [0.5, 0.5]]
-    model.train()
-    batch = _batch(model, data, "chunk")
-    model(batch, "chunk")
-    routes = s.last_routes.clone()
-    words = batch.mask.sum(1).double()
-    losses = torch.linspace(1.0, 8.0, len(words), dtype=torch.float64)
-    s.observe_losses("chunk", losses.float())
+    routes, words, losses = _route_and_score_a_chunk_batch(model, data)
     for layer in range(2):
         for a in range(2):
             returns = [-losses[i] / words[i] + sum(-0.5 * hist[later][routes[later, i]] for later in range(layer, 2))
@@ -110,13 +116,7 @@ def test_wpl_observation_scores_routes_with_the_loss_and_the_collaboration_rewar
     assert s.choices == [2, 3]  # the first BiLSTM layer's input is the embeddings: no PASS there
     s.usage.copy_(torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 2.0]], dtype=torch.float64))  # history: (3/4, 1/4), ...
     hist = [[0.75, 0.25, 0.0], [0.25, 0.25, 0.5]]
-    model.train()
-    batch = _batch(model, data, "chunk")
-    model(batch, "chunk")
-    routes = s.last_routes.clone()
-    words = batch.mask.sum(1).double()
-    losses = torch.linspace(1.0, 8.0, len(words), dtype=torch.float64)
-    s.observe_losses("chunk", losses.float())
+    routes, words, losses = _route_and_score_a_chunk_batch(model, data)
     t = TASKS.index("chunk")
     for layer in range(2):
         for a in range(s.choices[layer]):
@@ -133,7 +133,7 @@ def test_wpl_observation_scores_routes_with_the_loss_and_the_collaboration_rewar
         assert s.policy[t, layer].sum() == pytest.approx(1.0)
     assert not torch.allclose(s.policy[t, 1, :3], torch.full((3,), 1 / 3))  # the policy moved
     before = (s.policy.clone(), s.usage.clone())
-    model(batch, "chunk")
+    model(_batch(model, data, "chunk"), "chunk")
     s.observe_losses("chunk", losses[:0].float())  # a process without sentences at this step
     assert torch.equal(s.policy, before[0]) and torch.equal(s.usage, before[1])
     with pytest.raises(RuntimeError, match="without a training forward pass"):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
@@ -28,15 +27,16 @@ from ..config import Config, validate
 from ..data.batching import bucketed_batches
 from ..data.schedules import epoch_plan
 from ..evaluation import evaluate, mean_score
-from ..files import atomic_path, write_json_atomically
+from ..files import write_json_atomically
 from ..logs import messages_to
 from ..metrics import format_table
 from ..model import MultiTaskTagger
 from ..optim import MaskedAdamW, MaskedSGD, PerTaskState, build_optimizer, build_scheduler
-from ..run_folder import check_run_folder, disk_full_reported, lock_for_all_processes, remove_outputs
+from ..run_folder import RUN_OUTPUTS, check_run_folder
 from ..training.checkpoints import (STATE_FILE, TrainingDiverged, TrainState, check_finite, check_random_states,
-                                    check_resume_config, flat_config, latest_checkpoint, read_run_config,
-                                    recover_interrupted_saves, save_checkpoint, save_model_atomically)
+                                    flat_config, latest_checkpoint, recover_interrupted_saves, save_checkpoint,
+                                    save_model_atomically)
+from ..training.claim import claimed_output_dir
 from ..training.data import (TaskData, add_word_ids, build_model, check_input_files, load_task_data,
                              run_inputs)
 from ..training.distillation import TeacherTargets, check_teachers, gold_weight
@@ -109,30 +109,15 @@ def _run_training(config: Config, resume: bool, callbacks, *, data, build, evalu
     dev_sets = {name: d.dev for name, d in data.items()}
 
     # One run writes into output_dir at a time; the lock is held until the run ends.
-    lock = lock_for_all_processes(output_dir, accelerator.is_main_process, accelerator.num_processes)
-    try:
-        with disk_full_reported(output_dir):
-            if accelerator.is_main_process:
-                recover_interrupted_saves(output_dir)
-            accelerator.wait_for_everyone()
-            checkpoint = latest_checkpoint(output_dir)
-            check_run_folder(output_dir, resume, overwrite, checkpoint is not None, inputs=inputs)
-            if resume and checkpoint is not None and (output_dir / "config.yaml").is_file():
-                check_resume_config(read_run_config(output_dir / "config.yaml"), config.to_dict())
-            accelerator.wait_for_everyone()  # every process has looked before the main one removes or writes
-            if accelerator.is_main_process:
-                if overwrite:
-                    remove_outputs(output_dir, inputs=inputs)
-                with atomic_path(output_dir / "config.yaml") as partial:
-                    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            checkpoint = None if overwrite else checkpoint
-            if resume and checkpoint is None:
-                logger.info(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
-            return _train(config, accelerator, model, data, dev_sets, checkpoint, callbacks, evaluate_test,
-                          command)
-    finally:
-        if lock is not None:
-            lock.release()
+    with claimed_output_dir(config, accelerator, resume=resume, overwrite=overwrite, inputs=inputs,
+                            outputs=RUN_OUTPUTS, done_marker="results.json",
+                            has_checkpoint=lambda: latest_checkpoint(output_dir) is not None,
+                            repair=lambda: recover_interrupted_saves(output_dir)):
+        checkpoint = latest_checkpoint(output_dir)  # none after --overwrite removed them
+        if resume and checkpoint is None:
+            logger.info(f"--resume: no checkpoint under {output_dir / 'checkpoints'}, starting from scratch")
+        return _train(config, accelerator, model, data, dev_sets, checkpoint, callbacks, evaluate_test, command)
+
 
 def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, data: dict[str, TaskData],
            dev_sets: dict, checkpoint: Path | None, callbacks, evaluate_test: bool, command: str | None) -> dict:

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import PartialState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
@@ -49,8 +48,8 @@ from ..evaluation import evaluate
 from ..files import atomic_path, write_json_atomically
 from ..logs import EVERY_PROCESS, messages_to
 from ..model import MultiTaskTagger
-from ..run_folder import check_run_folder, disk_full_reported, lock_for_all_processes, remove_outputs
-from ..training.checkpoints import check_resume_config, read_run_config
+from ..run_folder import check_run_folder
+from ..training.claim import claimed_output_dir
 from ..training.data import TaskData, build_model, check_input_files, load_task_data, run_inputs, task_names
 from ..training.distillation import check_teachers
 from ..sharing.masks import (MaskError, check_masks, density, draw_overlap, format_report, load_masks,
@@ -96,25 +95,9 @@ def _run_sparse(config: Config, resume: bool, command: str | None, overwrite: bo
     set_seed(config.train.seed)
     template = build_model(one_network(config), data)  # fixes the vocabulary and the initialisation for every stage
     given_masks = check_pipeline_inputs(config, template)
-    lock = lock_for_all_processes(out, state.is_main_process, state.num_processes)
-    try:
-        with disk_full_reported(out):
-            check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS,
-                             done_marker="report.json", inputs=inputs)
-            saved = out / "config.yaml"
-            if resume and saved.is_file():
-                check_resume_config(read_run_config(saved), config.to_dict())
-            state.wait_for_everyone()  # every process has checked before the main one removes or writes
-            if state.is_main_process:
-                if overwrite:
-                    remove_outputs(out, PIPELINE_OUTPUTS, inputs=inputs)
-                with atomic_path(saved) as partial:
-                    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            state.wait_for_everyone()
-            return _run_pipeline(config, state, out, data, template, given_masks, command)
-    finally:
-        if lock is not None:
-            lock.release()
+    with claimed_output_dir(config, state, resume=resume, overwrite=overwrite, inputs=inputs, outputs=PIPELINE_OUTPUTS,
+                            done_marker="report.json", has_checkpoint=lambda: True):
+        return _run_pipeline(config, state, out, data, template, given_masks, command)
 
 
 def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | None:

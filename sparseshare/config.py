@@ -93,6 +93,10 @@ class ModelConfig:
     # sharing: roaming only: switch roaming off: the initial random masks stay for the whole run (the paper's fixed
     # random partition baseline, from the same masks that roaming would start from)
     roaming_fixed: bool = False
+    # sharing: roaming only: a task's optimiser step moves only the weights of its active units (the masked
+    # optimisers; the paper's "a task's parameters are those of its active units"); false: every weight, so that
+    # momentum and Adam's moments also move the units switched off for the task
+    roaming_masked_steps: bool = True
     # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing/): function blocks (copies of the
     # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
     routing_blocks: int | list[int] = 2

@@ -153,6 +153,70 @@ def test_roaming_masked_feed_forward_units_get_zero_gradient_scratch(tiny_corpus
             assert w1[~off].any() and w2[:, ~off].any(), (task, i)
 
 
+def _expected_unit_weights(model, s, t, scratch):
+    """{parameter name: bool mask} of task t's active units, written out from the layers' shapes."""
+    expected = {}
+    for i in range(2):
+        units = s.masks[i, t]
+        if scratch:
+            w1 = f"sharing.encoder.layers.{i}.linear1"
+            expected[f"{w1}.weight"] = units[:, None].expand(-1, 16)
+            expected[f"{w1}.bias"] = units
+            expected[f"sharing.encoder.layers.{i}.linear2.weight"] = units[None, :].expand(16, -1)
+            continue
+        for suffix, direction in (("", units[:16]), ("_reverse", units[16:])):
+            rows = torch.cat([direction] * 4)  # hidden 16: rows g * 16 + u of gates i, f, g, o
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+                parameter = dict(model.named_parameters())[f"sharing.encoder.layers.{i}.lstm.{name}{suffix}"]
+                expected[f"sharing.encoder.layers.{i}.lstm.{name}{suffix}"] = (
+                    rows if parameter.dim() == 1 else rows[:, None].expand_as(parameter))
+    return expected
+
+
+@pytest.mark.parametrize("extra", [{}, SCRATCH])
+def test_roaming_parameter_masks_hold_the_weights_of_each_task_active_units(tiny_corpus, tmp_path, extra):
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **extra))  # scratch: 32 feed-forward units
+    s, names = model.sharing, {id(p): n for n, p in model.named_parameters()}
+    assert s.masked_optimizer
+    for t, task in enumerate(TASKS):
+        got = {names[id(p)]: m for p, m in s.parameter_masks(task).items()}
+        expected = _expected_unit_weights(model, s, t, bool(extra))
+        assert got.keys() == expected.keys(), task
+        for name, mask in expected.items():
+            assert torch.equal(got[name], mask), (task, name)
+    assert s.parameter_masks("ner") is s.parameter_masks("ner")  # built once while the masks stay
+    before = s.parameter_masks("ner")
+    s.roam()  # the masks moved: built again, from the new masks
+    after = {names[id(p)]: m for p, m in s.parameter_masks("ner").items()}
+    assert s.parameter_masks("ner") is not before
+    for name, mask in _expected_unit_weights(model, s, TASKS.index("ner"), bool(extra)).items():
+        assert torch.equal(after[name], mask), name
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_a_roaming_step_moves_only_the_weights_of_the_task_active_units(tiny_corpus, tmp_path, masked):
+    from sparseshare.optim import build_optimizer
+
+    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_masked_steps": str(masked).lower(),
+                                                          "train.optimizer": "adamw", "train.lr": 0.01})
+    model, data = _model(config)
+    optimizer = build_optimizer(config, model)
+    s, params = model.sharing, dict(model.named_parameters())
+    name = "sharing.encoder.layers.0.lstm.weight_ih_l0"
+    for task in ("pos", "ner"):  # pos's step gives every weight Adam moments; then a step of ner
+        before = params[name].detach().clone()
+        optimizer.zero_grad(set_to_none=True)
+        model(_batch(model, data, task), task).sum().backward()
+        if masked:
+            optimizer.set_masks(s.parameter_masks(task))
+        optimizer.step()
+    off = ~_expected_unit_weights(model, s, TASKS.index("ner"), False)[name]
+    moved = params[name].detach() != before
+    assert moved[~off].any()
+    # masked: ner's step left the weights of its switched-off units alone; unmasked: pos's moments moved them
+    assert moved[off].any() != masked
+
+
 @pytest.mark.slow
 def test_roaming_resumed_run_ends_with_the_masks_of_an_uninterrupted_run(tiny_corpus, tmp_path):
     extra = {**ROAMING, "model.roaming_delta": 4, "train.epochs": 3, "train.checkpoint_every": 4,

@@ -300,3 +300,21 @@ def test_a_routed_layer_where_every_sentence_takes_pass_keeps_the_layer_output_f
         features = sharing(batch, "ner")
     assert sharing.last_routes.eq(2).all() and features.shape == (3, 8, 16)
     assert {layer._tuple_size for layer in _layers(model)} == {2 if "deberta" in str(other_architecture) else 0}
+
+
+def test_roaming_parameter_masks_hold_each_task_feed_forward_units(tiny_corpus, tmp_path, tiny_bert):
+    """A task's masked optimiser steps move its units' columns of the down projection and their rows (and bias) of
+    the up projection (BERT's intermediate.dense), nothing else of the layer."""
+    model, _ = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "roaming", "model.roaming_ratio": 0.5})
+    sharing, names = model.sharing, {id(p): n for n, p in model.named_parameters()}
+    t = sharing.tasks.index("chunk")
+    got = {names[id(p)]: m for p, m in sharing.parameter_masks("chunk").items()}
+    assert len(got) == 3 * 3  # per layer: down-projection weight, up-projection weight and bias
+    for i in range(3):
+        units = sharing.masks[i, t]
+        down = next(n for n in got if f".layer.{i}." in n and n.endswith("output.dense.linear.weight"))
+        up = next(n for n in got if f".layer.{i}." in n and n.endswith("intermediate.dense.weight"))
+        bias = up.replace(".weight", ".bias")
+        assert torch.equal(got[down], units[None, :].expand(got[down].shape)) and got[down].shape[1] == 32
+        assert torch.equal(got[up], units[:, None].expand(got[up].shape)) and got[up].shape[0] == 32
+        assert torch.equal(got[bias], units)

@@ -141,6 +141,21 @@ class BiLSTMEncoder(LayerwiseEncoder):
         y = layer(x, mask)
         return y if unit_mask is None else y * unit_mask.to(x.dtype)
 
+    @staticmethod
+    def unit_parameter_masks(layer: BiLSTMLayer, unit_mask: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+        """The weights of ``layer`` that belong to the units ``unit_mask`` keeps (each unit's own rows of the four
+        gates, in its direction's input, recurrent and bias weights), as ``{parameter: bool mask}`` for the masked
+        optimisers: a step of a task then moves only its own units' weights."""
+        hidden = layer.lstm.hidden_size
+        masks = {}
+        for suffix, units in (("", unit_mask[:hidden]), ("_reverse", unit_mask[hidden:])):
+            rows = units.to(torch.bool).repeat(4)  # gates i, f, g, o: hidden rows each
+            for name in BiLSTMLayer._DIRECTION_WEIGHTS:
+                parameter = getattr(layer.lstm, name + suffix)
+                shape = parameter.shape
+                masks[parameter] = (rows if len(shape) == 1 else rows[:, None].expand(shape)).to(parameter.device)
+        return masks
+
     def finish(self, x: torch.Tensor, mask: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         return x
 

@@ -52,6 +52,18 @@ class ScratchTransformerEncoder(LayerwiseEncoder):
         hidden = layer.activation(layer.linear1(layer.norm2(x))) * unit_mask.to(x.dtype)
         return x + layer.dropout2(layer.linear2(layer.dropout(hidden)))
 
+    @staticmethod
+    def unit_parameter_masks(layer: nn.TransformerEncoderLayer,
+                             unit_mask: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+        """The weights of ``layer`` that belong to the feed-forward units ``unit_mask`` keeps (their rows of
+        ``linear1`` and its bias, their columns of ``linear2``), as ``{parameter: bool mask}`` for the masked
+        optimisers. Attention, norms and ``linear2``'s bias belong to no unit."""
+        units = unit_mask.to(torch.bool)
+        first, second = layer.linear1, layer.linear2
+        return {first.weight: units[:, None].expand(first.weight.shape).to(first.weight.device),
+                first.bias: units.to(first.bias.device),
+                second.weight: units[None, :].expand(second.weight.shape).to(second.weight.device)}
+
     def finish(self, x: torch.Tensor, mask: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         """A layer's output as word features: the final LayerNorm (``norm``, e.g. a task's own copy, or the
         encoder's), padding zeroed."""

@@ -170,6 +170,25 @@ def mask_feed_forward_units(layer: nn.Module, hidden_size: int) -> MaskedUnits:
     return wrapped
 
 
+def feed_forward_unit_parameter_masks(layer: nn.Module, gate: MaskedUnits,
+                                      unit_mask: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """roaming: the weights of ``layer`` that belong to the feed-forward units ``unit_mask`` keeps, as
+    ``{parameter: bool mask}`` for the masked optimisers: their columns of the down projection (``gate``'s) and
+    their rows (and bias) of the up projection, the Linear from the hidden size to the units (BERT's
+    ``intermediate.dense``) when the layer has exactly one."""
+    units = unit_mask.to(torch.bool)
+    down = gate.linear
+    masks = {down.weight: units[None, :].expand(down.weight.shape).to(down.weight.device)}
+    ups = [module for module in layer.modules() if isinstance(module, nn.Linear) and module is not down
+           and module.out_features == down.in_features and module.in_features == down.out_features]
+    if len(ups) == 1:
+        up = ups[0]
+        masks[up.weight] = units[:, None].expand(up.weight.shape).to(up.weight.device)
+        if up.bias is not None:
+            masks[up.bias] = units.to(up.bias.device)
+    return masks
+
+
 class RoutedLayer(nn.Module):
     """routing: k blocks (block 0 the model's layer, the others copies of it) plus optionally PASS (the
     identity). ``self.route(hidden_states)`` (set by the strategy before every forward pass) picks each row's

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import SharingStrategy, layerwise_encoder, register
-from .hf_layers import layer_stack, mask_feed_forward_units, plain_state
+from .hf_layers import feed_forward_unit_parameter_masks, layer_stack, mask_feed_forward_units, plain_state
 
 
 def initial_masks(layers: int, tasks: int, units: int, active: int, generator: torch.Generator) -> torch.Tensor:
@@ -53,7 +53,7 @@ def initial_masks(layers: int, tasks: int, units: int, active: int, generator: t
 
 @register("roaming")
 class MaximumRoaming(SharingStrategy):
-    options = ("roaming_ratio", "roaming_delta", "roaming_fixed")
+    options = ("roaming_ratio", "roaming_delta", "roaming_fixed", "roaming_masked_steps")
     citation = """@inproceedings{pascal2021maximum,
   title = {Maximum Roaming Multi-Task Learning},
   author = {Pascal, Lucas and Michiardi, Pietro and Bost, Xavier and Huet, Benoit and Zuluaga, Maria A.},
@@ -82,7 +82,8 @@ class MaximumRoaming(SharingStrategy):
         self.stand_ins = self.encoder.layer_access == "stand_in"
         if self.stand_ins:  # each layer's feed-forward down projection gets its input units masked
             hidden = self.encoder.output_dim
-            self.gates = [mask_feed_forward_units(layer, hidden) for layer in layer_stack(self.encoder, "roaming")]
+            self.hf_layers = list(layer_stack(self.encoder, "roaming"))
+            self.gates = [mask_feed_forward_units(layer, hidden) for layer in self.hf_layers]
             widths = {gate.linear.in_features for gate in self.gates}
             if len(widths) != 1:
                 raise ConfigError(f"config key 'model.sharing' = 'roaming' needs feed-forward layers of one width, "
@@ -92,6 +93,8 @@ class MaximumRoaming(SharingStrategy):
             self.units = self.encoder.units
         self.active = round(config.roaming_ratio * self.units)
         self.delta = 0 if config.roaming_fixed else config.roaming_delta  # 0: the masks never move
+        self.masked_optimizer = config.roaming_masked_steps
+        self._parameter_masks: dict[str, tuple[int, dict]] = {}  # task -> (masks' version, {parameter: mask})
         if self.active < 1 or self.active * len(self.tasks) < self.units:
             raise ConfigError(
                 f"config key 'model.roaming_ratio' ({config.roaming_ratio}) gives {self.active} of {self.units} units "
@@ -136,6 +139,22 @@ class MaximumRoaming(SharingStrategy):
         self.masks.copy_(masks)
         self.visited.copy_(visited)
         self.rng_state.copy_(generator.get_state())
+
+    def parameter_masks(self, task: str) -> dict[torch.nn.Parameter, torch.Tensor]:
+        """``{parameter: mask}`` of ``task``: the weights of its active units in every layer (for the masked
+        optimisers, with ``model.roaming_masked_steps``). Built again only after the masks have moved."""
+        version = self.masks._version
+        cached = self._parameter_masks.get(task)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        t, masks = self.tasks.index(task), {}
+        for i in range(self.masks.shape[0]):
+            if self.stand_ins:
+                masks.update(feed_forward_unit_parameter_masks(self.hf_layers[i], self.gates[i], self.masks[i, t]))
+            else:
+                masks.update(self.encoder.unit_parameter_masks(self.encoder.layers[i], self.masks[i, t]))
+        self._parameter_masks[task] = (version, masks)
+        return masks
 
     def after_step(self, global_step: int) -> None:
         if self.delta and global_step % self.delta == 0:
@@ -191,6 +210,9 @@ class MaximumRoaming(SharingStrategy):
 
     def card_section(self, model) -> list[str]:
         kind = self.encoder.unit_kind
+        steps = ("a task's step moves only the weights of its active units (model.roaming_masked_steps)"
+                 if self.masked_optimizer else "a task's step moves every weight, the units switched off for it "
+                 "through the optimiser's momentum or moments")
         moving = (f"- delta: {self.delta} (every {self.delta} training steps each task swaps one active unit for one "
                   f"it never visited)." if self.delta else
                   "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed random partition.")
@@ -200,6 +222,7 @@ class MaximumRoaming(SharingStrategy):
                 f"- Sharing ratio p: {model.config.roaming_ratio} ({self.active} of {self.units} units per layer and "
                 f"task).",
                 moving,
+                f"- Optimiser steps: {steps}.",
                 f"- Roaming progress r(c): {self.roaming_progress():.3f} (share of the task x layer x unit triples "
                 f"visited so far).",
                 f"- Units no task is active on: {self.uncovered_units()} of {self.masks.shape[0] * self.units} (every "

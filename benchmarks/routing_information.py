@@ -24,7 +24,7 @@ def main() -> None:
             print(f"| {run.name} | {routing['router']} | 0 | – | – | – |")
             continue
         show = lambda bits: " / ".join(f"{b:.3f}" for b in bits)  # noqa: E731
-        peak = max(max(bits) for bits in per_epoch if bits)
+        peak = max((max(bits) for bits in per_epoch if bits), default=0.0)
         print(f"| {run.name} | {routing['router']} | {len(per_epoch)} | {show(per_epoch[0])} | {show(per_epoch[-1])} | "
               f"{peak:.3f} |")
 

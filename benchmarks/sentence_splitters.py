@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def paragraphs(conllu: Path) -> list[tuple[str, set[int]]]:
 
     def close():
         if len(sentences) > 1:
-            text, starts, offset = "", set(), 0
+            text, starts = "", set()
             for i, sentence in enumerate(sentences):
                 if i:
                     text += " "
@@ -48,6 +49,9 @@ def paragraphs(conllu: Path) -> list[tuple[str, set[int]]]:
             sentences.append(line[len("# text = "):].strip())
     close()
     return out
+
+
+AFTER_PUNCTUATION = re.compile(r"[.!?][\"'”’)\]]*$")  # a boundary after . ! or ?, with closing quotes or brackets
 
 
 def _ours(text: str) -> set[int]:
@@ -97,7 +101,7 @@ def score(split, data: list[tuple[str, set[int]]]) -> dict:
         found = split(text)
         tp, fp, fn = tp + len(found & gold), fp + len(found - gold), fn + len(gold - found)
         exact += found == gold
-        after_punct = {b for b in gold if text[:b].rstrip()[-1:] in ".!?" or text[:b].rstrip()[-2:-1] in ".!?"}
+        after_punct = {b for b in gold if AFTER_PUNCTUATION.search(text[:b].rstrip())}
         punct_gold, punct_found = punct_gold + len(after_punct), punct_found + len(after_punct & found)
     seconds = time.perf_counter() - started
     p, r = tp / max(1, tp + fp), tp / max(1, tp + fn)

@@ -7,6 +7,7 @@
 __version__ = "0.1.0"
 
 from .errors import SparseshareError  # noqa: E402  (imports nothing: `import sparseshare` stays light)
+from . import logs  # noqa: E402,F401  (the sparseshare logger's default handler, whichever module logs first)
 
 _LAZY = {"Tagger": "tagger", "Doc": "tagger", "Span": "tagger", "MultiTaskTagger": "model"}
 __all__ = ["__version__", "SparseshareError", *_LAZY]

@@ -95,7 +95,9 @@ class ModelConfig:
     roaming_fixed: bool = False
     # sharing: roaming only: a task's optimiser step moves only the weights of its active units (the masked
     # optimisers; the paper's "a task's parameters are those of its active units"); false: every weight, so that
-    # momentum and Adam's moments also move the units switched off for the task
+    # momentum and Adam's moments also move the units switched off for the task, and in a BiLSTM the task's own
+    # gradient too (a switched-off unit still feeds its layer's recurrence: masked steps freeze weights the task
+    # still reads)
     roaming_masked_steps: bool = True
     # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing/): function blocks (copies of the
     # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
@@ -573,11 +575,14 @@ def upgrade_saved_model_config(model: dict) -> dict:
     """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a checkpointed
     run's config.yaml) in today's spelling: the fixed random partition of roaming was ``roaming_delta: 0`` before
     ``roaming_fixed`` existed; ``private_embedder`` was a boolean (true: the word table and the char-CNN, "all")
-    before it named the parts. Configs given to a new run are not upgraded: there, Δ < 1 is an error."""
+    before it named the parts; a roaming run moved every weight before ``roaming_masked_steps`` existed. Configs given
+    to a new run are not upgraded: there, Δ < 1 is an error."""
     if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
         model = {**model, "roaming_delta": ModelConfig.roaming_delta, "roaming_fixed": True}
     if isinstance(model.get("private_embedder"), bool):
         model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
+    if model.get("sharing") == "roaming" and "roaming_masked_steps" not in model:
+        model = {**model, "roaming_masked_steps": False}
     return model
 
 

@@ -46,6 +46,16 @@ def test_a_log_callable_takes_the_messages_instead_of_standard_output(tiny_corpu
     assert logs._default_handler in logs.logger.handlers  # put back after the run
 
 
+def test_the_default_handler_comes_back_when_a_run_with_a_log_callable_fails(tmp_path):
+    from sparseshare.config import ConfigError
+
+    with pytest.raises((ConfigError, FileNotFoundError)):
+        run_training(load_config(None, [f"output_dir={tmp_path}", f"data.dir={tmp_path / 'missing'}"]),
+                     log=lambda message: None)
+    assert logs._default_handler in logs.logger.handlers
+    assert not [h for h in logs.logger.handlers if isinstance(h, logs._Callback)]
+
+
 @pytest.mark.parametrize("flag, shown", [("--quiet", False), ("-q", False), ("--verbose", True), (None, True)])
 def test_quiet_hides_progress_messages_and_is_undone_after_the_command(tiny_corpus, tmp_path, capsys, flag, shown):
     argv = ["train", *tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1})]

@@ -186,11 +186,31 @@ def test_roaming_parameter_masks_hold_the_weights_of_each_task_active_units(tiny
             assert torch.equal(got[name], mask), (task, name)
     assert s.parameter_masks("ner") is s.parameter_masks("ner")  # built once while the masks stay
     before = s.parameter_masks("ner")
-    s.roam()  # the masks moved: built again, from the new masks
+    tensors = {id(m) for m in before.values()}
+    s.roam()  # the masks moved: the same tensors, changed in place (the optimiser caches one index set per tensor)
     after = {names[id(p)]: m for p, m in s.parameter_masks("ner").items()}
-    assert s.parameter_masks("ner") is not before
+    assert s.parameter_masks("ner") is before and {id(m) for m in before.values()} == tensors
     for name, mask in _expected_unit_weights(model, s, TASKS.index("ner"), bool(extra)).items():
         assert torch.equal(after[name], mask), name
+
+
+def test_an_encoder_that_does_not_name_its_units_weights_is_refused_for_masked_steps(tiny_corpus, tmp_path,
+                                                                                     monkeypatch):
+    from sparseshare.encoders import BiLSTMEncoder
+
+    monkeypatch.delattr(BiLSTMEncoder, "unit_parameter_masks")  # the base class's: an encoder that does not say
+    with pytest.raises(ConfigError, match="'model.roaming_masked_steps': this encoder does not say which weights"):
+        _model(_config(tiny_corpus, tmp_path, **ROAMING))
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_masked_steps": "false"}))
+    assert not model.sharing.masked_optimizer
+
+
+def test_a_roaming_config_saved_before_masked_steps_keeps_unmasked_steps():
+    from sparseshare.config import upgrade_saved_model_config
+
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_ratio": 0.5})["roaming_masked_steps"] is False
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_masked_steps": True})["roaming_masked_steps"]
+    assert "roaming_masked_steps" not in upgrade_saved_model_config({"sharing": "hard"})
 
 
 @pytest.mark.parametrize("masked", [True, False])
@@ -213,7 +233,8 @@ def test_a_roaming_step_moves_only_the_weights_of_the_task_active_units(tiny_cor
     off = ~_expected_unit_weights(model, s, TASKS.index("ner"), False)[name]
     moved = params[name].detach() != before
     assert moved[~off].any()
-    # masked: ner's step left the weights of its switched-off units alone; unmasked: pos's moments moved them
+    # masked: ner's step left the weights of its switched-off units alone; unmasked: they moved (pos's Adam moments,
+    # and in the BiLSTM ner's own gradient, through the recurrence that a switched-off unit still feeds)
     assert moved[off].any() != masked
 
 
@@ -345,6 +366,7 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
     ({**ROAMING, "model.roaming_delta": 1.5}, "'model.roaming_delta'"),
     ({**ROAMING, "model.roaming_delta": "often"}, "'model.roaming_delta'"),
     ({"model.roaming_ratio": 0.4}, "'model.roaming_ratio' only applies to model.sharing=roaming"),
+    ({"model.roaming_masked_steps": "false"}, "'model.roaming_masked_steps' only applies to model.sharing=roaming"),
     ({**CROSS, "model.roaming_delta": 5}, r"'model.roaming_delta' only applies to model.sharing=roaming \(model"),
     ({"model.cross_stitch_init": 0.5}, "'model.cross_stitch_init' only applies to model.sharing=cross_stitch"),
     ({**ROAMING, "model.cross_stitch_init": 0.5}, "'model.cross_stitch_init' only applies"),

@@ -468,7 +468,9 @@ def _png_height(path) -> int:
 
 
 @pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},
-                                   {"model.routing_router": "dispatched"}, {"model.routing_history": 5}])
+                                   {"model.routing_router": "dispatched"}, {"model.routing_history": 5},
+                                   {"model.routing_collaboration": "per_task", "model.routing_history": 5,
+                                    "model.routing_rho": -0.3}])
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,

@@ -35,6 +35,7 @@ def test_thread_count_must_be_positive():
         load_config(None, ["train.threads=0"])
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="the thread count is set for CPU training only")
 def test_training_runs_with_the_configured_threads_and_resumes_with_others(tiny_corpus, tmp_path):
     before = torch.get_num_threads()
     messages = []

@@ -13,6 +13,15 @@ class LayerwiseEncoder(nn.Module):
 
     layer_access = "direct"
 
+    @staticmethod
+    def unit_parameter_masks(layer, unit_mask):
+        """``{parameter: bool mask}``: the weights of ``layer`` that belong to the units ``unit_mask`` keeps (Maximum
+        Roaming's masked optimiser steps). An encoder that does not say which weights a unit owns cannot have them."""
+        from ..errors import ConfigError
+
+        raise ConfigError("config key 'model.roaming_masked_steps': this encoder does not say which weights belong to "
+                          "a unit (no unit_parameter_masks); set it to false")
+
     def forward(self, batch, **embed_parts) -> list[torch.Tensor]:
         """``embed_parts``: a task's own embedder parts, for strategies with private embedders (BiLSTM only)."""
         x, outputs = self.embed(batch, **embed_parts), []

@@ -174,15 +174,18 @@ def feed_forward_unit_parameter_masks(layer: nn.Module, gate: MaskedUnits,
                                       unit_mask: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
     """roaming: the weights of ``layer`` that belong to the feed-forward units ``unit_mask`` keeps, as
     ``{parameter: bool mask}`` for the masked optimisers: their columns of the down projection (``gate``'s) and
-    their rows (and bias) of the up projection, the Linear from the hidden size to the units (BERT's
-    ``intermediate.dense``) when the layer has exactly one."""
+    their rows (and bias) of every Linear from the hidden size to the units (BERT's ``intermediate.dense``; a gated
+    feed-forward's gate and up projections). A layer without one (a fused projection to twice the units) is refused."""
     units = unit_mask.to(torch.bool)
     down = gate.linear
     masks = {down.weight: units[None, :].expand(down.weight.shape).to(down.weight.device)}
     ups = [module for module in layer.modules() if isinstance(module, nn.Linear) and module is not down
            and module.out_features == down.in_features and module.in_features == down.out_features]
-    if len(ups) == 1:
-        up = ups[0]
+    if not ups:
+        raise ConfigError(f"config key 'model.roaming_masked_steps': no Linear from {down.out_features} to "
+                          f"{down.in_features} units in {type(layer).__name__}, so the units' own input weights are "
+                          f"unknown; set it to false")
+    for up in ups:
         masks[up.weight] = units[:, None].expand(up.weight.shape).to(up.weight.device)
         if up.bias is not None:
             masks[up.bias] = units.to(up.bias.device)

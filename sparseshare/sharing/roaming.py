@@ -104,6 +104,11 @@ class MaximumRoaming(SharingStrategy):
         self.register_buffer("visited", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("rng_state", torch.Generator().get_state())
         self.initialize(0)
+        if self.masked_optimizer:  # an encoder whose units' weights are unknown is refused now, not at the first step
+            if self.stand_ins:
+                feed_forward_unit_parameter_masks(self.hf_layers[0], self.gates[0], self.masks[0, 0])
+            else:
+                self.encoder.unit_parameter_masks(self.encoder.layers[0], self.masks[0, 0])
 
     @property
     def output_dim(self) -> int:
@@ -153,7 +158,13 @@ class MaximumRoaming(SharingStrategy):
                 masks.update(feed_forward_unit_parameter_masks(self.hf_layers[i], self.gates[i], self.masks[i, t]))
             else:
                 masks.update(self.encoder.unit_parameter_masks(self.encoder.layers[i], self.masks[i, t]))
-        self._parameter_masks[task] = (version, masks)
+        if cached is not None:  # the same tensors, changed in place: the optimiser's per-mask caches stay one each
+            for parameter, mask in masks.items():
+                cached[1][parameter].copy_(mask)
+            masks = cached[1]
+        else:
+            masks = {parameter: mask.contiguous().clone() for parameter, mask in masks.items()}
+        self._parameter_masks[task] = (self.masks._version, masks)
         return masks
 
     def after_step(self, global_step: int) -> None:

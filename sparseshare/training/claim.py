@@ -20,8 +20,8 @@ from .checkpoints import check_resume_config, read_run_config
 @contextmanager
 def claimed_output_dir(config: Config, state, *, resume: bool, overwrite: bool, inputs: dict, outputs,
                        done_marker: str, has_checkpoint: Callable[[], bool],
-                       repair: Callable[[], None] | None = None) -> Iterator[bool]:
-    """Hold ``config.output_dir`` for the block, which receives whether a checkpoint was found there.
+                       repair: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold ``config.output_dir`` for the block.
 
     ``state`` is the run's Accelerator or PartialState (every process calls this; the main one locks, removes and
     writes, the others wait for it). ``repair`` (main process, first) finishes what a crash interrupted, e.g. a
@@ -45,7 +45,7 @@ def claimed_output_dir(config: Config, state, *, resume: bool, overwrite: bool, 
                 with atomic_path(saved) as partial:
                     partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             state.wait_for_everyone()
-            yield found and not overwrite
+            yield
     finally:
         if lock is not None:
             lock.release()

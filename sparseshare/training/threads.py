@@ -9,11 +9,13 @@ on divided by the training processes on this machine.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
 # set by every `accelerate launch` in the processes it starts (and by nothing else we know of)
 _ACCELERATE_LAUNCHED = "ACCELERATE_MIXED_PRECISION"
 
@@ -61,6 +63,9 @@ def training_threads(setting: int | None, environ: dict[str, str] | None = None,
 def use_training_threads(setting: int | None) -> int:
     """Set torch's intra-op thread count for this training process; returns it (for the run's log)."""
     threads = training_threads(setting)
+    logger.debug(
+        f"threads: train.threads={setting}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+        f"LOCAL_WORLD_SIZE={os.environ.get('LOCAL_WORLD_SIZE')}, cores available {available_cores()} -> {threads}")
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -18,9 +18,15 @@ from contextlib import contextmanager
 logger = logging.getLogger("sparseshare")
 
 
+# a process's rank in a distributed run (0 = the main one), as torchrun / accelerate and the MPI launchers name it
+_RANK = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+# the level the CLI set (--quiet / --verbose), handed to child processes (the distributed mask search's)
+VERBOSITY_VARIABLE = "SPARSESHARE_VERBOSITY"
+
+
 def _is_main_process() -> bool:
-    # RANK: set by torchrun / `accelerate launch` in every process of a distributed run (0 = the main one)
-    return os.environ.get("RANK", "0") in ("", "0")
+    rank = next((os.environ[name] for name in _RANK if os.environ.get(name)), "0")
+    return rank == "0"
 
 
 # logger.info(..., extra=EVERY_PROCESS): a message that every process of a distributed run writes
@@ -51,7 +57,8 @@ class _StandardOutput(logging.StreamHandler):
 
 _default_handler = _StandardOutput()
 logger.addHandler(_default_handler)
-logger.setLevel(logging.INFO)
+_inherited = os.environ.get(VERBOSITY_VARIABLE, "").upper()
+logger.setLevel(_inherited if _inherited in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else logging.INFO)
 logger.propagate = False
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -63,6 +64,23 @@ def test_quiet_hides_progress_messages_and_is_undone_after_the_command(tiny_corp
     out = capsys.readouterr().out
     assert ("epoch 1: dev" in out) == shown
     assert logs.logger.level == logging.INFO
+
+
+@pytest.mark.parametrize("value, level", [("WARNING", logging.WARNING), ("debug", logging.DEBUG), ("loud", logging.INFO)])
+def test_a_child_process_takes_the_level_its_parent_hands_over(value, level):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sparseshare; print(sparseshare.logs.logger.level)"],
+                          env={**os.environ, logs.VERBOSITY_VARIABLE: value}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == str(level), done.stderr
+
+
+def test_an_mpi_rank_other_than_0_writes_warnings_only(monkeypatch, capsys):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "2")
+    logs.logger.info("progress")
+    assert capsys.readouterr().out == ""
 
 
 def test_other_processes_of_a_distributed_run_write_warnings_only(monkeypatch, capsys):

@@ -600,6 +600,8 @@ def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeyp
     assert (tmp_path / "search" / "pos" / "search.failed").is_file()
 
     def chunk_succeeds(cmd, env):
+        # the child takes this process's thread count and log level (--quiet reaches it)
+        assert env["OMP_NUM_THREADS"] == str(torch.get_num_threads()) and env["SPARSESHARE_VERBOSITY"] == "INFO"
         (tmp_path / "search" / cmd[-1]).mkdir(parents=True, exist_ok=True)
         (tmp_path / "search" / cmd[-1] / "search.json").write_text("[]")
         return subprocess.CompletedProcess(cmd, 0)

@@ -23,6 +23,9 @@ LAUNCHED = {"ACCELERATE_MIXED_PRECISION": "no"}  # what `accelerate launch` puts
     (None, {**LAUNCHED, "OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "16"}, 1),  # never 0
     (None, {**LAUNCHED, "OMP_NUM_THREADS": "3"}, 3),  # --num_cpu_threads_per_process 3
     (None, {"OMP_NUM_THREADS": "many"}, 8),  # not a count: ignored
+    # torchrun with 2 processes per machine puts OMP_NUM_THREADS=1 in each unless it was set
+    (None, {"TORCHELASTIC_RUN_ID": "x", "OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "2"}, 4),
+    (None, {"MPI_LOCALNRANKS": "4"}, 2),  # an MPI launcher's processes on this machine
     (2, {"OMP_NUM_THREADS": "1"}, 2),  # train.threads wins over everything
     (5, {**LAUNCHED, "OMP_NUM_THREADS": "3"}, 5),
 ])

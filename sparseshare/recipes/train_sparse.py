@@ -46,7 +46,7 @@ from safetensors.torch import load_file, save_file
 from ..config import Config, load_config
 from ..evaluation import evaluate
 from ..files import atomic_path, write_json_atomically
-from ..logs import EVERY_PROCESS, messages_to
+from ..logs import EVERY_PROCESS, VERBOSITY_VARIABLE, messages_to
 from ..model import MultiTaskTagger
 from ..run_folder import check_run_folder
 from ..training.claim import claimed_output_dir
@@ -277,6 +277,7 @@ def search_distributed(config: Config, state: PartialState, out: Path) -> dict[s
                        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
     env = {k: v for k, v in os.environ.items() if k not in distributed_env and not k.startswith("ACCELERATE_")}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the child takes this process's place and threads
+    env[VERBOSITY_VARIABLE] = logging.getLevelName(logging.getLogger("sparseshare").level)  # --quiet reaches it
     if torch.cuda.is_available():  # the child sees only this process's GPU
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
         env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[state.local_process_index]

@@ -2,10 +2,10 @@
 
 ``accelerate launch`` sets ``OMP_NUM_THREADS=1`` in every process it starts unless it is given
 ``--num_cpu_threads_per_process`` or finds ``OMP_NUM_THREADS`` set already, so a CPU run started the way the
-README says would otherwise train on one core of many. The recipes therefore pick the thread count themselves:
-``train.threads`` when set; else ``OMP_NUM_THREADS`` when someone chose it (any value outside ``accelerate
-launch``, a value other than its default 1 under it); else this process's share of the cores, the cores it may run
-on divided by the training processes on this machine.
+README says would otherwise train on one core of many (torchrun does the same with several processes per machine).
+The recipes therefore pick the thread count themselves: ``train.threads`` when set; else ``OMP_NUM_THREADS`` when
+someone chose it (any value outside those launchers, a value other than their default 1 under them); else this
+process's share of the cores, the cores it may run on divided by the training processes on this machine.
 """
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger(__name__)
-# set by every `accelerate launch` in the processes it starts (and by nothing else we know of)
-_ACCELERATE_LAUNCHED = "ACCELERATE_MIXED_PRECISION"
+# launchers that put OMP_NUM_THREADS=1 into the processes they start unless it is set: `accelerate launch` (its
+# variables) and torchrun with several processes per machine (TORCHELASTIC_RUN_ID)
+_LAUNCHED_BY = ("ACCELERATE_MIXED_PRECISION", "TORCHELASTIC_RUN_ID")
+# the training processes on this machine, as torchrun / accelerate and the MPI launchers name them
+_LOCAL_SIZE = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
 
 
 def available_cores() -> int:
@@ -54,9 +57,10 @@ def training_threads(setting: int | None, environ: dict[str, str] | None = None,
         return setting
     environ = os.environ if environ is None else environ
     chosen = environ.get("OMP_NUM_THREADS", "").strip()
-    if chosen.isdigit() and int(chosen) > 0 and (_ACCELERATE_LAUNCHED not in environ or int(chosen) != 1):
+    launched = any(name in environ for name in _LAUNCHED_BY)
+    if chosen.isdigit() and int(chosen) > 0 and (not launched or int(chosen) != 1):
         return int(chosen)
-    local_processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    local_processes = next((int(environ[name]) for name in _LOCAL_SIZE if environ.get(name, "").isdigit()), 1)
     return max(1, (available_cores() if cores is None else cores) // max(1, local_processes))
 
 

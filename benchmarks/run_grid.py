@@ -35,6 +35,10 @@ ADAM = ["train.optimizer=adamw", "train.lr=0.002", "train.lr_schedule=constant",
 # issue-23 screens below ran before that with one embedder, as their recorded config.yaml say; to compare with
 # them, add model.private_embedder=none. Routing and roaming take no private embedders.
 SHARED_EMBEDDER = ["model.private_embedder=none"]
+MINILM_CONVERGED = ["train.epochs=10", "train.patience=2"]
+# densities 100%, 70%, ..., 11.8%, scored without retraining; 0.1 dev points count as a tie (the sparser wins)
+MINILM_ONESHOT = ["sparse.search=oneshot", "sparse.rounds=6", "sparse.dense_models={pos: <out>/minilm_pos_conv_seed<seed>/model, "
+                  "chunk: <out>/minilm_chunk_conv_seed<seed>/model, ner: <out>/minilm_ner_conv_seed<seed>/model}"]
 RUNS = {
     "pos": ("conll03_pos", []), "chunk": ("conll03_chunk", []), "ner": ("conll03_ner", []),
     "hard": ("conll03_hard", []), "sparse": ("conll03_sparse", []), "sparse_quick": ("conll03_sparse_quick", []),
@@ -113,13 +117,28 @@ RUNS = {
     "sparse_distill": ("conll03_sparse", ["sparse.distill=true"]),
     "hard_distill": ("conll03_hard", ["train.distill_from={pos: <out>/pos_seed<seed>/model, "
                                       "chunk: <out>/chunk_seed<seed>/model, ner: <out>/ner_seed<seed>/model}"]),
+    # issue 24: MiniLM trained until dev stops improving, one stopping rule for all (at most 10 epochs, patience 2):
+    # single task, hard sharing, and sparse sharing whose one-shot masks come from the single-task runs of the same
+    # seed in the same --out folder (no search training), by each pruning criterion and each reading of the weights
+    # outside a task's mask; the random-mask control of change/rewind (LT-SFT's combination)
+    **{f"minilm_{task}_conv": ("conll03_minilm_ner", [f"tasks=[{task}]", *MINILM_CONVERGED])
+       for task in ("pos", "chunk", "ner")},
+    "minilm_hard_conv": ("conll03_minilm_hard", MINILM_CONVERGED),
+    **{f"minilm_sparse_{criterion}_{outside}{suffix}": (
+        "conll03_minilm_sparse", [*MINILM_CONVERGED, *MINILM_ONESHOT, f"sparse.criterion={criterion}",
+                                  f"model.outside_mask={outside}", *control])
+       for criterion in ("magnitude", "change") for outside in ("zero", "rewind")
+       for suffix, control in (("", []), ("_random", ["sparse.random_masks=true"]))
+       if not control or (criterion, outside) == ("change", "rewind")},
 }
 # runs whose warm-up and search are those of another run of the same seed (same config up to the joint
 # stage, so recomputing them would give the same files): copied from it when it has finished its search
 SHARES_SEARCH = {"sparse_random": "sparse", "sparse_distill": "sparse", "sparse_private_words": "sparse",
                  "sparse_private_words_tol25": "sparse", "sparse_private_ner": "sparse"}
 # runs that read other runs of the same seed (distillation teachers): not started before those have finished
-NEEDS = {"hard_distill": ("pos", "chunk", "ner")}
+NEEDS = {"hard_distill": ("pos", "chunk", "ner"),
+         **{name: ("minilm_pos_conv", "minilm_chunk_conv", "minilm_ner_conv") for name in RUNS
+            if name.startswith("minilm_sparse_")}}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 
 

@@ -76,6 +76,10 @@ class ModelConfig:
     # the tasks that own those copies (null: every task); the others read the one shared embedder (e.g. [ner]: POS
     # and chunk share their word representations, NER has its own)
     private_embedder_tasks: list[str] | None = None
+    # sharing: sparse only: what a task reads for a prunable weight outside its mask: zero (Sun et al.'s subnetwork) |
+    # rewind (the weight's value at the rewind point, i.e. the pretrained checkpoint with sparse.warmup_epochs 0: the
+    # tasks then share a sparse update of the pretrained network, as in LT-SFT, Ansell et al. 2022)
+    outside_mask: str = "zero"
     # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
     # read the top layer (Søgaard & Goldberg 2016)
     task_layers: dict[str, int] = field(default_factory=dict)
@@ -178,6 +182,15 @@ class SparseConfig:
     # oneshot: round 0 trains the dense network from the rewind point (search_epochs, to convergence); rounds
     # 1..R prune that trained network to density (1 - prune_fraction)^r and score it on dev without retraining
     search: str = "iterative"
+    # what a pruning step ranks the kept weights by: magnitude (|w| of the trained weights; Sun et al., Frankle &
+    # Carbin) | change (|w - w_rewind|, how far training moved them from the rewind point: LT-SFT, Ansell et al. 2022,
+    # made for pretrained encoders, where magnitude keeps the weights that were large in the checkpoint whatever the task)
+    criterion: str = "magnitude"
+    # search=oneshot with a pretrained encoder only: per task, a model folder holding that task's dense network,
+    # already trained from the rewind point (the checkpoint: sparse.warmup_epochs 0), e.g. the single-task run of the
+    # same encoder; it takes the place of round 0 (not trained again), so that converged single-task models give the
+    # masks. Tasks not listed train their round 0 as usual
+    dense_models: dict[str, str] = field(default_factory=dict)
     rounds: int = 5  # pruning rounds per task; round r gives the subnet of density (1 - prune_fraction)^r
     prune_fraction: float = 0.2  # share of the remaining prunable weights removed per round
     search_epochs: int = 1  # training epochs per trained round
@@ -468,9 +481,19 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from (or "
                           "sparse.distill)")
     validate_sparse(config.sparse)
+    if config.sparse.dense_models:
+        if config.sparse.search != "oneshot" or config.sparse.warmup_epochs != 0 or config.model.encoder != "transformer":
+            raise ConfigError("config key 'sparse.dense_models' replaces round 0 of a one-shot search by a network trained "
+                              "elsewhere, which started from the rewind point only when that point is a pretrained "
+                              "checkpoint: it needs sparse.search: oneshot, sparse.warmup_epochs: 0 and model.encoder: "
+                              f"transformer (got {config.sparse.search!r}, {config.sparse.warmup_epochs}, "
+                              f"{config.model.encoder!r})")
+        if config.sparse.masks:
+            raise ConfigError("config key 'sparse.dense_models' feeds a search; with sparse.masks there is none")
 
 
 ENCODERS = ("bilstm", "transformer", "scratch")
+PRUNING_CRITERIA = ("magnitude", "change")
 
 
 def validate_model(model: ModelConfig, tasks: list[str]) -> None:
@@ -604,6 +627,8 @@ def validate_sparse(s: SparseConfig) -> None:
                           "there is no search: set train.distill_from to teacher model folders instead")
     if s.search not in ("iterative", "oneshot"):
         raise ConfigError(f"config key 'sparse.search': {s.search!r} is not one of ['iterative', 'oneshot']")
+    if s.criterion not in PRUNING_CRITERIA:
+        raise ConfigError(f"config key 'sparse.criterion': {s.criterion!r} is not one of {list(PRUNING_CRITERIA)}")
     if s.select not in ("dev", "density"):
         raise ConfigError(f"config key 'sparse.select': {s.select!r} is not one of ['dev', 'density']")
     if s.select_tolerance < 0:

@@ -319,17 +319,21 @@ def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, mo
 
 # -- export to plain transformers ----------------------------------------------------------------
 @pytest.mark.slow
-def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path):
+@pytest.mark.parametrize("outside_mask", ["zero", "rewind"])
+def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path, outside_mask):
     from transformers import pipeline
 
     from sparseshare.data.schemes import first_invalid_transition
     from sparseshare.export import BIOES_TO_IOB2_PREFIX, ExportError, export_task
 
     model = _sparse_model(tmp_path, **{"tasks": "[pos,ner]", "model.encoder": "transformer", "model.head": "softmax",
-                                       "model.transformer.name_or_path": MINILM, "model.transformer.dropout": 0.0})
+                                       "model.transformer.name_or_path": MINILM, "model.transformer.dropout": 0.0,
+                                       "model.outside_mask": outside_mask})
     torch.manual_seed(0)
     with torch.no_grad():  # untrained heads, scaled up: varied labels to compare
         model.heads["ner"].proj.weight.normal_(0, 1.0)
+        for weight in model.sharing.prunable().values():  # "trained": the rewind point's weights differ from these
+            weight.add_(0.02 * torch.randn_like(weight))
     out = export_task(model, "ner", tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.json",
                                                      "tokenizer_config.json"]

@@ -2,8 +2,9 @@
 
 1. warm-up: a short hard-sharing run; its weights are the rewind point (late resetting). With
    ``sparse.warmup_epochs: 0`` the rewind point is the initialisation (classic lottery ticket);
-2. mask search per task by magnitude pruning (one global threshold across the prunable tensors), giving
-   subnets of density ``(1 - prune_fraction)^r`` for rounds r = 0..R:
+2. mask search per task by pruning (one global threshold across the prunable tensors, over |w| or, with
+   ``sparse.criterion: change``, over |w - w_rewind|), giving subnets of density ``(1 - prune_fraction)^r`` for
+   rounds r = 0..R:
    - ``sparse.search: iterative`` (Sun et al.): round r trains its subnet from the rewind point, then
      removes ``prune_fraction`` of the surviving weights by magnitude;
    - ``sparse.search: oneshot``: round 0 trains the dense network from the rewind point to convergence;
@@ -41,9 +42,11 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..config import Config, load_config
+from ..config import Config, ModelConfig, load_config
+from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..files import atomic_path, write_json_atomically
 from ..logs import EVERY_PROCESS, VERBOSITY_VARIABLE, messages_to
@@ -54,6 +57,7 @@ from ..training.data import TaskData, build_model, check_input_files, load_task_
 from ..training.distillation import check_teachers
 from ..sharing.masks import (MaskError, check_masks, density, draw_overlap, format_report, load_masks,
                              model_statistics, prune_by_magnitude, random_masks_like, save_masks)
+from ..sharing.base import STRATEGIES
 from ..sharing.private_embedder import PRIVATE_PARTS, copies_of_shared_parts, private_owners
 from ..training.threads import use_training_threads
 from .train import run_training
@@ -106,7 +110,30 @@ def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | N
     ``name:``, not its path), as their config.json and labels.json say (only the joint stage loads their weights);
     ``sparse.masks`` holds a fitting mask for every task. Returns those masks (None without ``sparse.masks``)."""
     check_teachers(config.train.distill_from, template)
+    check_dense_models(config, template)
     return _given_masks(config, template) if config.sparse.masks else None
+
+
+def check_dense_models(config: Config, template: MultiTaskTagger) -> None:
+    """Each folder of ``sparse.dense_models`` is a model of that task whose encoder has the run's prunable tensors,
+    with their shapes (read from the file's header: nothing is loaded yet)."""
+    prunable = template.sharing.prunable()
+    for task, folder in config.sparse.dense_models.items():
+        key = f"config key 'sparse.dense_models.{task}'"
+        if task not in template.tasks:
+            raise ConfigError(f"{key}: {task!r} is not one of the run's tasks {list(template.tasks)}")
+        weights, labels = Path(folder) / "model.safetensors", Path(folder) / "labels.json"
+        if not weights.is_file() or not labels.is_file():
+            raise ConfigError(f"{key}: {folder} is not a model folder (no model.safetensors or labels.json)")
+        if task not in json.loads(labels.read_text()):
+            raise ConfigError(f"{key}: the model in {folder} has no task {task!r}")
+        with safe_open(str(weights), "pt") as file:
+            shapes = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
+        for name, parameter in prunable.items():
+            if shapes.get(f"sharing.encoder.{name}") != tuple(parameter.shape):
+                raise ConfigError(f"{key}: the model in {folder} has no encoder tensor {name!r} of shape "
+                                  f"{tuple(parameter.shape)}, which the run's encoder has (train it with the run's "
+                                  f"model settings)")
 
 
 def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str, TaskData],
@@ -140,7 +167,7 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
     # 4. Joint training through the masks; test is evaluated once, on the dev-selected joint model.
     joint_config = dataclasses.replace(config, output_dir=str(out / "joint"))
     if config.sparse.distill:  # BAM!'s teachers: each task's dense network from its search (round 0)
-        teachers = {task: str(out / "search" / task / "round_00" / "model") for task in tasks}
+        teachers = {task: str(dense_network(config, out / "search" / task)) for task in tasks}
         joint_config = dataclasses.replace(joint_config, train=dataclasses.replace(
             config.train, distill_from={**teachers, **config.train.distill_from}))
 
@@ -154,7 +181,7 @@ def _run_pipeline(config: Config, state: PartialState, out: Path, data: dict[str
         else:
             model = copy.deepcopy(template)
             if rewind is not None:
-                model.load_state_dict(rewind, strict=True)
+                model.load_state_dict({**rewind, **model.sharing.missing_state(rewind, "sharing.")}, strict=True)
         model.sharing.set_masks(masks, where=masks_file)
         return model
 
@@ -213,24 +240,36 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
             if not (round_dir / "mask.safetensors").is_file():
                 save_masks({task: mask}, round_dir / "mask.safetensors")
             mask = load_masks(round_dir / "mask.safetensors")[task]
-            if s.search == "oneshot" and r > 0:
-                record = _score_pruned(config, task_data, folder / "round_00" / "model", mask, r)
+            if s.search == "oneshot" and (r > 0 or task in s.dense_models):
+                record = _score_pruned(config, task_data, dense_network(config, folder), mask, r, rewind)
+                if r == 0:  # trained elsewhere: its cost is not the search's
+                    record["dense_model"] = s.dense_models[task]
             else:
                 record = _train_round(config, train, template, rewind, mask, round_dir, r)
             write_json_atomically(done, record)
             records.append(record)
+            how = ("trained" if record["epochs"] else f"the dense network of {record['dense_model']}"
+                   if "dense_model" in record else "pruned, not retrained")
             logger.info(f"[{task}] round {r}: density {record['density'] * 100:.1f}%, dev {record['dev']:.2f} "
-                        f"({'trained' if record['epochs'] else 'pruned, not retrained'}, {record['wall_s']:.0f}s)")
+                        f"({how}, {record['wall_s']:.0f}s)")
         if r < s.rounds:  # the next round's mask
             if s.search == "oneshot":  # the trained dense network pruned to density (1 - p)^(r + 1), one threshold
-                trained = load_file(str(folder / "round_00" / "model" / "model.safetensors"))
+                trained = load_file(str(dense_network(config, folder) / "model.safetensors"))
                 fraction = 1.0 - (1.0 - s.prune_fraction) ** (r + 1)
-                mask = prune_by_magnitude({name: trained[f"sharing.encoder.{name}"] for name in dense}, dense, fraction)
+                mask = prune_by_magnitude(pruning_scores(s.criterion, trained, rewind, dense), dense, fraction)
             else:  # this round's trained (dev-selected) weights lose prune_fraction of the survivors
                 trained = load_file(str(round_dir / "model" / "model.safetensors"))
-                mask = prune_by_magnitude({name: trained[f"sharing.encoder.{name}"] for name in mask}, mask,
-                                          s.prune_fraction)
+                mask = prune_by_magnitude(pruning_scores(s.criterion, trained, rewind, mask), mask, s.prune_fraction)
     return records
+
+
+def pruning_scores(criterion: str, trained: dict, rewind: dict, names) -> dict[str, torch.Tensor]:
+    """What a pruning step ranks the prunable weights ``names`` by (the smallest in absolute value go): the trained
+    weights (``magnitude``) or how far training moved them from the rewind point (``change``)."""
+    scores = {name: trained[f"sharing.encoder.{name}"] for name in names}
+    if criterion == "change":
+        scores = {name: w - rewind[f"sharing.encoder.{name}"].to(w.dtype) for name, w in scores.items()}
+    return scores
 
 
 def _train_round(config: Config, train: TaskData, template: MultiTaskTagger, rewind: dict, mask: dict,
@@ -247,17 +286,35 @@ def _train_round(config: Config, train: TaskData, template: MultiTaskTagger, rew
             "wall_s": _stage_seconds(round_dir)}
 
 
-def _score_pruned(config: Config, task_data: TaskData, trained: Path, mask: dict, r: int) -> dict:
+def dense_network(config: Config, folder: Path) -> Path:
+    """The model folder of the trained dense network a one-shot search prunes: ``sparse.dense_models``' for the
+    task, or the search's own round 0."""
+    return Path(config.sparse.dense_models.get(folder.name, folder / "round_00" / "model"))
+
+
+def _score_pruned(config: Config, task_data: TaskData, trained: Path, mask: dict, r: int, rewind: dict) -> dict:
     """The one-shot search's cheap score: the dev score of the trained dense network with ``mask`` applied,
     without retraining."""
     started = time.perf_counter()
     task = task_data.spec.name
-    model = MultiTaskTagger.from_pretrained(trained)
+    model = _as_one_task_sparse_model(MultiTaskTagger.from_pretrained(trained), config, task, rewind)
     model.sharing.set_masks({task: mask})
     model.eval()
     score = evaluate(model, {task: task_data.dev}, config.train.eval_batch_size)[task]["score"]
     return {"round": r, "density": density(mask), "dev": score, "epochs": 0, "train_sentences": 0,
             "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def _as_one_task_sparse_model(model: MultiTaskTagger, config: Config, task: str, rewind: dict) -> MultiTaskTagger:
+    """``task`` of ``model`` (its own vocabulary, labels and head; any strategy that keeps one encoder under
+    ``sharing.encoder``, such as a single-task run's hard sharing) as a sparse model of the pipeline's model options,
+    reading ``rewind``, the rewind point, outside its mask."""
+    options = dataclasses.replace(with_strategy(model.config, "sparse"), prunable=config.model.prunable,
+                                  outside_mask=config.model.outside_mask)
+    rewind_encoder = {k: v for k, v in rewind.items() if k.startswith("sharing.encoder.")}
+    twin = _model_like(model, options, [task], model.state_dict())
+    twin.load_state_dict(twin.sharing.missing_state(rewind_encoder, "sharing."), strict=False)  # the rewind copy
+    return twin
 
 
 def search_train_data(config: Config, task_data: TaskData) -> TaskData:
@@ -334,6 +391,17 @@ def one_network(config: Config) -> Config:
                                                                  private_embedder_tasks=None))
 
 
+def with_strategy(model: ModelConfig, sharing: str) -> ModelConfig:
+    """``model`` with ``model.sharing`` set to ``sharing``, and the options of its former strategy that the new one does
+    not read back at their defaults (the warm-up's hard sharing reads no sparse-sharing option)."""
+    if sharing == model.sharing:
+        return model
+    defaults = ModelConfig()
+    return dataclasses.replace(model, sharing=sharing, **{key: getattr(defaults, key) for key in
+                                                          STRATEGIES[model.sharing].options
+                                                          if key not in STRATEGIES[sharing].options})
+
+
 def _model_like(template: MultiTaskTagger, model_config, tasks: list[str], state: dict) -> MultiTaskTagger:
     """A model for ``tasks`` (possibly with another sharing strategy) with the template's vocabularies and
     labels, holding the weights of ``state`` that it has."""
@@ -341,7 +409,8 @@ def _model_like(template: MultiTaskTagger, model_config, tasks: list[str], state
     model = MultiTaskTagger(model_config, [template.tasks[t] for t in tasks], template.labels, lookup.vocab,
                             template.featurizer.chars, lookup.lowercase, lookup.normalize_digits)
     wanted = model.state_dict().keys()
-    model.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
+    given = {k: v for k, v in state.items() if k in wanted}
+    model.load_state_dict({**given, **model.sharing.missing_state(given, "sharing.")}, strict=True)
     return model
 
 
@@ -390,7 +459,8 @@ def write_report(config: Config, out: Path, joint: dict, search: dict, costs: di
               "test": _scores(joint["test"]), "selected_epoch": joint["selected_epoch"], **stats,
               "search": search, "cost_s": costs,
               "random_masks": config.sparse.random_masks,
-              "search_budget": {"search": config.sparse.search, "rounds": config.sparse.rounds,
+              "search_budget": {"search": config.sparse.search, "criterion": config.sparse.criterion,
+                                "rounds": config.sparse.rounds,
                                 "epochs_per_round": config.sparse.search_epochs,
                                 "prune_fraction": config.sparse.prune_fraction,
                                 "train_sentences": config.sparse.search_max_train_sentences}}
@@ -428,7 +498,7 @@ def task_entry(config: Config, name: str) -> str:
 def _stage_config(config: Config, folder: Path, sharing: str | None = None, tasks: list[str] | None = None,
                   epochs: int | None = None) -> Config:
     """The config of a warm-up or search stage (one network: see :func:`one_network`)."""
-    model = dataclasses.replace(one_network(config).model, sharing=sharing or config.model.sharing)
+    model = with_strategy(one_network(config).model, sharing or config.model.sharing)
     # a stage's own budget: no early stopping inside a few epochs, selection on dev as always; distillation
     # (train.distill_from, sparse.distill) is the joint training's
     train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0, distill_from={},

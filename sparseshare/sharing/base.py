@@ -89,6 +89,13 @@ class SharingStrategy(nn.Module):
         """Features (B, T, H) that ``task``'s head reads."""
         raise NotImplementedError
 
+    def missing_state(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors of this strategy that ``state``, a state dict of a model with another strategy or options
+        (the sparse pipeline's stages start from a hard-sharing warm-up), lacks and that follow from the tensors it
+        has (``prefix``: where this strategy sits in it, e.g. ``"sharing."``). Sparse sharing's rewind copy is the
+        rewind point's weights themselves."""
+        return {}
+
     def features_for_tasks(self, batch, tasks: list[str]) -> dict[str, torch.Tensor]:
         """Features for several tasks at once; strategies override this to compute what tasks share once."""
         return {task: self(batch, task) for task in tasks}

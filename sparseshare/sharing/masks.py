@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -186,12 +187,56 @@ def overlap_ratio(masks: list[dict[str, torch.Tensor]]) -> float:
     return both / either if either else 1.0
 
 
-def overlap_matrix(masks: MaskSet) -> dict[str, dict[str, float]]:
+def chance_overlap_ratio(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The overlap ratio two masks would have if each kept its own count of weights in every tensor at positions drawn
+    independently at random: per tensor of n weights, a and b keep n·d_a·d_b in common and n·(d_a + d_b − d_a·d_b)
+    between them, in expectation (summed over tensors, the ratio of the expectations). Masks chosen without regard to
+    their task overlap about this much; Sun et al.'s task-dependent masks overlap more, but not all the way to 1."""
+    both = either = 0.0
+    for name in a:
+        n = a[name].numel()
+        da, db = float(a[name].float().mean()), float(b[name].float().mean())
+        both += n * da * db
+        either += n * (da + db - da * db)
+    return both / either if either else 1.0
+
+
+def overlap_matrix(masks: MaskSet, ratio=None) -> dict[str, dict[str, float]]:
+    """``ratio(mask_a, mask_b)`` (the overlap ratio by default) for every pair of tasks; 1 on the diagonal."""
+    ratio = ratio or (lambda x, y: overlap_ratio([x, y]))
     tasks = list(masks)
     matrix = {a: {b: 1.0 for b in tasks} for a in tasks}
     for a, b in itertools.combinations(tasks, 2):
-        matrix[a][b] = matrix[b][a] = overlap_ratio([masks[a], masks[b]])
+        matrix[a][b] = matrix[b][a] = ratio(masks[a], masks[b])
     return matrix
+
+
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers?|h|block|blocks)\.(\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """The layer a prunable tensor belongs to, read from its name (``layers.1.lstm.weight_ih_l0``,
+    ``model.encoder.layer.3.attention...``: "layer 1", "layer 3"), or "other" (a char-CNN, an embedding projection)."""
+    found = LAYER_INDEX.search(name)
+    return f"layer {found.group(1)}" if found else "other"
+
+
+def overlap_by_layer(masks: MaskSet) -> dict[str, dict[str, dict[str, float]]]:
+    """Per layer (:func:`layer_of`) and per pair of tasks ``"a/b"``: the overlap ratio, its chance value
+    (:func:`chance_overlap_ratio`) and their quotient ``vs_chance`` (1: no more overlap than chance)."""
+    tasks = list(masks)
+    groups: dict[str, list[str]] = {}
+    for name in masks[tasks[0]]:
+        groups.setdefault(layer_of(name), []).append(name)
+    table = {}
+    for layer, names in groups.items():
+        table[layer] = {}
+        for a, b in itertools.combinations(tasks, 2):
+            ma, mb = ({n: masks[t][n] for n in names} for t in (a, b))
+            observed, chance = overlap_ratio([ma, mb]), chance_overlap_ratio(ma, mb)
+            table[layer][f"{a}/{b}"] = {"overlap": observed, "chance": chance,
+                                        "vs_chance": observed / chance if chance else float("nan")}
+    return table
 
 
 def parameter_counts(masks: MaskSet, encoder_dense: int, heads: dict[str, int]) -> dict[str, int]:
@@ -233,6 +278,14 @@ def format_report(masks: MaskSet, counts: dict[str, int] | None = None) -> str:
         lines.append(f"  {a:<12}" + "".join(f"{matrix[a][b]:11.3f}" for b in tasks))
     if len(tasks) > 2:
         lines.append(f"  all {len(tasks)} tasks: {overlap_ratio([masks[t] for t in tasks]):.3f}")
+    if len(tasks) > 1:
+        chance = overlap_matrix(masks, chance_overlap_ratio)
+        lines.append("overlap ratio / its chance value (masks of the same densities per tensor, drawn at random):")
+        pairs = list(itertools.combinations(tasks, 2))
+        lines.append("  " + " " * 12 + "".join(f"{f'{a[:5]}/{b[:5]}':>13}" for a, b in pairs))
+        lines.append(f"  {'all layers':<12}" + "".join(f"{matrix[a][b] / chance[a][b]:13.3f}" for a, b in pairs))
+        for layer, row in overlap_by_layer(masks).items():
+            lines.append(f"  {layer:<12}" + "".join(f"{row[f'{a}/{b}']['vs_chance']:13.3f}" for a, b in pairs))
     if counts:
         lines.append("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     return "\n".join(lines)
@@ -277,5 +330,7 @@ def model_statistics(model) -> dict:
         "density": {t: density(m) for t, m in masks.items()},
         "tensor_density": {t: tensor_densities(m) for t, m in masks.items()},
         "overlap": overlap_matrix(masks),
+        "overlap_chance": overlap_matrix(masks, chance_overlap_ratio),
+        "overlap_by_layer": overlap_by_layer(masks),
         "parameters": parameter_counts(masks, dense, heads),
     }

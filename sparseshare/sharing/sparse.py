@@ -8,6 +8,11 @@ mask are private to it. Which weights an optimizer step may move is the optimize
 
 Masks are not part of ``model.safetensors``: they are saved beside it as ``masks.safetensors``.
 
+With ``model.outside_mask: rewind`` a weight outside task t's mask is not zero for t but its value at the rewind
+point (for a pretrained encoder, the checkpoint): t runs ``where(mask_t, weight, weight_at_rewind)``, so the tasks
+share a sparse *update* of the pretrained network (LT-SFT, Ansell et al. 2022) instead of a subnetwork of it. The
+rewind point's prunable weights are then buffers of the strategy (``rewind_weights.*`` in ``model.safetensors``).
+
 With ``model.private_embedder: words`` each task also owns a copy of the word table; ``chars`` / ``all`` give it its
 own char-CNN as well, when ``model.prunable`` leaves the char-CNN out (the default patterns split its convolution
 among the tasks by their masks). The pipeline's warm-up and search run one shared embedder, and every task's copy
@@ -19,6 +24,7 @@ import fnmatch
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
@@ -29,6 +35,7 @@ from .private_embedder import PRIVATE_PARTS, PrivateEmbedders, check_private_emb
 
 MASK_FILE = "masks.safetensors"
 CHAR_CONV = "embedder.chars.conv.weight"  # the char-CNN's one weight matrix (the default patterns mask it)
+OUTSIDE_MASK = ("zero", "rewind")
 
 
 @register("sparse")
@@ -40,11 +47,14 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
   year = {2020}
 }"""
     masked_optimizer = True
-    options = ("private_embedder", "private_embedder_tasks")
+    options = ("private_embedder", "private_embedder_tasks", "outside_mask")
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
         check_private_embedder(config, "sparse", tasks)
+        if config.outside_mask not in OUTSIDE_MASK:
+            raise ConfigError(f"config key 'model.outside_mask': {config.outside_mask!r} is not one of "
+                              f"{list(OUTSIDE_MASK)}")
         if "chars" not in PRIVATE_PARTS[config.private_embedder]:
             return
         patterns = config.prunable or DEFAULT_PRUNABLE[config.encoder]
@@ -63,6 +73,12 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         self.prunable_patterns = list(config.prunable or DEFAULT_PRUNABLE[config.encoder])
         self.prunable_names = list(prunable_parameters(self.encoder, self.prunable_patterns))
         self.masks: MaskSet = {}
+        self.outside_mask = config.outside_mask
+        if self.outside_mask == "rewind":
+            # the weights as built; whoever sets the rewind point (the pipeline's stages, a model folder) loads them
+            self.rewind_weights = nn.Module()
+            for name, parameter in self.prunable().items():
+                self.rewind_weights.register_buffer(_buffer_name(name), parameter.detach().clone())
 
     @property
     def output_dim(self) -> int:
@@ -82,6 +98,15 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         check_masks(masks, prunable, where)
         for task, mask in masks.items():
             self.masks[task] = {name: m.to(prunable[name].device) for name, m in mask.items()}
+
+    def rewind_weight(self, name: str) -> torch.Tensor:
+        return getattr(self.rewind_weights, _buffer_name(name))
+
+    def missing_state(self, state, prefix):
+        if self.outside_mask != "rewind":
+            return {}
+        return {f"{prefix}rewind_weights.{_buffer_name(name)}": state[f"{prefix}encoder.{name}"]
+                for name in self.prunable_names if f"{prefix}rewind_weights.{_buffer_name(name)}" not in state}
 
     def dense_masks(self, tasks: list[str] | None = None) -> MaskSet:
         return {task: ones_like_parameters(self.prunable()) for task in (tasks or self.tasks)}
@@ -106,14 +131,21 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
     # -- forward --------------------------------------------------------------------------------
     def forward(self, batch, task):
         mask, prunable = self.mask_of(task), self.prunable()
-        masked = {name: p * self._on_device(mask, name, p) for name, p in prunable.items()}
+        if self.outside_mask == "rewind":
+            masked = {name: torch.where(self._on_device(mask, name, p), p, self.rewind_weight(name))
+                      for name, p in prunable.items()}
+        else:
+            masked = {name: p * self._on_device(mask, name, p) for name, p in prunable.items()}
         return functional_call(self.encoder, masked, (batch,), self.own_embedder(task), strict=False)[-1]
 
     def task_encoder_state(self, task):
         mask = self.mask_of(task)
         state = self.with_own_embedder(dict(self.encoder.state_dict()), task)
         for name, m in mask.items():
-            state[name] = state[name] * m.to(state[name].device, state[name].dtype)
+            if self.outside_mask == "rewind":
+                state[name] = torch.where(m.to(state[name].device), state[name], self.rewind_weight(name))
+            else:
+                state[name] = state[name] * m.to(state[name].device, state[name].dtype)
         return state
 
     # -- persistence ----------------------------------------------------------------------------
@@ -142,12 +174,21 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         tasks = list(stats["density"])
         lines = ["## Sparse sharing masks", "",
                  "Each task runs the encoder through its own binary mask over the prunable weights "
-                 f"(patterns: {', '.join(f'`{p}`' for p in model.sharing.prunable_patterns)}).", "",
+                 f"(patterns: {', '.join(f'`{p}`' for p in model.sharing.prunable_patterns)}); "
+                 + ("outside its mask a task reads zero." if self.outside_mask == "zero" else
+                    "outside its mask a task reads the weight's value at the rewind point (the tasks share a sparse "
+                    "update of it)."), "",
                  "| task | density |", "|---|---|"]
         lines += [f"| {t} | {100 * stats['density'][t]:.1f}% |" for t in tasks]
         lines += ["", "Overlap ratio (weights kept by both / kept by either):", "",
                   "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
         lines += [f"| {a} | " + " | ".join(f"{stats['overlap'][a][b]:.3f}" for b in tasks) + " |" for a in tasks]
+        if len(tasks) > 1:
+            lines += ["", "The same divided by its chance value (random masks of the same densities per tensor; 1 = "
+                          "no more overlap than chance):", "",
+                      "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+            lines += [f"| {a} | " + " | ".join(f"{stats['overlap'][a][b] / stats['overlap_chance'][a][b]:.3f}"
+                                               for b in tasks) + " |" for a in tasks]
         counts = stats["parameters"]
         lines += ["", "Parameters: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()) + "."]
         if self.private_parts:
@@ -162,3 +203,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         for task in tasks:
             self.mask_of(task)  # every trained task needs a mask before training starts
 
+
+
+def _buffer_name(parameter_name: str) -> str:
+    return parameter_name.replace(".", "__")  # a buffer's name holds no dots

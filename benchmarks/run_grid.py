@@ -70,7 +70,12 @@ RUNS = {
     **{f"{prefix}routing{suffix}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing", *change])
        for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))
        for suffix, change in (("_per_task", ["model.routing_collaboration=per_task"]),
-                              ("_diverse", ["model.routing_rho=-0.3"]), ("_no_reward", ["model.routing_rho=0"]))},
+                              ("_diverse", ["model.routing_rho=-0.3"]), ("_no_reward", ["model.routing_rho=0"]),
+                              # blocks trained one per task for ~1,000 steps (about 2/3 of an epoch of CoNLL-2003's
+                              # three tasks) before the router learns; an exploration floor of 0.2 falling to 0 over
+                              # the first ~3 epochs
+                              ("_warmup", ["model.routing_warmup_steps=1000"]),
+                              ("_explore", ["model.routing_exploration=0.2", "model.routing_exploration_steps=4000"]))},
     "nerpp_routing": ("conll03_hard", [*SHARED_EMBEDDER, NER_PP, "model.sharing=routing"]),
     # the paper's other routers: one REINFORCE agent (an MLP over the representation and the task), and a REINFORCE
     # dispatcher over one WPL agent per task

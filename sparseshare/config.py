@@ -126,6 +126,16 @@ class ModelConfig:
     routing_history: int = 0
     # sharing: routing only: the router's step size (WPL policy step / REINFORCE SGD learning rate)
     routing_lr: float = 0.05
+    # sharing: routing only: an exploration floor: in training, routes are drawn from (1 - e) x the router's
+    # probabilities + e x uniform over the layer's choices, e falling linearly from routing_exploration to 0 over the
+    # first routing_exploration_steps training steps (0: e stays); in [0, 1)
+    routing_exploration: float = 0.0
+    routing_exploration_steps: int = 0
+    # sharing: routing only: training steps at the start in which the router does not learn and the routes are set:
+    # routing_warmup per_task (task t takes block t mod k at every layer, so that blocks specialise before the router
+    # chooses among them) | random (each sentence a uniformly drawn choice)
+    routing_warmup_steps: int = 0
+    routing_warmup: str = "per_task"
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     scratch: ScratchTransformerConfig = field(default_factory=ScratchTransformerConfig)

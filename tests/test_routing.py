@@ -373,6 +373,12 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
      "'model.routing_pass' only applies to model.sharing=routing"),
     ({"model.routing_router": "reinforce"}, "'model.routing_router' only applies"),
     ({"model.sharing": "bottom", "model.routing_rho": 0.1}, "'model.routing_rho' only applies"),
+    ({**ROUTING, "model.routing_exploration": 1.0}, r"'model.routing_exploration' must be in \[0, 1\), got 1.0"),
+    ({**ROUTING, "model.routing_exploration_steps": -1}, "'model.routing_exploration_steps' must be >= 0"),
+    ({**ROUTING, "model.routing_warmup_steps": -5}, "'model.routing_warmup_steps' must be >= 0"),
+    ({**ROUTING, "model.routing_warmup": "fixed"}, r"'model.routing_warmup': 'fixed' is not one of \['per_task', "
+                                                   r"'random'\]"),
+    ({"model.routing_warmup_steps": 10}, "'model.routing_warmup_steps' only applies to model.sharing=routing"),
 ])
 def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -470,7 +476,9 @@ def _png_height(path) -> int:
 @pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},
                                    {"model.routing_router": "dispatched"}, {"model.routing_history": 5},
                                    {"model.routing_collaboration": "per_task", "model.routing_history": 5,
-                                    "model.routing_rho": -0.3}])
+                                    "model.routing_rho": -0.3},
+                                   {"model.routing_warmup_steps": 20, "model.routing_exploration": 0.3,
+                                    "model.routing_exploration_steps": 40}])
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
@@ -512,3 +520,65 @@ def test_task_block_information_against_hand_computed_values():
              "absent": [[0, 0, 0], [0, 0, 0]]}
     assert task_block_information(three) == [pytest.approx(math.log2(3)), pytest.approx(0.0, abs=1e-12)]
     assert task_block_information({"absent": [[0, 0]]}) == []
+
+
+# -- warm-up with set routes, exploration floor (issue 25) -----------------------------------------------------------
+def _train_passes(model, data, task, n):
+    routes = []
+    for _ in range(n):
+        model.train()
+        batch = _batch(model, data, task)
+        model(batch, task)
+        routes.append(model.sharing.last_routes.clone())
+        model.sharing.observe_losses(task, torch.linspace(1.0, 8.0, batch.mask.shape[0]))
+    return routes
+
+
+def test_during_the_warm_up_routes_are_set_per_task_and_the_router_does_not_learn(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_blocks": 2, "model.routing_warmup_steps": 4, "model.routing_lr": 0.5}))
+    s = model.sharing
+    policy = s.policy.clone()
+    for task in ("pos", "chunk"):
+        for routes in _train_passes(model, data, task, 2):  # task t on block t mod 2 at every layer
+            assert (routes == TASKS.index(task) % 2).all()
+    assert torch.equal(s.policy, policy) and int(s.steps) == 4
+    assert s.usage.sum() > 0  # the set routes are counted in the maps
+    _train_passes(model, data, "chunk", 1)  # the router learns from the fifth step on
+    assert not torch.equal(s.policy, policy)
+    card = model.save_pretrained(tmp_path / "m") / "README.md"
+    assert "The first 4 training steps took set routes (task t on block t mod k)" in card.read_text()
+    again = MultiTaskTagger.from_pretrained(tmp_path / "m")
+    assert int(again.sharing.steps) == 5 and not again.sharing.warming_up()
+
+
+def test_a_random_warm_up_draws_every_choice_and_leaves_the_router_alone(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_blocks": 2, "model.routing_pass": "true", "model.routing_warmup_steps": 6,
+        "model.routing_warmup": "random"}))
+    policy = model.sharing.policy.clone()
+    routes = torch.cat([r.flatten() for r in _train_passes(model, data, "ner", 6)])
+    assert set(routes.tolist()) == {0, 1, 2}  # both blocks and PASS of the layer that has one
+    assert torch.equal(model.sharing.policy, policy)
+
+
+def test_the_exploration_floor_mixes_uniform_routes_in_and_falls_to_zero(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_blocks": 2, "model.routing_exploration": 0.5, "model.routing_exploration_steps": 10,
+        "model.routing_lr": 1e-9}))
+    s = model.sharing
+    s.policy.zero_()
+    s.policy[..., 0] = 1.0  # deterministic policies: block 0 everywhere
+    assert s.exploration_rate() == 0.5
+    routes = torch.cat([r.flatten() for r in _train_passes(model, data, "pos", 5)])
+    share = float((routes == 1).double().mean())  # e / 2 of the routes, e falling from 0.5 to 0.3 over these steps
+    assert 0.1 < share < 0.35
+    s.steps.fill_(5)
+    assert s.exploration_rate() == pytest.approx(0.25)
+    s.steps.fill_(10)
+    assert s.exploration_rate() == 0.0
+    assert all((r == 0).all() for r in _train_passes(model, data, "pos", 2))
+    model.eval()  # greedy at inference, whatever the floor
+    s.steps.zero_()
+    model(_batch(model, data, "pos"), "pos")
+    assert (s.last_routes == 0).all()

@@ -18,7 +18,9 @@ from ..base import SharingStrategy, layerwise_encoder, register
 from ..hf_layers import RoutedLayer, layer_stack, plain_state, rows_by_choice
 from .maps import ROUTING_FILE, WHOSE_ROUTES, final_map, task_block_information
 from .routers import ROUTERS, RoutedPass
-from .rl import process_rank, returns_to_go, sample_choices
+from .rl import all_reduce, process_rank, returns_to_go, sample_choices
+
+WARMUP_ROUTES = ("per_task", "random")  # model.routing_warmup
 
 
 def dispatch(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor,
@@ -53,7 +55,8 @@ def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_k
 @register("routing")
 class RoutingNetwork(SharingStrategy):
     options = ("routing_blocks", "routing_pass", "routing_router", "routing_rho", "routing_collaboration",
-               "routing_history", "routing_lr", "routing_agents")
+               "routing_history", "routing_lr", "routing_agents", "routing_exploration", "routing_exploration_steps",
+               "routing_warmup_steps", "routing_warmup")
     citation = """@inproceedings{rosenbaum2018routing,
   title = {Routing Networks: Adaptive Selection of Non-linear Functions for Multi-Task Learning},
   author = {Rosenbaum, Clemens and Klinger, Tim and Riemer, Matthew},
@@ -87,6 +90,14 @@ class RoutingNetwork(SharingStrategy):
         if config.routing_agents and config.routing_router != "dispatched":
             raise ConfigError(f"config key 'model.routing_agents' only applies to model.routing_router=dispatched "
                               f"(model.routing_router is {config.routing_router!r})")
+        if not 0.0 <= config.routing_exploration < 1.0:
+            raise ConfigError(f"config key 'model.routing_exploration' must be in [0, 1), got {config.routing_exploration}")
+        for key in ("routing_exploration_steps", "routing_warmup_steps"):
+            if getattr(config, key) < 0:
+                raise ConfigError(f"config key 'model.{key}' must be >= 0, got {getattr(config, key)}")
+        if config.routing_warmup not in WARMUP_ROUTES:
+            raise ConfigError(f"config key 'model.routing_warmup': {config.routing_warmup!r} is not one of "
+                              f"{list(WARMUP_ROUTES)}")
         routing_blocks_per_layer(config.routing_blocks, depth, depth_key)
 
     def __init__(self, build_encoder, tasks, config):
@@ -116,6 +127,8 @@ class RoutingNetwork(SharingStrategy):
         self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
         self.rho, self.lr = config.routing_rho, config.routing_lr
         self.per_task_reward = config.routing_collaboration == "per_task"
+        self.exploration, self.exploration_steps = config.routing_exploration, config.routing_exploration_steps
+        self.warmup_steps, self.warmup = config.routing_warmup_steps, config.routing_warmup
         T, L, K = len(self.tasks), self.num_layers, max(self.choices)
         self.agents = 0  # the dispatched router's agent count
         self.router = ROUTERS[config.routing_router](self, config)
@@ -138,6 +151,7 @@ class RoutingNetwork(SharingStrategy):
                              persistent=self.history > 0)
         self.register_buffer("epoch_counts", torch.zeros(T, L, K, dtype=torch.float64))
         self.register_buffer("map_history", torch.zeros(0, T, L, K))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps observed
         self.router.register()  # its policies, values, baselines, MLPs: buffers of this network
         self._pending: RoutedPass | None = None  # the last training pass's routes, until observe_losses scores them
         self.last_routes: torch.Tensor | None = None  # (L, B) choices of the last forward pass, for inspection
@@ -162,6 +176,7 @@ class RoutingNetwork(SharingStrategy):
         self.task_usage.zero_()
         self.recent_task.fill_(-1)
         self.epoch_counts.zero_()
+        self.steps.zero_()
         self.map_history = self.map_history.new_zeros(0, *self.map_history.shape[1:])
         self.router.reset(generator)
         self.rng_state.copy_(generator.get_state())
@@ -177,6 +192,8 @@ class RoutingNetwork(SharingStrategy):
         # models saved before model.routing_collaboration existed trained with all_tasks and kept no per-task counts
         for name in ("task_usage", "recent_task") if self.history else ("task_usage",):
             state_dict.setdefault(prefix + name, getattr(self, name))
+        # ... nor a step count (before routing_exploration / routing_warmup_steps, nothing read it)
+        state_dict.setdefault(prefix + "steps", self.steps)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def historical_probs(self, task: int | None = None) -> torch.Tensor:
@@ -226,9 +243,33 @@ class RoutingNetwork(SharingStrategy):
         def pick(probs, row):
             return sample_choices(probs, uniforms[row]) if uniforms is not None else probs.argmax(-1)
 
-        choice = pick(self.router.probs(layer, t, pooled, batch_size, record, pick), layer)
+        k = self.choices[layer]
+        if uniforms is not None and self.warming_up():  # set routes: the router is not asked
+            record["inputs"].append(None)
+            if self.warmup == "per_task":
+                choice = torch.full((batch_size,), t % self.copies[layer], dtype=torch.long, device=uniforms.device)
+            else:
+                choice = pick(uniforms.new_full((batch_size, k), 1.0 / k), layer)
+            record["choices"].append(choice)
+            return choice
+        probs = self.router.probs(layer, t, pooled, batch_size, record, pick)
+        e = self.exploration_rate() if uniforms is not None else 0.0
+        if e > 0:
+            probs = (1.0 - e) * probs + e / k
+        choice = pick(probs, layer)
         record["choices"].append(choice)
         return choice
+
+    def warming_up(self) -> bool:
+        """Whether the routes are still set (``model.routing_warmup_steps``) and the router does not learn."""
+        return int(self.steps) < self.warmup_steps
+
+    def exploration_rate(self) -> float:
+        """The share of a training route drawn uniformly: ``routing_exploration``, falling linearly to 0 over the
+        first ``routing_exploration_steps`` steps (0 steps: constant)."""
+        if not self.exploration_steps:
+            return self.exploration
+        return self.exploration * max(0.0, 1.0 - int(self.steps) / self.exploration_steps)
 
     def _routed(self, t: int, record: dict, words: torch.Tensor) -> None:
         """Keep the routes of a forward pass: for inspection, and for the next observe_losses in training."""
@@ -329,7 +370,11 @@ class RoutingNetwork(SharingStrategy):
             onehot = F.one_hot(routes.to(device), K).to(torch.float64)  # (L, B, K)
             counts = onehot.sum(1)
             sums = (onehot * returns.unsqueeze(-1)).sum(1)
-        counts = self.router.step(p, returns, sums, counts)
+        if self.warming_up():  # the routes were set: nothing to learn; the counts still go to the maps
+            counts = all_reduce(counts)
+        else:
+            counts = self.router.step(p, returns, sums, counts)
+        self.steps += 1
         self.usage += counts
         self.task_usage[t] += counts
         self.epoch_counts[t] += counts
@@ -397,6 +442,13 @@ class RoutingNetwork(SharingStrategy):
                  f"- Router: `{self.router.name}` ({self.router.description}); collaboration reward rho {self.rho} "
                  f"over {WHOSE_ROUTES[routing['collaboration']]} routes.",
                  f"- Blocks per layer: {blocks}."]
+        if self.warmup_steps:
+            lines.append(f"- The first {self.warmup_steps} training steps took set routes ("
+                         + ("task t on block t mod k" if self.warmup == "per_task" else "uniformly drawn")
+                         + ") while the router did not learn.")
+        if self.exploration:
+            lines.append(f"- Exploration floor: a share {self.exploration} of each training route drawn uniformly"
+                         + (f", falling to 0 over {self.exploration_steps} steps." if self.exploration_steps else "."))
         if routing["information_bits"] and routing["information_bits"][-1]:
             lines.append("- How much the task decides the block, I(task; block) in the last epoch (0 bits: every task "
                          "takes the same routes): " + ", ".join(

@@ -78,9 +78,10 @@ RUNS = {
                               ("_explore", ["model.routing_exploration=0.2", "model.routing_exploration_steps=4000"]))},
     "nerpp_routing": ("conll03_hard", [*SHARED_EMBEDDER, NER_PP, "model.sharing=routing"]),
     # the paper's other routers: one REINFORCE agent (an MLP over the representation and the task), and a REINFORCE
-    # dispatcher over one WPL agent per task
-    **{f"routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing",
-                                              f"model.routing_router={router}"]) for router in ("reinforce", "dispatched")},
+    # dispatcher over one WPL agent per task; and a differentiable one (per-task logits, straight-through draws)
+    **{f"{prefix}routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
+                                                      f"model.routing_router={router}"])
+       for router in ("reinforce", "dispatched", "gumbel") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
     # time-to-accuracy of the single-task BiLSTM-CNN-CRF (issue 13): AdamW at a constant rate with word dropout
     # (Reimers & Gurevych 2017: Adam-family optimisers converge in ~9 epochs where SGD needs ~40), early stopping
     # with patience 4 under a 12-epoch cap; variants change one thing each

@@ -153,6 +153,8 @@ def build(config, data):
 config = load_config(None, sys.argv[1:])
 run_training(config, log=lambda *args: None, build=build)
 state = {name: b.detach().cpu().contiguous() for name, b in built[-1].sharing.named_buffers()}
+state.update({name: p.detach().cpu().contiguous() for name, p in built[-1].sharing.named_parameters()
+              if name == "route_logits"})  # the gumbel router learns by backprop: its logits are parameters
 save_file(state, str(Path(config.output_dir) / f"router_state_{dist.get_rank()}.safetensors"))
 dist.destroy_process_group()
 """
@@ -160,7 +162,8 @@ ROUTER_STATE = {"wpl": ["policy", "q", "q_seen", "usage", "recent", "recent_next
                 "reinforce": ["routers.0.w1", "routers.0.b1", "routers.0.w2", "routers.0.b2", "routers.1.w1",
                               "routers.1.b1", "routers.1.w2", "routers.1.b2", "baseline", "usage", "rng_state"],
                 "dispatched": ["policy", "q", "q_seen", "usage", "dispatcher.w1", "dispatcher.b1", "dispatcher.w2",
-                               "dispatcher.b2", "dispatch_baseline", "dispatch_counts", "rng_state"]}
+                               "dispatcher.b2", "dispatch_baseline", "dispatch_counts", "rng_state"],
+                "gumbel": ["route_logits", "usage", "rng_state"]}
 ROUTER_OPTIONS = {"wpl": {"model.routing_history": 4}}  # the collaboration reward's window of recent batches too
 
 
@@ -184,7 +187,7 @@ def test_routing_routers_stay_identical_across_two_processes_and_reload(tiny_cor
     config = tiny_config(tiny_corpus, tmp_path / "start", **extra)
     model, _ = tiny_model(config)
     model.sharing.initialize(config.train.seed)  # what run_training starts from
-    start = dict(model.sharing.named_buffers())
+    start = {**dict(model.sharing.named_buffers()), "route_logits": getattr(model.sharing, "route_logits", None)}
     final = ranks[0]
     assert (final["usage"] > 0).all() and final["usage"].sum() == 2 * 3 * 48  # 2 layers x 3 tasks x 48 sentences
     for name in ROUTER_STATE[router]:

@@ -362,7 +362,7 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
     ({**ROUTING, "model.routing_history": -1}, r"'model.routing_history' must be >= 0 \(0 = every batch since"),
     ({"model.routing_history": 8}, "'model.routing_history' only applies to model.sharing=routing"),
     ({**ROUTING, "model.routing_router": "qlearning"}, r"'model.routing_router': 'qlearning' is not one of \['wpl', "
-                                                        r"'reinforce', 'dispatched'\]"),
+                                                        r"'reinforce', 'dispatched', 'gumbel'\]"),
     ({**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": -1},
      r"'model.routing_agents' must be >= 0 \(0 = one agent per task\), got -1"),
     ({**ROUTING, "model.routing_agents": 2}, r"'model.routing_agents' only applies to model.routing_router=dispatched "
@@ -405,6 +405,8 @@ def test_pass_where_no_layer_can_be_skipped_is_rejected(tiny_corpus, tmp_path):
      "train.optimizer": "adamw", "train.lr": 3e-3, "model.routing_lr": 0.5},
     {**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": 2, "model.routing_pass": "true",
      "model.routing_lr": 0.5},
+    {**ROUTING, **SCRATCH, "model.routing_router": "gumbel", "model.routing_pass": "true", "train.optimizer": "adamw",
+     "train.lr": 3e-2},
 ])
 @pytest.mark.slow
 def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tiny_corpus, tmp_path, extra, capsys):
@@ -438,6 +440,8 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
         assert set(routing["agents"]) == {"agent 0", "agent 1"} and set(routing["dispatch"]) == set(TASKS)
         assert s.dispatch_counts.sum().item() == len(TASKS) * steps * 8 * epochs and s.dispatcher.w2.any()
         assert not torch.allclose(s.policy[:, 1, :3], torch.full((2, 3), 1 / 3))
+    elif config.model.routing_router == "gumbel":  # the logits learned by backprop, and were saved
+        assert set(routing["policy"]) == set(TASKS) and routing["greedy"] and s.route_logits.abs().sum() > 0
     else:
         assert any(mlp.w2.any() for mlp in s.routers)
     before = model.predict(SENTENCES)
@@ -478,7 +482,8 @@ def _png_height(path) -> int:
                                    {"model.routing_collaboration": "per_task", "model.routing_history": 5,
                                     "model.routing_rho": -0.3},
                                    {"model.routing_warmup_steps": 20, "model.routing_exploration": 0.3,
-                                    "model.routing_exploration_steps": 40}])
+                                    "model.routing_exploration_steps": 40},
+                                   {"model.routing_router": "gumbel", "model.routing_pass": "true"}])
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
@@ -582,3 +587,41 @@ def test_the_exploration_floor_mixes_uniform_routes_in_and_falls_to_zero(tiny_co
     s.steps.zero_()
     model(_batch(model, data, "pos"), "pos")
     assert (s.last_routes == 0).all()
+
+
+# -- the differentiable router -------------------------------------------------------------------------------------
+def test_the_gumbel_router_passes_the_loss_to_the_task_route_logits_without_changing_the_forward_pass(tiny_corpus,
+                                                                                                      tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_router": "gumbel", "model.routing_blocks": 3}))
+    s = model.sharing
+    with torch.no_grad():
+        s.route_logits.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    model.train()
+    batch = _batch(model, data, "chunk")
+    torch.manual_seed(0)
+    features = s(batch, "chunk")
+    routes = s.last_routes.clone()
+    s.observe_losses("chunk", torch.ones(batch.mask.shape[0]))
+    # the same features as the blocks of the drawn routes give without the straight-through weights
+    x = s.encoder.embed(batch)
+    for layer in range(s.num_layers):
+        x = dispatch(s.encoder.run_layer, list(s.blocks[layer]), x, batch.mask, routes[layer], s.output_dim)
+    assert torch.equal(features, s.encoder.finish(x, batch.mask))
+    features.pow(2).sum().backward()
+    t = TASKS.index("chunk")
+    assert s.route_logits.grad[t].abs().sum() > 0
+    assert not s.route_logits.grad[[i for i in range(len(TASKS)) if i != t]].any()  # other tasks' logits: untouched
+    assert s.route_logits in set(model.parameters())  # trained by the model's optimiser
+    # the draws follow the softmax of the logits; inference takes the argmax
+    probs = torch.softmax(s.route_logits[t, 0].detach(), -1)
+    draws = torch.cat([_train_passes(model, data, "chunk", 1)[0][0] for _ in range(40)])
+    observed = torch.bincount(draws, minlength=3).double() / len(draws)
+    assert torch.allclose(observed, probs.double(), atol=0.12)
+    assert s.router.greedy_route(t) == [int(s.route_logits[t, layer].argmax()) for layer in range(s.num_layers)]
+    assert "straight-through" in model.save_pretrained(tmp_path / "m").joinpath("README.md").read_text()
+
+
+def test_the_gumbel_router_is_refused_for_a_hugging_face_transformer(tiny_corpus, tmp_path):
+    with pytest.raises(ConfigError, match="'gumbel' serves the bilstm and scratch encoders"):
+        _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_router": "gumbel", "model.encoder": "transformer"})

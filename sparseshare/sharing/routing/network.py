@@ -98,6 +98,9 @@ class RoutingNetwork(SharingStrategy):
         if config.routing_warmup not in WARMUP_ROUTES:
             raise ConfigError(f"config key 'model.routing_warmup': {config.routing_warmup!r} is not one of "
                               f"{list(WARMUP_ROUTES)}")
+        if config.routing_router == "gumbel" and config.encoder == "transformer":
+            raise ConfigError("config key 'model.routing_router' = 'gumbel' serves the bilstm and scratch encoders (it "
+                              "weights each block's output inside the layer loop), not model.encoder = 'transformer'")
         routing_blocks_per_layer(config.routing_blocks, depth, depth_key)
 
     def __init__(self, build_encoder, tasks, config):
@@ -293,6 +296,8 @@ class RoutingNetwork(SharingStrategy):
                 choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
                 blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
                 x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
+                if self.training and hasattr(self.router, "straight_through"):  # the loss reaches the route logits
+                    x = x * self.router.straight_through(layer, t, choice).to(x.dtype).view(-1, 1, 1)
         self._routed(t, record, words)
         return x if self.stand_ins else self.encoder.finish(x, mask)
 
@@ -439,8 +444,9 @@ class RoutingNetwork(SharingStrategy):
         lines = ["## Routing", "",
                  "Every encoder layer offers several blocks (copies of the layer; PASS is the identity) and a router "
                  "picks one per layer for each sentence.", "",
-                 f"- Router: `{self.router.name}` ({self.router.description}); collaboration reward rho {self.rho} "
-                 f"over {WHOSE_ROUTES[routing['collaboration']]} routes.",
+                 f"- Router: `{self.router.name}` ({self.router.description})" + (
+                     f"; collaboration reward rho {self.rho} over {WHOSE_ROUTES[routing['collaboration']]} routes."
+                     if self.router.learns_from_returns else "."),
                  f"- Blocks per layer: {blocks}."]
         if self.warmup_steps:
             lines.append(f"- The first {self.warmup_steps} training steps took set routes ("

@@ -33,6 +33,7 @@ class Router:
     description = ""  # for the model card
     holds = ""  # what routing.json holds besides the maps and the usage
     extra_draws = 0  # uniform rows a training pass draws beyond one per layer
+    learns_from_returns = True  # from the losses and the collaboration reward (else by backprop)
 
     def __init__(self, net: nn.Module, config):
         self.net = net  # not a submodule: the state is the network's buffers
@@ -280,4 +281,51 @@ class DispatchedRouter(Router):
                            for a in range(net.agents)}}
 
 
-ROUTERS: dict[str, type[Router]] = {router.name: router for router in (WPLRouter, ReinforceRouter, DispatchedRouter)}
+class GumbelRouter(Router):
+    """One table of route logits per task, trained by backprop with the rest of the model: a sentence's block is a
+    categorical draw from the softmax of its task's logits (the Gumbel-max draw), and the chosen block's output is
+    multiplied by ``p_c / p_c.detach()`` (1 in the forward pass), so the task loss reaches the logits through the
+    softmax (a straight-through estimator, as in Gumbel-Matrix routing, Maziarz et al. 2019). No reward: the
+    collaboration reward and ``model.routing_lr`` do not apply; the logits take the optimiser's learning rate."""
+    name = "gumbel"
+    description = "per-task route logits trained by backprop, straight-through categorical draws"
+    holds = ", the route probabilities and the greedy routes"
+    learns_from_returns = False
+
+    def register(self):
+        net = self.net
+        net.route_logits = nn.Parameter(torch.zeros(len(net.tasks), *net.valid.shape))
+
+    def reset(self, generator):
+        self.net.route_logits.data.zero_()
+
+    def _softmax(self, layer, t):
+        k = self.net.choices[layer]
+        return torch.softmax(self.net.route_logits[t, layer, :k], dim=-1)
+
+    def probs(self, layer, t, pooled, batch_size, record, pick):
+        record["inputs"].append(None)
+        probs = self._softmax(layer, t).detach()
+        return probs.unsqueeze(0).expand(batch_size, probs.shape[0])
+
+    def straight_through(self, layer: int, t: int, choice: torch.Tensor) -> torch.Tensor:
+        """(B,) weights of the chosen blocks' outputs: 1 in value, the chosen probability's gradient."""
+        chosen = self._softmax(layer, t)[choice.to(self.net.route_logits.device)]
+        return chosen / chosen.detach()
+
+    def step(self, p, returns, sums, counts):
+        return all_reduce(counts)
+
+    def map_fields(self, table):
+        net = self.net
+        probs = {task: torch.stack([F.pad(self._softmax(layer, t).detach(), (0, net.valid.shape[1] - k))
+                                    for layer, k in enumerate(net.choices)]) for t, task in enumerate(net.tasks)}
+        return {"policy": {task: table(probs[task]) for task in net.tasks},
+                "greedy": {task: _greedy(probs[task], net.choices) for task in net.tasks}}
+
+    def greedy_route(self, t):
+        return _greedy(self.net.route_logits[t].detach(), self.net.choices)
+
+
+ROUTERS: dict[str, type[Router]] = {router.name: router for router in (WPLRouter, ReinforceRouter, DispatchedRouter,
+                                                                       GumbelRouter)}

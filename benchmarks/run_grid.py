@@ -100,6 +100,10 @@ RUNS = {
     "ner_frozen_embeddings": ("conll03_ner", ["model.bilstm.freeze_embeddings=true"]),
     # the embedding tables at lr / 3: with three tasks they then move about as far as in a single-task run
     "hard_embedding_lr": ("conll03_hard", ["train.embedding_lr=0.001"]),
+    # NER-weighted task sampling: half of the steps are NER's (POS and chunk a quarter each; an epoch keeps its
+    # number of steps). The sparse run's warm-up follows the schedule too, so it searches its own masks
+    **{f"{strategy}_ner_weighted": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}"])
+       for strategy in ("hard", "sparse")},
     # each task with its own word embeddings and char-CNN (or one of them), the BiLSTM layers shared: is the loss in
     # the shared word representations or in the shared layers above them? (hard_private_embedder ran at a8ddd5e as
     # model.private_embedder=true, which is "all" since)

@@ -150,6 +150,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     schedule: str = "round_robin"  # round_robin | proportional | temperature
     temperature: float = 2.0
+    # schedule proportional / temperature only: a task's sampling probability is multiplied by its weight (unnamed
+    # tasks: 1), e.g. {ner: 2}; the epoch keeps its number of steps
+    task_weights: dict[str, float] = field(default_factory=dict)
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.1
     head_lr: float | None = None  # learning rate of the task heads (CRF, output layers); defaults to lr
@@ -479,6 +482,12 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
     check_number_ranges(config, skip=("model",))
+    if t.task_weights and t.schedule not in ("proportional", "temperature"):
+        raise ConfigError(f"config key 'train.task_weights' weighs the tasks' sampling probabilities: it needs "
+                          f"train.schedule proportional or temperature, got {t.schedule!r}")
+    bad = {task: w for task, w in t.task_weights.items() if not w > 0}
+    if bad:
+        raise ConfigError(f"config key 'train.task_weights': weights must be > 0, got {bad}")
     if t.warmup_steps and t.lr_schedule in ("constant", "inverse_time"):
         raise ConfigError(f"config key 'train.warmup_steps' ({t.warmup_steps}) has no effect with "
                           f"train.lr_schedule={t.lr_schedule!r}; use constant_with_warmup, linear or cosine")

@@ -87,3 +87,32 @@ def test_temperature_frequencies(temperature):
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="unknown schedule"):
         epoch_plan("random", _batches({"a": 1}), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("schedule", ["proportional", "temperature"])
+def test_task_weights_multiply_the_sampling_probabilities(schedule):
+    sizes = {"pos": 3000, "chunk": 3000, "ner": 3000}
+    batches = _batches(sizes)
+    plan = epoch_plan(schedule, batches, np.random.default_rng(2), weights={"ner": 2.0})
+    assert len(plan) == 9000  # an epoch keeps its number of steps
+    counts = Counter(t for t, _ in plan)
+    assert abs(counts["ner"] / 9000 - 0.5) < 0.02 and abs(counts["pos"] / 9000 - 0.25) < 0.02
+    used = [b for t, b in plan if t == "ner"]  # NER cycles through its batches again
+    assert used == [batches["ner"][i % 3000] for i in range(len(used))] and len(used) > 3000
+    assert epoch_plan(schedule, batches, np.random.default_rng(2), weights={}) == \
+        epoch_plan(schedule, batches, np.random.default_rng(2))
+
+
+def test_task_weights_are_checked_by_key(tiny_corpus, tmp_path):
+    from conftest import quiet, tiny_config
+    from sparseshare.config import ConfigError
+    from sparseshare.recipes.train import run_training
+
+    with pytest.raises(ConfigError, match=r"'train\.task_weights'.*needs train\.schedule proportional or temperature"):
+        tiny_config(tiny_corpus, tmp_path, **{"train.task_weights": "{ner: 2}"})
+    with pytest.raises(ConfigError, match=r"'train\.task_weights': weights must be > 0, got \{'ner': 0\.0\}"):
+        tiny_config(tiny_corpus, tmp_path, **{"train.schedule": "proportional", "train.task_weights": "{ner: 0}"})
+    config = tiny_config(tiny_corpus, tmp_path, **{"train.schedule": "proportional", "train.task_weights": "{nre: 2}"})
+    with pytest.raises(ConfigError, match=r"'train\.task_weights': task\(s\) \['nre'\] are not among the run's tasks"):
+        run_training(config, log=quiet)
+    assert not (tmp_path / "config.yaml").exists()  # refused before anything was written

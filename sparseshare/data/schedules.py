@@ -11,7 +11,7 @@ SCHEDULES = ("round_robin", "proportional", "temperature")
 
 
 def epoch_plan(schedule: str, batches: dict[str, list[list[int]]], rng: np.random.Generator,
-               temperature: float = 2.0) -> list[tuple[str, list[int]]]:
+               temperature: float = 2.0, weights: dict[str, float] | None = None) -> list[tuple[str, list[int]]]:
     """``(task, sentence indices)`` for every step of one epoch.
 
     - ``round_robin`` (the sparse-sharing paper's): tasks in a random order, one batch per task in turn,
@@ -19,6 +19,10 @@ def epoch_plan(schedule: str, batches: dict[str, list[list[int]]], rng: np.rando
     - ``proportional``: each step draws a task with probability proportional to its number of batches.
     - ``temperature``: probability proportional to ``n_batches ** (1 / temperature)`` (T=1 is proportional,
       large T approaches uniform); small tasks cycle through their batches again when exhausted.
+
+    ``weights`` (proportional and temperature only; tasks not named weigh 1) multiply a task's probability before
+    normalisation: ``{ner: 2}`` on three tasks of equal size gives NER half of the steps, and NER then cycles through
+    its batches again within the epoch while the others see three quarters of theirs.
 
     Every schedule has the same number of steps per epoch (the total number of batches).
     """
@@ -30,8 +34,9 @@ def epoch_plan(schedule: str, batches: dict[str, list[list[int]]], rng: np.rando
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
     sizes = np.array([len(batches[t]) for t in tasks], dtype=np.float64)
-    weights = sizes if schedule == "proportional" else sizes ** (1.0 / temperature)
-    draws = rng.choice(len(tasks), size=int(sizes.sum()), p=weights / weights.sum())
+    odds = sizes if schedule == "proportional" else sizes ** (1.0 / temperature)
+    odds = odds * np.array([(weights or {}).get(t, 1.0) for t in tasks])
+    draws = rng.choice(len(tasks), size=int(sizes.sum()), p=odds / odds.sum())
     cursor = {t: 0 for t in tasks}
     plan = []
     for d in draws:

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
-from ..config import Config, validate
+from ..config import Config, ConfigError, validate
 from ..data.batching import bucketed_batches
 from ..data.schedules import epoch_plan
 from ..evaluation import evaluate, mean_score
@@ -99,6 +99,9 @@ def _run_training(config: Config, resume: bool, callbacks, *, data, build, evalu
 
     # 2. Data and model: corpora and vectors are read (and checked) before anything is written.
     data = data if data is not None else load_task_data(config)
+    unknown = [task for task in t.task_weights if task not in data]
+    if unknown:  # by the tasks' names (a task file's name:), known once the tasks are read
+        raise ConfigError(f"config key 'train.task_weights': task(s) {unknown} are not among the run's tasks {list(data)}")
     model = (build or build_model)(config, data)
     model.sharing.initialize(t.seed)  # e.g. Maximum Roaming's initial masks; a resumed checkpoint replaces them
     add_word_ids(model, data)
@@ -159,7 +162,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
         rng = np.random.default_rng([t.seed, epoch])
         batches = {name: bucketed_batches([len(s) for s in d.train_tokens], t.batch_size, rng)
                    for name, d in data.items()}
-        plan = epoch_plan(t.schedule, batches, rng, t.temperature)
+        plan = epoch_plan(t.schedule, batches, rng, t.temperature, t.task_weights)
         progress = progress_bar(config, accelerator, len(plan), state.step_in_epoch, epoch)
         model.train()
         started, sentences_seen, loss_sum, steps_run = time.perf_counter(), 0, 0.0, 0

@@ -271,11 +271,12 @@ def read_labels(path: Path, tasks: list[TaskSpec]) -> dict[str, list[str]]:
     names = [spec.name for spec in tasks]
     missing = [name for name in names if name not in raw]
     if missing:
-        raise invalid_file(path, missing[0], f"no label list for task(s) {missing}")
+        raise invalid_file(path, missing[0], f"labels.json and config.json disagree: no label list for task(s) "
+                                             f"{missing}, which config.json lists")
     extra = [name for name in raw if name not in names]
     if extra:
-        raise invalid_file(path, extra[0], f"labels for task(s) {extra} that config.json does not list (its tasks: "
-                                           f"{names})")
+        raise invalid_file(path, extra[0], f"labels.json and config.json disagree: labels for task(s) {extra} that "
+                                           f"config.json does not list (its tasks: {names})")
     for spec in tasks:
         labels, key = raw[spec.name], spec.name
         if not isinstance(labels, list) or not labels:

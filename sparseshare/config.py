@@ -80,6 +80,10 @@ class ModelConfig:
     # rewind (the weight's value at the rewind point, i.e. the pretrained checkpoint with sparse.warmup_epochs 0: the
     # tasks then share a sparse update of the pretrained network, as in LT-SFT, Ansell et al. 2022)
     outside_mask: str = "zero"
+    # sharing: sparse only: learn a score per prunable weight and task alongside the weights (straight-through; movement
+    # pruning, Sanh et al. 2020): what the search rounds of sparse.criterion: learned set, so that their model folders
+    # hold the scores the next round's mask is taken from
+    mask_scores: bool = False
     # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
     # read the top layer (Søgaard & Goldberg 2016)
     task_layers: dict[str, int] = field(default_factory=dict)
@@ -199,6 +203,8 @@ class SparseConfig:
     # what a pruning step ranks the kept weights by: magnitude (|w| of the trained weights; Sun et al., Frankle &
     # Carbin) | change (|w - w_rewind|, how far training moved them from the rewind point: LT-SFT, Ansell et al. 2022,
     # made for pretrained encoders, where magnitude keeps the weights that were large in the checkpoint whatever the task)
+    # | learned (scores trained alongside the weights in each search round with the straight-through estimator of
+    # movement pruning, Sanh et al. 2020: the highest scores stay)
     criterion: str = "magnitude"
     # search=oneshot with a pretrained encoder only: per task, a model folder holding that task's dense network,
     # already trained from the rewind point (the checkpoint: sparse.warmup_epochs 0), e.g. the single-task run of the
@@ -510,10 +516,13 @@ def validate(config: Config) -> None:
                               f"{config.model.encoder!r})")
         if config.sparse.masks:
             raise ConfigError("config key 'sparse.dense_models' feeds a search; with sparse.masks there is none")
+        if config.sparse.criterion == "learned":
+            raise ConfigError("config key 'sparse.dense_models' gives trained networks without mask scores; "
+                              "sparse.criterion: learned needs the search's own round 0")
 
 
 ENCODERS = ("bilstm", "transformer", "scratch")
-PRUNING_CRITERIA = ("magnitude", "change")
+PRUNING_CRITERIA = ("magnitude", "change", "learned")
 
 
 def validate_model(model: ModelConfig, tasks: list[str]) -> None:

@@ -264,3 +264,89 @@ def test_dense_models_are_checked_before_anything_runs(tiny_corpus, tmp_path):
         with pytest.raises(ConfigError, match=r"sparse\.dense_models\..*" + match):
             pipeline.run_sparse(config(**{"sparse.dense_models": dense}), log=quiet)
         assert not (tmp_path / "run" / "init").exists()  # refused before the first stage
+
+
+# -- learned mask scores --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("outside_mask", ["zero", "rewind"])
+def test_mask_scores_leave_the_forward_pass_and_learn_the_movement(tiny_corpus, tmp_path, outside_mask):
+    from sparseshare.sharing.sparse import score_name
+
+    config = _config(tiny_corpus, tmp_path, **{"model.outside_mask": outside_mask, "model.mask_scores": "true"})
+    data = load_task_data(config)
+    torch.manual_seed(0)
+    model = build_model(config, data)
+    plain_config = _config(tiny_corpus, tmp_path, **{"model.outside_mask": outside_mask})
+    torch.manual_seed(0)
+    plain = build_model(plain_config, data)
+    rewind = {n: p.detach().clone() for n, p in model.sharing.prunable().items()}
+    with torch.no_grad():
+        for m in (model, plain):
+            for p in m.sharing.prunable().values():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    masks = _masks(model)
+    model.sharing.set_masks(masks)
+    plain.sharing.set_masks(masks)
+    model.train()
+    plain.train()
+    d = data["ner"]
+    batch = model.featurizer.collate(d.train_tokens[:6], d.train_labels[:6], d.train_word_ids[:6])
+    torch.manual_seed(2)
+    features = model.sharing(batch, "ner")
+    torch.manual_seed(2)
+    assert torch.equal(features, plain.sharing(batch, "ner"))  # the scores change no value
+    upstream = {}
+
+    def keep(name):
+        def hook(grad):
+            upstream[name] = grad
+        return hook
+
+    # the score's gradient is the masked weight's, times the weight (or its change from the rewind point)
+    name = next(iter(rewind))
+    weight = model.sharing.prunable()[name]
+    masked = torch.where(masks["ner"][name], weight, rewind[name]) if outside_mask == "rewind" else weight * masks["ner"][name]
+    masked = masked.detach().requires_grad_(True)
+    from torch.func import functional_call
+
+    out = functional_call(model.sharing.encoder, {**{n: (torch.where(masks["ner"][n], p, rewind[n])
+                                                         if outside_mask == "rewind" else p * masks["ner"][n])
+                                                        for n, p in model.sharing.prunable().items()}, name: masked},
+                          (batch,), strict=False)[-1]
+    out.pow(2).sum().backward()
+    features.pow(2).sum().backward()
+    moved = weight.detach() - rewind[name] if outside_mask == "rewind" else weight.detach()
+    score = model.sharing.mask_scores[score_name("ner", name)]
+    torch.testing.assert_close(score.grad, masked.grad * moved)
+    assert model.sharing.mask_scores[score_name("pos", name)].grad is None  # another task's scores: untouched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search", ["iterative", "oneshot"])
+def test_a_search_by_learned_scores_keeps_the_highest_scores(tiny_corpus, tmp_path, search):
+    from sparseshare.sharing.sparse import score_name
+
+    config = _config(tiny_corpus, tmp_path, **{
+        "sparse.criterion": "learned", "sparse.search": search, "sparse.rounds": 2, "sparse.prune_fraction": 0.5,
+        "train.epochs": 1, "train.optimizer": "adamw", "train.lr": 0.01})
+    report = pipeline.run_sparse(config, log=quiet)
+    assert report["search_budget"]["criterion"] == "learned"
+    for task in ("pos", "ner"):
+        trained = load_file(str(tmp_path / "search" / task / "round_00" / "model" / "model.safetensors"))
+        half = load_masks(tmp_path / "search" / task / "round_01" / "mask.safetensors")[task]
+        scores = {n: trained[f"sharing.mask_scores.{score_name(task, n)}"] for n in half}
+        assert any(s.abs().sum() > 0 for s in scores.values())
+        kept = torch.cat([scores[n][half[n]] for n in scores])
+        dropped = torch.cat([scores[n][~half[n]] for n in scores])
+        assert kept.min() >= dropped.max()  # signed: the lowest scores go, not the smallest in absolute value
+    joint = load_file(str(tmp_path / "joint" / "model" / "model.safetensors"))
+    assert not any("mask_scores" in k for k in joint)  # the joint model learns no scores
+    again = MultiTaskTagger.from_pretrained(tmp_path / "search" / "ner" / "round_00" / "model")  # a round's folder loads
+    assert hasattr(again.sharing, "mask_scores")
+
+
+def test_learned_scores_need_their_own_round_0(tiny_corpus, tmp_path):
+    with pytest.raises(ConfigError, match=r"sparse\.criterion: learned needs the search's own round 0"):
+        _config(tiny_corpus, tmp_path, **{**MINILM_SEARCH, "sparse.criterion": "learned",
+                                          "sparse.dense_models": "{ner: x}"})
+    with pytest.raises(ConfigError, match=r"model\.mask_scores' only applies to model\.sharing=sparse"):
+        load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"model.mask_scores": "true"}))

@@ -58,6 +58,7 @@ from ..training.distillation import check_teachers
 from ..sharing.masks import (MaskError, check_masks, density, draw_overlap, format_report, load_masks,
                              model_statistics, prune_by_magnitude, random_masks_like, save_masks)
 from ..sharing.base import STRATEGIES
+from ..sharing.sparse import score_name
 from ..sharing.private_embedder import PRIVATE_PARTS, copies_of_shared_parts, private_owners
 from ..training.threads import use_training_threads
 from .train import run_training
@@ -256,11 +257,20 @@ def search_masks(config: Config, task_data: TaskData, template: MultiTaskTagger,
             if s.search == "oneshot":  # the trained dense network pruned to density (1 - p)^(r + 1), one threshold
                 trained = load_file(str(dense_network(config, folder) / "model.safetensors"))
                 fraction = 1.0 - (1.0 - s.prune_fraction) ** (r + 1)
-                mask = prune_by_magnitude(pruning_scores(s.criterion, trained, rewind, dense), dense, fraction)
+                mask = prune(s.criterion, trained, rewind, dense, fraction, task)
             else:  # this round's trained (dev-selected) weights lose prune_fraction of the survivors
                 trained = load_file(str(round_dir / "model" / "model.safetensors"))
-                mask = prune_by_magnitude(pruning_scores(s.criterion, trained, rewind, mask), mask, s.prune_fraction)
+                mask = prune(s.criterion, trained, rewind, mask, s.prune_fraction, task)
     return records
+
+
+def prune(criterion: str, trained: dict, rewind: dict, mask: dict, fraction: float, task: str) -> dict:
+    """``mask`` without ``fraction`` of its weights, by ``sparse.criterion``: the lowest mask scores the round learned
+    (``learned``), or the smallest :func:`pruning_scores` in absolute value."""
+    if criterion == "learned":
+        scores = {name: trained[f"sharing.mask_scores.{score_name(task, name)}"] for name in mask}
+        return prune_by_magnitude(scores, mask, fraction, signed=True)
+    return prune_by_magnitude(pruning_scores(criterion, trained, rewind, mask), mask, fraction)
 
 
 def pruning_scores(criterion: str, trained: dict, rewind: dict, names) -> dict[str, torch.Tensor]:
@@ -499,6 +509,8 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
                   epochs: int | None = None) -> Config:
     """The config of a warm-up or search stage (one network: see :func:`one_network`)."""
     model = with_strategy(one_network(config).model, sharing or config.model.sharing)
+    if model.sharing == "sparse" and config.sparse.criterion == "learned":  # a search round learns its mask scores
+        model = dataclasses.replace(model, mask_scores=True)
     # a stage's own budget: no early stopping inside a few epochs, selection on dev as always; distillation
     # (train.distill_from, sparse.distill) is the joint training's
     train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0, distill_from={},

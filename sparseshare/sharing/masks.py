@@ -140,13 +140,15 @@ def random_masks_like(masks: MaskSet, seed: int) -> MaskSet:
 
 # -- magnitude pruning (Sun et al., 2020; Frankle & Carbin, 2019): one global threshold across all prunable tensors
 def prune_by_magnitude(weights: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],
-                       fraction: float) -> dict[str, torch.Tensor]:
-    """Remove ``fraction`` of the weights still kept by ``mask``: those of smallest |w|, ranked together
-    across every tensor. Ties at the threshold are broken by position so the count is exact."""
+                       fraction: float, signed: bool = False) -> dict[str, torch.Tensor]:
+    """Remove ``fraction`` of the weights still kept by ``mask``: those of smallest |w| (``signed``: smallest w, for
+    scores), ranked together across every tensor. Ties at the threshold are broken by position so the count is
+    exact."""
     if not 0.0 < fraction < 1.0:
         raise MaskError(f"config key 'sparse.prune_fraction' must be in (0, 1), got {fraction}")
     names = list(mask)
-    alive = torch.cat([weights[n].detach().abs().flatten().float().cpu()[mask[n].flatten()] for n in names])
+    alive = torch.cat([(weights[n].detach() if signed else weights[n].detach().abs()).flatten().float().cpu()[
+        mask[n].flatten()] for n in names])
     remove = int(math.floor(fraction * alive.numel()))
     if remove == 0:
         return {n: m.clone() for n, m in mask.items()}

@@ -13,6 +13,11 @@ point (for a pretrained encoder, the checkpoint): t runs ``where(mask_t, weight,
 share a sparse *update* of the pretrained network (LT-SFT, Ansell et al. 2022) instead of a subnetwork of it. The
 rewind point's prunable weights are then buffers of the strategy (``rewind_weights.*`` in ``model.safetensors``).
 
+With ``model.mask_scores`` (what the search rounds of ``sparse.criterion: learned`` set) each task also has a score per
+prunable weight, a parameter trained with the straight-through estimator of movement pruning (Sanh et al. 2020):
+the forward pass is unchanged, and a score's gradient is its masked weight's gradient times the weight (times its
+change from the rewind point, with ``outside_mask: rewind``). The next round's mask keeps the highest scores.
+
 With ``model.private_embedder: words`` each task also owns a copy of the word table; ``chars`` / ``all`` give it its
 own char-CNN as well, when ``model.prunable`` leaves the char-CNN out (the default patterns split its convolution
 among the tasks by their masks). The pipeline's warm-up and search run one shared embedder, and every task's copy
@@ -47,7 +52,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
   year = {2020}
 }"""
     masked_optimizer = True
-    options = ("private_embedder", "private_embedder_tasks", "outside_mask")
+    options = ("private_embedder", "private_embedder_tasks", "outside_mask", "mask_scores")
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
@@ -79,6 +84,10 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
             self.rewind_weights = nn.Module()
             for name, parameter in self.prunable().items():
                 self.rewind_weights.register_buffer(_buffer_name(name), parameter.detach().clone())
+        if config.mask_scores:  # sparse.criterion: learned: the search rounds learn a score per weight and task
+            self.mask_scores = nn.ParameterDict({
+                score_name(task, name): nn.Parameter(torch.zeros_like(parameter, requires_grad=True))
+                for task in self.tasks for name, parameter in self.prunable().items()})
 
     @property
     def output_dim(self) -> int:
@@ -103,10 +112,14 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         return getattr(self.rewind_weights, _buffer_name(name))
 
     def missing_state(self, state, prefix):
-        if self.outside_mask != "rewind":
-            return {}
-        return {f"{prefix}rewind_weights.{_buffer_name(name)}": state[f"{prefix}encoder.{name}"]
-                for name in self.prunable_names if f"{prefix}rewind_weights.{_buffer_name(name)}" not in state}
+        missing = {}
+        if self.outside_mask == "rewind":  # the rewind point is the state's own weights
+            missing.update({f"{prefix}rewind_weights.{_buffer_name(name)}": state[f"{prefix}encoder.{name}"]
+                            for name in self.prunable_names})
+        if hasattr(self, "mask_scores"):  # scores start at zero
+            missing.update({f"{prefix}mask_scores.{key}": torch.zeros_like(score)
+                            for key, score in self.mask_scores.items()})
+        return {key: value for key, value in missing.items() if key not in state}
 
     def dense_masks(self, tasks: list[str] | None = None) -> MaskSet:
         return {task: ones_like_parameters(self.prunable()) for task in (tasks or self.tasks)}
@@ -136,6 +149,13 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
                       for name, p in prunable.items()}
         else:
             masked = {name: p * self._on_device(mask, name, p) for name, p in prunable.items()}
+        if hasattr(self, "mask_scores"):
+            # straight-through (movement pruning, Sanh et al. 2020): the value stays the masked weight (+ exactly 0),
+            # and a score's gradient is the masked weight's times the weight (minus the rewind point's)
+            for name, p in prunable.items():
+                score = self.mask_scores[score_name(task, name)]
+                moved = p - self.rewind_weight(name) if self.outside_mask == "rewind" else p
+                masked[name] = masked[name] + moved * (score - score.detach())
         return functional_call(self.encoder, masked, (batch,), self.own_embedder(task), strict=False)[-1]
 
     def task_encoder_state(self, task):
@@ -207,3 +227,8 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
 
 def _buffer_name(parameter_name: str) -> str:
     return parameter_name.replace(".", "__")  # a buffer's name holds no dots
+
+
+def score_name(task: str, parameter_name: str) -> str:
+    """The name of ``task``'s mask scores for a prunable tensor (``mask_scores.<this>`` in ``model.safetensors``)."""
+    return f"{task}__{_buffer_name(parameter_name)}"

@@ -56,8 +56,9 @@ RUNS = {
     "hierarchical": ("conll03_hard", ["model.sharing=hierarchical", "model.task_layers={pos: 1}"]),
     "bottom": ("conll03_hard", ["model.sharing=bottom"]),
     "cross_stitch": ("conll03_hard", ["model.sharing=cross_stitch"]),
-    # (model.roaming_masked_steps, true by default since it exists: a task's steps move only its active units'
-    # weights; the recorded roaming runs ran before it and moved every weight)
+    # (model.roaming_masked_steps and model.roaming_cut_recurrence, true by default since they exist: a task's steps
+    # move only its active units' weights, and its switched-off units take no part in its pass; the recorded roaming
+    # runs ran before both)
     "roaming": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=40"]),
     "roaming_fixed": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_fixed=true"]),
     "routing": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing"]),

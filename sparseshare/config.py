@@ -103,10 +103,14 @@ class ModelConfig:
     roaming_fixed: bool = False
     # sharing: roaming only: a task's optimiser step moves only the weights of its active units (the masked
     # optimisers; the paper's "a task's parameters are those of its active units"); false: every weight, so that
-    # momentum and Adam's moments also move the units switched off for the task, and in a BiLSTM the task's own
-    # gradient too (a switched-off unit still feeds its layer's recurrence: masked steps freeze weights the task
-    # still reads)
+    # momentum and Adam's moments also move the units switched off for the task (the official code's plain Adam), and
+    # in a BiLSTM with roaming_cut_recurrence false the task's own gradient too
     roaming_masked_steps: bool = True
+    # sharing: roaming only, BiLSTM: a unit switched off for a task takes no part in the task's pass: its state reaches
+    # no gate (the recurrent weights' columns of the task's inactive units are zero for the pass), as a masked channel
+    # of the paper's convolutions; false: only the layer's output is masked, and the inactive units' states still feed
+    # the active units through the recurrence (what runs before this option existed)
+    roaming_cut_recurrence: bool = True
     # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing/): function blocks (copies of the
     # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
     routing_blocks: int | list[int] = 2
@@ -627,7 +631,8 @@ def upgrade_saved_model_config(model: dict) -> dict:
     """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a checkpointed
     run's config.yaml) in today's spelling: the fixed random partition of roaming was ``roaming_delta: 0`` before
     ``roaming_fixed`` existed; ``private_embedder`` was a boolean (true: the word table and the char-CNN, "all")
-    before it named the parts; a roaming run moved every weight before ``roaming_masked_steps`` existed. Configs given
+    before it named the parts; a roaming run moved every weight before ``roaming_masked_steps`` existed, and let the
+    inactive units feed the recurrence before ``roaming_cut_recurrence`` did. Configs given
     to a new run are not upgraded: there, Δ < 1 is an error."""
     if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
         model = {**model, "roaming_delta": ModelConfig.roaming_delta, "roaming_fixed": True}
@@ -635,6 +640,8 @@ def upgrade_saved_model_config(model: dict) -> dict:
         model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
     if model.get("sharing") == "roaming" and "roaming_masked_steps" not in model:
         model = {**model, "roaming_masked_steps": False}
+    if model.get("sharing") == "roaming" and "roaming_cut_recurrence" not in model:
+        model = {**model, "roaming_cut_recurrence": False}
     return model
 
 

@@ -440,3 +440,32 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
     else:  # the mixing was trained away from its initialisation
         assert not torch.equal(a["sharing.mixing"], model.sharing.mixing.new_tensor(
             [[[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]] * 2))
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_a_bilstm_unit_switched_off_for_a_task_takes_no_part_in_its_pass(tiny_corpus, tmp_path, cut):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_cut_recurrence": str(cut).lower()}))
+    s, params = model.sharing, dict(model.named_parameters())
+    t = TASKS.index("ner")
+    batch = _batch(model, data, "ner")
+    model.train()
+    model(batch, "ner").sum().backward()
+    for name, mask in _expected_unit_weights(model, s, t, False).items():
+        assert (params[name].grad[~mask] == 0).all() == cut, name
+        assert params[name].grad[mask].abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        before = s(batch, "ner")
+        for name, mask in _expected_unit_weights(model, s, t, False).items():
+            params[name][~mask] = 0.5  # new weights for ner's switched-off units (their rows of every gate)
+        after = s(batch, "ner")
+    # cut: those units compute nothing that ner reads; not cut: their states still feed ner's active units
+    assert torch.equal(after, before) == cut
+
+
+def test_a_roaming_config_saved_before_the_cut_recurrence_keeps_the_recurrence():
+    from sparseshare.config import upgrade_saved_model_config
+
+    assert upgrade_saved_model_config({"sharing": "roaming"})["roaming_cut_recurrence"] is False
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_cut_recurrence": True})["roaming_cut_recurrence"]
+    assert "roaming_cut_recurrence" not in upgrade_saved_model_config({"sharing": "hard"})

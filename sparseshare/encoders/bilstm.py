@@ -134,11 +134,18 @@ class BiLSTMEncoder(LayerwiseEncoder):
 
     @staticmethod
     def run_layer(layer: BiLSTMLayer, x: torch.Tensor, mask: torch.Tensor,
-                  unit_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  unit_mask: torch.Tensor | None = None, cut_recurrence: bool = False) -> torch.Tensor:
         """``layer`` (one of this encoder's layers or a copy) over ``x``; with ``unit_mask`` (``units``,) its output
-        units are multiplied by the mask. Inside the layer the recurrence still sees every unit: cuDNN's LSTM
-        cannot mask a unit's state."""
-        y = layer(x, mask)
+        units are multiplied by the mask. With ``cut_recurrence`` too, the recurrent weights' columns of the units the
+        mask drops are zero for this pass, so that a dropped unit's state reaches no gate either: it then takes no
+        part in the pass at all (as a masked channel of a convolution), and its weights get no gradient."""
+        if unit_mask is not None and cut_recurrence:
+            hidden, keep = layer.lstm.hidden_size, unit_mask.to(x.dtype)
+            recurrent = {f"lstm.weight_hh_l0{suffix}": getattr(layer.lstm, f"weight_hh_l0{suffix}") * units[None, :]
+                         for suffix, units in (("", keep[:hidden]), ("_reverse", keep[hidden:]))}
+            y = functional_call(layer, recurrent, (x, mask), strict=False)
+        else:
+            y = layer(x, mask)
         return y if unit_mask is None else y * unit_mask.to(x.dtype)
 
     @staticmethod

@@ -40,9 +40,10 @@ class ScratchTransformerEncoder(LayerwiseEncoder):
 
     @staticmethod
     def run_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask: torch.Tensor,
-                  unit_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  unit_mask: torch.Tensor | None = None, cut_recurrence: bool = False) -> torch.Tensor:
         """``layer`` (one of this encoder's layers or a copy) over ``x``; with ``unit_mask`` (``units``,) the
-        feed-forward activations are multiplied by the mask between the layer's two linear maps. The residual
+        feed-forward activations are multiplied by the mask between the layer's two linear maps, so a dropped unit
+        takes no part in the pass (``cut_recurrence``: nothing to cut, there is no recurrence). The residual
         stream is not masked (that would also cut the embeddings and attention passing through it)."""
         if unit_mask is None:
             return layer(x, src_key_padding_mask=~mask)

@@ -53,7 +53,7 @@ def initial_masks(layers: int, tasks: int, units: int, active: int, generator: t
 
 @register("roaming")
 class MaximumRoaming(SharingStrategy):
-    options = ("roaming_ratio", "roaming_delta", "roaming_fixed", "roaming_masked_steps")
+    options = ("roaming_ratio", "roaming_delta", "roaming_fixed", "roaming_masked_steps", "roaming_cut_recurrence")
     citation = """@inproceedings{pascal2021maximum,
   title = {Maximum Roaming Multi-Task Learning},
   author = {Pascal, Lucas and Michiardi, Pietro and Bost, Xavier and Huet, Benoit and Zuluaga, Maria A.},
@@ -94,6 +94,7 @@ class MaximumRoaming(SharingStrategy):
         self.active = round(config.roaming_ratio * self.units)
         self.delta = 0 if config.roaming_fixed else config.roaming_delta  # 0: the masks never move
         self.masked_optimizer = config.roaming_masked_steps
+        self.cut_recurrence = config.roaming_cut_recurrence
         self._parameter_masks: dict[str, tuple[int, dict]] = {}  # task -> (masks' version, {parameter: mask})
         if self.active < 1 or self.active * len(self.tasks) < self.units:
             raise ConfigError(
@@ -193,7 +194,8 @@ class MaximumRoaming(SharingStrategy):
                 gate.unit_mask = self.masks[i, t]
             return self.encoder.top_features(batch, rows=x)[0]
         for i, layer in enumerate(self.encoder.layers):
-            x = self.encoder.run_layer(layer, x, batch.mask, unit_mask=self.masks[i, t])
+            x = self.encoder.run_layer(layer, x, batch.mask, unit_mask=self.masks[i, t],
+                                       cut_recurrence=self.cut_recurrence)
         return self.encoder.finish(x, batch.mask)
 
     def task_encoder_state(self, task):

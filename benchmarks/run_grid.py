@@ -152,7 +152,7 @@ SHARES_SEARCH = {"sparse_random": "sparse", "sparse_distill": "sparse", "sparse_
 # runs that read other runs of the same seed (distillation teachers): not started before those have finished
 NEEDS = {"hard_distill": ("pos", "chunk", "ner"),
          **{name: ("minilm_pos_conv", "minilm_chunk_conv", "minilm_ner_conv") for name in RUNS
-            if name.startswith("minilm_sparse_")}}
+            if name.startswith("minilm_sparse_") and "sparse.dense_models" in " ".join(RUNS[name][1])}}
 SPARSE = {name for name, (config, _) in RUNS.items() if "sparse" in config}  # recipes/train_sparse.py runs
 
 

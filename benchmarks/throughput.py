@@ -46,7 +46,9 @@ def _config(data_root: str, output_dir: str, steps: int, name: str = "conll03_ne
     common = [f"output_dir={output_dir}", f"data.root={data_root}", "train.progress_bar=false",
               "train.log_with=none", f"train.checkpoint_every={10 * steps}",
               *([f"train.threads={threads}"] if threads else []), *overrides]
-    if load_config(path, common).model.encoder == "bilstm":
+    first = load_config(path, common)
+    common.append(f"tasks=[{first.tasks[0]}]")  # the bare loop trains one task: so does ours
+    if first.model.encoder == "bilstm":
         common.append(f"model.bilstm.embeddings={Path(data_root) / 'glove' / 'glove.6B.50d.filtered.txt'}")
     return load_config(path, common)
 
@@ -130,6 +132,8 @@ def main():
     parser.add_argument("--out", type=Path, help="also write the summary to this JSON file")
     parser.add_argument("--one", choices=["ours", "bare"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compare and (args.config != "conll03_ner" or args.set):
+        parser.error("--compare times the other checkout on its own default (conll03_ner); drop --config / --set")
     setting = {"name": args.config, "overrides": args.set, "threads": args.threads}
     if args.one:
         fn = measure_ours if args.one == "ours" else measure_bare

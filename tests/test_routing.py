@@ -486,8 +486,9 @@ def _png_height(path) -> int:
                                    {"model.routing_router": "gumbel", "model.routing_pass": "true"}])
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
-    extra = {**ROUTING, **extra, "model.routing_lr": 0.5, "train.epochs": 3, "train.checkpoint_every": 4,
-             "train.seed": 7}
+    gumbel = extra.get("model.routing_router") == "gumbel"  # learns at the optimiser's rate, not routing_lr
+    extra = {**ROUTING, **extra, **({} if gumbel else {"model.routing_lr": 0.5}), "train.epochs": 3,
+             "train.checkpoint_every": 4, "train.seed": 7}
     reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)
 
     router_state = [n for n in load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
@@ -625,3 +626,27 @@ def test_the_gumbel_router_passes_the_loss_to_the_task_route_logits_without_chan
 def test_the_gumbel_router_is_refused_for_a_hugging_face_transformer(tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match="'gumbel' serves the bilstm and scratch encoders"):
         _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_router": "gumbel", "model.encoder": "transformer"})
+
+
+def test_the_gumbel_logits_do_not_learn_during_a_warm_up(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_router": "gumbel", "model.routing_warmup_steps": 1}))
+    s = model.sharing
+    model.train()
+    batch = _batch(model, data, "chunk")
+    model(batch, "chunk").sum().backward()  # step 1: set routes
+    assert s.route_logits.grad is None or not s.route_logits.grad.any()
+    s.observe_losses("chunk", torch.ones(batch.mask.shape[0]))
+    model(batch, "chunk").sum().backward()  # step 2: the router's own draws
+    assert s.route_logits.grad[TASKS.index("chunk")].any()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.routing_router": "gumbel", "model.routing_rho": 0.1}, r"'model\.routing_rho' sets the reward or the step"),
+    ({"model.routing_router": "gumbel", "model.routing_lr": 0.1}, r"'model\.routing_lr' sets the reward or the step"),
+    ({"model.routing_exploration_steps": 100}, r"'model\.routing_exploration_steps' anneals model\.routing_exploration"),
+    ({"model.routing_warmup": "random"}, r"'model\.routing_warmup' = 'random' sets the routes of a warm-up"),
+])
+def test_routing_options_that_would_be_ignored_are_refused(tiny_corpus, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_corpus, tmp_path, **ROUTING, **overrides)

@@ -103,6 +103,15 @@ def test_task_weights_multiply_the_sampling_probabilities(schedule):
         epoch_plan(schedule, batches, np.random.default_rng(2))
 
 
+def test_task_weights_multiply_the_tempered_sizes():
+    sizes = {"a": 8000, "b": 1000, "c": 1000}  # T = 2: odds 89.4, 31.6, 31.6; b weighted x3
+    plan = epoch_plan("temperature", _batches(sizes), np.random.default_rng(3), temperature=2.0, weights={"b": 3.0})
+    odds = {"a": 8000 ** 0.5, "b": 3 * 1000 ** 0.5, "c": 1000 ** 0.5}
+    counts = Counter(t for t, _ in plan)
+    for task in sizes:  # not the weights applied to the raw sizes (which would give b 3000 / 12000 = 0.25)
+        assert abs(counts[task] / 10000 - odds[task] / sum(odds.values())) < 0.02
+
+
 def test_task_weights_are_checked_by_key(tiny_corpus, tmp_path):
     from conftest import quiet, tiny_config
     from sparseshare.config import ConfigError

@@ -112,22 +112,38 @@ def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | N
     ``sparse.masks`` holds a fitting mask for every task. Returns those masks (None without ``sparse.masks``)."""
     check_teachers(config.train.distill_from, template)
     check_dense_models(config, template)
+    unknown = [task for task in config.train.task_weights if task not in template.tasks]
+    if unknown:  # the warm-up and the joint stage would refuse them, after the stages before them
+        raise ConfigError(f"config key 'train.task_weights': task(s) {unknown} are not among the run's tasks "
+                          f"{list(template.tasks)}")
+    if config.model.mask_scores:
+        raise ConfigError("config key 'model.mask_scores' is what the pipeline sets for the search rounds of "
+                          "sparse.criterion: learned; the joint model reads no scores: leave it false")
     return _given_masks(config, template) if config.sparse.masks else None
 
 
 def check_dense_models(config: Config, template: MultiTaskTagger) -> None:
-    """Each folder of ``sparse.dense_models`` is a model of that task whose encoder has the run's prunable tensors,
-    with their shapes (read from the file's header: nothing is loaded yet)."""
+    """Each folder of ``sparse.dense_models`` is a model of that task, fine-tuned from the run's checkpoint (the
+    ``model.transformer.name_or_path`` its config.json names), whose encoder has the run's prunable tensors with their
+    shapes (read from the file's header: nothing is loaded yet)."""
     prunable = template.sharing.prunable()
     for task, folder in config.sparse.dense_models.items():
         key = f"config key 'sparse.dense_models.{task}'"
         if task not in template.tasks:
             raise ConfigError(f"{key}: {task!r} is not one of the run's tasks {list(template.tasks)}")
-        weights, labels = Path(folder) / "model.safetensors", Path(folder) / "labels.json"
-        if not weights.is_file() or not labels.is_file():
-            raise ConfigError(f"{key}: {folder} is not a model folder (no model.safetensors or labels.json)")
+        weights, labels, saved = (Path(folder) / name for name in ("model.safetensors", "labels.json", "config.json"))
+        if not weights.is_file() or not labels.is_file() or not saved.is_file():
+            raise ConfigError(f"{key}: {folder} is not a model folder (no model.safetensors, labels.json or "
+                              f"config.json)")
         if task not in json.loads(labels.read_text()):
             raise ConfigError(f"{key}: the model in {folder} has no task {task!r}")
+        model = json.loads(saved.read_text()).get("model", {})
+        started_from = (model.get("transformer") or {}).get("name_or_path")
+        if model.get("encoder") != "transformer" or started_from != config.model.transformer.name_or_path:
+            raise ConfigError(f"{key}: the model in {folder} was fine-tuned from {started_from!r} (encoder "
+                              f"{model.get('encoder')!r}), not from the run's checkpoint "
+                              f"{config.model.transformer.name_or_path!r}: its change from the rewind point means "
+                              f"nothing here")
         with safe_open(str(weights), "pt") as file:
             shapes = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
         for name, parameter in prunable.items():
@@ -323,7 +339,9 @@ def _as_one_task_sparse_model(model: MultiTaskTagger, config: Config, task: str,
                                   outside_mask=config.model.outside_mask)
     rewind_encoder = {k: v for k, v in rewind.items() if k.startswith("sharing.encoder.")}
     twin = _model_like(model, options, [task], model.state_dict())
-    twin.load_state_dict(twin.sharing.missing_state(rewind_encoder, "sharing."), strict=False)  # the rewind copy
+    rewind_copy = {k: v for k, v in twin.sharing.missing_state(rewind_encoder, "sharing.").items()
+                   if k.startswith("sharing.rewind_weights.")}
+    twin.load_state_dict(rewind_copy, strict=False)
     return twin
 
 
@@ -512,9 +530,10 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
     if model.sharing == "sparse" and config.sparse.criterion == "learned":  # a search round learns its mask scores
         model = dataclasses.replace(model, mask_scores=True)
     # a stage's own budget: no early stopping inside a few epochs, selection on dev as always; distillation
-    # (train.distill_from, sparse.distill) is the joint training's
+    # (train.distill_from, sparse.distill) is the joint training's; a search round trains one task, which no
+    # sampling weight concerns
     train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0, distill_from={},
-                                distill_weight=None)
+                                distill_weight=None, task_weights={} if tasks else config.train.task_weights)
     return dataclasses.replace(config, output_dir=str(folder), model=model, tasks=tasks or config.tasks, train=train)
 
 

@@ -213,6 +213,11 @@ def overlap_matrix(masks: MaskSet, ratio=None) -> dict[str, dict[str, float]]:
     return matrix
 
 
+def chance_quotient(observed: float, chance: float) -> float:
+    """observed / chance; nan where chance is 0 (a task's mask keeps nothing there: no overlap to compare)."""
+    return observed / chance if chance else float("nan")
+
+
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers?|h|block|blocks)\.(\d+)\.")
 
 
@@ -236,8 +241,7 @@ def overlap_by_layer(masks: MaskSet) -> dict[str, dict[str, dict[str, float]]]:
         for a, b in itertools.combinations(tasks, 2):
             ma, mb = ({n: masks[t][n] for n in names} for t in (a, b))
             observed, chance = overlap_ratio([ma, mb]), chance_overlap_ratio(ma, mb)
-            table[layer][f"{a}/{b}"] = {"overlap": observed, "chance": chance,
-                                        "vs_chance": observed / chance if chance else float("nan")}
+            table[layer][f"{a}/{b}"] = {"overlap": observed, "chance": chance, "vs_chance": chance_quotient(observed, chance)}
     return table
 
 
@@ -285,7 +289,8 @@ def format_report(masks: MaskSet, counts: dict[str, int] | None = None) -> str:
         lines.append("overlap ratio / its chance value (masks of the same densities per tensor, drawn at random):")
         pairs = list(itertools.combinations(tasks, 2))
         lines.append("  " + " " * 12 + "".join(f"{f'{a[:5]}/{b[:5]}':>13}" for a, b in pairs))
-        lines.append(f"  {'all layers':<12}" + "".join(f"{matrix[a][b] / chance[a][b]:13.3f}" for a, b in pairs))
+        lines.append(f"  {'all layers':<12}" + "".join(f"{chance_quotient(matrix[a][b], chance[a][b]):13.3f}"
+                                                        for a, b in pairs))
         for layer, row in overlap_by_layer(masks).items():
             lines.append(f"  {layer:<12}" + "".join(f"{row[f'{a}/{b}']['vs_chance']:13.3f}" for a, b in pairs))
     if counts:

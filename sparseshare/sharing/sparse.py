@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, MissingMaskFileError, check_masks, load_masks,
+from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, MissingMaskFileError, chance_quotient, check_masks, load_masks,
                     model_statistics, ones_like_parameters, prunable_parameters, save_masks)
 from .base import SharingStrategy, register
 from .private_embedder import PRIVATE_PARTS, PrivateEmbedders, check_private_embedder
@@ -207,7 +207,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
             lines += ["", "The same divided by its chance value (random masks of the same densities per tensor; 1 = "
                           "no more overlap than chance):", "",
                       "| | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
-            lines += [f"| {a} | " + " | ".join(f"{stats['overlap'][a][b] / stats['overlap_chance'][a][b]:.3f}"
+            lines += [f"| {a} | " + " | ".join(f"{chance_quotient(stats['overlap'][a][b], stats['overlap_chance'][a][b]):.3f}"
                                                for b in tasks) + " |" for a in tasks]
         counts = stats["parameters"]
         lines += ["", "Parameters: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()) + "."]

@@ -98,9 +98,22 @@ class RoutingNetwork(SharingStrategy):
         if config.routing_warmup not in WARMUP_ROUTES:
             raise ConfigError(f"config key 'model.routing_warmup': {config.routing_warmup!r} is not one of "
                               f"{list(WARMUP_ROUTES)}")
-        if config.routing_router == "gumbel" and config.encoder == "transformer":
-            raise ConfigError("config key 'model.routing_router' = 'gumbel' serves the bilstm and scratch encoders (it "
-                              "weights each block's output inside the layer loop), not model.encoder = 'transformer'")
+        if config.routing_router == "gumbel":
+            if config.encoder == "transformer":
+                raise ConfigError("config key 'model.routing_router' = 'gumbel' serves the bilstm and scratch encoders "
+                                  "(it weights each block's output inside the layer loop), not model.encoder = "
+                                  "'transformer'")
+            defaults = type(config)()
+            for key in ("routing_rho", "routing_collaboration", "routing_history", "routing_lr"):
+                if getattr(config, key) != getattr(defaults, key):
+                    raise ConfigError(f"config key 'model.{key}' sets the reward or the step of a router that learns "
+                                      f"from rewards; model.routing_router = 'gumbel' learns by backprop at the "
+                                      f"optimiser's learning rate")
+        if config.routing_exploration_steps and not config.routing_exploration:
+            raise ConfigError("config key 'model.routing_exploration_steps' anneals model.routing_exploration, which is 0")
+        if config.routing_warmup != type(config)().routing_warmup and not config.routing_warmup_steps:
+            raise ConfigError(f"config key 'model.routing_warmup' = {config.routing_warmup!r} sets the routes of a "
+                              f"warm-up, but model.routing_warmup_steps is 0")
         routing_blocks_per_layer(config.routing_blocks, depth, depth_key)
 
     def __init__(self, build_encoder, tasks, config):
@@ -296,7 +309,8 @@ class RoutingNetwork(SharingStrategy):
                 choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
                 blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
                 x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
-                if self.training and hasattr(self.router, "straight_through"):  # the loss reaches the route logits
+                if self.training and not self.router.learns_from_returns and not self.warming_up():
+                    # the loss reaches the route logits (not during the warm-up: the routes were set)
                     x = x * self.router.straight_through(layer, t, choice).to(x.dtype).view(-1, 1, 1)
         self._routed(t, record, words)
         return x if self.stand_ins else self.encoder.finish(x, mask)

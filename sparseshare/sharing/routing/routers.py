@@ -283,7 +283,8 @@ class DispatchedRouter(Router):
 
 class GumbelRouter(Router):
     """One table of route logits per task, trained by backprop with the rest of the model: a sentence's block is a
-    categorical draw from the softmax of its task's logits (the Gumbel-max draw), and the chosen block's output is
+    categorical draw from the softmax of its task's logits (by the inverse CDF, as the other routers draw: the same
+    distribution as the Gumbel-max draw), and the chosen block's output is
     multiplied by ``p_c / p_c.detach()`` (1 in the forward pass), so the task loss reaches the logits through the
     softmax (a straight-through estimator, as in Gumbel-Matrix routing, Maziarz et al. 2019). No reward: the
     collaboration reward and ``model.routing_lr`` do not apply; the logits take the optimiser's learning rate."""

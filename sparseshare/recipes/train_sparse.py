@@ -2,12 +2,13 @@
 
 1. warm-up: a short hard-sharing run; its weights are the rewind point (late resetting). With
    ``sparse.warmup_epochs: 0`` the rewind point is the initialisation (classic lottery ticket);
-2. mask search per task by pruning (one global threshold across the prunable tensors, over |w| or, with
-   ``sparse.criterion: change``, over |w - w_rewind|), giving subnets of density ``(1 - prune_fraction)^r`` for
-   rounds r = 0..R:
+2. mask search per task by pruning (one global threshold across the prunable tensors, over |w|; with
+   ``sparse.criterion: change`` over |w - w_rewind|, with ``learned`` over scores the round learns), giving subnets
+   of density ``(1 - prune_fraction)^r`` for rounds r = 0..R:
    - ``sparse.search: iterative`` (Sun et al.): round r trains its subnet from the rewind point, then
-     removes ``prune_fraction`` of the surviving weights by magnitude;
-   - ``sparse.search: oneshot``: round 0 trains the dense network from the rewind point to convergence;
+     removes ``prune_fraction`` of the surviving weights by the criterion;
+   - ``sparse.search: oneshot``: round 0 trains the dense network from the rewind point to convergence (or,
+     with ``sparse.dense_models``, is a single-task model fine-tuned from the same checkpoint);
      every later round prunes that trained network to its density and scores it on dev without
      retraining (seconds instead of a training run per round);
 3. subnet selection per task on dev (with ``sparse.random_masks``, the control: each selected mask is

@@ -11,14 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from sparseshare.sharing.masks import load_masks, overlap_ratio, tensor_densities
-
-
-def chance_overlap(a: dict, b: dict) -> float:
-    da, db = tensor_densities(a), tensor_densities(b)
-    both = sum(a[n].numel() * da[n] * db[n] for n in a)
-    either = sum(a[n].numel() * (da[n] + db[n] - da[n] * db[n]) for n in a)
-    return both / either
+from sparseshare.sharing.masks import chance_overlap_ratio, chance_quotient, load_masks, overlap_ratio
 
 
 def main():
@@ -38,8 +31,8 @@ def main():
             pairs += [(f"{a}-{b} file{i + 1}", masks[a], masks[b]) for a, b in itertools.combinations(masks, 2)]
     print("| pair | overlap | chance | ratio |\n|---|---|---|---|")
     for name, a, b in pairs:
-        observed, chance = overlap_ratio([a, b]), chance_overlap(a, b)
-        print(f"| {name} | {observed:.3f} | {chance:.3f} | {observed / chance:.2f} |")
+        observed, chance = overlap_ratio([a, b]), chance_overlap_ratio(a, b)
+        print(f"| {name} | {observed:.3f} | {chance:.3f} | {chance_quotient(observed, chance):.2f} |")
 
 
 if __name__ == "__main__":

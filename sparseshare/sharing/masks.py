@@ -194,12 +194,9 @@ def chance_overlap_ratio(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     independently at random: per tensor of n weights, a and b keep n·d_a·d_b in common and n·(d_a + d_b − d_a·d_b)
     between them, in expectation (summed over tensors, the ratio of the expectations). Masks chosen without regard to
     their task overlap about this much; Sun et al.'s task-dependent masks overlap more, but not all the way to 1."""
-    both = either = 0.0
-    for name in a:
-        n = a[name].numel()
-        da, db = float(a[name].float().mean()), float(b[name].float().mean())
-        both += n * da * db
-        either += n * (da + db - da * db)
+    da, db = tensor_densities(a), tensor_densities(b)
+    both = sum(a[n].numel() * da[n] * db[n] for n in a)
+    either = sum(a[n].numel() * (da[n] + db[n] - da[n] * db[n]) for n in a)
     return both / either if either else 1.0
 
 

@@ -260,7 +260,7 @@ class RoutingNetwork(SharingStrategy):
             return sample_choices(probs, uniforms[row]) if uniforms is not None else probs.argmax(-1)
 
         k = self.choices[layer]
-        if uniforms is not None and self.warming_up():  # set routes: the router is not asked
+        if uniforms is not None and record["warming_up"]:  # set routes: the router is not asked
             record["inputs"].append(None)
             if self.warmup == "per_task":
                 choice = torch.full((batch_size,), t % self.copies[layer], dtype=torch.long, device=uniforms.device)
@@ -269,7 +269,7 @@ class RoutingNetwork(SharingStrategy):
             record["choices"].append(choice)
             return choice
         probs = self.router.probs(layer, t, pooled, batch_size, record, pick)
-        e = self.exploration_rate() if uniforms is not None else 0.0
+        e = record["exploration"] if uniforms is not None else 0.0
         if e > 0:
             probs = (1.0 - e) * probs + e / k
         choice = pick(probs, layer)
@@ -300,7 +300,10 @@ class RoutingNetwork(SharingStrategy):
         t, mask, batch_size = self.tasks.index(task), batch.mask, batch.mask.shape[0]
         uniforms = self._uniforms(batch_size).to(mask.device) if self.training else None
         words = mask.sum(1).clamp(min=1).to(torch.float64)
-        record = {"choices": [], "inputs": []}
+        # the step count read once per pass (a buffer: on a GPU each read waits for the device), not at every layer
+        warming_up = self.training and self.warming_up()
+        record = {"choices": [], "inputs": [], "warming_up": warming_up,
+                  "exploration": self.exploration_rate() if self.training else 0.0}
         if self.stand_ins:
             x = self._encode_hf(batch, t, uniforms, record)
         else:
@@ -309,7 +312,7 @@ class RoutingNetwork(SharingStrategy):
                 choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
                 blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
                 x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
-                if self.training and not self.router.learns_from_returns and not self.warming_up():
+                if self.training and not self.router.learns_from_returns and not warming_up:
                     # the loss reaches the route logits (not during the warm-up: the routes were set)
                     x = x * self.router.straight_through(layer, t, choice).to(x.dtype).view(-1, 1, 1)
         self._routed(t, record, words)

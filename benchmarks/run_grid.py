@@ -105,6 +105,10 @@ RUNS = {
     # number of steps). The sparse run's warm-up follows the schedule too, so it searches its own masks
     **{f"{strategy}_ner_weighted": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}"])
        for strategy in ("hard", "sparse")},
+    # ... with NER's extra steps added to the epoch, not taken from POS and chunk (each keeps its whole epoch)
+    **{f"{strategy}_ner_added": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}",
+                                                         "train.epoch_length=weighted"])
+       for strategy in ("hard", "sparse")},
     # each task with its own word embeddings and char-CNN (or one of them), the BiLSTM layers shared: is the loss in
     # the shared word representations or in the shared layers above them? (hard_private_embedder ran at a8ddd5e as
     # model.private_embedder=true, which is "all" since)

@@ -161,8 +161,11 @@ class TrainConfig:
     schedule: str = "round_robin"  # round_robin | proportional | temperature
     temperature: float = 2.0
     # schedule proportional / temperature only: a task's sampling probability is multiplied by its weight (unnamed
-    # tasks: 1), e.g. {ner: 2}; the epoch keeps its number of steps
+    # tasks: 1), e.g. {ner: 2}
     task_weights: dict[str, float] = field(default_factory=dict)
+    # the number of steps of an epoch: "batches" (every task's batches once: a weight takes steps from the other
+    # tasks) or "weighted" (each task's batches times its weight: a weight adds steps, the others keep their epoch)
+    epoch_length: str = "batches"
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.1
     head_lr: float | None = None  # learning rate of the task heads (CRF, output layers); defaults to lr
@@ -475,12 +478,13 @@ def config_from_dict(data: dict) -> Config:
 def validate(config: Config) -> None:
     from accelerate.utils import LoggerType, PrecisionType
 
-    from .data.schedules import SCHEDULES
+    from .data.schedules import EPOCH_LENGTHS, SCHEDULES
 
     validate_model(config.model, config.tasks)
     t = config.train
     choices = {
         "train.schedule": (config.train.schedule, SCHEDULES),
+        "train.epoch_length": (t.epoch_length, EPOCH_LENGTHS),
         "train.mixed_precision": (t.mixed_precision, tuple(p.value for p in PrecisionType)),
         "train.log_with": (t.log_with, (None, "auto", "none", *(l.value for l in LoggerType))),
         "train.optimizer": (config.train.optimizer, ("sgd", "adamw")),
@@ -497,6 +501,9 @@ def validate(config: Config) -> None:
     if t.task_weights and t.schedule not in ("proportional", "temperature"):
         raise ConfigError(f"config key 'train.task_weights' weighs the tasks' sampling probabilities: it needs "
                           f"train.schedule proportional or temperature, got {t.schedule!r}")
+    if t.epoch_length == "weighted" and not t.task_weights:
+        raise ConfigError("config key 'train.epoch_length': 'weighted' sizes the epoch by train.task_weights, "
+                          "which is empty")
     bad = {task: w for task, w in t.task_weights.items() if not w > 0}
     if bad:
         raise ConfigError(f"config key 'train.task_weights': weights must be > 0, got {bad}")

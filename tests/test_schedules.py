@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sparseshare.data.schedules import SCHEDULES, epoch_plan
+from sparseshare.data.schedules import SCHEDULES, epoch_plan, epoch_steps
 
 
 def _batches(sizes: dict[str, int]) -> dict[str, list[list[int]]]:
@@ -125,3 +125,35 @@ def test_task_weights_are_checked_by_key(tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"'train\.task_weights': task\(s\) \['nre'\] are not among the run's tasks"):
         run_training(config, log=quiet)
     assert not (tmp_path / "config.yaml").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("schedule", ["proportional", "temperature"])
+def test_a_weighted_epoch_adds_the_weighted_tasks_steps(schedule):
+    sizes = {"pos": 3000, "chunk": 3000, "ner": 3000}
+    batches = _batches(sizes)
+    plan = epoch_plan(schedule, batches, np.random.default_rng(2), weights={"ner": 2.0}, epoch_length="weighted")
+    assert len(plan) == 12000 == epoch_steps(sizes, {"ner": 2.0}, "weighted")  # 3000 + 3000 + 2 x 3000
+    counts = Counter(t for t, _ in plan)
+    # equal sizes: the same odds under both schedules; POS and chunk keep (about) their whole epoch
+    assert abs(counts["ner"] / 12000 - 0.5) < 0.02 and abs(counts["pos"] / 3000 - 1.0) < 0.05
+    assert epoch_steps(sizes, {"ner": 2.0}) == 9000  # "batches": the weight takes steps from the others
+    assert epoch_steps({"a": 3, "b": 4}, {"b": 0.5}, "weighted") == 5
+    with pytest.raises(ValueError, match="unknown epoch length 'long'"):
+        epoch_steps(sizes, {}, "long")
+
+
+def test_a_weighted_epoch_sizes_the_run(tiny_corpus, tmp_path):
+    from conftest import quiet, tiny_config
+    from sparseshare.config import ConfigError
+    from sparseshare.recipes.train import run_training
+
+    with pytest.raises(ConfigError, match=r"'train\.epoch_length': 'weighted' sizes the epoch by train\.task_weights"):
+        tiny_config(tiny_corpus, tmp_path, **{"train.schedule": "proportional", "train.epoch_length": "weighted"})
+    with pytest.raises(ConfigError, match=r"'train\.epoch_length': 'steps' is not one of \['batches', 'weighted'\]"):
+        tiny_config(tiny_corpus, tmp_path, **{"train.epoch_length": "steps"})
+    steps = []
+    config = tiny_config(tiny_corpus, tmp_path, **{
+        "train.schedule": "proportional", "train.task_weights": "{ner: 2}", "train.epoch_length": "weighted",
+        "train.epochs": 2, "train.lr_schedule": "linear"})
+    run_training(config, callbacks=[steps.append], log=quiet)
+    assert steps[-1] == 2 * (6 + 6 + 2 * 6)  # 48 sentences in batches of 8 per task, NER's twice

@@ -8,10 +8,23 @@ from __future__ import annotations
 import numpy as np
 
 SCHEDULES = ("round_robin", "proportional", "temperature")
+EPOCH_LENGTHS = ("batches", "weighted")
+
+
+def epoch_steps(batches_per_task: dict[str, int], weights: dict[str, float] | None = None,
+                epoch_length: str = "batches") -> int:
+    """The number of steps of one epoch: the total number of batches, or with ``epoch_length="weighted"`` each
+    task's batches times its weight (tasks not named weigh 1), so that a weight adds steps to its task instead of
+    taking them from the others."""
+    if epoch_length not in EPOCH_LENGTHS:
+        raise ValueError(f"unknown epoch length {epoch_length!r}; expected one of {EPOCH_LENGTHS}")
+    weights = weights if epoch_length == "weighted" else None
+    return int(round(sum(n * (weights or {}).get(t, 1.0) for t, n in batches_per_task.items())))
 
 
 def epoch_plan(schedule: str, batches: dict[str, list[list[int]]], rng: np.random.Generator,
-               temperature: float = 2.0, weights: dict[str, float] | None = None) -> list[tuple[str, list[int]]]:
+               temperature: float = 2.0, weights: dict[str, float] | None = None,
+               epoch_length: str = "batches") -> list[tuple[str, list[int]]]:
     """``(task, sentence indices)`` for every step of one epoch.
 
     - ``round_robin`` (the sparse-sharing paper's): tasks in a random order, one batch per task in turn,
@@ -24,7 +37,10 @@ def epoch_plan(schedule: str, batches: dict[str, list[list[int]]], rng: np.rando
     normalisation: ``{ner: 2}`` on three tasks of equal size gives NER half of the steps, and NER then cycles through
     its batches again within the epoch while the others see three quarters of theirs.
 
-    Every schedule has the same number of steps per epoch (the total number of batches).
+    Every schedule has the same number of steps per epoch: the total number of batches, or with
+    ``epoch_length="weighted"`` (proportional and temperature) :func:`epoch_steps` with the weights, so that under
+    the proportional schedule every task keeps its whole epoch of batches and ``{ner: 2}`` adds a second pass of
+    NER's on top (in expectation).
     """
     tasks = [t for t in batches if batches[t]]
     if schedule == "round_robin":
@@ -36,7 +52,8 @@ def epoch_plan(schedule: str, batches: dict[str, list[list[int]]], rng: np.rando
     sizes = np.array([len(batches[t]) for t in tasks], dtype=np.float64)
     odds = sizes if schedule == "proportional" else sizes ** (1.0 / temperature)
     odds = odds * np.array([(weights or {}).get(t, 1.0) for t in tasks])
-    draws = rng.choice(len(tasks), size=int(sizes.sum()), p=odds / odds.sum())
+    steps = epoch_steps({t: len(batches[t]) for t in tasks}, weights, epoch_length)
+    draws = rng.choice(len(tasks), size=steps, p=odds / odds.sum())
     cursor = {t: 0 for t in tasks}
     plan = []
     for d in draws:

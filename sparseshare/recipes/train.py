@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 
 from ..config import Config, ConfigError, validate
 from ..data.batching import bucketed_batches
-from ..data.schedules import epoch_plan
+from ..data.schedules import epoch_plan, epoch_steps
 from ..evaluation import evaluate, mean_score
 from ..files import write_json_atomically
 from ..logs import messages_to
@@ -127,7 +127,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     t, output_dir = config.train, Path(config.output_dir)
     # 3. Optimiser and LR schedule, sized by the (fixed) number of steps per epoch.
     batches_per_task = {n: math.ceil(len(d.train_tokens) / t.batch_size) for n, d in data.items()}
-    steps_per_epoch = sum(batches_per_task.values())
+    steps_per_epoch = epoch_steps(batches_per_task, t.task_weights, t.epoch_length)
     optimizer = build_optimizer(config, model, accelerator.device.type)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -162,7 +162,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
         rng = np.random.default_rng([t.seed, epoch])
         batches = {name: bucketed_batches([len(s) for s in d.train_tokens], t.batch_size, rng)
                    for name, d in data.items()}
-        plan = epoch_plan(t.schedule, batches, rng, t.temperature, t.task_weights)
+        plan = epoch_plan(t.schedule, batches, rng, t.temperature, t.task_weights, t.epoch_length)
         progress = progress_bar(config, accelerator, len(plan), state.step_in_epoch, epoch)
         model.train()
         started, sentences_seen, loss_sum, steps_run = time.perf_counter(), 0, 0.0, 0

@@ -534,7 +534,8 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
     # (train.distill_from, sparse.distill) is the joint training's; a search round trains one task, which no
     # sampling weight concerns
     train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0, distill_from={},
-                                distill_weight=None, task_weights={} if tasks else config.train.task_weights)
+                                distill_weight=None, task_weights={} if tasks else config.train.task_weights,
+                                epoch_length="batches" if tasks else config.train.epoch_length)
     return dataclasses.replace(config, output_dir=str(folder), model=model, tasks=tasks or config.tasks, train=train)
 
 

@@ -21,6 +21,7 @@ setup(
         "accelerate>=1.0",
         "seqeval>=1.2.2",
         "huggingface_hub>=0.26",
+        "filelock>=3.12",  # the run folder's lock (installed with huggingface_hub already)
         "safetensors>=0.4",
         "pyyaml>=6.0",
         "tqdm>=4.66",

@@ -5,8 +5,9 @@ corpora (EWT xpos + CoNLL-2000 chunk + CoNLL-2003 NER) and on NER + PP attachmen
 
 Resumable: a finished run (results.json, or report.json for sparse runs) is skipped, an interrupted run
 continues from its last checkpoint. Several drivers may work through the same grid at once: each run's
-``running.lock`` is locked (flock) by the driver training it and by the training, and the kernel frees it when
-both have ended, however they end (on Windows, without flock, drivers do not exclude each other). Each run's
+``running.lock`` is held by the driver training it (a ``filelock`` lock: the operating system frees it when the
+driver ends, however it ends), and the training holds the run folder's own ``.lock``, so a training that outlives a
+killed driver still refuses a second one (which then reports the run as failed, naming the holder). Each run's
 wall time (summed over resumptions, and kept up to date every minute, so a killed driver loses at most a minute
 of it) is stored in <run>/wall_time.json. Summarise with
 ``python benchmarks/summarize.py benchmarks/runs/conll03``.
@@ -22,7 +23,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sparseshare import run_folder
 from sparseshare.run_folder import RunFolderError, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,12 +173,12 @@ def run_one(name: str, seed: int, args) -> str:
     except RunFolderError as err:
         return f"{out}: running in another driver: {err}"
     try:
-        return _run_locked(name, seed, out, sparse, args, lock)
+        return _run_locked(name, seed, out, sparse, args)
     finally:
         lock.release()
 
 
-def _run_locked(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLock) -> str:
+def _run_locked(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     # looked at under the lock: a driver that finished the run a moment ago has written its results
     if (out / ("report.json" if sparse else "results.json")).is_file():
         import yaml
@@ -195,7 +195,7 @@ def _run_locked(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLo
         refused = copy_search(Path(args.out) / f"{SHARES_SEARCH[name]}_seed{seed}", out, name, seed, args)
         if refused:
             return refused
-    return _train(name, seed, out, sparse, args, lock)
+    return _train(name, seed, out, sparse, args)
 
 
 def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | None:
@@ -238,7 +238,7 @@ def _config_args(name: str, seed: int, out: Path, args) -> list[str]:
             "train.progress_bar=false", f"data.root={args.data_root}", *own, *extra, *args.overrides]
 
 
-def _train(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLock) -> str:
+def _train(name: str, seed: int, out: Path, sparse: bool, args) -> str:
     recipe = "train_sparse.py" if sparse else "train.py"
     config, *overrides = _config_args(name, seed, out, args)
     cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--config", config, *overrides]
@@ -262,9 +262,7 @@ def _train(name: str, seed: int, out: Path, sparse: bool, args, lock: RunLock) -
         os.replace(partial, timing)
 
     with open(out / "train.log", "a") as log:
-        # the training inherits the driver's lock: if the driver is killed, the run stays locked while it trains
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                   pass_fds=(lock.handle.fileno(),) if run_folder.fcntl else ())
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
             while True:
                 try:

@@ -1,8 +1,8 @@
 """A run's output folder: one writer at a time, and nothing finished replaced by accident.
 
-- :class:`RunLock`: an advisory ``fcntl`` lock on ``<output_dir>/.lock``, held for the whole run. The kernel
-  drops it when the process dies, so a lock left by a killed run never blocks the next one; the file names
-  the process that holds it.
+- :class:`RunLock`: a ``filelock`` lock on ``<output_dir>/.lock``, held for the whole run (``flock`` on Unix,
+  ``msvcrt`` on Windows). The operating system drops it when the process dies, so a lock left by a killed run
+  never blocks the next one; ``.lock.holder`` names the process that holds it.
 - :func:`check_run_folder`: a folder that holds a run is continued (``--resume``), replaced
   (``--overwrite``) or refused, never silently overwritten; and no run deletes or replaces a file it reads
   (:func:`check_inputs_kept`).
@@ -19,14 +19,14 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from .errors import SparseshareError
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs are not protected against a second writer
-    fcntl = None
-
 LOCK_FILE = ".lock"
+# how long taking a lock waits for it: long enough to wait out another process's probe (raise_if_in_use holds the
+# lock for a moment), short enough that a run refused because another one holds its folder says so at once
+LOCK_WAIT_S = 1.0
 
 
 class RunFolderError(SparseshareError, ValueError):
@@ -35,30 +35,30 @@ class RunFolderError(SparseshareError, ValueError):
 
 class RunLock:
     """``with RunLock(folder):`` holds the folder's lock or raises :class:`RunFolderError` naming the holder.
-    ``file_name`` picks another lock in the same folder (the benchmark driver's, held around the run's own)."""
+    ``file_name`` picks another lock in the same folder (the benchmark driver's, held around the run's own).
+
+    The holder is written to a file of its own (``<file_name>.holder``): some platforms' locks keep other
+    processes from reading the locked file, and some ``filelock`` versions empty it when they open it."""
 
     def __init__(self, folder: str | Path, file_name: str = LOCK_FILE):
         self.folder = Path(folder)
         self.file_name = file_name
-        self.handle = None
+        self.lock = FileLock(self.folder / file_name, timeout=LOCK_WAIT_S)
+
+    @property
+    def holder_file(self) -> Path:
+        return self.folder / f"{self.file_name}.holder"
 
     def acquire(self) -> "RunLock":
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / self.file_name, "a+", encoding="utf-8")
-        _take(handle, self.folder, file_name=self.file_name)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self.handle = handle
+        _take(self.lock, self.folder, self.file_name)
+        self.holder_file.write_text(f"process {os.getpid()} on {socket.gethostname()}\n", encoding="utf-8")
         return self
 
     def release(self) -> None:
-        if self.handle is not None:
-            self.handle.seek(0)
-            self.handle.truncate()
-            self.handle.close()  # closing the file drops the flock
-            self.handle = None
+        if self.lock.is_locked:
+            self.holder_file.unlink(missing_ok=True)
+            self.lock.release()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -85,27 +85,26 @@ def lock_for_all_processes(folder: Path, is_main_process: bool, num_processes: i
     return lock
 
 
-def _take(handle, folder: Path, mode: int | None = None, file_name: str = LOCK_FILE) -> None:
-    if fcntl is None:
-        return
+def _take(lock: FileLock, folder: Path, file_name: str = LOCK_FILE) -> None:
     try:
-        fcntl.flock(handle, (fcntl.LOCK_EX if mode is None else mode) | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise RunFolderError(f"{folder} is in use by {holder} (lock {folder / file_name}); wait for that run to "
-                             f"end or choose another output_dir") from None
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = (folder / f"{file_name}.holder").read_text(encoding="utf-8").strip()
+        except OSError:
+            holder = ""
+        raise RunFolderError(f"{folder} is in use by {holder or 'another process'} (lock {folder / file_name}); "
+                             f"wait for that run to end or choose another output_dir") from None
 
 
 def raise_if_in_use(folder: Path) -> None:
-    """Look at the lock without taking it (and without writing anything)."""
+    """Look at the lock without keeping it (and without creating it where no run has taken it)."""
     path = Path(folder) / LOCK_FILE
-    if fcntl is None or not path.is_file():
+    if not path.is_file():
         return
-    with open(path, encoding="utf-8") as handle:
-        # shared: it conflicts with a run's exclusive lock, not with other processes probing at the same time
-        _take(handle, Path(folder), fcntl.LOCK_SH)  # released when the file closes
+    lock = FileLock(path, timeout=LOCK_WAIT_S)
+    _take(lock, Path(folder))
+    lock.release()
 
 
 # What a training run writes into its output_dir (removed by --overwrite, in this order: the done marker first and

@@ -14,7 +14,8 @@ import run_grid  # noqa: E402
 
 from sparseshare.run_folder import RunFolderError, RunLock  # noqa: E402
 
-HOLD = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); " \
+# another process holding the lock, as a driver killed at a session's end would have held it
+HOLD = "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); " \
        "print('locked', flush=True); time.sleep(60)"
 
 
@@ -24,7 +25,7 @@ def _driver_lock(folder: Path) -> RunLock:
 
 def test_a_run_is_refused_to_a_second_driver_and_freed_when_its_holder_is_killed(tmp_path):
     with _driver_lock(tmp_path):
-        assert str(os.getpid()) in (tmp_path / run_grid.DRIVER_LOCK).read_text()
+        assert str(os.getpid()) in (tmp_path / f"{run_grid.DRIVER_LOCK}.holder").read_text()
         with pytest.raises(RunFolderError, match=f"process {os.getpid()}"):  # another open of the file
             _driver_lock(tmp_path).acquire()
         with RunLock(tmp_path):  # the training's own lock is another file
@@ -42,18 +43,20 @@ def test_a_run_is_refused_to_a_second_driver_and_freed_when_its_holder_is_killed
         pass
 
 
-def test_a_training_keeps_its_run_locked_after_its_driver_let_go(tmp_path):
-    with _driver_lock(tmp_path) as lock:  # what run_grid passes to the training it starts
-        training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                    pass_fds=(lock.handle.fileno(),))
+def test_a_training_that_outlived_its_driver_refuses_a_second_driver(tmp_path):
+    """A driver killed while its training goes on frees running.lock; the training's own lock on the run folder
+    then refuses the training that a second driver starts, naming the holder, and the first one trains on."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / ".lock")], stdout=subprocess.PIPE,
+                              text=True)
     try:
-        with pytest.raises(RunFolderError):
-            _driver_lock(tmp_path).acquire()
+        assert holder.stdout.readline() == "locked\n"
+        with _driver_lock(tmp_path):  # the killed driver's lock is free
+            with pytest.raises(RunFolderError, match=r"in use by another process \(lock .*\.lock\)"):
+                RunLock(tmp_path).acquire()  # what the second driver's training does first
+        assert holder.poll() is None
     finally:
-        training.kill()
-        training.wait()
-    with _driver_lock(tmp_path):
-        pass
+        holder.kill()
+        holder.wait()
 
 
 def test_a_run_that_changes_only_the_joint_stage_copies_the_search_of_the_run_it_shares_it_with(tmp_path):

@@ -1,16 +1,9 @@
 """The model card (README.md of a model folder): what the model is, its tasks and scores, the sharing
 strategy's own section and the citations. Each strategy writes its section (``card_section``) and names its
-citation; this module knows none of their internals."""
+citation, and so does each encoder kind; this module knows none of their internals."""
 from __future__ import annotations
 
-ENCODER_CITATIONS = {
-    "bilstm": """@inproceedings{ma2016end,
-  title = {End-to-end Sequence Labeling via Bi-directional {LSTM-CNNs-CRF}},
-  author = {Ma, Xuezhe and Hovy, Eduard},
-  booktitle = {Proceedings of ACL},
-  year = {2016}
-}""",
-}
+from .encoders import encoder_kind
 
 
 def model_card(model, info: dict | None = None):
@@ -26,7 +19,7 @@ def model_card(model, info: dict | None = None):
               f"{config.encoder}-encoder", *tasks],
         datasets=datasets or None)
     names = " + ".join(tasks)
-    lines = [f"# sparseshare: {names} ({config.sharing} sharing, {_encoder_name(config)})", "",
+    lines = [f"# sparseshare: {names} ({config.sharing} sharing, {encoder_kind(config.encoder).describe(config)})", "",
              f"A multi-task sequence labeller trained with sparseshare "
              f"({len(tasks)} task{'s' if len(tasks) > 1 else ''}: {names}). Weights are safetensors, "
              f"everything else JSON; loading runs no code from this repository.", "",
@@ -42,7 +35,7 @@ def model_card(model, info: dict | None = None):
         shown = ", ".join(labels[:40]) + (f", ... ({len(labels)} in all)" if len(labels) > 40 else "")
         output = f"spans ({spec.scheme.upper()} tags)" if spec.scheme != "none" else "one tag per token"
         lines.append(f"| {name} | {spec.description} | {output} | {shown} |")
-    lines += ["", "## Model", "", f"- Encoder: {_encoder_name(config)}.", f"- Sharing: `{config.sharing}`.",
+    lines += ["", "## Model", "", f"- Encoder: {encoder_kind(config.encoder).describe(config)}.", f"- Sharing: `{config.sharing}`.",
               f"- Heads: `{config.head}`, one per task.",
               f"- Parameters: {sum(p.numel() for p in model.parameters()):,}."]
     section = model.sharing.card_section(model)  # each strategy describes its own state
@@ -64,18 +57,10 @@ def model_card(model, info: dict | None = None):
               "selected on dev.",
               "", "## Citation", ""]
     citations = [model.sharing.citation] if model.sharing.citation else []
-    citations += [ENCODER_CITATIONS[config.encoder]] if config.encoder in ENCODER_CITATIONS else []
+    kind = encoder_kind(config.encoder)
+    citations += [kind.citation] if kind.citation else []
     lines += (["```bibtex", "\n\n".join(citations), "```"] if citations else ["No method citation applies."])
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
-
-
-def _encoder_name(config) -> str:
-    if config.encoder == "transformer":
-        return f"Transformer encoder `{config.transformer.name_or_path}`"
-    if config.encoder == "scratch":
-        return f"Transformer trained from scratch ({config.scratch.layers} layers, {config.scratch.dim}-d)"
-    c = config.bilstm
-    return f"BiLSTM ({c.layers}x{c.hidden}) + char-CNN, {c.word_dim}-d word embeddings"
 
 
 def _scores_section(info: dict) -> list[str]:

@@ -63,11 +63,13 @@ class ScratchTransformerConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "bilstm"  # bilstm | transformer | scratch (word embeddings + char-CNN as for bilstm)
+    # a registered encoder kind (sparseshare/encoders/registry.py): bilstm | transformer | scratch (word embeddings
+    # + char-CNN as for bilstm)
+    encoder: str = "bilstm"
     head: str = "crf"  # crf | softmax
     sharing: str = "hard"
     # sharing: sparse only: fnmatch patterns over encoder parameter names selecting the prunable weight
-    # matrices; null = the encoder's default (sparseshare/sharing/masks.py: DEFAULT_PRUNABLE)
+    # matrices; null = the encoder's default (its kind's default_prunable, sparseshare/encoders/)
     prunable: list[str] | None = None
     # sharing: hard, sparse, hierarchical, bottom, cross_stitch (BiLSTM encoder): what of the embedder each task owns
     # a copy of: none | words (the word table) | chars (the char-CNN) | all (both; sparse: chars / all only with a
@@ -521,12 +523,16 @@ def validate(config: Config) -> None:
                           "sparse.distill)")
     validate_sparse(config.sparse)
     if config.sparse.dense_models:
-        if config.sparse.search != "oneshot" or config.sparse.warmup_epochs != 0 or config.model.encoder != "transformer":
+        from .encoders import ENCODER_KINDS, encoder_kind
+
+        pretrained = [name for name, kind in ENCODER_KINDS.items() if kind.pretrained_checkpoint]
+        if (config.sparse.search != "oneshot" or config.sparse.warmup_epochs != 0
+                or not encoder_kind(config.model.encoder).pretrained_checkpoint):
             raise ConfigError("config key 'sparse.dense_models' replaces round 0 of a one-shot search by a network trained "
                               "elsewhere, which started from the rewind point only when that point is a pretrained "
-                              "checkpoint: it needs sparse.search: oneshot, sparse.warmup_epochs: 0 and model.encoder: "
-                              f"transformer (got {config.sparse.search!r}, {config.sparse.warmup_epochs}, "
-                              f"{config.model.encoder!r})")
+                              "checkpoint: it needs sparse.search: oneshot, sparse.warmup_epochs: 0 and a pretrained "
+                              f"model.encoder ({' or '.join(pretrained)}) (got {config.sparse.search!r}, "
+                              f"{config.sparse.warmup_epochs}, {config.model.encoder!r})")
         if config.sparse.masks:
             raise ConfigError("config key 'sparse.dense_models' feeds a search; with sparse.masks there is none")
         if config.sparse.criterion == "learned":
@@ -534,7 +540,6 @@ def validate(config: Config) -> None:
                               "sparse.criterion: learned needs the search's own round 0")
 
 
-ENCODERS = ("bilstm", "transformer", "scratch")
 PRUNING_CRITERIA = ("magnitude", "change", "learned")
 
 
@@ -542,18 +547,16 @@ def validate_model(model: ModelConfig, tasks: list[str]) -> None:
     """The checks of the model section and the task list: :func:`validate` runs them on a training config, a model
     folder's loader (sparseshare/model_folder.py) on a saved model, which has no training options (and so needs
     none of accelerate, which validate imports for them)."""
+    from .encoders import ENCODER_KINDS
     from .heads import HEADS
 
-    for key, value, allowed in (("model.encoder", model.encoder, ENCODERS), ("model.head", model.head, tuple(HEADS))):
+    for key, value, allowed in (("model.encoder", model.encoder, tuple(ENCODER_KINDS)),
+                                ("model.head", model.head, tuple(HEADS))):
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
     check_number_ranges(Config(tasks=list(tasks), model=model), only=("model",))
-    if model.bilstm.char_kernel % 2 == 0:
-        raise ConfigError(f"config key 'model.bilstm.char_kernel' must be odd (same-length convolution), "
-                          f"got {model.bilstm.char_kernel}")
-    if model.scratch.dim % model.scratch.heads:
-        raise ConfigError(f"config key 'model.scratch.dim' ({model.scratch.dim}) must be divisible by "
-                          f"model.scratch.heads ({model.scratch.heads})")
+    for kind in ENCODER_KINDS.values():  # every section is checked, as every one is typed
+        kind.check_options(model)
     if not tasks:
         raise ConfigError("config key 'tasks' must list at least one task")
     validate_sharing(model, tasks)

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from .errors import SparseshareError
-from .model import MultiTaskTagger, _transformer_of
+from .encoders import encoder_kind
+from .encoders.transformer import transformer_of
+from .model import MultiTaskTagger
 
 
 BIOES_TO_IOB2_PREFIX = {"S": "B", "E": "I"}  # a single-token chunk begins one; a chunk's last token is inside it
@@ -52,7 +54,7 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: b
 
     model.check_tasks([task])
     config = model.config
-    if config.encoder != "transformer":
+    if not encoder_kind(config.encoder).pretrained_checkpoint:
         raise ExportError(f"export needs a Hugging Face Transformer encoder; this model has a {config.encoder!r} "
                           f"encoder, which has no transformers equivalent (use sparseshare to run it)")
     if config.head != "softmax":
@@ -63,7 +65,7 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: b
         state = model.sharing.task_encoder_state(task)
     except NotImplementedError as err:
         raise ExportError(str(err)) from None
-    encoder = _transformer_of(model)
+    encoder = transformer_of(model)
     spec = model.tasks[task]
     labels = [corpus_label(label, spec.train_scheme, spec.scheme) for label in model.labels[task]]
     hf_config = copy.deepcopy(encoder.model.config)

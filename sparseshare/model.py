@@ -32,7 +32,7 @@ from .config import ModelConfig
 from .data.batching import Batch, Featurizer, bucketed_batches
 from .data.schemes import convert
 from .data.vocab import Vocab
-from .encoders import BiLSTMEncoder, ScratchTransformerEncoder, TransformerEncoder, WordEmbedder
+from .encoders import encoder_kind
 from .errors import InvalidModelFolderError, ModelFolderError  # ModelFolderError: importable from here, as before
 from .files import save_json
 from .heads import build_head
@@ -64,9 +64,9 @@ def inference_lock(model: nn.Module) -> threading.RLock:
 class MultiTaskTagger(nn.Module):
     def __init__(self, config: ModelConfig, tasks: list[TaskSpec], labels: dict[str, list[str]], words: Vocab,
                  chars: Vocab, lowercase: bool = True, normalize_digits: bool = False,
-                 pretrained_embeddings: torch.Tensor | None = None, transformer_parts: tuple | None = None):
+                 pretrained_embeddings: torch.Tensor | None = None, checkpoint_parts: tuple | None = None):
         """``pretrained_embeddings`` (BiLSTM only) initialises the word embeddings, one row per ``words`` entry;
-        ``transformer_parts`` = (tokenizer, model) builds the Transformer encoder from loaded objects."""
+        ``checkpoint_parts`` = (tokenizer, model) builds a pretrained encoder (a Transformer) from loaded objects."""
         super().__init__()
         self.config = config
         self.tasks = {spec.name: spec for spec in tasks}
@@ -75,19 +75,8 @@ class MultiTaskTagger(nn.Module):
         self.info: dict = {}  # scores, command and training config shown in the model card
 
         def build_encoder():
-            c = config.bilstm
-            if config.encoder == "bilstm":
-                return BiLSTMEncoder(len(words), len(chars), c.word_dim, c.char_dim, c.char_filters, c.char_kernel,
-                                     c.hidden, c.layers, c.dropout, pretrained_embeddings, c.freeze_embeddings,
-                                     c.word_dropout)
-            if config.encoder == "scratch":
-                s = config.scratch
-                embedder = WordEmbedder(len(words), c.word_dim, len(chars), c.char_dim, c.char_filters, c.char_kernel,
-                                        s.dropout, pretrained_embeddings, c.freeze_embeddings, c.word_dropout)
-                return ScratchTransformerEncoder(embedder, s.dim, s.layers, s.heads, s.ff, s.dropout, s.max_positions)
-            c = config.transformer
-            tokenizer, model = transformer_parts or (None, None)
-            return TransformerEncoder(c.name_or_path, c.max_length, c.stride, c.dropout, tokenizer, model)
+            return encoder_kind(config.encoder).build(config, len(words), len(chars), pretrained_embeddings,
+                                                      checkpoint_parts)
 
         self.sharing = build_strategy(build_encoder, list(self.tasks), config)
         self.heads = nn.ModuleDict({
@@ -185,10 +174,7 @@ class MultiTaskTagger(nn.Module):
         save_json(self.labels, directory / "labels.json")
         save_model(self, str(directory / "model.safetensors"))
         self.sharing.save_files(directory)
-        if self.config.encoder == "transformer":
-            encoder = _transformer_of(self)
-            encoder.tokenizer.save_pretrained(directory / "encoder")
-            encoder.model.config.save_pretrained(directory / "encoder")
+        encoder_kind(self.config.encoder).save_files(self, directory)
         model_card(self, self.info).save(directory / "README.md")
         return directory
 
@@ -220,9 +206,9 @@ class MultiTaskTagger(nn.Module):
         model_folder.check_sizes(directory, contents, header)  # nothing config.json asks for is allocated before
 
         def build():
-            parts = _load_transformer_parts(directory / "encoder") if contents.model.encoder == "transformer" else None
+            parts = encoder_kind(contents.model.encoder).load_parts(directory)
             return cls(contents.model, contents.tasks, contents.labels, contents.words, contents.chars,
-                       contents.lowercase, contents.normalize_digits, transformer_parts=parts)
+                       contents.lowercase, contents.normalize_digits, checkpoint_parts=parts)
 
         model = model_folder.build_model(build, directory, contents.model.encoder)
         model_folder.check_state(model, directory, header)
@@ -238,21 +224,3 @@ class MultiTaskTagger(nn.Module):
         model_folder.load_strategy_files(model, directory)
         model.info = contents.info
         return model.to(device).eval()
-
-
-def _transformer_of(model: MultiTaskTagger) -> TransformerEncoder:
-    for module in model.modules():
-        if isinstance(module, TransformerEncoder):
-            return module
-    raise RuntimeError("no Transformer encoder in this model")
-
-
-def _load_transformer_parts(folder: Path):
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    if not (folder / "config.json").is_file():
-        raise ModelFolderError(f"model folder is missing {folder / 'config.json'} (the Transformer encoder config)")
-    # trust_remote_code=False: a folder whose files name custom code (auto_map) is refused, never executed
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    encoder_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
-    return tokenizer, AutoModel.from_config(encoder_config, trust_remote_code=False)

@@ -53,9 +53,9 @@ from .config import (_KEY_IN_MESSAGE, ConfigError, DataConfig, ModelConfig, buil
                      upgrade_saved_model_config, validate_model)
 from .data.schemes import well_formed_label
 from .data.vocab import PAD, UNK, Vocab, WordLookup
+from .encoders import encoder_kind
 from .errors import InvalidModelFolderError, ModelFolderError
 from .files import load_json_object
-from .sharing.base import config_depth
 from .sharing.masks import MaskError, holds_only_0_and_1
 from .tasks import TaskSpec
 
@@ -323,10 +323,6 @@ class _Size:
     says: str
 
 
-# The name of an encoder layer's (or a copy's) tensor: group 1 is the layer's own name.
-_LAYER_TENSOR = {"bilstm": r"^(.*)\.lstm\.", "scratch": r"^(.*)\.(?:self_attn|linear1|linear2)\."}
-
-
 def check_sizes(directory: Path, contents: FolderContents, header: Header) -> None:
     """Before the model is built: every size that scales its memory, as the JSON files give it, is the size of some
     tensor in the header that it shapes, and config.json asks for no more encoder layers than the header holds. So the
@@ -353,10 +349,11 @@ def check_sizes(directory: Path, contents: FolderContents, header: Header) -> No
                                                             f"but tensor {name!r} in model.safetensors has shape "
                                                             f"{shape}")
     model = contents.model
-    if model.encoder in _LAYER_TENSOR:
-        pattern = re.compile(_LAYER_TENSOR[model.encoder])
+    kind = encoder_kind(model.encoder)
+    if kind.layer_tensor is not None and kind.depth(model) is not None:
+        pattern = re.compile(kind.layer_tensor)
         held = len({found.group(1) for found in map(pattern.match, header) if found})
-        depth_key, depth = config_depth(model)
+        depth_key, depth = kind.depth(model)
         asked = [(depth_key, depth, f"config key {depth_key!r} is {depth}")]
         if model.sharing == "routing":  # every block a copy of its layer
             blocks = model.routing_blocks
@@ -381,7 +378,8 @@ def _sizes(contents: FolderContents) -> list[_Size]:
         sizes.append(_Size(tensors, pattern, ndim, dim, value, "config.json", key,
                            says or f"config key {key!r} is {value}"))
 
-    if model.encoder in ("bilstm", "scratch"):  # (a Hugging Face model's sizes are in encoder/config.json)
+    kind = encoder_kind(model.encoder)
+    if kind.word_features:  # (a Hugging Face model's sizes are in encoder/config.json)
         b = model.bilstm
         # the shared embedder's tables (...embedder.words.weight) or the tasks' private copies (...private.<task>.words.weight)
         tables = [("words", "*words*.weight", r"(^|\.)words(\.[^.]+)?\.weight$", contents.words,
@@ -389,23 +387,12 @@ def _sizes(contents: FolderContents) -> list[_Size]:
         if b.char_filters:
             tables.append(("chars", "*chars*.embedding.weight", r"(^|\.)chars(\.[^.]+)?\.embedding\.weight$",
                            contents.chars, "model.bilstm.char_dim", b.char_dim))
-            for dim, (key, value) in enumerate((("model.bilstm.char_filters", b.char_filters),
-                                                ("model.bilstm.char_dim", b.char_dim),
-                                                ("model.bilstm.char_kernel", b.char_kernel))):
-                config("*chars*.conv.weight", r"(^|\.)chars(\.[^.]+)?\.conv\.weight$", 3, dim, key, value)
         for name, tensors, pattern, vocab, key, width in tables:
             sizes.append(_Size(tensors, pattern, 2, 0, len(vocab), "vocab.json", f"{name}.itos",
                                f"key '{name}.itos' lists {len(vocab)} entries (one per row of the embedding table)"))
             config(tensors, pattern, 2, 1, key, width)
-        if model.encoder == "bilstm":
-            config("*.lstm.weight_hh_l0", r"\.lstm\.weight_hh_l0(_reverse)?$", 2, 1, "model.bilstm.hidden", b.hidden)
-        else:
-            s = model.scratch
-            config("*project.weight", r"(^|\.)project\.weight$", 2, 0, "model.scratch.dim", s.dim)
-            config("*positions.weight", r"(^|\.)positions\.weight$", 2, 0, "model.scratch.max_positions",
-                   s.max_positions)
-            config("*.self_attn.in_proj_weight", r"\.self_attn\.in_proj_weight$", 2, 1, "model.scratch.dim", s.dim)
-            config("*.linear1.weight", r"\.linear1\.weight$", 2, 0, "model.scratch.ff", s.ff)
+    for check in kind.size_checks(model):
+        config(*check)
     if model.sharing == "routing":  # its window of recent routes and its agents' tables
         if model.routing_history:
             config("sharing.recent", r"^sharing\.recent$", 3, 0, "model.routing_history", model.routing_history)
@@ -427,7 +414,7 @@ def build_model(build: Callable[[], nn.Module], directory: Path, encoder: str) -
     except (MemoryError, RuntimeError) as err:
         if isinstance(err, RuntimeError) and "can't allocate memory" not in str(err):
             raise
-        sizes = " (with the Transformer's encoder/config.json)" if encoder == "transformer" else ""
+        sizes = " (with the encoder's own encoder/config.json)" if encoder_kind(encoder).pretrained_checkpoint else ""
         raise InvalidModelFolderError(f"{config}: the model that config.json describes{sizes} does not fit in memory "
                                       f"({type(err).__name__}: {err})", path=str(config)) from None
 

@@ -131,3 +131,121 @@ def test_a_strategy_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
         assert len(model.predict(TINY_SENTENCES)["ner"]) == len(TINY_SENTENCES)
     finally:
         del STRATEGIES["toy_top_two"]
+
+
+def test_no_module_outside_the_encoders_names_an_encoder_kind():
+    """What a module needs of an encoder it asks the encoder's kind (sparseshare/encoders/registry.py), so adding an
+    encoder touches no other module: no string constant outside sparseshare/encoders/ is a kind's name, but the
+    config's default."""
+    from sparseshare.encoders import ENCODER_KINDS
+
+    named = []
+    for path in PACKAGE.rglob("*.py"):
+        if "encoders" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in ENCODER_KINDS:
+                named.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert named == ["sparseshare/config.py:" + str(next(
+        i for i, line in enumerate((PACKAGE / "config.py").read_text().splitlines(), 1)
+        if line.strip() == 'encoder: str = "bilstm"'))]
+
+
+def test_an_encoder_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
+    """A toy encoder kind registered from this test file alone: the config accepts its name, sparse sharing prunes
+    its default weights and a layer-wise strategy runs its layers, training and saving use it, the model card
+    describes it, the model folder's checks count its layers, and the saved model loads and tags the same."""
+    import pytest
+    import torch
+    from torch import nn
+
+    from sparseshare.config import ConfigError
+    from sparseshare.encoders import ENCODER_KINDS, EncoderKind, register_encoder
+    from sparseshare.encoders.bilstm import word_embedder
+    from sparseshare.encoders.layerwise import LayerwiseEncoder
+    from sparseshare.model import MultiTaskTagger
+    from sparseshare.recipes.train import run_training
+
+    from conftest import TINY_SENTENCES, quiet, tiny_config
+
+    class ConvEncoder(LayerwiseEncoder):
+        """The word table and char-CNN of model.bilstm, then model.bilstm.layers width-preserving convolutions."""
+        depth_key, unit_kind, norm = "model.bilstm.layers", "channels", None
+
+        def __init__(self, embedder, width, layers):
+            super().__init__()
+            self.embedder = embedder
+            self.layers = nn.ModuleList(nn.Conv1d(embedder.output_dim if i == 0 else width, width, 3, padding=1)
+                                        for i in range(layers))
+            self.num_layers, self.output_dim, self.units = layers, width, width
+
+        def embed(self, batch, **parts):
+            return self.embedder(batch, **parts)
+
+        @staticmethod
+        def run_layer(layer, x, mask, unit_mask=None):
+            y = torch.relu(layer(x.transpose(1, 2)).transpose(1, 2)) * mask.unsqueeze(-1)
+            return y if unit_mask is None else y * unit_mask.to(y.dtype)
+
+        def finish(self, x, mask, norm=None):
+            return x
+
+        @staticmethod
+        def layer_input_dim(layer):
+            return layer.in_channels
+
+    @register_encoder
+    class ConvKind(EncoderKind):
+        name = "toy_conv"
+        word_features = True
+        default_prunable = ("layers.*.weight",)
+        layer_tensor = r"^(.*\.\d+)\.weight$"  # the encoder's layers.<i> or a strategy's copy of one
+        citation = "@misc{toyconv2026, title = {A toy encoder}}"
+
+        @classmethod
+        def build(cls, model, num_words, num_chars, pretrained_embeddings=None, checkpoint_parts=None):
+            return ConvEncoder(word_embedder(model, num_words, num_chars, pretrained_embeddings), 24,
+                               model.bilstm.layers)
+
+        @classmethod
+        def depth(cls, model):
+            return "model.bilstm.layers", model.bilstm.layers
+
+        @classmethod
+        def describe(cls, model):
+            return f"toy convolutions ({model.bilstm.layers} layers)"
+
+        @classmethod
+        def size_checks(cls, model):
+            return [("*.<i>.weight", r"\.\d+\.weight$", 3, 0, "toy width", 24)]
+
+    try:
+        with pytest.raises(ConfigError, match=r"'model.encoder': 'toy_cnn' is not one of \[.*'toy_conv'\]"):
+            tiny_config(tiny_corpus, tmp_path / "bad", **{"model.encoder": "toy_cnn"})
+        for sharing in ("hard", "bottom"):
+            run = tmp_path / sharing
+            config = tiny_config(tiny_corpus, run, **{"model.encoder": "toy_conv", "model.sharing": sharing,
+                                                      "train.epochs": 1})
+            run_training(config, log=quiet)
+            card = (run / "model" / "README.md").read_text()
+            assert "toy convolutions (2 layers)" in card and "@misc{toyconv2026" in card
+            tagger = MultiTaskTagger.from_pretrained(run / "model")
+            assert isinstance(tagger.sharing.encoder, ConvEncoder)
+            predictions = tagger.predict(TINY_SENTENCES)["ner"]
+            assert len(predictions) == len(TINY_SENTENCES)
+            assert MultiTaskTagger.from_pretrained(run / "model").predict(TINY_SENTENCES)["ner"] == predictions
+        # the folder's checks read the kind: a config.json that asks for more layers than the weights hold
+        saved = tmp_path / "hard" / "model" / "config.json"
+        saved.write_text(saved.read_text().replace('"layers": 2', '"layers": 3'))
+        with pytest.raises(ValueError, match=r"'model.bilstm.layers' is 3, but model.safetensors holds the weights "
+                                             r"of 2 encoder layer\(s\)"):
+            MultiTaskTagger.from_pretrained(tmp_path / "hard" / "model")
+        # sparse sharing's default prunable weights are the kind's
+        from sparseshare.sharing import STRATEGIES
+
+        sparse = STRATEGIES["sparse"](lambda: ConvKind.build(config.model, 10, 10), ["ner"],
+                                      tiny_config(tiny_corpus, tmp_path / "s", **{
+                                          "model.encoder": "toy_conv", "model.sharing": "sparse"}).model)
+        assert list(sparse.prunable()) == ["layers.0.weight", "layers.1.weight"]
+    finally:
+        del ENCODER_KINDS["toy_conv"]

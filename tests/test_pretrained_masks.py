@@ -250,7 +250,7 @@ def test_dense_models_are_checked_before_anything_runs(tiny_corpus, tmp_path):
 
     with pytest.raises(ConfigError, match=r"sparse\.dense_models.*sparse\.search: oneshot"):
         config(**{"sparse.search": "iterative", "sparse.dense_models": "{ner: x}"})
-    with pytest.raises(ConfigError, match=r"sparse\.dense_models.*model\.encoder: transformer"):
+    with pytest.raises(ConfigError, match=r"sparse\.dense_models.*a pretrained model\.encoder \(transformer\)"):
         _config(tiny_corpus, tmp_path, **{"sparse.search": "oneshot", "sparse.warmup_epochs": 0,
                                           "sparse.dense_models": "{ner: x}"})
     folder, other = tmp_path / "fake", tmp_path / "other"

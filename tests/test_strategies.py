@@ -144,7 +144,7 @@ def test_hierarchical_on_a_transformer_encoder(tiny_corpus, tmp_path):
     def build():
         return MultiTaskTagger(config.model, [d.spec for d in data.values()],
                                {n: d.labels.itos for n, d in data.items()}, Vocab([]), Vocab([]),
-                               transformer_parts=(tokenizer, bert)).eval()
+                               checkpoint_parts=(tokenizer, bert)).eval()
 
     model = build()
     batch = model.featurizer.collate(SENTENCES)

@@ -16,10 +16,14 @@ interface. ``layer_access`` says how:
   ``layer_stack()`` by the stand-ins of :mod:`sparseshare.sharing.hf_layers` and runs ``top_features``.
 
 ``depth_key`` names the config key that sets ``num_layers`` (for error messages).
+
+What the rest of the toolkit knows of an encoder it asks its kind (:mod:`sparseshare.encoders.registry`):
+``model.encoder`` names a registered :class:`EncoderKind`, and no module outside this package names one.
 """
 from .bilstm import BiLSTMEncoder, CharCNN, WordEmbedder
+from .registry import ENCODER_KINDS, EncoderKind, encoder_kind, register_encoder
 from .scratch import ScratchTransformerEncoder
 from .transformer import TransformerEncoder, resolve_model_path
 
 __all__ = ["BiLSTMEncoder", "CharCNN", "WordEmbedder", "ScratchTransformerEncoder", "TransformerEncoder",
-           "resolve_model_path"]
+           "resolve_model_path", "ENCODER_KINDS", "EncoderKind", "encoder_kind", "register_encoder"]

@@ -7,6 +7,8 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .layerwise import LayerwiseEncoder
+from ..errors import ConfigError
+from .registry import EncoderKind, register_encoder
 
 
 class CharCNN(nn.Module):
@@ -169,3 +171,74 @@ class BiLSTMEncoder(LayerwiseEncoder):
     @staticmethod
     def layer_input_dim(layer: BiLSTMLayer) -> int:
         return layer.lstm.input_size
+
+
+def word_embedder(model, num_words: int, num_chars: int, pretrained: torch.Tensor | None = None,
+                  dropout: float | None = None) -> WordEmbedder:
+    """The word table and char-CNN that ``model.bilstm`` describes (the encoders with ``word_features`` read it)."""
+    c = model.bilstm
+    return WordEmbedder(num_words, c.word_dim, num_chars, c.char_dim, c.char_filters, c.char_kernel,
+                        c.dropout if dropout is None else dropout, pretrained, c.freeze_embeddings, c.word_dropout)
+
+
+def word_embedder_size_checks(model) -> list[tuple[str, str, int, int, str, int]]:
+    """The char-CNN's sizes that ``model.bilstm`` sets (the tables' sizes depend on the vocabularies as well)."""
+    b = model.bilstm
+    if not b.char_filters:
+        return []
+    return [("*chars*.conv.weight", r"(^|\.)chars(\.[^.]+)?\.conv\.weight$", 3, dim, key, value)
+            for dim, (key, value) in enumerate((("model.bilstm.char_filters", b.char_filters),
+                                                ("model.bilstm.char_dim", b.char_dim),
+                                                ("model.bilstm.char_kernel", b.char_kernel)))]
+
+
+@register_encoder
+class BiLSTMKind(EncoderKind):
+    name = "bilstm"
+    word_features = True
+    private_embedder = True
+    default_prunable = ("embedder.chars.conv.weight", "layers.*.lstm.weight_*")
+    layer_tensor = r"^(.*)\.lstm\."
+    citation = """@inproceedings{ma2016end,
+  title = {End-to-end Sequence Labeling via Bi-directional {LSTM-CNNs-CRF}},
+  author = {Ma, Xuezhe and Hovy, Eduard},
+  booktitle = {Proceedings of ACL},
+  year = {2016}
+}"""
+
+    @classmethod
+    def build(cls, model, num_words, num_chars, pretrained_embeddings=None, checkpoint_parts=None):
+        c = model.bilstm
+        return BiLSTMEncoder(num_words, num_chars, c.word_dim, c.char_dim, c.char_filters, c.char_kernel, c.hidden,
+                             c.layers, c.dropout, pretrained_embeddings, c.freeze_embeddings, c.word_dropout)
+
+    @classmethod
+    def check_options(cls, model):
+        if model.bilstm.char_kernel % 2 == 0:
+            raise ConfigError(f"config key 'model.bilstm.char_kernel' must be odd (same-length convolution), "
+                              f"got {model.bilstm.char_kernel}")
+
+    @classmethod
+    def depth(cls, model):
+        return "model.bilstm.layers", model.bilstm.layers
+
+    @classmethod
+    def describe(cls, model):
+        c = model.bilstm
+        return f"BiLSTM ({c.layers}x{c.hidden}) + char-CNN, {c.word_dim}-d word embeddings"
+
+    @classmethod
+    def layer_widths(cls, model):
+        # the first layer reads the word (+ char) embeddings, the others the 2 x hidden states
+        b = model.bilstm
+        return [b.word_dim + b.char_filters] + [2 * b.hidden] * (b.layers - 1), 2 * b.hidden
+
+    @classmethod
+    def size_checks(cls, model):
+        return [*word_embedder_size_checks(model),
+                ("*.lstm.weight_hh_l0", r"\.lstm\.weight_hh_l0(_reverse)?$", 2, 1, "model.bilstm.hidden",
+                 model.bilstm.hidden)]
+
+    @classmethod
+    def input_files(cls, model):
+        return {"model.bilstm.embeddings": model.bilstm.embeddings} if model.bilstm.embeddings else {}

@@ -6,8 +6,10 @@ import math
 import torch
 from torch import nn
 
-from .bilstm import WordEmbedder
+from .bilstm import WordEmbedder, word_embedder, word_embedder_size_checks
 from .layerwise import LayerwiseEncoder
+from ..errors import ConfigError
+from .registry import EncoderKind, register_encoder
 
 
 class ScratchTransformerEncoder(LayerwiseEncoder):
@@ -73,3 +75,51 @@ class ScratchTransformerEncoder(LayerwiseEncoder):
     @staticmethod
     def layer_input_dim(layer: nn.TransformerEncoderLayer) -> int:
         return layer.self_attn.embed_dim
+
+
+@register_encoder
+class ScratchKind(EncoderKind):
+    """A small Transformer trained from scratch; its word table and char-CNN are those of ``model.bilstm``."""
+    name = "scratch"
+    word_features = True
+    default_prunable = ("layers.*.self_attn.in_proj_weight", "layers.*.self_attn.out_proj.weight",
+                        "layers.*.linear1.weight", "layers.*.linear2.weight")
+    layer_tensor = r"^(.*)\.(?:self_attn|linear1|linear2)\."
+
+    @classmethod
+    def build(cls, model, num_words, num_chars, pretrained_embeddings=None, checkpoint_parts=None):
+        s = model.scratch
+        embedder = word_embedder(model, num_words, num_chars, pretrained_embeddings, dropout=s.dropout)
+        return ScratchTransformerEncoder(embedder, s.dim, s.layers, s.heads, s.ff, s.dropout, s.max_positions)
+
+    @classmethod
+    def check_options(cls, model):
+        if model.scratch.dim % model.scratch.heads:
+            raise ConfigError(f"config key 'model.scratch.dim' ({model.scratch.dim}) must be divisible by "
+                              f"model.scratch.heads ({model.scratch.heads})")
+
+    @classmethod
+    def depth(cls, model):
+        return "model.scratch.layers", model.scratch.layers
+
+    @classmethod
+    def describe(cls, model):
+        return f"Transformer trained from scratch ({model.scratch.layers} layers, {model.scratch.dim}-d)"
+
+    @classmethod
+    def layer_widths(cls, model):
+        return [model.scratch.dim] * model.scratch.layers, model.scratch.dim
+
+    @classmethod
+    def size_checks(cls, model):
+        s = model.scratch
+        return [*word_embedder_size_checks(model),
+                ("*project.weight", r"(^|\.)project\.weight$", 2, 0, "model.scratch.dim", s.dim),
+                ("*positions.weight", r"(^|\.)positions\.weight$", 2, 0, "model.scratch.max_positions",
+                 s.max_positions),
+                ("*.self_attn.in_proj_weight", r"\.self_attn\.in_proj_weight$", 2, 1, "model.scratch.dim", s.dim),
+                ("*.linear1.weight", r"\.linear1\.weight$", 2, 0, "model.scratch.ff", s.ff)]
+
+    @classmethod
+    def input_files(cls, model):
+        return {"model.bilstm.embeddings": model.bilstm.embeddings} if model.bilstm.embeddings else {}

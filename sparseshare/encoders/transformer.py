@@ -7,11 +7,14 @@ in which it has the most context on both sides. Nothing is truncated.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+
+from .registry import EncoderKind, register_encoder
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -201,3 +204,63 @@ class TransformerEncoder(nn.Module):
             raise ValueError(f"{type(self.model).__name__}: no list of its {self.num_layers} layers (each with an "
                              f"attention module) found")
         return min(found, key=lambda item: (item[0].count("."), len(item[0])))[1]
+
+
+def transformer_of(model: nn.Module) -> TransformerEncoder:
+    """The Hugging Face encoder inside ``model`` (a tagger), whichever strategy holds it."""
+    for module in model.modules():
+        if isinstance(module, TransformerEncoder):
+            return module
+    raise RuntimeError("no Transformer encoder in this model")
+
+
+@register_encoder
+class TransformerKind(EncoderKind):
+    """A pretrained Hugging Face model (``model.transformer.name_or_path``); a saved model folder keeps its
+    tokenizer and config in ``encoder/`` and its weights in model.safetensors."""
+    name = "transformer"
+    pretrained_checkpoint = True
+    layer_access = "stand_in"
+    # BERT-style models (MiniLM, BERT, RoBERTa, ...): attention and feed-forward matrices
+    default_prunable = ("model.encoder.layer.*.attention.self.*.weight",
+                        "model.encoder.layer.*.attention.output.dense.weight",
+                        "model.encoder.layer.*.intermediate.dense.weight", "model.encoder.layer.*.output.dense.weight")
+
+    @classmethod
+    def build(cls, model, num_words, num_chars, pretrained_embeddings=None, checkpoint_parts=None):
+        c = model.transformer
+        tokenizer, loaded = checkpoint_parts or (None, None)
+        return TransformerEncoder(c.name_or_path, c.max_length, c.stride, c.dropout, tokenizer, loaded)
+
+    @classmethod
+    def describe(cls, model):
+        return f"Transformer encoder `{model.transformer.name_or_path}`"
+
+    @classmethod
+    def inputs(cls, model):
+        path = model.transformer.name_or_path
+        return {"model.transformer.name_or_path": path} if Path(path).exists() else {}  # not a Hub id or package:
+
+    @classmethod
+    def checkpoint(cls, model):
+        return model.transformer.name_or_path
+
+    @classmethod
+    def save_files(cls, tagger: nn.Module, directory: Path) -> None:
+        encoder = transformer_of(tagger)
+        encoder.tokenizer.save_pretrained(directory / "encoder")
+        encoder.model.config.save_pretrained(directory / "encoder")
+
+    @classmethod
+    def load_parts(cls, directory: Path) -> tuple:
+        from transformers import AutoConfig
+
+        from ..errors import ModelFolderError
+
+        folder = directory / "encoder"
+        if not (folder / "config.json").is_file():
+            raise ModelFolderError(f"model folder is missing {folder / 'config.json'} (the Transformer encoder config)")
+        # trust_remote_code=False: a folder whose files name custom code (auto_map) is refused, never executed
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        encoder_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        return tokenizer, AutoModel.from_config(encoder_config, trust_remote_code=False)

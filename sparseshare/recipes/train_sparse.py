@@ -46,8 +46,9 @@ from accelerate.utils import set_seed
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..config import Config, ModelConfig, load_config
+from ..config import Config, ModelConfig, build_dataclass, load_config, upgrade_saved_model_config
 from ..errors import ConfigError
+from ..encoders import encoder_kind
 from ..evaluation import evaluate
 from ..files import atomic_path, write_json_atomically
 from ..logs import EVERY_PROCESS, VERBOSITY_VARIABLE, messages_to
@@ -124,10 +125,11 @@ def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | N
 
 
 def check_dense_models(config: Config, template: MultiTaskTagger) -> None:
-    """Each folder of ``sparse.dense_models`` is a model of that task, fine-tuned from the run's checkpoint (the
-    ``model.transformer.name_or_path`` its config.json names), whose encoder has the run's prunable tensors with their
-    shapes (read from the file's header: nothing is loaded yet)."""
+    """Each folder of ``sparse.dense_models`` is a model of that task, fine-tuned from the run's checkpoint (the one
+    its config.json names), whose encoder has the run's prunable tensors with their shapes (read from the file's
+    header: nothing is loaded yet)."""
     prunable = template.sharing.prunable()
+    ours = encoder_kind(config.model.encoder).checkpoint(config.model)
     for task, folder in config.sparse.dense_models.items():
         key = f"config key 'sparse.dense_models.{task}'"
         if task not in template.tasks:
@@ -138,13 +140,16 @@ def check_dense_models(config: Config, template: MultiTaskTagger) -> None:
                               f"config.json)")
         if task not in json.loads(labels.read_text()):
             raise ConfigError(f"{key}: the model in {folder} has no task {task!r}")
-        model = json.loads(saved.read_text()).get("model", {})
-        started_from = (model.get("transformer") or {}).get("name_or_path")
-        if model.get("encoder") != "transformer" or started_from != config.model.transformer.name_or_path:
+        try:  # the model section only: the checkpoint it started from
+            model = build_dataclass(ModelConfig, upgrade_saved_model_config(json.loads(saved.read_text())["model"]),
+                                    "model")
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"{key}: {saved} has no readable model section ({err})") from None
+        started_from = encoder_kind(model.encoder).checkpoint(model)
+        if model.encoder != config.model.encoder or started_from != ours:
             raise ConfigError(f"{key}: the model in {folder} was fine-tuned from {started_from!r} (encoder "
-                              f"{model.get('encoder')!r}), not from the run's checkpoint "
-                              f"{config.model.transformer.name_or_path!r}: its change from the rewind point means "
-                              f"nothing here")
+                              f"{model.encoder!r}), not from the run's checkpoint {ours!r}: its change from the "
+                              f"rewind point means nothing here")
         with safe_open(str(weights), "pt") as file:
             shapes = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
         for name, parameter in prunable.items():

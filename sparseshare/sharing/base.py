@@ -21,11 +21,9 @@ STRATEGIES: dict[str, type["SharingStrategy"]] = {}
 def config_depth(model) -> tuple[str, int] | None:
     """``(key, layers)`` of the encoder depth the config sets, or None when only the loaded model knows it
     (a Hugging Face Transformer)."""
-    if model.encoder == "bilstm":
-        return "model.bilstm.layers", model.bilstm.layers
-    if model.encoder == "scratch":
-        return "model.scratch.layers", model.scratch.layers
-    return None
+    from ..encoders import encoder_kind
+
+    return encoder_kind(model.encoder).depth(model)
 
 
 def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:

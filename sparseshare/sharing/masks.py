@@ -24,17 +24,6 @@ from ..files import atomic_path
 
 MaskSet = dict[str, dict[str, torch.Tensor]]
 
-# Weight matrices only: biases, LayerNorms, embedding tables and heads always stay dense (fully shared),
-# as in Sun et al. (2020). Patterns are fnmatch patterns over the encoder's parameter names.
-DEFAULT_PRUNABLE = {
-    "bilstm": ["embedder.chars.conv.weight", "layers.*.lstm.weight_*"],
-    "scratch": ["layers.*.self_attn.in_proj_weight", "layers.*.self_attn.out_proj.weight",
-                "layers.*.linear1.weight", "layers.*.linear2.weight"],
-    # BERT-style Hugging Face models (MiniLM, BERT, RoBERTa, ...): attention and feed-forward matrices
-    "transformer": ["model.encoder.layer.*.attention.self.*.weight", "model.encoder.layer.*.attention.output.dense.weight",
-                    "model.encoder.layer.*.intermediate.dense.weight", "model.encoder.layer.*.output.dense.weight"],
-}
-
 
 class MaskError(SparseshareError, ValueError):
     pass

@@ -39,8 +39,12 @@ def check_private_embedder(config, strategy: str, tasks: list[str],
                           f"(choose one of {list(allowed)}){why_not}")
     if choice == "none":
         return
-    if config.encoder != "bilstm":
-        raise ConfigError(f"config key '{KEY}' serves the bilstm encoder, not model.encoder = {config.encoder!r}")
+    from ..encoders import ENCODER_KINDS, encoder_kind
+
+    if not encoder_kind(config.encoder).private_embedder:
+        serves = [name for name, kind in ENCODER_KINDS.items() if kind.private_embedder]
+        raise ConfigError(f"config key '{KEY}' serves the {' and '.join(serves)} encoder(s), not model.encoder = "
+                          f"{config.encoder!r}")
     if "chars" in PRIVATE_PARTS[choice] and config.bilstm.char_filters == 0:
         raise ConfigError(f"config key '{KEY}' = {choice!r} makes the char-CNN private, but "
                           f"model.bilstm.char_filters = 0 builds none")

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..encoders import encoder_kind
 from ..errors import ConfigError
-from .masks import (DEFAULT_PRUNABLE, MaskError, MaskSet, MissingMaskFileError, chance_quotient, check_masks, load_masks,
+from .masks import (MaskError, MaskSet, MissingMaskFileError, chance_quotient, check_masks, load_masks,
                     model_statistics, ones_like_parameters, prunable_parameters, save_masks)
 from .base import SharingStrategy, register
 from .private_embedder import PRIVATE_PARTS, PrivateEmbedders, check_private_embedder
@@ -62,7 +63,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
                               f"{list(OUTSIDE_MASK)}")
         if "chars" not in PRIVATE_PARTS[config.private_embedder]:
             return
-        patterns = config.prunable or DEFAULT_PRUNABLE[config.encoder]
+        patterns = config.prunable or encoder_kind(config.encoder).default_prunable
         masking = [p for p in patterns if fnmatch.fnmatchcase(CHAR_CONV, p)]
         if masking:  # a private char-CNN leaves the encoder, so a pattern for it would match nothing
             where = "model.prunable" if config.prunable else "the default prunable patterns (model.prunable unset)"
@@ -75,7 +76,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
         self.check_options(config, tasks, None)
         self.encoder = build_encoder()
         self.make_private_embedders(self.encoder, config)  # never masked: they leave the encoder
-        self.prunable_patterns = list(config.prunable or DEFAULT_PRUNABLE[config.encoder])
+        self.prunable_patterns = list(config.prunable or encoder_kind(config.encoder).default_prunable)
         self.prunable_names = list(prunable_parameters(self.encoder, self.prunable_patterns))
         self.masks: MaskSet = {}
         self.outside_mask = config.outside_mask

@@ -13,6 +13,7 @@ from ..data.corpus import load_split
 from ..data.schemes import convert
 from ..data.vocab import (Vocab, WordLookup, build_char_vocab, build_label_vocab, build_word_vocab,
                           embedding_matrix, read_word_vectors)
+from ..encoders import encoder_kind
 from ..model import MultiTaskTagger
 from ..tasks import TaskSpec, is_task_file, load_task
 
@@ -79,7 +80,7 @@ def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
     all_train = [s for d in data.values() for s in d.train_tokens]
     bilstm = config.model.bilstm
     matrix = None
-    if config.model.encoder in ("bilstm", "scratch"):
+    if encoder_kind(config.model.encoder).word_features:
         vectors_words, vectors = (read_word_vectors(bilstm.embeddings, "model.bilstm.embeddings")
                                   if bilstm.embeddings else ([], None))
         if vectors is not None and vectors.shape[1] != bilstm.word_dim:
@@ -91,7 +92,7 @@ def build_model(config: Config, data: dict[str, TaskData]) -> MultiTaskTagger:
         if vectors is not None:
             lookup = WordLookup(words, config.data.lowercase, config.data.normalize_digits)
             matrix = torch.from_numpy(embedding_matrix(lookup, vectors_words, vectors, seed=config.train.seed))
-    else:  # subword tokenization happens inside the Transformer encoder
+    else:  # the encoder tokenises the words itself (e.g. a Transformer's subwords)
         words, chars = Vocab([]), Vocab([])
     model = MultiTaskTagger(config.model, [d.spec for d in data.values()],
                             {name: d.labels.itos for name, d in data.items()}, words, chars,
@@ -129,13 +130,11 @@ def run_inputs(config: Config, config_file: str | Path | None = None) -> dict[Pa
             hub_path = config.data.hub_paths.get(spec.name)
             if hub_path and Path(hub_path).exists():  # a local dataset folder, not a Hub id
                 add(hub_path, f"config key 'data.hub_paths.{spec.name}'")
-    add(config.model.bilstm.embeddings, "config key 'model.bilstm.embeddings'")
+    for key, path in encoder_kind(config.model.encoder).inputs(config.model).items():
+        add(path, f"config key {key!r}")
     add(config.sparse.masks, "config key 'sparse.masks'")
     for task, folder in config.train.distill_from.items():
         add(folder, f"config key 'train.distill_from.{task}'")
-    encoder = config.model.transformer.name_or_path
-    if config.model.encoder == "transformer" and Path(encoder).exists():  # a local folder, not a Hub id or package:
-        add(encoder, "config key 'model.transformer.name_or_path'")
     return inputs
 
 
@@ -145,9 +144,7 @@ def check_input_files(config: Config) -> None:
         if not (Path(folder) / "config.json").is_file():
             raise FileNotFoundError(f"config key 'train.distill_from.{task}': {folder} is not a model folder "
                                     f"(no config.json)")
-    files = {"sparse.masks": config.sparse.masks}
-    if config.model.encoder in ("bilstm", "scratch"):
-        files["model.bilstm.embeddings"] = config.model.bilstm.embeddings
+    files = {"sparse.masks": config.sparse.masks, **encoder_kind(config.model.encoder).input_files(config.model)}
     for key, path in files.items():
         if path is None:
             continue

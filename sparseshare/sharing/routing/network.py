@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...encoders import ENCODER_KINDS, encoder_kind
 from ...errors import ConfigError
 from ..base import SharingStrategy, layerwise_encoder, register
 from ..hf_layers import RoutedLayer, layer_stack, plain_state, rows_by_choice
@@ -74,12 +75,12 @@ class RoutingNetwork(SharingStrategy):
                               f"{list(WHOSE_ROUTES)}")
         if config.routing_lr <= 0:
             raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {config.routing_lr}")
-        if config.routing_pass and config.encoder == "bilstm":
-            b = config.bilstm  # the first layer reads the word (+ char) embeddings, the others the 2 x hidden states
-            inputs = [b.word_dim + b.char_filters] + [2 * b.hidden] * (b.layers - 1)
-            if 2 * b.hidden not in inputs:
+        widths = encoder_kind(config.encoder).layer_widths(config)
+        if config.routing_pass and widths is not None:
+            inputs, output = widths
+            if output not in inputs:
                 raise ConfigError(f"config key 'model.routing_pass': no encoder layer can be skipped (PASS needs a "
-                                  f"layer whose input width equals its output width {2 * b.hidden}; the layers' "
+                                  f"layer whose input width equals its output width {output}; the layers' "
                                   f"inputs are {inputs}): add a layer or set it to false")
         if config.routing_history < 0:
             raise ConfigError(f"config key 'model.routing_history' must be >= 0 (0 = every batch since the start), "
@@ -99,10 +100,11 @@ class RoutingNetwork(SharingStrategy):
             raise ConfigError(f"config key 'model.routing_warmup': {config.routing_warmup!r} is not one of "
                               f"{list(WARMUP_ROUTES)}")
         if config.routing_router == "gumbel":
-            if config.encoder == "transformer":
-                raise ConfigError("config key 'model.routing_router' = 'gumbel' serves the bilstm and scratch encoders "
-                                  "(it weights each block's output inside the layer loop), not model.encoder = "
-                                  "'transformer'")
+            if encoder_kind(config.encoder).layer_access != "direct":
+                direct = [name for name, kind in ENCODER_KINDS.items() if kind.layer_access == "direct"]
+                raise ConfigError(f"config key 'model.routing_router' = 'gumbel' serves the {' and '.join(direct)} "
+                                  f"encoders (it weights each block's output inside the layer loop), not "
+                                  f"model.encoder = {config.encoder!r}")
             defaults = type(config)()
             for key in ("routing_rho", "routing_collaboration", "routing_history", "routing_lr"):
                 if getattr(config, key) != getattr(defaults, key):

@@ -105,6 +105,15 @@ RUNS = {
     # number of steps). The sparse run's warm-up follows the schedule too, so it searches its own masks
     **{f"{strategy}_ner_weighted": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}"])
        for strategy in ("hard", "sparse")},
+    # one optimiser step on the summed losses of a batch of every task (train.schedule=joint), as Maximum Roaming's
+    # official code trains: a third of the steps of round-robin, each on every task's gradient
+    **{f"{strategy}_joint": (f"conll03_{strategy}", ["train.schedule=joint"]) for strategy in ("hard", "sparse")},
+    # ... and roaming (with its mask moves every 13 joint steps, about as many per epoch as roaming's every 40
+    # round-robin steps) and its fixed partition
+    "roaming_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=13",
+                                       "train.schedule=joint"]),
+    "roaming_fixed_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_fixed=true",
+                                             "train.schedule=joint"]),
     # ... with NER's extra steps added to the epoch, not taken from POS and chunk (each keeps its whole epoch)
     **{f"{strategy}_ner_added": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}",
                                                          "train.epoch_length=weighted"])

@@ -160,7 +160,9 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 32  # global: split across processes in a distributed run
     eval_batch_size: int = 256
-    schedule: str = "round_robin"  # round_robin | proportional | temperature
+    # round_robin | proportional | temperature: each step trains one task's batch | joint: each step sums the losses
+    # of a batch of every task (sparseshare/data/schedules.py)
+    schedule: str = "round_robin"
     temperature: float = 2.0
     # schedule proportional / temperature only: a task's sampling probability is multiplied by its weight (unnamed
     # tasks: 1), e.g. {ner: 2}
@@ -503,6 +505,9 @@ def validate(config: Config) -> None:
     if t.task_weights and t.schedule not in ("proportional", "temperature"):
         raise ConfigError(f"config key 'train.task_weights' weighs the tasks' sampling probabilities: it needs "
                           f"train.schedule proportional or temperature, got {t.schedule!r}")
+    if t.schedule == "joint" and t.optimizer_state == "per_task":
+        raise ConfigError("config key 'train.optimizer_state': per_task keeps one optimiser state per task, but a step "
+                          "of train.schedule joint trains every task at once; use one of them")
     if t.epoch_length == "weighted" and not t.task_weights:
         raise ConfigError("config key 'train.epoch_length': 'weighted' sizes the epoch by train.task_weights, "
                           "which is empty")

@@ -207,6 +207,35 @@ class MaskedAdamW(_Masked, torch.optim.AdamW):
         return table["step_sizes"], table["corrections2_sqrt"]
 
 
+class StepMasks:
+    """The ``{parameter: mask}`` of a step that trains several tasks at once (the joint schedule): a weight moves if
+    any of the tasks' masks keeps it, and a parameter that one of the tasks moves whole (it has no mask for it) moves
+    whole. A step of one task gets that task's masks. The union is built again only when one of the tasks' masks
+    has changed (Maximum Roaming moves its masks in place), so that the masked optimisers' caches keep working."""
+
+    def __init__(self, parameter_masks):
+        self.parameter_masks = parameter_masks  # task -> {parameter: mask}
+        self._unions: dict[tuple[str, ...], tuple] = {}
+
+    def __call__(self, tasks: list[str]) -> dict[torch.Tensor, torch.Tensor]:
+        per_task = [self.parameter_masks(task) for task in tasks]
+        if len(per_task) == 1:
+            return per_task[0]
+        signature = [(id(p), id(m), m._version) for masks in per_task for p, m in masks.items()]
+        cached = self._unions.get(tuple(tasks))
+        if cached is not None and cached[0] == signature:
+            return cached[2]
+        union = {}
+        for parameter in per_task[0]:
+            if all(parameter in masks for masks in per_task):
+                kept = per_task[0][parameter].clone()
+                for masks in per_task[1:]:
+                    kept |= masks[parameter].to(kept.device)
+                union[parameter] = kept
+        self._unions[tuple(tasks)] = (signature, per_task, union)  # per_task: keeps the ids of the signature valid
+        return union
+
+
 class PerTaskState:
     """One optimiser state (momentum buffers, Adam's moments and step counts) per task, as if each task had its
     own optimiser over the parameters it uses (HMTL keeps one optimiser per task), with one set of param groups,

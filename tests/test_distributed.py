@@ -106,6 +106,9 @@ STRATEGY_OPTIONS = {
     "roaming on a tiny BERT": {"model.sharing": "roaming", "model.roaming_delta": 2},
     "bottom on a tiny BERT": {"model.sharing": "bottom"},
     "roaming on the scratch Transformer": {"model.sharing": "roaming", "model.roaming_delta": 2, **TINY_SCRATCH},
+    # every task's batch in each step, one step on the summed losses (the masked steps move the masks' union)
+    "hard, joint schedule": {"model.sharing": "hard", "train.schedule": "joint"},
+    "roaming, joint schedule": {"model.sharing": "roaming", "model.roaming_delta": 2, "train.schedule": "joint"},
 }
 
 

@@ -336,3 +336,72 @@ def test_parameter_groups_follow_roles_not_rates(tiny_corpus, tmp_path):
 
     config = tiny_config(tiny_corpus, tmp_path, **{"train.optimizer": "adamw", "train.lr": 0.01, "train.head_lr": 0.01})
     assert len(build_optimizer(config, tiny_model(config)[0]).param_groups) == 2
+
+
+# -- the joint schedule: every task's batch in each step, one step on the summed losses ------------------------
+def test_a_joint_step_is_one_step_on_the_summed_losses_of_every_task(tiny_corpus, tmp_path):
+    """With batches of the whole corpus an epoch is one step: the trained model is the initial one moved once by
+    plain SGD along the gradient of the three tasks' summed mean sentence losses."""
+    import copy
+
+    from sparseshare.training.data import build_model
+
+    initial = {}
+
+    def build(config, data):
+        model = build_model(config, data)
+        initial["model"], initial["data"] = copy.deepcopy(model), data
+        return model
+
+    config = tiny_config(tiny_corpus, tmp_path / "joint", **{
+        "train.schedule": "joint", "train.epochs": 1, "train.batch_size": 64, "train.momentum": 0.0,
+        "train.clip": 0, "train.lr": 0.1})
+    run_training(config, build=build, log=quiet)
+    trained = load_file(str(tmp_path / "joint" / "model" / "model.safetensors"))
+
+    model, data = initial["model"], initial["data"]
+    model.train()
+    loss = 0.0
+    for task, d in data.items():
+        batch = model.featurizer.collate(d.train_tokens, d.train_labels, d.train_word_ids)
+        loss = loss + model(batch, task).sum() / len(d.train_tokens)
+    loss.backward()
+    by_hand = {name: (p - 0.1 * p.grad if p.grad is not None else p).detach() for name, p in model.named_parameters()}
+    moved = [name for name in by_hand if not torch.equal(by_hand[name], dict(model.named_parameters())[name])]
+    assert {name.split(".")[1] for name in moved if name.startswith("heads.")} == {"pos", "chunk", "ner"}
+    for name, value in by_hand.items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_joint_step_moves_the_weights_of_any_of_its_tasks_masks():
+    from sparseshare.optim import StepMasks
+
+    weight, bias = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
+    masks = {"a": {weight: torch.tensor([[True, False], [False, False]]), bias: torch.tensor([True, False])},
+             "b": {weight: torch.tensor([[False, False], [False, True]])}}  # b moves the whole bias
+    union = StepMasks(masks.__getitem__)
+    joint = union(["a", "b"])
+    assert set(joint) == {weight} and joint[weight].tolist() == [[True, False], [False, True]]
+    assert union(["a", "b"])[weight] is joint[weight]  # unchanged masks: the same tensor (the optimisers cache it)
+    assert union(["a"]) is masks["a"]
+    masks["b"][weight][0, 1] = True  # moved in place (Maximum Roaming)
+    assert union(["a", "b"])[weight].tolist() == [[True, True], [False, True]]
+
+
+@pytest.mark.slow
+def test_joint_roaming_with_masked_steps_resumes_mid_epoch_to_the_same_model(tiny_corpus, tmp_path):
+    extra = {"train.schedule": "joint", "train.epochs": 3, "train.checkpoint_every": 4, "train.optimizer": "adamw",
+             "train.lr": 0.01, "model.sharing": "roaming", "model.roaming_delta": 2}
+    reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra, crash_step=6 + 3)
+    a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert resumed["dev"] == reference["dev"]
+
+
+def test_the_joint_schedule_refuses_per_task_optimiser_states(tiny_corpus, tmp_path):
+    from sparseshare.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'train.optimizer_state': per_task .* train.schedule joint"):
+        tiny_config(tiny_corpus, tmp_path, **{"train.schedule": "joint", "train.optimizer_state": "per_task"})

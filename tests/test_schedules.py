@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sparseshare.data.schedules import SCHEDULES, epoch_plan, epoch_steps
+from sparseshare.data.schedules import SCHEDULES, epoch_plan, epoch_steps, step_plan
 
 
 def _batches(sizes: dict[str, int]) -> dict[str, list[list[int]]]:
@@ -40,7 +40,7 @@ def test_round_robin_random_task_order_and_determinism():
     assert len(orders) > 1  # the order of tasks within a round is drawn from the rng
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("schedule", [s for s in SCHEDULES if s != "joint"])
 def test_same_seed_same_plan(schedule):
     batches = _batches({"a": 7, "b": 3, "c": 11})
     p1 = epoch_plan(schedule, batches, np.random.default_rng(42), temperature=3.0)
@@ -50,6 +50,17 @@ def test_same_seed_same_plan(schedule):
     assert {t for t, _ in p1} <= {"a", "b", "c"}
     for task, batch in p1:
         assert batch in batches[task]
+    assert step_plan(schedule, batches, np.random.default_rng(42), temperature=3.0) == [[item] for item in p1]
+
+
+def test_a_joint_step_holds_a_batch_of_every_task():
+    batches = _batches({"a": 4, "b": 2, "c": 3, "empty": 0})
+    plan = step_plan("joint", batches, np.random.default_rng(0))
+    assert len(plan) == 4 == epoch_steps({"a": 4, "b": 2, "c": 3}, schedule="joint")
+    # every task in every step, in the order of the tasks; the smaller ones cycle through their batches again
+    assert plan == [[("a", batches["a"][r]), ("b", batches["b"][r % 2]), ("c", batches["c"][r % 3])] for r in range(4)]
+    with pytest.raises(ValueError, match="use step_plan"):
+        epoch_plan("joint", batches, np.random.default_rng(0))
 
 
 def test_proportional_frequencies_and_batches():

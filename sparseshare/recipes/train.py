@@ -12,6 +12,7 @@ the gradient of the mean loss over the *global* batch, hence 1 and N processes t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,13 +26,13 @@ from accelerate.utils import set_seed
 
 from ..config import Config, ConfigError, validate
 from ..data.batching import bucketed_batches
-from ..data.schedules import epoch_plan, epoch_steps
+from ..data.schedules import epoch_steps, step_plan
 from ..evaluation import evaluate, mean_score
 from ..files import write_json_atomically
 from ..logs import messages_to
 from ..metrics import format_table
 from ..model import MultiTaskTagger
-from ..optim import MaskedAdamW, MaskedSGD, PerTaskState, build_optimizer, build_scheduler
+from ..optim import MaskedAdamW, MaskedSGD, PerTaskState, StepMasks, build_optimizer, build_scheduler
 from ..run_folder import RUN_OUTPUTS, check_run_folder
 from ..training.checkpoints import (STATE_FILE, TrainingDiverged, TrainState, check_finite, check_random_states,
                                     flat_config, latest_checkpoint, recover_interrupted_saves, save_checkpoint,
@@ -127,7 +128,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     t, output_dir = config.train, Path(config.output_dir)
     # 3. Optimiser and LR schedule, sized by the (fixed) number of steps per epoch.
     batches_per_task = {n: math.ceil(len(d.train_tokens) / t.batch_size) for n, d in data.items()}
-    steps_per_epoch = epoch_steps(batches_per_task, t.task_weights, t.epoch_length)
+    steps_per_epoch = epoch_steps(batches_per_task, t.task_weights, t.epoch_length, t.schedule)
     optimizer = build_optimizer(config, model, accelerator.device.type)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -156,67 +157,79 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
     teachers = (TeacherTargets.compute(t.distill_from, data, tagger, t.eval_batch_size)
                 if t.distill_from else None)
     total_steps = t.epochs * steps_per_epoch
+    step_masks = StepMasks(tagger.sharing.parameter_masks) if masked_optimizer is not None else None
     rank, world = accelerator.process_index, accelerator.num_processes
     # 5. Epochs (none left when resuming a run that had already stopped early).
     for epoch in range(state.epoch, t.epochs if not state.stopped_early else state.epoch):
         rng = np.random.default_rng([t.seed, epoch])
         batches = {name: bucketed_batches([len(s) for s in d.train_tokens], t.batch_size, rng)
                    for name, d in data.items()}
-        plan = epoch_plan(t.schedule, batches, rng, t.temperature, t.task_weights, t.epoch_length)
+        plan = step_plan(t.schedule, batches, rng, t.temperature, t.task_weights, t.epoch_length)
         progress = progress_bar(config, accelerator, len(plan), state.step_in_epoch, epoch)
         model.train()
         started, sentences_seen, loss_sum, steps_run = time.perf_counter(), 0, 0.0, 0
-        for step, (task, indices) in enumerate(plan):
+        for step, items in enumerate(plan):
             if step < state.step_in_epoch:
                 continue  # already trained before the interruption
-            # This process's slice of the global batch. A process left without sentences still runs a
-            # zero-weighted forward/backward so that the gradient all-reduce stays in step.
-            local = indices[rank::world]
-            d = data[task]
-            weight = loss_weight(indices, d.train_tokens, world, t.loss_normalization)
-            if not local:
-                local, weight = indices[:1], 0.0
-            batch = tagger.featurizer.collate([d.train_tokens[i] for i in local], [d.train_labels[i] for i in local],
-                                              [d.train_word_ids[i] for i in local]).to(accelerator.device)
-            if teachers is not None and task in teachers:
-                soft = teachers.batch(task, local, batch.mask.shape[1], accelerator.device)
-                losses = model(batch, task, soft, gold_weight(state.global_step, total_steps, t.distill_weight))
-            else:
-                losses = model(batch, task)
-            loss = losses.sum() * weight
-            accelerator.backward(loss)
+            tasks = [task for task, _ in items]
+            loss_value, per_task = 0.0, []
+            for i, (task, indices) in enumerate(items):  # one task's batch, or every task's (joint schedule)
+                # This process's slice of the global batch. A process left without sentences still runs a
+                # zero-weighted forward/backward so that the gradient all-reduce stays in step.
+                local = indices[rank::world]
+                d = data[task]
+                weight = loss_weight(indices, d.train_tokens, world, t.loss_normalization)
+                if not local:
+                    local, weight = indices[:1], 0.0
+                batch = tagger.featurizer.collate([d.train_tokens[i] for i in local],
+                                                  [d.train_labels[i] for i in local],
+                                                  [d.train_word_ids[i] for i in local]).to(accelerator.device)
+                if teachers is not None and task in teachers:
+                    soft = teachers.batch(task, local, batch.mask.shape[1], accelerator.device)
+                    losses = model(batch, task, soft, gold_weight(state.global_step, total_steps, t.distill_weight))
+                else:
+                    losses = model(batch, task)
+                loss = losses.sum() * weight
+                # the gradients of the step's tasks add up; DDP all-reduces them once, after the last task's pass
+                # (it allows one forward pass per backward pass, so the tasks' losses are not summed into one)
+                with accelerator.no_sync(model) if i < len(items) - 1 else contextlib.nullcontext():
+                    accelerator.backward(loss)
+                loss_value += loss.item()
+                per_task.append((task, losses, weight, len(indices), len(local)))
             # The norm of the all-reduced gradient (the same on every process; max_norm inf leaves it unchanged)
             # tells whether this step would write NaN/inf into the weights: stop before the update. (Under fp16
             # an overflow is expected now and then: the gradient scaler skips that step.)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.clip or math.inf))
-            loss_value = loss.item()
             if t.mixed_precision != "fp16" and (not math.isfinite(grad_norm) or (
                     world == 1 and not math.isfinite(loss_value))):
                 raise TrainingDiverged(
-                    f"training diverged at step {state.global_step + 1} (epoch {epoch + 1}, task {task!r}): loss "
-                    f"{loss_value}, gradient norm {grad_norm}; the step was not applied. The last good checkpoint "
-                    f"is {latest_checkpoint(output_dir) or 'none'} and {output_dir / 'model'} holds the model of "
-                    f"epoch {state.best_epoch if state.best_epoch > 0 else '-'}. Lower train.lr or set train.clip, "
+                    f"training diverged at step {state.global_step + 1} (epoch {epoch + 1}, task "
+                    f"{' + '.join(map(repr, tasks))}): loss {loss_value}, gradient norm {grad_norm}; the step was not "
+                    f"applied. The last good checkpoint is {latest_checkpoint(output_dir) or 'none'} and "
+                    f"{output_dir / 'model'} holds the model of epoch "
+                    f"{state.best_epoch if state.best_epoch > 0 else '-'}. Lower train.lr or set train.clip, "
                     f"and train again with --overwrite or into another output_dir")
-            if masked_optimizer is not None:
-                masked_optimizer.set_masks(tagger.sharing.parameter_masks(task))
+            if masked_optimizer is not None:  # the weights any of the step's tasks may move
+                masked_optimizer.set_masks(step_masks(tasks))
             if per_task_optimizer is not None:
-                per_task_optimizer.set_task(task)
+                per_task_optimizer.set_task(tasks[0])  # (the joint schedule is refused with per-task states)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
             state.global_step += 1
             state.step_in_epoch = step + 1
-            # e.g. a router scores its routes (a process without sentences passes none)
-            tagger.sharing.observe_losses(task, losses.detach() if weight else losses.detach()[:0])
+            for task, losses, weight, sentences, _ in per_task:
+                # e.g. a router scores its routes (a process without sentences passes none)
+                tagger.sharing.observe_losses(task, losses.detach() if weight else losses.detach()[:0])
+                sentences_seen += sentences
             tagger.sharing.after_step(state.global_step)  # e.g. Maximum Roaming moves its masks (saved below)
-            sentences_seen += len(indices)
-            if weight:  # this process's mean sentence loss (rank 0's, for the progress bar and tracker)
-                loss_sum, steps_run = loss_sum + loss_value / weight / len(local), steps_run + 1
+            if any(weight for _, _, weight, _, _ in per_task):  # this process's mean sentence loss (rank 0's)
+                loss_sum += sum(float(losses.detach().sum()) / count for _, losses, weight, _, count in per_task if weight)
+                steps_run += 1
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(task=task, loss=f"{loss_sum / max(1, steps_run):.3f}")
+                progress.set_postfix(task="+".join(tasks), loss=f"{loss_sum / max(1, steps_run):.3f}")
             if state.global_step % t.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, state, t.keep_checkpoints, tagger)
             for callback in callbacks:

@@ -2,8 +2,9 @@
 layer, and the masks move ("roam") during training until every task has used every unit.
 
 Units: for the BiLSTM, the ``2 x hidden`` output units of each layer (the layer's output is multiplied by the
-task's mask, so a switched-off unit reaches neither the next layer nor the head; inside its own layer the LSTM's
-recurrence still sees it, as cuDNN's LSTM cannot mask a unit's state). For the scratch Transformer, the
+task's mask, so a switched-off unit reaches neither the next layer nor the head; with
+``model.roaming_cut_recurrence``, the default, the recurrent weights' columns of the switched-off units are zero for
+the task's pass too, so that their states reach no gate of the layer either). For the scratch Transformer, the
 ``model.scratch.ff`` feed-forward units of each layer (the activations between the two linear maps): a
 switched-off unit's rows of ``linear1`` and column of ``linear2`` get no gradient from that task. The residual
 stream itself is not masked, which would also cut the embeddings and attention passing through it. For a Hugging

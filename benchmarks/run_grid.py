@@ -6,8 +6,8 @@ corpora (EWT xpos + CoNLL-2000 chunk + CoNLL-2003 NER) and on NER + PP attachmen
 Resumable: a finished run (results.json, or report.json for sparse runs) is skipped, an interrupted run
 continues from its last checkpoint. Several drivers may work through the same grid at once: each run's
 ``running.lock`` is held by the driver training it (a ``filelock`` lock: the operating system frees it when the
-driver ends, however it ends), and the training holds the run folder's own ``.lock``, so a training that outlives a
-killed driver still refuses a second one (which then reports the run as failed, naming the holder). Each run's
+driver ends, however it ends), and the training holds the run folder's own ``.lock``: a second driver leaves a
+run alone while a training that outlived its killed driver holds that lock (it says so, naming the holder). Each run's
 wall time (summed over resumptions, and kept up to date every minute, so a killed driver loses at most a minute
 of it) is stored in <run>/wall_time.json. Summarise with
 ``python benchmarks/summarize.py benchmarks/runs/conll03``.
@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sparseshare.run_folder import RunFolderError, RunLock
+from sparseshare.run_folder import RunFolderError, RunLock, raise_if_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 # run name -> (config in recipes/configs, overrides). The other corpora reuse the CoNLL-2003 configs'
@@ -188,6 +188,10 @@ def run_one(name: str, seed: int, args) -> str:
 
 
 def _run_locked(name: str, seed: int, out: Path, sparse: bool, args) -> str:
+    try:  # a training whose driver was killed goes on holding the run folder's own lock: leave it alone
+        raise_if_in_use(out)
+    except RunFolderError as err:
+        return f"{out}: still training without its driver: {err}"
     # looked at under the lock: a driver that finished the run a moment ago has written its results
     if (out / ("report.json" if sparse else "results.json")).is_file():
         import yaml

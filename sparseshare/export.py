@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from .errors import SparseshareError
-from .encoders import encoder_kind
-from .encoders.transformer import transformer_of
+from .encoders.transformer import TransformerEncoder, transformer_of
 from .model import MultiTaskTagger
 
 
@@ -54,7 +53,7 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: b
 
     model.check_tasks([task])
     config = model.config
-    if not encoder_kind(config.encoder).pretrained_checkpoint:
+    if not any(isinstance(module, TransformerEncoder) for module in model.modules()):
         raise ExportError(f"export needs a Hugging Face Transformer encoder; this model has a {config.encoder!r} "
                           f"encoder, which has no transformers equivalent (use sparseshare to run it)")
     if config.head != "softmax":

@@ -64,9 +64,11 @@ def inference_lock(model: nn.Module) -> threading.RLock:
 class MultiTaskTagger(nn.Module):
     def __init__(self, config: ModelConfig, tasks: list[TaskSpec], labels: dict[str, list[str]], words: Vocab,
                  chars: Vocab, lowercase: bool = True, normalize_digits: bool = False,
-                 pretrained_embeddings: torch.Tensor | None = None, checkpoint_parts: tuple | None = None):
+                 pretrained_embeddings: torch.Tensor | None = None, checkpoint_parts: tuple | None = None,
+                 transformer_parts: tuple | None = None):
         """``pretrained_embeddings`` (BiLSTM only) initialises the word embeddings, one row per ``words`` entry;
-        ``checkpoint_parts`` = (tokenizer, model) builds a pretrained encoder (a Transformer) from loaded objects."""
+        ``checkpoint_parts`` = (tokenizer, model) builds a pretrained encoder (a Transformer) from loaded objects
+        (``transformer_parts``: its name before the encoder registry)."""
         super().__init__()
         self.config = config
         self.tasks = {spec.name: spec for spec in tasks}
@@ -74,9 +76,10 @@ class MultiTaskTagger(nn.Module):
         self.featurizer = Featurizer(words, chars, lowercase, normalize_digits)
         self.info: dict = {}  # scores, command and training config shown in the model card
 
+        parts = checkpoint_parts if checkpoint_parts is not None else transformer_parts
+
         def build_encoder():
-            return encoder_kind(config.encoder).build(config, len(words), len(chars), pretrained_embeddings,
-                                                      checkpoint_parts)
+            return encoder_kind(config.encoder).build(config, len(words), len(chars), pretrained_embeddings, parts)
 
         self.sharing = build_strategy(build_encoder, list(self.tasks), config)
         self.heads = nn.ModuleDict({

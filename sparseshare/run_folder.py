@@ -52,7 +52,13 @@ class RunLock:
     def acquire(self) -> "RunLock":
         self.folder.mkdir(parents=True, exist_ok=True)
         _take(self.lock, self.folder, self.file_name)
-        self.holder_file.write_text(f"process {os.getpid()} on {socket.gethostname()}\n", encoding="utf-8")
+        try:  # replaced whole: a process refused at this moment reads the old holder or the new one, never half
+            partial = self.holder_file.with_name(f"{self.holder_file.name}.{os.getpid()}.partial")
+            partial.write_text(f"process {os.getpid()} on {socket.gethostname()}\n", encoding="utf-8")
+            os.replace(partial, self.holder_file)
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def release(self) -> None:
@@ -95,6 +101,9 @@ def _take(lock: FileLock, folder: Path, file_name: str = LOCK_FILE) -> None:
             holder = ""
         raise RunFolderError(f"{folder} is in use by {holder or 'another process'} (lock {folder / file_name}); "
                              f"wait for that run to end or choose another output_dir") from None
+    except (NotImplementedError, OSError) as err:  # e.g. a file system without file locks
+        raise RunFolderError(f"cannot lock {folder / file_name} ({type(err).__name__}: {err}); choose an output_dir "
+                             f"on a file system with file locks (a local disk)") from None
 
 
 def raise_if_in_use(folder: Path) -> None:

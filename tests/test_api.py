@@ -356,13 +356,14 @@ def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path, outs
     assert len({tag for seq in raw for tag in seq}) > 3  # the comparison is not all-"O"
 
 
-def test_export_refuses_what_transformers_cannot_run(tmp_path):
+def test_export_refuses_what_transformers_cannot_run(tmp_path, monkeypatch):
     from sparseshare.export import ExportError, export_task
 
     bilstm = _sparse_model(tmp_path)
     with pytest.raises(ExportError, match="'bilstm' encoder, which has no transformers equivalent"):
         export_task(bilstm, "ner", tmp_path / "out")
-    bilstm.config.encoder = "transformer"  # past the encoder check: the CRF head is refused next
+    # past the encoder check (the BiLSTM taken for a Hugging Face encoder): the CRF head is refused next
+    monkeypatch.setattr("sparseshare.export.TransformerEncoder", type(bilstm.sharing.encoder))
     with pytest.raises(ExportError, match="CRF \\(Viterbi\\) decoding cannot be expressed"):
         export_task(bilstm, "ner", tmp_path / "out")
     with pytest.raises(ValueError, match="unknown task"):

@@ -135,16 +135,26 @@ def test_a_strategy_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
 
 def test_no_module_outside_the_encoders_names_an_encoder_kind():
     """What a module needs of an encoder it asks the encoder's kind (sparseshare/encoders/registry.py), so adding an
-    encoder touches no other module: no string constant outside sparseshare/encoders/ is a kind's name, but the
-    config's default."""
+    encoder touches no other module: outside sparseshare/encoders/, no string (an f-string's parts included; not a
+    docstring) names a kind as a word of its own, but the config's default. A kind's option section in a config key
+    (``model.bilstm.hidden``) is not a name of the kind, nor is the phrase "from scratch"."""
+    import re
+
     from sparseshare.encoders import ENCODER_KINDS
 
+    word = re.compile(rf"(?<![.\w])(?<!from )({'|'.join(map(re.escape, ENCODER_KINDS))})(?![.\w])")
     named = []
     for path in PACKAGE.rglob("*.py"):
         if "encoders" in path.relative_to(PACKAGE).parts:
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and node.value in ENCODER_KINDS:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and word.search(node.value)):
                 named.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert named == ["sparseshare/config.py:" + str(next(
         i for i, line in enumerate((PACKAGE / "config.py").read_text().splitlines(), 1)
@@ -198,6 +208,7 @@ def test_an_encoder_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
     class ConvKind(EncoderKind):
         name = "toy_conv"
         word_features = True
+        layer_access = "direct"
         default_prunable = ("layers.*.weight",)
         layer_tensor = r"^(.*\.\d+)\.weight$"  # the encoder's layers.<i> or a strategy's copy of one
         citation = "@misc{toyconv2026, title = {A toy encoder}}"

@@ -196,6 +196,7 @@ def word_embedder_size_checks(model) -> list[tuple[str, str, int, int, str, int]
 class BiLSTMKind(EncoderKind):
     name = "bilstm"
     word_features = True
+    layer_access = "direct"
     private_embedder = True
     default_prunable = ("embedder.chars.conv.weight", "layers.*.lstm.weight_*")
     layer_tensor = r"^(.*)\.lstm\."

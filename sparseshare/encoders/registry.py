@@ -43,8 +43,9 @@ class EncoderKind:
     pretrained_checkpoint: ClassVar[bool] = False
     # each task may own a copy of the word table and char-CNN (model.private_embedder)
     private_embedder: ClassVar[bool] = False
-    # how a layer-wise sharing strategy reaches the layers (see sparseshare/encoders/__init__.py)
-    layer_access: ClassVar[str] = "direct"
+    # how a layer-wise sharing strategy reaches the layers: "direct" | "stand_in" (see sparseshare/encoders/__init__.py,
+    # the same as the encoder module's attribute, known here before the encoder is built) | None: not layer-wise
+    layer_access: ClassVar[str | None] = None
     # fnmatch patterns over the encoder's parameter names: the weights sparse sharing prunes unless model.prunable
     # says otherwise. Weight matrices only: biases, LayerNorms, embedding tables and heads stay dense (fully shared),
     # as in Sun et al. (2020)

@@ -82,6 +82,7 @@ class ScratchKind(EncoderKind):
     """A small Transformer trained from scratch; its word table and char-CNN are those of ``model.bilstm``."""
     name = "scratch"
     word_features = True
+    layer_access = "direct"
     default_prunable = ("layers.*.self_attn.in_proj_weight", "layers.*.self_attn.out_proj.weight",
                         "layers.*.linear1.weight", "layers.*.linear2.weight")
     layer_tensor = r"^(.*)\.(?:self_attn|linear1|linear2)\."

@@ -224,9 +224,9 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
                 tagger.sharing.observe_losses(task, losses.detach() if weight else losses.detach()[:0])
                 sentences_seen += sentences
             tagger.sharing.after_step(state.global_step)  # e.g. Maximum Roaming moves its masks (saved below)
-            if any(weight for _, _, weight, _, _ in per_task):  # this process's mean sentence loss (rank 0's)
-                loss_sum += sum(float(losses.detach().sum()) / count for _, losses, weight, _, count in per_task if weight)
-                steps_run += 1
+            trained = [float(losses.detach().sum()) / count for _, losses, weight, _, count in per_task if weight]
+            if trained:  # this process's mean sentence loss (rank 0's; joint: the mean over the step's tasks)
+                loss_sum, steps_run = loss_sum + sum(trained) / len(trained), steps_run + 1
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(task="+".join(tasks), loss=f"{loss_sum / max(1, steps_run):.3f}")

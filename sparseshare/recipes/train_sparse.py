@@ -143,9 +143,9 @@ def check_dense_models(config: Config, template: MultiTaskTagger) -> None:
         try:  # the model section only: the checkpoint it started from
             model = build_dataclass(ModelConfig, upgrade_saved_model_config(json.loads(saved.read_text())["model"]),
                                     "model")
+            started_from = encoder_kind(model.encoder).checkpoint(model)
         except (ValueError, TypeError, KeyError) as err:
             raise ConfigError(f"{key}: {saved} has no readable model section ({err})") from None
-        started_from = encoder_kind(model.encoder).checkpoint(model)
         if model.encoder != config.model.encoder or started_from != ours:
             raise ConfigError(f"{key}: the model in {folder} was fine-tuned from {started_from!r} (encoder "
                               f"{model.encoder!r}), not from the run's checkpoint {ours!r}: its change from the "

@@ -29,10 +29,13 @@ def config_depth(model) -> tuple[str, int] | None:
 def layerwise_encoder(sharing: str, build_encoder, config) -> nn.Module:
     """The built encoder, for strategies that act between or inside its layers: it must offer the layer-wise
     interface (``layer_access``, see :mod:`sparseshare.encoders`)."""
+    from ..encoders import ENCODER_KINDS
+
     encoder = build_encoder()
     if getattr(encoder, "layer_access", None) not in ("direct", "stand_in"):
-        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves the bilstm, scratch and transformer "
-                          f"encoders, not {type(encoder).__name__} (model.encoder = {config.encoder!r})")
+        serves = [name for name, kind in ENCODER_KINDS.items() if kind.layer_access in ("direct", "stand_in")]
+        raise ConfigError(f"config key 'model.sharing' = {sharing!r} serves the {', '.join(serves)} encoders, not "
+                          f"{type(encoder).__name__} (model.encoder = {config.encoder!r})")
     return encoder
 
 

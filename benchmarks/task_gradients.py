@@ -85,7 +85,7 @@ def run_variant(config, data, steps: int, log) -> list[dict]:
         rng = np.random.default_rng([t.seed, epoch])
         batches = {name: bucketed_batches([len(s) for s in d.train_tokens], t.batch_size, rng)
                    for name, d in data.items()}
-        for task, indices in epoch_plan(t.schedule, batches, rng, t.temperature):
+        for task, indices in epoch_plan(t.schedule, batches, rng, t.temperature, t.task_weights):
             if len(records) >= steps:
                 break
             d = data[task]
@@ -173,6 +173,9 @@ def main():
         config = load_config(args.config, [*base, "train.progress_bar=false", *overrides])
         if config.train.distill_from:
             parser.error(f"variant {name}: distillation is not measured by this script")
+        if config.train.schedule == "joint" or config.train.epoch_length != "batches":
+            parser.error(f"variant {name}: this script measures one task's gradient per step (train.schedule "
+                         f"joint and train.epoch_length are not measured)")
         key = json.dumps([config.tasks, config.to_dict()["data"], config.model.bilstm.embeddings])
         if key not in loaded:  # a variant with other tasks or data gets its own data (and word ids)
             loaded[key] = load_task_data(config)

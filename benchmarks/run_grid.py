@@ -114,6 +114,9 @@ RUNS = {
                                        "train.schedule=joint"]),
     "roaming_fixed_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_fixed=true",
                                              "train.schedule=joint"]),
+    # ... roaming whose moves keep every unit covered (roaming_joint left 12% of the units to no task)
+    "roaming_joint_covered": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=13",
+                                               "model.roaming_keep_coverage=true", "train.schedule=joint"]),
     # ... with NER's extra steps added to the epoch, not taken from POS and chunk (each keeps its whole epoch)
     **{f"{strategy}_ner_added": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}",
                                                          "train.epoch_length=weighted"])

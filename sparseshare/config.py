@@ -113,6 +113,10 @@ class ModelConfig:
     # of the paper's convolutions; false: only the layer's output is masked, and the inactive units' states still feed
     # the active units through the recurrence (what runs before this option existed)
     roaming_cut_recurrence: bool = True
+    # sharing: roaming only: a move switches off only a unit that another task still uses, so every unit stays
+    # covered by some task (the paper draws full coverage at initialisation; its official code, and false here, may
+    # switch a unit off for its last task); a task with no such unit skips that move. Needs ratio x tasks > 1
+    roaming_keep_coverage: bool = False
     # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing/): function blocks (copies of the
     # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
     routing_blocks: int | list[int] = 2

@@ -469,3 +469,26 @@ def test_a_roaming_config_saved_before_the_cut_recurrence_keeps_the_recurrence()
     assert upgrade_saved_model_config({"sharing": "roaming"})["roaming_cut_recurrence"] is False
     assert upgrade_saved_model_config({"sharing": "roaming", "roaming_cut_recurrence": True})["roaming_cut_recurrence"]
     assert "roaming_cut_recurrence" not in upgrade_saved_model_config({"sharing": "hard"})
+
+
+def test_roaming_that_keeps_coverage_never_leaves_a_unit_to_no_task(tiny_corpus, tmp_path):
+    uncovered = {}
+    for keep in (False, True):
+        config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_delta": 1, "model.roaming_ratio": 0.4,
+                                                              "model.roaming_keep_coverage": keep})
+        model, _ = _model(config)
+        s = model.sharing
+        counts = []
+        for step in range(1, 40):
+            s.after_step(step)
+            assert (s.masks.sum(-1) == 13).all()  # each task keeps its number of units either way
+            counts.append(s.uncovered_units())
+        uncovered[keep] = counts
+        if keep:
+            assert s.roaming_progress() > 0.9  # the moves still happen (a task without a shared unit skips one)
+    assert max(uncovered[True]) == 0 and max(uncovered[False]) > 0
+    with pytest.raises(ConfigError, match=r"'model.roaming_keep_coverage'.*cover each unit exactly once"):
+        _model(_config(tiny_corpus, tmp_path, tasks="[pos,ner]", **ROAMING, **{
+            "model.roaming_ratio": 0.5, "model.roaming_keep_coverage": True}))
+    with pytest.raises(ConfigError, match=r"'model.roaming_keep_coverage' only applies to model.sharing=roaming"):
+        _config(tiny_corpus, tmp_path, **{"model.roaming_keep_coverage": True})

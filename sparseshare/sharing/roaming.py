@@ -21,7 +21,8 @@ its weights are named ``...output.dense.linear.*``).
   baseline.
 * Progress r(c) = share of (task, layer, unit) triples visited so far (:meth:`roaming_progress`), logged per epoch,
   with the share of units no task is active on (``roaming/uncovered``): full coverage is drawn at initialisation,
-  but an update may switch a unit off for the last task using it (the official code does not keep coverage either).
+  but an update may switch a unit off for the last task using it (the official code does not keep coverage either),
+  unless ``model.roaming_keep_coverage``: then only a unit another task uses too is switched off.
 
 Randomness comes from a ``torch.Generator`` seeded with ``train.seed`` (:meth:`initialize`), never from the global
 RNG. Masks, visited sets and the generator state are persistent buffers (``masks``, ``visited``, ``rng_state``),
@@ -54,7 +55,8 @@ def initial_masks(layers: int, tasks: int, units: int, active: int, generator: t
 
 @register("roaming")
 class MaximumRoaming(SharingStrategy):
-    options = ("roaming_ratio", "roaming_delta", "roaming_fixed", "roaming_masked_steps", "roaming_cut_recurrence")
+    options = ("roaming_ratio", "roaming_delta", "roaming_fixed", "roaming_masked_steps", "roaming_cut_recurrence",
+               "roaming_keep_coverage")
     citation = """@inproceedings{pascal2021maximum,
   title = {Maximum Roaming Multi-Task Learning},
   author = {Pascal, Lucas and Michiardi, Pietro and Bost, Xavier and Huet, Benoit and Zuluaga, Maria A.},
@@ -96,11 +98,17 @@ class MaximumRoaming(SharingStrategy):
         self.delta = 0 if config.roaming_fixed else config.roaming_delta  # 0: the masks never move
         self.masked_optimizer = config.roaming_masked_steps
         self.cut_recurrence = config.roaming_cut_recurrence
+        self.keep_coverage = config.roaming_keep_coverage
         self._parameter_masks: dict[str, tuple[int, dict]] = {}  # task -> (masks' version, {parameter: mask})
         if self.active < 1 or self.active * len(self.tasks) < self.units:
             raise ConfigError(
                 f"config key 'model.roaming_ratio' ({config.roaming_ratio}) gives {self.active} of {self.units} units "
                 f"per layer to each of {len(self.tasks)} task(s), too few to cover every unit")
+        if self.keep_coverage and self.delta and self.active * len(self.tasks) == self.units:
+            raise ConfigError(
+                f"config key 'model.roaming_keep_coverage': {self.active} of {self.units} units per layer for each of "
+                f"{len(self.tasks)} task(s) cover each unit exactly once, so no unit could be switched off while "
+                f"keeping coverage; raise model.roaming_ratio or set it to false")
         shape = (self.encoder.num_layers, len(self.tasks), self.units)
         self.register_buffer("masks", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("visited", torch.zeros(shape, dtype=torch.bool))
@@ -139,6 +147,11 @@ class MaximumRoaming(SharingStrategy):
                     continue  # this task has visited every unit of the layer: its mask stays
                 on = unseen[torch.randint(len(unseen), (1,), generator=generator)]
                 current = masks[layer, task].nonzero().squeeze(1)
+                if self.keep_coverage:  # only a unit that another task uses too may be switched off
+                    others = masks[layer].sum(0) - masks[layer, task].to(torch.long)
+                    current = current[others[current] > 0]
+                    if len(current) == 0:
+                        continue  # this move would leave a unit to no task: skipped
                 off = current[torch.randint(len(current), (1,), generator=generator)]
                 masks[layer, task, off] = False
                 masks[layer, task, on] = True

@@ -173,7 +173,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
                 continue  # already trained before the interruption
             tasks = [task for task, _ in items]
             loss_value, per_task = 0.0, []
-            for i, (task, indices) in enumerate(items):  # one task's batch, or every task's (joint schedule)
+            for position, (task, indices) in enumerate(items):  # one task's batch, or every task's (joint)
                 # This process's slice of the global batch. A process left without sentences still runs a
                 # zero-weighted forward/backward so that the gradient all-reduce stays in step.
                 local = indices[rank::world]
@@ -192,7 +192,7 @@ def _train(config: Config, accelerator: Accelerator, model: MultiTaskTagger, dat
                 loss = losses.sum() * weight
                 # the gradients of the step's tasks add up; DDP all-reduces them once, after the last task's pass
                 # (it allows one forward pass per backward pass, so the tasks' losses are not summed into one)
-                with accelerator.no_sync(model) if i < len(items) - 1 else contextlib.nullcontext():
+                with accelerator.no_sync(model) if position < len(items) - 1 else contextlib.nullcontext():
                     accelerator.backward(loss)
                 loss_value += loss.item()
                 per_task.append((task, losses, weight, len(indices), len(local)))

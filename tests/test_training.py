@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 
 import pytest
@@ -118,6 +120,21 @@ def test_resume_refuses_a_changed_config(tiny_corpus, tmp_path):
         run_training(changed, resume=True, log=_quiet)
     longer = load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 2}))
     assert run_training(longer, resume=True, log=_quiet)["epochs_run"] == 2  # more epochs: allowed
+
+
+def test_resume_accepts_another_spelling_of_the_same_paths(tiny_corpus, tmp_path, monkeypatch):
+    """A run started with absolute paths resumes with relative ones naming the same folders (and back); a path
+    naming another folder is still a change."""
+    run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "run", **{"train.epochs": 1})), log=_quiet)
+    monkeypatch.chdir(tmp_path)
+    relative = {"data.dir": os.path.relpath(tiny_corpus, tmp_path), "train.epochs": 2}
+    assert run_training(load_config(None, tiny_overrides(tiny_corpus, "run", **relative)), resume=True,
+                        log=_quiet)["epochs_run"] == 2
+    other = tmp_path / "other_corpus"
+    shutil.copytree(tiny_corpus, other)
+    moved = {**relative, "data.dir": "other_corpus", "train.epochs": 3}
+    with pytest.raises(ValueError, match=r"data\.dir: .* -> 'other_corpus'"):
+        run_training(load_config(None, tiny_overrides(tiny_corpus, "run", **moved)), resume=True, log=_quiet)
 
 
 def test_resume_after_early_stop_trains_no_further(tiny_corpus, tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import random
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +137,22 @@ def check_resume_config(saved: dict, current: dict) -> None:
     old, new = flat_config("", saved, {}), flat_config("", current, {})
     # A key the checkpointed run's config.yaml lacks was added to sparseshare later: that run used its default.
     old = {**{k: v for k, v in flat_config("", Config().to_dict(), {}).items() if k in new}, **old}
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES and not same_path(old.get(k), new.get(k)))
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ValueError(f"--resume: the config differs from the checkpointed run's config.yaml in {details}; "
                          f"resume with the same settings or use another output_dir")
+
+def same_path(a, b) -> bool:
+    """Whether two config values name one existing file or folder, e.g. ``../shared/data`` and its absolute form: a
+    run started with one spelling resumes with the other."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 def flat_config(prefix: str, value, out: dict):
     if isinstance(value, dict):

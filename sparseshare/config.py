@@ -650,20 +650,16 @@ def is_task_file(name_or_path: str) -> bool:
 
 def upgrade_saved_model_config(model: dict) -> dict:
     """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a checkpointed
-    run's config.yaml) in today's spelling: the fixed random partition of roaming was ``roaming_delta: 0`` before
-    ``roaming_fixed`` existed; ``private_embedder`` was a boolean (true: the word table and the char-CNN, "all")
-    before it named the parts; a roaming run moved every weight before ``roaming_masked_steps`` existed, and let the
-    inactive units feed the recurrence before ``roaming_cut_recurrence`` did. Configs given
-    to a new run are not upgraded: there, Δ < 1 is an error."""
-    if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
-        model = {**model, "roaming_delta": ModelConfig.roaming_delta, "roaming_fixed": True}
+    run's config.yaml) in today's spelling: ``private_embedder`` was a boolean (true: the word table and the char-CNN,
+    "all") before it named the parts; the saved strategy upgrades its own options
+    (:meth:`~sparseshare.sharing.base.SharingStrategy.upgrade_saved_options`). Configs given to a new run are not
+    upgraded."""
+    from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
+
     if isinstance(model.get("private_embedder"), bool):
         model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
-    if model.get("sharing") == "roaming" and "roaming_masked_steps" not in model:
-        model = {**model, "roaming_masked_steps": False}
-    if model.get("sharing") == "roaming" and "roaming_cut_recurrence" not in model:
-        model = {**model, "roaming_cut_recurrence": False}
-    return model
+    strategy = STRATEGIES.get(model.get("sharing", ModelConfig.sharing))
+    return strategy.upgrade_saved_options(model) if strategy is not None else model
 
 
 def validate_sparse(s: SparseConfig) -> None:

@@ -56,6 +56,7 @@ from .data.vocab import PAD, UNK, Vocab, WordLookup
 from .encoders import encoder_kind
 from .errors import InvalidModelFolderError, ModelFolderError
 from .files import load_json_object
+from .sharing import STRATEGIES
 from .sharing.masks import MaskError, holds_only_0_and_1
 from .tasks import TaskSpec
 
@@ -355,11 +356,9 @@ def check_sizes(directory: Path, contents: FolderContents, header: Header) -> No
         held = len({found.group(1) for found in map(pattern.match, header) if found})
         depth_key, depth = kind.depth(model)
         asked = [(depth_key, depth, f"config key {depth_key!r} is {depth}")]
-        if model.sharing == "routing":  # every block a copy of its layer
-            blocks = model.routing_blocks
-            total = blocks * depth if isinstance(blocks, int) else sum(blocks)
-            asked.append(("model.routing_blocks", total, f"config key 'model.routing_blocks' ({blocks!r}) asks for "
-                                                         f"{total} blocks"))
+        copies = STRATEGIES[model.sharing].layer_copies(model, depth)
+        if copies is not None:
+            asked.append(copies)
         for key, count, says in asked:
             if count > held:
                 raise invalid_file(directory / "config.json", key, f"config.json and model.safetensors disagree: "
@@ -393,13 +392,8 @@ def _sizes(contents: FolderContents) -> list[_Size]:
             config(tensors, pattern, 2, 1, key, width)
     for check in kind.size_checks(model):
         config(*check)
-    if model.sharing == "routing":  # its window of recent routes and its agents' tables
-        if model.routing_history:
-            config("sharing.recent", r"^sharing\.recent$", 3, 0, "model.routing_history", model.routing_history)
-        if model.routing_router == "dispatched":
-            agents = model.routing_agents or len(contents.tasks)
-            config("sharing.policy", r"^sharing\.policy$", 3, 0, "model.routing_agents", agents,
-                   f"config key 'model.routing_agents' is {model.routing_agents} ({agents} agents)")
+    for check in STRATEGIES[model.sharing].size_checks(model, contents.tasks):
+        config(*check)
     return sizes
 
 

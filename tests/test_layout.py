@@ -161,6 +161,30 @@ def test_no_module_outside_the_encoders_names_an_encoder_kind():
         if line.strip() == 'encoder: str = "bilstm"'))]
 
 
+def test_no_module_outside_the_strategies_branches_on_a_strategy():
+    """What a module needs of a strategy it asks the strategy's class (its options, checks, saved-size checks,
+    upgrades of saved options, card section), so adding a strategy touches no other module: outside
+    sparseshare/sharing/, no comparison tests a ``sharing`` value against a strategy's name, but the sparse recipe,
+    which is sparse sharing's pipeline."""
+    from sparseshare.sharing import STRATEGIES
+
+    def names_a_strategy(node) -> bool:
+        values = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return any(isinstance(v, ast.Constant) and v.value in STRATEGIES for v in values)
+
+    branching = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "sharing" or relative == Path("recipes/train_sparse.py"):
+            continue
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if (isinstance(node, ast.Compare) and "sharing" in ast.get_source_segment(source, node)
+                    and any(names_a_strategy(side) for side in (node.left, *node.comparators))):
+                branching.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert branching == []
+
+
 def test_an_encoder_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
     """A toy encoder kind registered from this test file alone: the config accepts its name, sparse sharing prunes
     its default weights and a layer-wise strategy runs its layers, training and saving use it, the model card

@@ -66,6 +66,28 @@ class SharingStrategy(nn.Module):
         model knows; ``depth_key`` names where the depth comes from), and by the strategy's constructor with the
         built encoder's depth: one check for both."""
 
+    @classmethod
+    def upgrade_saved_options(cls, model: dict) -> dict:
+        """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a
+        checkpointed run's config.yaml) with this strategy's options in today's spelling: an option added later gets
+        the value that reproduces what the saved run computed, which need not be today's default."""
+        return model
+
+    @classmethod
+    def layer_copies(cls, config, depth: int) -> tuple[str, int, str] | None:
+        """For loading a saved model: ``(config key, count, words)`` when this strategy holds more encoder layers
+        than the encoder's depth (e.g. a block per route), so that a config.json asking for more layers than
+        model.safetensors holds is refused before anything is built."""
+        return None
+
+    @classmethod
+    def size_checks(cls, config, tasks: list[str]) -> list[tuple]:
+        """For loading a saved model: the sizes of this strategy's own tensors that its options set, as
+        ``(tensors, name pattern, ndim, dim, config key, value[, words])`` (sparseshare/model_folder.py compares
+        them with model.safetensors' header before anything is built, so a config.json cannot ask for more
+        memory than the file shapes)."""
+        return []
+
     def card_section(self, model) -> list[str]:
         """Markdown lines for the model card about this strategy's state (masks, routes, ...); ``model`` is the
         MultiTaskTagger that holds it."""

@@ -65,6 +65,15 @@ class MaximumRoaming(SharingStrategy):
 }"""
 
     @classmethod
+    def upgrade_saved_options(cls, model):
+        """The fixed random partition was ``roaming_delta: 0`` before ``roaming_fixed`` existed (a new run's Δ < 1 is
+        an error); a run moved every weight before ``roaming_masked_steps`` existed, and let the inactive units feed
+        the recurrence before ``roaming_cut_recurrence`` did."""
+        if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
+            model = {**{k: v for k, v in model.items() if k != "roaming_delta"}, "roaming_fixed": True}  # Δ: default
+        return {"roaming_masked_steps": False, "roaming_cut_recurrence": False, **model}
+
+    @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
         if not 0.0 < config.roaming_ratio <= 1.0:
             raise ConfigError(f"config key 'model.roaming_ratio' must be in (0, 1], got {config.roaming_ratio}")

@@ -118,6 +118,23 @@ class RoutingNetwork(SharingStrategy):
                               f"warm-up, but model.routing_warmup_steps is 0")
         routing_blocks_per_layer(config.routing_blocks, depth, depth_key)
 
+    @classmethod
+    def layer_copies(cls, config, depth):
+        blocks = config.routing_blocks  # every block a copy of its layer
+        total = blocks * depth if isinstance(blocks, int) else sum(blocks)
+        return "model.routing_blocks", total, f"config key 'model.routing_blocks' ({blocks!r}) asks for {total} blocks"
+
+    @classmethod
+    def size_checks(cls, config, tasks):
+        checks = []  # its window of recent routes and its agents' tables
+        if config.routing_history:
+            checks.append(("sharing.recent", r"^sharing\.recent$", 3, 0, "model.routing_history", config.routing_history))
+        if config.routing_router == "dispatched":
+            agents = config.routing_agents or len(tasks)
+            checks.append(("sharing.policy", r"^sharing\.policy$", 3, 0, "model.routing_agents", agents,
+                           f"config key 'model.routing_agents' is {config.routing_agents} ({agents} agents)"))
+        return checks
+
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("routing", build_encoder, config)

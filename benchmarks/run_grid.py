@@ -82,7 +82,7 @@ RUNS = {
     # dispatcher over one WPL agent per task; and a differentiable one (per-task logits, straight-through draws)
     **{f"{prefix}routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
                                                       f"model.routing_router={router}"])
-       for router in ("reinforce", "dispatched", "gumbel") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
+       for router in ("reinforce", "dispatched", "gumbel", "gumbel_mix") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
     # time-to-accuracy of the single-task BiLSTM-CNN-CRF (issue 13): AdamW at a constant rate with word dropout
     # (Reimers & Gurevych 2017: Adam-family optimisers converge in ~9 epochs where SGD needs ~40), early stopping
     # with patience 4 under a 12-epoch cap; variants change one thing each

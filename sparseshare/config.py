@@ -125,7 +125,9 @@ class ModelConfig:
     # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one agent, an MLP
     # per layer over the layer input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE
     # dispatcher assigns each sentence to one of model.routing_agents tabular WPL agents) | gumbel (per-task route logits
-    # trained by backprop: categorical draws, straight-through gradient; Maziarz et al. 2019; bilstm and scratch only)
+    # trained by backprop: categorical draws, straight-through gradient of the chosen block's scale; bilstm and scratch
+    # only) | gumbel_mix (the same draws; in training every block runs and the logits' gradient compares their outputs,
+    # the Gumbel-softmax straight-through estimator of Jang et al. 2017 / Maziarz et al. 2019)
     routing_router: str = "wpl"
     # sharing: routing with routing_router: dispatched only: the number of WPL agents (0: one per task)
     routing_agents: int = 0

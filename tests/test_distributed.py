@@ -166,7 +166,7 @@ ROUTER_STATE = {"wpl": ["policy", "q", "q_seen", "usage", "recent", "recent_next
                               "routers.1.b1", "routers.1.w2", "routers.1.b2", "baseline", "usage", "rng_state"],
                 "dispatched": ["policy", "q", "q_seen", "usage", "dispatcher.w1", "dispatcher.b1", "dispatcher.w2",
                                "dispatcher.b2", "dispatch_baseline", "dispatch_counts", "rng_state"],
-                "gumbel": ["route_logits", "usage", "rng_state"]}
+                "gumbel": ["route_logits", "usage", "rng_state"], "gumbel_mix": ["route_logits", "usage", "rng_state"]}
 ROUTER_OPTIONS = {"wpl": {"model.routing_history": 4}}  # the collaboration reward's window of recent batches too
 
 

@@ -362,7 +362,7 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
     ({**ROUTING, "model.routing_history": -1}, r"'model.routing_history' must be >= 0 \(0 = every batch since"),
     ({"model.routing_history": 8}, "'model.routing_history' only applies to model.sharing=routing"),
     ({**ROUTING, "model.routing_router": "qlearning"}, r"'model.routing_router': 'qlearning' is not one of \['wpl', "
-                                                        r"'reinforce', 'dispatched', 'gumbel'\]"),
+                                                        r"'reinforce', 'dispatched', 'gumbel', 'gumbel_mix'\]"),
     ({**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": -1},
      r"'model.routing_agents' must be >= 0 \(0 = one agent per task\), got -1"),
     ({**ROUTING, "model.routing_agents": 2}, r"'model.routing_agents' only applies to model.routing_router=dispatched "
@@ -407,6 +407,8 @@ def test_pass_where_no_layer_can_be_skipped_is_rejected(tiny_corpus, tmp_path):
      "model.routing_lr": 0.5},
     {**ROUTING, **SCRATCH, "model.routing_router": "gumbel", "model.routing_pass": "true", "train.optimizer": "adamw",
      "train.lr": 3e-2},
+    {**ROUTING, "model.routing_router": "gumbel_mix", "model.routing_pass": "true", "train.optimizer": "adamw",
+     "train.lr": 3e-2},
 ])
 @pytest.mark.slow
 def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tiny_corpus, tmp_path, extra, capsys):
@@ -440,7 +442,7 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
         assert set(routing["agents"]) == {"agent 0", "agent 1"} and set(routing["dispatch"]) == set(TASKS)
         assert s.dispatch_counts.sum().item() == len(TASKS) * steps * 8 * epochs and s.dispatcher.w2.any()
         assert not torch.allclose(s.policy[:, 1, :3], torch.full((2, 3), 1 / 3))
-    elif config.model.routing_router == "gumbel":  # the logits learned by backprop, and were saved
+    elif config.model.routing_router in ("gumbel", "gumbel_mix"):  # the logits learned by backprop, and were saved
         assert set(routing["policy"]) == set(TASKS) and routing["greedy"] and s.route_logits.abs().sum() > 0
     else:
         assert any(mlp.w2.any() for mlp in s.routers)
@@ -483,10 +485,12 @@ def _png_height(path) -> int:
                                     "model.routing_rho": -0.3},
                                    {"model.routing_warmup_steps": 20, "model.routing_exploration": 0.3,
                                     "model.routing_exploration_steps": 40},
-                                   {"model.routing_router": "gumbel", "model.routing_pass": "true"}])
+                                   {"model.routing_router": "gumbel", "model.routing_pass": "true"},
+                                   {"model.routing_router": "gumbel_mix", "model.routing_pass": "true"}])
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
-    gumbel = extra.get("model.routing_router") == "gumbel"  # learns at the optimiser's rate, not routing_lr
+    # the differentiable routers learn at the optimiser's rate, not routing_lr
+    gumbel = extra.get("model.routing_router") in ("gumbel", "gumbel_mix")
     extra = {**ROUTING, **extra, **({} if gumbel else {"model.routing_lr": 0.5}), "train.epochs": 3,
              "train.checkpoint_every": 4, "train.seed": 7}
     reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)
@@ -590,6 +594,18 @@ def test_the_exploration_floor_mixes_uniform_routes_in_and_falls_to_zero(tiny_co
     assert (s.last_routes == 0).all()
 
 
+def _drawn_routes_pass(model, data, task):
+    """A training pass of ``task``'s batch: its features, the routes drawn, the batch (the router has seen the
+    pass's losses, so the next pass may follow)."""
+    model.train()
+    batch = _batch(model, data, task)
+    torch.manual_seed(0)
+    features = model.sharing(batch, task)
+    routes = model.sharing.last_routes.clone()
+    model.sharing.observe_losses(task, torch.ones(batch.mask.shape[0]))
+    return features, routes, batch
+
+
 # -- the differentiable router -------------------------------------------------------------------------------------
 def test_the_gumbel_router_passes_the_loss_to_the_task_route_logits_without_changing_the_forward_pass(tiny_corpus,
                                                                                                       tmp_path):
@@ -598,12 +614,7 @@ def test_the_gumbel_router_passes_the_loss_to_the_task_route_logits_without_chan
     s = model.sharing
     with torch.no_grad():
         s.route_logits.normal_(0, 1, generator=torch.Generator().manual_seed(0))
-    model.train()
-    batch = _batch(model, data, "chunk")
-    torch.manual_seed(0)
-    features = s(batch, "chunk")
-    routes = s.last_routes.clone()
-    s.observe_losses("chunk", torch.ones(batch.mask.shape[0]))
+    features, routes, batch = _drawn_routes_pass(model, data, "chunk")
     # the same features as the blocks of the drawn routes give without the straight-through weights
     x = s.encoder.embed(batch)
     for layer in range(s.num_layers):
@@ -621,6 +632,52 @@ def test_the_gumbel_router_passes_the_loss_to_the_task_route_logits_without_chan
     assert torch.allclose(observed, probs.double(), atol=0.12)
     assert s.router.greedy_route(t) == [int(s.route_logits[t, layer].argmax()) for layer in range(s.num_layers)]
     assert "straight-through" in model.save_pretrained(tmp_path / "m").joinpath("README.md").read_text()
+
+
+def test_the_gumbel_mix_router_gives_the_drawn_routes_features_and_their_blocks_gradients(tiny_corpus, tmp_path):
+    """In value the chosen blocks' features; each block's weights get the gradient of the sentences that chose it,
+    as along dispatched routes; the task's route logits a gradient, the other tasks' none."""
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_router": "gumbel_mix", "model.routing_blocks": 3}))
+    s = model.sharing
+    with torch.no_grad():
+        s.route_logits.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+        for block in s.blocks[0]:  # blocks that differ (a fresh network's copies are equal)
+            for p in block.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    features, routes, batch = _drawn_routes_pass(model, data, "chunk")
+    features.pow(2).sum().backward()
+    mixed = {name: p.grad.clone() if p.grad is not None else None for name, p in s.blocks.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    x = s.encoder.embed(batch)
+    for layer in range(s.num_layers):
+        x = dispatch(s.encoder.run_layer, list(s.blocks[layer]), x, batch.mask, routes[layer], s.output_dim)
+    dispatched = s.encoder.finish(x, batch.mask)
+    torch.testing.assert_close(features, dispatched, rtol=1e-5, atol=1e-6)
+    dispatched.pow(2).sum().backward()
+    for name, p in s.blocks.named_parameters():
+        if p.grad is None:  # no sentence chose the block
+            assert mixed[name] is None or not mixed[name].any(), name
+        else:
+            torch.testing.assert_close(mixed[name], p.grad, rtol=1e-4, atol=1e-6)
+    t = TASKS.index("chunk")
+    model.zero_grad(set_to_none=True)
+    s(batch, "chunk").pow(2).sum().backward()
+    assert s.route_logits.grad[t].abs().sum() > 0
+    assert not s.route_logits.grad[[i for i in range(len(TASKS)) if i != t]].any()
+    assert "compares every block's output" in model.save_pretrained(tmp_path / "m").joinpath("README.md").read_text()
+
+
+def test_the_gumbel_mix_logits_learn_nothing_from_equal_blocks(tiny_corpus, tmp_path):
+    """The logits' gradient compares the blocks' outputs: copies that are still equal (a fresh network's) give
+    none, however the loss depends on the features; the chosen-block scale of ``gumbel`` gives one all the same."""
+    grads = {}
+    for router in ("gumbel_mix", "gumbel"):
+        model, data = _model(_config(tiny_corpus, tmp_path / router, **ROUTING, **{"model.routing_router": router}))
+        model.train()
+        model(_batch(model, data, "ner"), "ner").sum().backward()
+        grads[router] = model.sharing.route_logits.grad[TASKS.index("ner")].abs().max()
+    assert grads["gumbel_mix"] < 1e-6 * grads["gumbel"] and grads["gumbel"] > 0
 
 
 def test_the_gumbel_router_is_refused_for_a_hugging_face_transformer(tiny_corpus, tmp_path):

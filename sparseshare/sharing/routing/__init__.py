@@ -33,10 +33,15 @@ Routers (``model.routing_router``):
   agents take the WPL step on the returns of the sentences dispatched to them; the dispatcher is trained with
   REINFORCE on the sentence's whole return (the return of the first decision) against a running-mean baseline
   per task. Tasks may thus share an agent (and its routes) or not, as the dispatcher learns.
+* ``gumbel`` and ``gumbel_mix`` (differentiable, BiLSTM and scratch encoders): per-task route logits, a parameter
+  trained by the model's optimiser; a sentence's block is a categorical draw from their softmax. ``gumbel`` scales
+  the chosen block's output by ``p_c / sg(p_c)``; ``gumbel_mix`` runs every block in training and takes
+  ``sum_j (onehot_j + p_j - sg(p_j)) y_j`` (:func:`~sparseshare.sharing.routing.network.mix`), so the logits'
+  gradient compares the blocks' outputs (the straight-through Gumbel-softmax estimator).
 
-``model.routing_lr`` is the router's step size (the WPL policy step, the REINFORCE SGD learning rate). The routers'
-state is kept in buffers, not parameters: the training optimiser never sees it, the router takes its own steps in
-:meth:`observe_losses`.
+``model.routing_lr`` is the step size of the routers that learn from rewards (the WPL policy step, the REINFORCE
+SGD learning rate). Their state is kept in buffers, not parameters: the training optimiser never sees it, the
+router takes its own steps in :meth:`observe_losses`.
 
 Rewards. The final reward of a sentence is its negative per-token training loss, ``-loss / words`` (the
 per-sentence loss ``model(batch, task)`` returns, which the training loop hands over through

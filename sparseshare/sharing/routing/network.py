@@ -53,6 +53,27 @@ def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_k
     return counts
 
 
+def mix(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor,
+        weights: torch.Tensor) -> torch.Tensor:
+    """``sum_j weights[:, j] * y_j`` over every block's output ``y_j`` on the whole batch (the router's
+    ``mix_weights``: the one-hot of ``choice`` in value). A block's weights, and the layers below, get gradients only
+    through the sentences that chose it, as with :func:`dispatch`: the other sentences' outputs reach only the
+    weights' gradient (the route logits)."""
+    out = None
+    for j, block in enumerate(blocks):
+        chosen = (choice == j).view(-1, 1, 1)
+        if block is None:
+            y = x
+        elif bool(chosen.any()):
+            y = run_layer(block, x, mask)
+        else:
+            with torch.no_grad():
+                y = run_layer(block, x, mask)
+        term = weights[:, j].view(-1, 1, 1) * torch.where(chosen, y, y.detach())
+        out = term if out is None else out + term
+    return out
+
+
 @register("routing")
 class RoutingNetwork(SharingStrategy):
     options = ("routing_blocks", "routing_pass", "routing_router", "routing_rho", "routing_collaboration",
@@ -99,17 +120,18 @@ class RoutingNetwork(SharingStrategy):
         if config.routing_warmup not in WARMUP_ROUTES:
             raise ConfigError(f"config key 'model.routing_warmup': {config.routing_warmup!r} is not one of "
                               f"{list(WARMUP_ROUTES)}")
-        if config.routing_router == "gumbel":
+        if not ROUTERS[config.routing_router].learns_from_returns:
+            router = config.routing_router
             if encoder_kind(config.encoder).layer_access != "direct":
                 direct = [name for name, kind in ENCODER_KINDS.items() if kind.layer_access == "direct"]
-                raise ConfigError(f"config key 'model.routing_router' = 'gumbel' serves the {' and '.join(direct)} "
+                raise ConfigError(f"config key 'model.routing_router' = {router!r} serves the {' and '.join(direct)} "
                                   f"encoders (it weights each block's output inside the layer loop), not "
                                   f"model.encoder = {config.encoder!r}")
             defaults = type(config)()
             for key in ("routing_rho", "routing_collaboration", "routing_history", "routing_lr"):
                 if getattr(config, key) != getattr(defaults, key):
                     raise ConfigError(f"config key 'model.{key}' sets the reward or the step of a router that learns "
-                                      f"from rewards; model.routing_router = 'gumbel' learns by backprop at the "
+                                      f"from rewards; model.routing_router = {router!r} learns by backprop at the "
                                       f"optimiser's learning rate")
         if config.routing_exploration_steps and not config.routing_exploration:
             raise ConfigError("config key 'model.routing_exploration_steps' anneals model.routing_exploration, which is 0")
@@ -330,9 +352,14 @@ class RoutingNetwork(SharingStrategy):
                 pooled = self._pool(x, mask) if self._reads_input(layer) else None
                 choice = self._choose(layer, t, pooled, uniforms, batch_size, record)
                 blocks = list(self.blocks[layer]) + ([None] if self.has_pass[layer] else [])
+                # the loss reaches the route logits (not during the warm-up: the routes were set)
+                learns = self.training and not self.router.learns_from_returns and not warming_up
+                if learns and self.router.mixes_blocks:
+                    x = mix(self.encoder.run_layer, blocks, x, mask, choice,
+                            self.router.mix_weights(layer, t, choice).to(x.dtype))
+                    continue
                 x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
-                if self.training and not self.router.learns_from_returns and not warming_up:
-                    # the loss reaches the route logits (not during the warm-up: the routes were set)
+                if learns:
                     x = x * self.router.straight_through(layer, t, choice).to(x.dtype).view(-1, 1, 1)
         self._routed(t, record, words)
         return x if self.stand_ins else self.encoder.finish(x, mask)

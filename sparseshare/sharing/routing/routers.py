@@ -34,6 +34,7 @@ class Router:
     holds = ""  # what routing.json holds besides the maps and the usage
     extra_draws = 0  # uniform rows a training pass draws beyond one per layer
     learns_from_returns = True  # from the losses and the collaboration reward (else by backprop)
+    mixes_blocks = False  # whether training runs every block and weights their outputs (mix_weights)
 
     def __init__(self, net: nn.Module, config):
         self.net = net  # not a submodule: the state is the network's buffers
@@ -328,5 +329,26 @@ class GumbelRouter(Router):
         return _greedy(self.net.route_logits[t].detach(), self.net.choices)
 
 
+class GumbelMixRouter(GumbelRouter):
+    """The same per-task route logits and categorical draws, with the straight-through estimator of the
+    Gumbel-softmax papers (Jang et al. 2017; Maziarz et al. 2019) instead of the chosen block's scale: in training
+    every block runs on every sentence and the layer's output is ``sum_j (onehot_j + p_j - sg(p_j)) y_j``, in value
+    the chosen block's output ``y_c`` (only that block's weights get a gradient), while the logits get
+    ``sum_j <dL/dy, y_j> dp_j``: a comparison of what each block would have given. The chosen-block scale of
+    ``gumbel`` carries only whether a larger ``y_c`` would lower the loss, the same for every block, so its logits
+    barely move (benchmarks/RESULTS.md, issue 25). Training runs every block (k times the routed layers' cost);
+    inference runs the chosen one."""
+    name = "gumbel_mix"
+    description = ("per-task route logits trained by backprop, straight-through categorical draws whose gradient "
+                   "compares every block's output")
+    mixes_blocks = True
+
+    def mix_weights(self, layer: int, t: int, choice: torch.Tensor) -> torch.Tensor:
+        """(B, k) weights of the blocks' outputs: the one-hot of ``choice`` in value, the probabilities' gradient."""
+        probs = self._softmax(layer, t)
+        onehot = F.one_hot(choice.to(probs.device), probs.shape[0]).to(probs.dtype)
+        return onehot + (probs - probs.detach()).unsqueeze(0)
+
+
 ROUTERS: dict[str, type[Router]] = {router.name: router for router in (WPLRouter, ReinforceRouter, DispatchedRouter,
-                                                                       GumbelRouter)}
+                                                                       GumbelRouter, GumbelMixRouter)}

@@ -121,6 +121,9 @@ RUNS = {
     **{f"{strategy}_ner_added": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}",
                                                          "train.epoch_length=weighted"])
        for strategy in ("hard", "sparse")},
+    # is NER's loss a matter of capacity? The shared BiLSTM 1.5x as wide (2 x 300 per layer) for three tasks, each
+    # task's embedder its own as in the shipped hard config
+    "hard_hidden300": ("conll03_hard", ["model.bilstm.hidden=300"]),
     # each task with its own word embeddings and char-CNN (or one of them), the BiLSTM layers shared: is the loss in
     # the shared word representations or in the shared layers above them? (hard_private_embedder ran at a8ddd5e as
     # model.private_embedder=true, which is "all" since)

@@ -133,6 +133,56 @@ def test_a_strategy_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
         del STRATEGIES["toy_top_two"]
 
 
+def test_a_training_plugin_is_one_class_passed_to_the_recipe(tiny_corpus, tmp_path):
+    """A plugin written in this test file alone sees every moment of the loop in order, with the recipe's state, and
+    can end the run: here at the end of the epoch in which a budget of steps is spent. The stopped run's selected
+    model saves, reloads and tags, and a resumed run (a plugin's state is the recipe's) trains no further."""
+    from sparseshare.model import MultiTaskTagger
+    from sparseshare.recipes.train import run_training
+    from sparseshare.training.plugins import TrainingPlugin
+
+    from conftest import TINY_SENTENCES, quiet, tiny_config
+
+    class StepBudget(TrainingPlugin):
+        def __init__(self, steps):
+            self.steps, self.moments = steps, []
+
+        def on_train_start(self, recipe):
+            self.moments.append(("start", recipe.state.global_step))
+
+        def before_optimizer_step(self, recipe, step):
+            assert step.grad_norm > 0 and len(step.per_task) == 1  # round-robin: one task per step
+            self.moments.append(("before", recipe.state.global_step))
+
+        def after_step(self, recipe, step):
+            self.moments.append(("after", recipe.state.global_step))
+
+        def after_epoch(self, recipe, epoch):  # the epoch that spends the budget is the last (in the checkpoint too)
+            self.moments.append(("epoch", epoch.epoch, set(epoch.dev)))
+            recipe.state.stopped_early = recipe.state.stopped_early or recipe.state.global_step >= self.steps
+
+        def on_train_end(self, recipe):
+            self.moments.append(("end", recipe.state.epoch))
+
+    steps_per_epoch = 18  # 48 sentences / batch 8, for each of 3 tasks
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{"train.epochs": 4})
+    budget = StepBudget(steps_per_epoch + 1)
+    results = run_training(config, log=quiet, plugins=[budget])
+    assert results["epochs_run"] == 2 and results["stopped_early"]
+    assert budget.moments[0] == ("start", 0) and budget.moments[-1] == ("end", 2)
+    steps = [m for m in budget.moments if m[0] in ("before", "after")]
+    # every step of epochs 1 and 2 (the budget is spent in epoch 2)
+    assert steps[:4] == [("before", 0), ("after", 1), ("before", 1), ("after", 2)]
+    assert [m for m in budget.moments if m[0] == "epoch"] == [("epoch", 1, {"pos", "chunk", "ner"}),
+                                                              ("epoch", 2, {"pos", "chunk", "ner"})]
+    assert len(steps) == 2 * 2 * steps_per_epoch
+    model = MultiTaskTagger.from_pretrained(tmp_path / "run" / "model")
+    assert len(model.predict(TINY_SENTENCES)["ner"]) == len(TINY_SENTENCES)
+    again = StepBudget(steps_per_epoch + 1)
+    assert run_training(config, resume=True, log=quiet, plugins=[again])["epochs_run"] == 2
+    assert [m[0] for m in again.moments] == ["start", "end"]
+
+
 def test_no_module_outside_the_encoders_names_an_encoder_kind():
     """What a module needs of an encoder it asks the encoder's kind (sparseshare/encoders/registry.py), so adding an
     encoder touches no other module: outside sparseshare/encoders/, no string (an f-string's parts included; not a

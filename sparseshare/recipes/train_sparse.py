@@ -89,7 +89,7 @@ def _run_sparse(config: Config, resume: bool, command: str | None, overwrite: bo
                 config_file: str | Path | None) -> dict:
     if config.model.sharing != "sparse":
         raise ValueError(f"config key 'model.sharing' must be 'sparse' for the sparse recipe, got {config.model.sharing!r}")
-    # the same process group run_training's Accelerator joins (cpu=True: see .train)
+    # the same process group the training recipe's Accelerator (run_training) joins (cpu=True: see .train)
     state = PartialState(cpu=not torch.accelerator.is_available())
     if state.device.type == "cpu":
         logger.info(f"{use_training_threads(config.train.threads)} CPU threads per process")

@@ -35,6 +35,8 @@ ADAM = ["train.optimizer=adamw", "train.lr=0.002", "train.lr_schedule=constant",
 # issue-23 screens below ran before that with one embedder, as their recorded config.yaml say; to compare with
 # them, add model.private_embedder=none. Routing and roaming take no private embedders.
 SHARED_EMBEDDER = ["model.private_embedder=none"]
+# conll03_sparse trains with NER's steps added (since 2026-12-05); the sparse runs recorded before ran round-robin
+ROUND_ROBIN = ["train.schedule=round_robin", "train.task_weights={}", "train.epoch_length=batches"]
 MINILM_CONVERGED = ["train.epochs=10", "train.patience=2"]
 # densities 100%, 70%, ..., 11.8%, scored without retraining; 0.1 dev points count as a tie (the sparser wins)
 MINILM_ONESHOT = ["sparse.search=oneshot", "sparse.rounds=6", "sparse.dense_models={pos: <out>/minilm_pos_conv_seed<seed>/model, "
@@ -103,11 +105,13 @@ RUNS = {
     "hard_embedding_lr": ("conll03_hard", ["train.embedding_lr=0.001"]),
     # NER-weighted task sampling: half of the steps are NER's (POS and chunk a quarter each; an epoch keeps its
     # number of steps). The sparse run's warm-up follows the schedule too, so it searches its own masks
-    **{f"{strategy}_ner_weighted": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}"])
+    **{f"{strategy}_ner_weighted": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}",
+                                                            "train.epoch_length=batches"])
        for strategy in ("hard", "sparse")},
     # one optimiser step on the summed losses of a batch of every task (train.schedule=joint), as Maximum Roaming's
     # official code trains: a third of the steps of round-robin, each on every task's gradient
-    **{f"{strategy}_joint": (f"conll03_{strategy}", ["train.schedule=joint"]) for strategy in ("hard", "sparse")},
+    **{f"{strategy}_joint": (f"conll03_{strategy}", [*ROUND_ROBIN, "train.schedule=joint"])
+       for strategy in ("hard", "sparse")},
     # ... and roaming (with its mask moves every 13 joint steps, about as many per epoch as roaming's every 40
     # round-robin steps) and its fixed partition
     "roaming_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=13",
@@ -117,10 +121,13 @@ RUNS = {
     # ... roaming whose moves keep every unit covered (roaming_joint left 12% of the units to no task)
     "roaming_joint_covered": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=13",
                                                "model.roaming_keep_coverage=true", "train.schedule=joint"]),
-    # ... with NER's extra steps added to the epoch, not taken from POS and chunk (each keeps its whole epoch)
+    # ... with NER's extra steps added to the epoch, not taken from POS and chunk (each keeps its whole epoch): the
+    # default of conll03_sparse since 2026-12-05 (sparse_ner_added is then its "sparse"; sparse_round_robin the
+    # default before)
     **{f"{strategy}_ner_added": (f"conll03_{strategy}", ["train.schedule=proportional", "train.task_weights={ner: 2}",
                                                          "train.epoch_length=weighted"])
        for strategy in ("hard", "sparse")},
+    "sparse_round_robin": ("conll03_sparse", ROUND_ROBIN),
     # is NER's loss a matter of capacity? The shared BiLSTM 1.5x as wide (2 x 300 per layer) for three tasks, each
     # task's embedder its own as in the shipped hard config
     "hard_hidden300": ("conll03_hard", ["model.bilstm.hidden=300"]),

@@ -515,6 +515,16 @@ def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, 
         json.loads((tmp_path / "b" / "model" / "routing.json").read_text())
 
 
+@pytest.mark.slow
+def test_a_run_crashed_before_its_first_epoch_end_resumes(tiny_corpus, tmp_path):
+    """A checkpoint of epoch 1 holds no epoch of the routing map yet (a file holds no empty tensor): the resumed run
+    starts the map afresh and ends as the uninterrupted one."""
+    extra = {**ROUTING, "model.routing_lr": 0.5, "train.epochs": 2, "train.checkpoint_every": 4, "train.seed": 7}
+    reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra, crash_step=10)
+    assert [h["sharing"] for h in resumed["history"]] == [h["sharing"] for h in reference["history"]]
+    assert resumed["dev"] == reference["dev"]
+
+
 def test_task_block_information_against_hand_computed_values():
     same = {"pos": [[0.5, 0.5]], "ner": [[0.5, 0.5]]}
     assert task_block_information(same) == [0.0]  # the task says nothing about the block

@@ -241,7 +241,10 @@ class RoutingNetwork(SharingStrategy):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the map history grows by one entry per epoch: take the saved length
         key = prefix + "map_history"
-        if key in state_dict and state_dict[key].shape != self.map_history.shape:
+        # before the first epoch end it is empty, and a checkpoint then holds none (safetensors files hold no empty
+        # tensor): no epoch to take
+        state_dict.setdefault(key, self.map_history.new_zeros(0, *self.map_history.shape[1:]))
+        if state_dict[key].shape != self.map_history.shape:
             self.map_history = self.map_history.new_zeros(state_dict[key].shape)
         if not self.history:  # models saved before model.routing_history existed have no (empty) window to load
             for name in ("recent", "recent_next"):

@@ -6,11 +6,11 @@ and check that the predictions rescore to the reported test scores.
 
 A training run (``results.json``) keeps ``config.yaml``, ``results.json`` and ``wall_time.json``; a sparse run
 (``report.json``) also ``report.md``, ``overlap.png``, the joint stage's ``results.json`` and ``config.yaml``,
-each task's ``search.json`` and any ``validation/*.json``. The test predictions of the reported model are
-written by ``sparseshare evaluate MODEL --split test --predictions DIR --gzip`` as
-``predictions/test.<task>.conll.gz`` (``token gold predicted``), then rescored here independently (seqeval span
-F1 in its default, conlleval-compatible mode, or token accuracy over the gold labels the task scores) and
-compared with the run's test scores: a difference above 0.01 is an error.
+each task's ``search.json`` and any ``validation/*.json``; a routing run also its model's ``routing.json``. The
+test predictions of the reported model are written by ``sparseshare evaluate MODEL --split test --predictions DIR
+--gzip`` as ``predictions/test.<task>.conll.gz`` (``token gold predicted``), then rescored here independently
+(seqeval span F1 in its default, conlleval-compatible mode, or token accuracy over the gold labels the task scores)
+and compared with the run's test scores: a difference above 0.01 is an error.
 """
 from __future__ import annotations
 
@@ -100,6 +100,8 @@ def collect(run: Path, dest: Path, data_root: str) -> list[str]:
             (dest / "validation").mkdir(exist_ok=True)
             shutil.copy2(validation, dest / "validation" / validation.name)
     model = run / "joint" / "model" if sparse else run / "model"
+    if (model / "routing.json").is_file():  # a routing network's per-epoch maps (sparseshare routing show reads it)
+        shutil.copy2(model / "routing.json", dest / "routing.json")
     results = json.loads((run / "joint" / "results.json" if sparse else run / "results.json").read_text())
     if model.is_dir():
         subprocess.run([sys.executable, "-m", "sparseshare.cli", "evaluate", str(model), "--split", "test",

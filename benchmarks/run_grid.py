@@ -85,6 +85,11 @@ RUNS = {
     **{f"{prefix}routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
                                                       f"model.routing_router={router}"])
        for router in ("reinforce", "dispatched", "gumbel", "gumbel_mix") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
+    # the differentiable router choosing among blocks that first trained one per task (~1,000 steps)
+    **{f"{prefix}routing_gumbel_mix_warmup": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
+                                                              "model.routing_router=gumbel_mix",
+                                                              "model.routing_warmup_steps=1000"])
+       for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
     # time-to-accuracy of the single-task BiLSTM-CNN-CRF (issue 13): AdamW at a constant rate with word dropout
     # (Reimers & Gurevych 2017: Adam-family optimisers converge in ~9 epochs where SGD needs ~40), early stopping
     # with patience 4 under a 12-epoch cap; variants change one thing each

@@ -85,6 +85,17 @@ RUNS = {
     **{f"{prefix}routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
                                                       f"model.routing_router={router}"])
        for router in ("reinforce", "dispatched", "gumbel", "gumbel_mix") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
+    # the per-task warm-up with a collaboration reward that no longer pays for following the other task (none, or
+    # a diversity bonus); and the fixed-route baseline the issue asks routing to beat: every task on its own block
+    # for the whole run (the warm-up's set routes never end), the embedder shared
+    **{f"{prefix}routing_warmup{suffix}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
+                                                            "model.routing_warmup_steps=1000", *change])
+       for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))
+       for suffix, change in (("_no_reward", ["model.routing_rho=0"]), ("_diverse", ["model.routing_rho=-0.3"]))},
+    **{f"{prefix}routing_fixed_per_task": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
+                                                            f"model.routing_blocks={blocks}",
+                                                            "model.routing_warmup_steps=1000000000"])
+       for prefix, tasks, blocks in (("", [], 3), ("nerpp_", [NER_PP], 2))},
     # the differentiable router choosing among blocks that first trained one per task (~1,000 steps)
     **{f"{prefix}routing_gumbel_mix_warmup": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
                                                               "model.routing_router=gumbel_mix",

@@ -660,7 +660,8 @@ def upgrade_saved_model_config(model: dict) -> dict:
 
     if isinstance(model.get("private_embedder"), bool):
         model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
-    strategy = STRATEGIES.get(model.get("sharing", ModelConfig.sharing))
+    sharing = model.get("sharing", ModelConfig.sharing)
+    strategy = STRATEGIES.get(sharing) if isinstance(sharing, str) else None  # else: refused by name later
     return strategy.upgrade_saved_options(model) if strategy is not None else model
 
 

@@ -678,6 +678,20 @@ def test_the_gumbel_mix_router_gives_the_drawn_routes_features_and_their_blocks_
     assert "compares every block's output" in model.save_pretrained(tmp_path / "m").joinpath("README.md").read_text()
 
 
+def test_a_block_no_sentence_chose_cannot_turn_the_gumbel_mix_output_into_nan(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_router": "gumbel_mix", "model.routing_blocks": 3}))
+    s = model.sharing
+    with torch.no_grad():
+        s.route_logits.copy_(torch.tensor([30.0, -30.0, -30.0]).expand_as(s.route_logits))  # block 1 every time
+        for p in s.blocks[1][2].parameters():
+            p.fill_(float("nan"))
+    features, routes, _ = _drawn_routes_pass(model, data, "ner")
+    assert (routes == 0).all() and torch.isfinite(features).all()
+    features.sum().backward()
+    assert torch.isfinite(s.route_logits.grad).all()
+
+
 def test_the_gumbel_mix_logits_learn_nothing_from_equal_blocks(tiny_corpus, tmp_path):
     """The logits' gradient compares the blocks' outputs: copies that are still equal (a fresh network's) give
     none, however the loss depends on the features; the chosen-block scale of ``gumbel`` gives one all the same."""

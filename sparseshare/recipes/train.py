@@ -41,7 +41,7 @@ from ..training.claim import claimed_output_dir
 from ..training.data import (TaskData, add_word_ids, build_model, check_input_files, load_task_data,
                              run_inputs)
 from ..training.distillation import TeacherTargets, check_teachers, gold_weight
-from ..training.plugins import EpochResult, StepCallbacks, StepResult, default_plugins
+from ..training.plugins import EpochResult, PeriodicCheckpoint, StepCallbacks, StepResult, default_plugins
 from ..training.progress import progress_bar, tracker_name
 from ..training.threads import use_training_threads
 
@@ -67,7 +67,7 @@ def run_training(config: Config, resume: bool = False, callbacks=(), log=None, *
     """
     with messages_to(log):
         recipe = TrainingRecipe(config, data=data, build=build, evaluate_test=evaluate_test, command=command,
-                                plugins=[*plugins, *([StepCallbacks(callbacks)] if callbacks else [])])
+                                plugins=plugins, callbacks=callbacks)
         return recipe.run(resume=resume, overwrite=overwrite, config_file=config_file)
 
 
@@ -78,10 +78,12 @@ class TrainingRecipe:
     strategy's hooks are plugins (:mod:`sparseshare.training.plugins`)."""
 
     def __init__(self, config: Config, *, data=None, build=None, evaluate_test: bool = True,
-                 command: str | None = None, plugins=()):
+                 command: str | None = None, plugins=(), callbacks=()):
         self.config, self.t, self.output_dir = config, config.train, Path(config.output_dir)
         self.data, self.build, self.evaluate_test, self.command = data, build or build_model, evaluate_test, command
-        self.plugins = [*default_plugins(config), *plugins]
+        # a step's checkpoint after every plugin's after_step, before the callbacks (tests crash a run in one)
+        self.plugins = [*default_plugins(config), *plugins, PeriodicCheckpoint(),
+                        *([StepCallbacks(callbacks)] if callbacks else [])]
 
     def run(self, *, resume: bool, overwrite: bool, config_file: str | Path | None) -> dict:
         validate(self.config)  # load_config validated already; a Config built in Python had no such check
@@ -200,8 +202,7 @@ class TrainingRecipe:
         # Epochs (none left when resuming a run that had already stopped early).
         for epoch in range(state.epoch, t.epochs if not state.stopped_early else state.epoch):
             self._train_epoch(epoch)
-            if state.stopped_early:
-                logger.info(f"early stop: no dev improvement for {t.patience} epochs (best epoch {state.best_epoch})")
+            if state.stopped_early:  # early stopping, or another plugin
                 break
         # every process has trained before the dev-selected model is read back
         self.accelerator.wait_for_everyone()

@@ -31,6 +31,7 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list = field(default_factory=list)
+    plugins: dict = field(default_factory=dict)  # what training plugins keep across steps (JSON values)
 
 STATE_FILE = "train_state.json"
 

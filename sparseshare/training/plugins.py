@@ -8,20 +8,25 @@ moment adds. The recipe runs its plugins in list order at each moment:
   norm), the weights not yet moved: a plugin may stop the run here;
 - ``after_step(recipe, step)``: the step is applied, ``recipe.state.global_step`` counts it;
 - ``after_epoch(recipe, epoch)``: dev is scored and the selected model saved; the epoch-end checkpoint comes after
-  every plugin's ``after_epoch``, so what a plugin sets in ``recipe.state`` is in it;
+  every plugin's ``after_epoch``, so what a plugin sets in ``recipe.state`` is in it (``recipe.state.stopped_early =
+  True`` ends the run after this epoch);
 - ``on_train_end(recipe)``: after the last epoch, before the dev-selected model is scored on test.
 
-The recipe's own plugins are listed in :func:`default_plugins`; a caller adds its own after them
-(``run_training(..., plugins=[...])``). A plugin that keeps state must keep it in ``recipe.state`` or in the model's
-buffers, or an exact resume is lost.
+The recipe runs :func:`default_plugins`, then a caller's own (``run_training(..., plugins=[...])``), then
+:class:`PeriodicCheckpoint` (so that a step's checkpoint holds what every plugin did at that step), then the
+``callbacks``. A plugin that keeps state across steps keeps it in ``recipe.state.plugins`` (a dict saved as JSON
+with every checkpoint) or in the model's buffers; anything else starts afresh on ``--resume``.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 from ..config import Config
 from .checkpoints import TrainingDiverged, flat_config, latest_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,7 +114,9 @@ class EarlyStopping(TrainingPlugin):
 
     def after_epoch(self, recipe, epoch):
         patience, state = recipe.config.train.patience, recipe.state
-        state.stopped_early = bool(patience and state.bad_epochs >= patience)
+        if patience and state.bad_epochs >= patience and not state.stopped_early:
+            state.stopped_early = True
+            logger.info(f"early stop: no dev improvement for {patience} epochs (best epoch {state.best_epoch})")
 
 
 class Tracker(TrainingPlugin):
@@ -144,11 +151,11 @@ class StepCallbacks(TrainingPlugin):
 
 
 def default_plugins(config: Config) -> list[TrainingPlugin]:
-    """The recipe's own plugins, in the order their hooks run."""
+    """The recipe's own plugins that run before a caller's (the step checkpoint runs after them: see
+    :class:`~sparseshare.recipes.train.TrainingRecipe`)."""
     from .progress import tracker_name
 
-    return [DivergenceCheck(), StrategyHooks(), PeriodicCheckpoint(), EarlyStopping(),
-            *([Tracker()] if tracker_name(config) else [])]
+    return [DivergenceCheck(), StrategyHooks(), EarlyStopping(), *([Tracker()] if tracker_name(config) else [])]
 
 
 __all__ = ["DivergenceCheck", "EarlyStopping", "EpochResult", "PeriodicCheckpoint", "StepCallbacks", "StepResult",

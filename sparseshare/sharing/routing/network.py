@@ -55,13 +55,15 @@ def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_k
 
 def mix(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor,
         weights: torch.Tensor) -> torch.Tensor:
-    """``sum_j weights[:, j] * y_j`` over every block's output ``y_j`` on the whole batch (the router's
-    ``mix_weights``: the one-hot of ``choice`` in value). A block's weights, and the layers below, get gradients only
-    through the sentences that chose it, as with :func:`dispatch`: the other sentences' outputs reach only the
-    weights' gradient (the route logits)."""
-    out = None
+    """Every block's output ``y_j`` on the whole batch, weighted by the router's ``mix_weights`` (the one-hot of
+    ``choice`` in value): in value each sentence's chosen block's output, as :func:`dispatch` gives it; a block's
+    weights, and the layers below, get gradients only through the sentences that chose it. The other sentences'
+    outputs enter only a term whose value is 0 and whose gradient reaches the weights (the route logits), in
+    float32 (the logits' gradient is a small difference of the blocks' contributions) and with non-finite values
+    zeroed (a block no sentence chose must not turn the output into NaN)."""
+    out, probe = None, None
     for j, block in enumerate(blocks):
-        chosen = (choice == j).view(-1, 1, 1)
+        chosen = choice == j
         if block is None:
             y = x
         elif bool(chosen.any()):
@@ -69,9 +71,13 @@ def mix(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: to
         else:
             with torch.no_grad():
                 y = run_layer(block, x, mask)
-        term = weights[:, j].view(-1, 1, 1) * torch.where(chosen, y, y.detach())
-        out = term if out is None else out + term
-    return out
+        value = torch.where(chosen.view(-1, 1, 1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+        # (weight - one-hot) is 0 in value, the probabilities' gradient
+        term = (weights[:, j].float() - chosen.float()).view(-1, 1, 1) * torch.nan_to_num(
+            y.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        out = value if out is None else out + value
+        probe = term if probe is None else probe + term
+    return out + probe.to(out.dtype)
 
 
 @register("routing")
@@ -243,8 +249,9 @@ class RoutingNetwork(SharingStrategy):
         key = prefix + "map_history"
         # before the first epoch end it is empty, and a checkpoint then holds none (safetensors files hold no empty
         # tensor): no epoch to take
-        state_dict.setdefault(key, self.map_history.new_zeros(0, *self.map_history.shape[1:]))
-        if state_dict[key].shape != self.map_history.shape:
+        if key not in state_dict and self.map_history.shape[0] == 0:
+            state_dict[key] = self.map_history.new_zeros(0, *self.map_history.shape[1:])
+        if key in state_dict and state_dict[key].shape != self.map_history.shape:
             self.map_history = self.map_history.new_zeros(state_dict[key].shape)
         if not self.history:  # models saved before model.routing_history existed have no (empty) window to load
             for name in ("recent", "recent_next"):
@@ -358,8 +365,7 @@ class RoutingNetwork(SharingStrategy):
                 # the loss reaches the route logits (not during the warm-up: the routes were set)
                 learns = self.training and not self.router.learns_from_returns and not warming_up
                 if learns and self.router.mixes_blocks:
-                    x = mix(self.encoder.run_layer, blocks, x, mask, choice,
-                            self.router.mix_weights(layer, t, choice).to(x.dtype))
+                    x = mix(self.encoder.run_layer, blocks, x, mask, choice, self.router.mix_weights(layer, t, choice))
                     continue
                 x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
                 if learns:

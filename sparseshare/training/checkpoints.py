@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import os
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -54,11 +54,11 @@ def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_k
 
 
 def mix(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor,
-        weights: torch.Tensor) -> torch.Tensor:
-    """Every block's output ``y_j`` on the whole batch, weighted by the router's ``mix_weights`` (the one-hot of
-    ``choice`` in value): in value each sentence's chosen block's output, as :func:`dispatch` gives it; a block's
-    weights, and the layers below, get gradients only through the sentences that chose it. The other sentences'
-    outputs enter only a term whose value is 0 and whose gradient reaches the weights (the route logits), in
+        probs: torch.Tensor) -> torch.Tensor:
+    """``sum_j (onehot_j + p_j - sg(p_j)) y_j`` over every block's output ``y_j`` on the whole batch (``probs``: the
+    (k,) choice probabilities ``p``): in value each sentence's chosen block's output, as :func:`dispatch` gives it;
+    a block's weights, and the layers below, get gradients only through the sentences that chose it. Every
+    block's output enters the ``p - sg(p)`` term, whose value is 0 and whose gradient reaches the route logits, in
     float32 (the logits' gradient is a small difference of the blocks' contributions) and with non-finite values
     zeroed (a block no sentence chose must not turn the output into NaN)."""
     out, probe = None, None
@@ -72,9 +72,8 @@ def mix(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: to
             with torch.no_grad():
                 y = run_layer(block, x, mask)
         value = torch.where(chosen.view(-1, 1, 1), y, torch.zeros((), dtype=y.dtype, device=y.device))
-        # (weight - one-hot) is 0 in value, the probabilities' gradient
-        term = (weights[:, j].float() - chosen.float()).view(-1, 1, 1) * torch.nan_to_num(
-            y.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        term = (probs[j] - probs[j].detach()).float() * torch.nan_to_num(y.detach().float(), nan=0.0, posinf=0.0,
+                                                                          neginf=0.0)
         out = value if out is None else out + value
         probe = term if probe is None else probe + term
     return out + probe.to(out.dtype)
@@ -365,7 +364,7 @@ class RoutingNetwork(SharingStrategy):
                 # the loss reaches the route logits (not during the warm-up: the routes were set)
                 learns = self.training and not self.router.learns_from_returns and not warming_up
                 if learns and self.router.mixes_blocks:
-                    x = mix(self.encoder.run_layer, blocks, x, mask, choice, self.router.mix_weights(layer, t, choice))
+                    x = mix(self.encoder.run_layer, blocks, x, mask, choice, self.router.mix_probs(layer, t))
                     continue
                 x = dispatch(self.encoder.run_layer, blocks, x, mask, choice, self.output_dim)
                 if learns:

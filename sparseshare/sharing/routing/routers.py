@@ -34,7 +34,7 @@ class Router:
     holds = ""  # what routing.json holds besides the maps and the usage
     extra_draws = 0  # uniform rows a training pass draws beyond one per layer
     learns_from_returns = True  # from the losses and the collaboration reward (else by backprop)
-    mixes_blocks = False  # whether training runs every block and weights their outputs (mix_weights)
+    mixes_blocks = False  # whether training runs every block, the logits learning from all outputs (mix_probs)
 
     def __init__(self, net: nn.Module, config):
         self.net = net  # not a submodule: the state is the network's buffers
@@ -343,11 +343,9 @@ class GumbelMixRouter(GumbelRouter):
                    "compares every block's output")
     mixes_blocks = True
 
-    def mix_weights(self, layer: int, t: int, choice: torch.Tensor) -> torch.Tensor:
-        """(B, k) weights of the blocks' outputs: the one-hot of ``choice`` in value, the probabilities' gradient."""
-        probs = self._softmax(layer, t)
-        onehot = F.one_hot(choice.to(probs.device), probs.shape[0]).to(probs.dtype)
-        return onehot + (probs - probs.detach()).unsqueeze(0)
+    def mix_probs(self, layer: int, t: int) -> torch.Tensor:
+        """(k,) the task's choice probabilities at ``layer``, with their gradient to the logits."""
+        return self._softmax(layer, t)
 
 
 ROUTERS: dict[str, type[Router]] = {router.name: router for router in (WPLRouter, ReinforceRouter, DispatchedRouter,

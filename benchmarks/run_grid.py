@@ -87,9 +87,8 @@ RUNS = {
        for router in ("reinforce", "dispatched", "gumbel", "gumbel_mix") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
     # the per-task warm-up with a collaboration reward that no longer pays for following the other task (none, or
     # a diversity bonus); and the fixed-route baseline the issue asks routing to beat: every task on its own block
-    # for the whole run (the warm-up's set routes never end), the embedder shared. NOT VALID YET: the set routes
-    # are taken in training only, and evaluation follows the untrained router's greedy routes (nerpp_routing_
-    # fixed_per_task, seed 1 at 1134a8e: dev PP 0-13% in every epoch, as PP ran through NER's block)
+    # for the whole run (the warm-up's set routes never end; evaluation follows them since the commit after 28c7080,
+    # before which it ran along the untrained router's greedy routes: dev PP 0-13% at 1134a8e), the embedder shared
     **{f"{prefix}routing_warmup{suffix}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
                                                             "model.routing_warmup_steps=1000", *change])
        for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))

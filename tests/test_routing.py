@@ -572,6 +572,30 @@ def test_during_the_warm_up_routes_are_set_per_task_and_the_router_does_not_lear
     assert int(again.sharing.steps) == 5 and not again.sharing.warming_up()
 
 
+def test_evaluation_follows_the_set_routes_of_a_per_task_warm_up_then_the_router(tiny_corpus, tmp_path):
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing_blocks": 2, "model.routing_warmup_steps": 2, "model.routing_lr": 0.5}))
+    s = model.sharing
+    s.policy[:, :, 0] = 0.9  # an untrained router whose greedy routes all take block 0
+    s.policy[:, :, 1] = 0.1
+
+    def evaluation_routes(task):
+        model.eval()
+        with torch.no_grad():
+            model(_batch(model, data, task), task)
+        return s.last_routes
+
+    for task in ("pos", "chunk"):
+        assert (evaluation_routes(task) == TASKS.index(task) % 2).all()
+        assert s.greedy_route(TASKS.index(task)) == [TASKS.index(task) % 2] * s.num_layers
+    _train_passes(model, data, "pos", 2)  # the warm-up is over: evaluation asks the router
+    assert not s.warming_up()
+    for task in ("pos", "chunk"):
+        greedy = s.router.greedy_route(TASKS.index(task))
+        assert s.greedy_route(TASKS.index(task)) == greedy
+        assert evaluation_routes(task).flatten().tolist() == [g for g in greedy for _ in range(len(s.last_routes[0]))]
+
+
 def test_a_random_warm_up_draws_every_choice_and_leaves_the_router_alone(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
         "model.routing_blocks": 2, "model.routing_pass": "true", "model.routing_warmup_steps": 6,

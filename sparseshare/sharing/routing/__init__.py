@@ -60,7 +60,8 @@ rewards of layers l..L (:func:`returns_to_go`).
 
 Randomness and resume. Routes are sampled in training mode only; in evaluation mode (``model.eval()``) the policy
 is greedy (argmax; WPL: the same route for every sentence of a task; dispatched: the dispatcher's argmax agent,
-then that agent's argmax route). Sampling uses a private generator: its state
+then that agent's argmax route), except during a per-task warm-up (``model.routing_warmup_steps``), whose set routes
+evaluation follows too: the router has not learnt yet. Sampling uses a private generator: its state
 is the persistent buffer ``rng_state``, seeded by :meth:`initialize` (``train.seed``), advanced by exactly one draw
 per training forward pass (the seed of that pass's uniforms, plus the process rank), never the global RNG. Policies,
 values, baselines, MLP weights, usage counts and the routing-map history are persistent buffers too, so they are

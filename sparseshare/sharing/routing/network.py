@@ -310,10 +310,10 @@ class RoutingNetwork(SharingStrategy):
             return sample_choices(probs, uniforms[row]) if uniforms is not None else probs.argmax(-1)
 
         k = self.choices[layer]
-        if uniforms is not None and record["warming_up"]:  # set routes: the router is not asked
+        if record["set_routes"]:  # the router is not asked
             record["inputs"].append(None)
             if self.warmup == "per_task":
-                choice = torch.full((batch_size,), t % self.copies[layer], dtype=torch.long, device=uniforms.device)
+                choice = torch.full((batch_size,), t % self.copies[layer], dtype=torch.long, device=self.valid.device)
             else:
                 choice = pick(uniforms.new_full((batch_size, k), 1.0 / k), layer)
             record["choices"].append(choice)
@@ -329,6 +329,20 @@ class RoutingNetwork(SharingStrategy):
     def warming_up(self) -> bool:
         """Whether the routes are still set (``model.routing_warmup_steps``) and the router does not learn."""
         return int(self.steps) < self.warmup_steps
+
+    def follows_set_routes(self) -> bool:
+        """Whether a pass in the current mode takes the warm-up's set routes. In training: throughout the warm-up.
+        In evaluation: throughout a per-task warm-up, since the router has not learnt yet and its greedy routes
+        would send each task through blocks trained by the others; a random warm-up has no route to follow, so
+        evaluation asks the (untrained) router."""
+        return self.warming_up() and (self.training or self.warmup == "per_task")
+
+    def greedy_route(self, t: int) -> list[int] | None:
+        """Task ``t``'s route in evaluation where it is one block per layer whatever the sentence (None: the router
+        chooses per sentence)."""
+        if self.warming_up() and self.warmup == "per_task":
+            return [t % k for k in self.copies]
+        return self.router.greedy_route(t)
 
     def exploration_rate(self) -> float:
         """The share of a training route drawn uniformly: ``routing_exploration``, falling linearly to 0 over the
@@ -352,7 +366,7 @@ class RoutingNetwork(SharingStrategy):
         words = mask.sum(1).clamp(min=1).to(torch.float64)
         # the step count read once per pass (a buffer: on a GPU each read waits for the device), not at every layer
         warming_up = self.training and self.warming_up()
-        record = {"choices": [], "inputs": [], "warming_up": warming_up,
+        record = {"choices": [], "inputs": [], "set_routes": self.follows_set_routes(),
                   "exploration": self.exploration_rate() if self.training else 0.0}
         if self.stand_ins:
             x = self._encode_hf(batch, t, uniforms, record)
@@ -403,7 +417,7 @@ class RoutingNetwork(SharingStrategy):
     def task_encoder_state(self, task):
         """WPL on a Hugging Face Transformer: the greedy route of a task is one block per layer whatever the
         sentence, so the task runs through one plain model (its blocks). The other routers choose per sentence."""
-        greedy = self.router.greedy_route(self.tasks.index(task))
+        greedy = self.greedy_route(self.tasks.index(task))
         if greedy is None:
             raise NotImplementedError(f"routing with the {self.router.name!r} router chooses each sentence's route "
                                       f"from the sentence, so task {task!r} has no single encoder to export")

@@ -55,52 +55,52 @@ RUNS = {
     # the other strategies on the hard-sharing model, optimiser and budget (issue 4's comparison). Roaming: 8
     # epochs are ~10.5k steps and each task needs (1 - p) x 400 = 200 updates to visit every unit of a layer, so
     # delta = 40 completes the roaming at ~8k steps and trains the last ~2 epochs on the final masks.
-    "hierarchical": ("conll03_hard", ["model.sharing=hierarchical", "model.task_layers={pos: 1}"]),
+    "hierarchical": ("conll03_hard", ["model.sharing=hierarchical", "model.hierarchical.task_layers={pos: 1}"]),
     "bottom": ("conll03_hard", ["model.sharing=bottom"]),
     "cross_stitch": ("conll03_hard", ["model.sharing=cross_stitch"]),
-    # (model.roaming_masked_steps and model.roaming_cut_recurrence, true by default since they exist: a task's steps
+    # (model.roaming.masked_steps and model.roaming.cut_recurrence, true by default since they exist: a task's steps
     # move only its active units' weights, and its switched-off units take no part in its pass; the recorded roaming
     # runs ran before both)
-    "roaming": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=40"]),
-    "roaming_fixed": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_fixed=true"]),
+    "roaming": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming.delta=40"]),
+    "roaming_fixed": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming.fixed=true"]),
     "routing": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing"]),
     # the collaboration reward over the last 8 batches (256 sentences, the official code's window of 256 decisions)
     # instead of all of training
-    "routing_window": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing", "model.routing_history=8"]),
+    "routing_window": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=routing", "model.routing.history=8"]),
     # issue 25: the collaboration reward counted over the task's own routes (not the others'), a negative one (a
     # diversity bonus: less-used blocks pay), none; on CoNLL-2003 and on NER + PP (where task-dependent routes should
     # pay most)
     **{f"{prefix}routing{suffix}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing", *change])
        for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))
-       for suffix, change in (("_per_task", ["model.routing_collaboration=per_task"]),
-                              ("_diverse", ["model.routing_rho=-0.3"]), ("_no_reward", ["model.routing_rho=0"]),
+       for suffix, change in (("_per_task", ["model.routing.collaboration=per_task"]),
+                              ("_diverse", ["model.routing.rho=-0.3"]), ("_no_reward", ["model.routing.rho=0"]),
                               # blocks trained one per task for ~1,000 steps (about 2/3 of an epoch of CoNLL-2003's
                               # three tasks) before the router learns; an exploration floor of 0.2 falling to 0 over
                               # the first ~3 epochs
-                              ("_warmup", ["model.routing_warmup_steps=1000"]),
-                              ("_explore", ["model.routing_exploration=0.2", "model.routing_exploration_steps=4000"]))},
+                              ("_warmup", ["model.routing.warmup_steps=1000"]),
+                              ("_explore", ["model.routing.exploration=0.2", "model.routing.exploration_steps=4000"]))},
     "nerpp_routing": ("conll03_hard", [*SHARED_EMBEDDER, NER_PP, "model.sharing=routing"]),
     # the paper's other routers: one REINFORCE agent (an MLP over the representation and the task), and a REINFORCE
     # dispatcher over one WPL agent per task; and a differentiable one (per-task logits, straight-through draws)
     **{f"{prefix}routing_{router}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
-                                                      f"model.routing_router={router}"])
+                                                      f"model.routing.router={router}"])
        for router in ("reinforce", "dispatched", "gumbel", "gumbel_mix") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
     # the per-task warm-up with a collaboration reward that no longer pays for following the other task (none, or
     # a diversity bonus); and the fixed-route baseline the issue asks routing to beat: every task on its own block
     # for the whole run (the warm-up's set routes never end; evaluation follows them since the commit after 28c7080,
     # before which it ran along the untrained router's greedy routes: dev PP 0-13% at 1134a8e), the embedder shared
     **{f"{prefix}routing_warmup{suffix}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
-                                                            "model.routing_warmup_steps=1000", *change])
+                                                            "model.routing.warmup_steps=1000", *change])
        for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))
-       for suffix, change in (("_no_reward", ["model.routing_rho=0"]), ("_diverse", ["model.routing_rho=-0.3"]))},
+       for suffix, change in (("_no_reward", ["model.routing.rho=0"]), ("_diverse", ["model.routing.rho=-0.3"]))},
     **{f"{prefix}routing_fixed_per_task": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
-                                                            f"model.routing_blocks={blocks}",
-                                                            "model.routing_warmup_steps=1000000000"])
+                                                            f"model.routing.blocks={blocks}",
+                                                            "model.routing.warmup_steps=1000000000"])
        for prefix, tasks, blocks in (("", [], 3), ("nerpp_", [NER_PP], 2))},
     # the differentiable router choosing among blocks that first trained one per task (~1,000 steps)
     **{f"{prefix}routing_gumbel_mix_warmup": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
-                                                              "model.routing_router=gumbel_mix",
-                                                              "model.routing_warmup_steps=1000"])
+                                                              "model.routing.router=gumbel_mix",
+                                                              "model.routing.warmup_steps=1000"])
        for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
     # time-to-accuracy of the single-task BiLSTM-CNN-CRF (issue 13): AdamW at a constant rate with word dropout
     # (Reimers & Gurevych 2017: Adam-family optimisers converge in ~9 epochs where SGD needs ~40), early stopping
@@ -131,13 +131,13 @@ RUNS = {
        for strategy in ("hard", "sparse")},
     # ... and roaming (with its mask moves every 13 joint steps, about as many per epoch as roaming's every 40
     # round-robin steps) and its fixed partition
-    "roaming_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=13",
+    "roaming_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming.delta=13",
                                        "train.schedule=joint"]),
-    "roaming_fixed_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_fixed=true",
+    "roaming_fixed_joint": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming.fixed=true",
                                              "train.schedule=joint"]),
     # ... roaming whose moves keep every unit covered (roaming_joint left 12% of the units to no task)
-    "roaming_joint_covered": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming_delta=13",
-                                               "model.roaming_keep_coverage=true", "train.schedule=joint"]),
+    "roaming_joint_covered": ("conll03_hard", [*SHARED_EMBEDDER, "model.sharing=roaming", "model.roaming.delta=13",
+                                               "model.roaming.keep_coverage=true", "train.schedule=joint"]),
     # ... with NER's extra steps added to the epoch, not taken from POS and chunk (each keeps its whole epoch): the
     # default of conll03_sparse since 2026-12-05 (sparse_ner_added is then its "sparse"; sparse_round_robin the
     # default before)
@@ -165,7 +165,7 @@ RUNS = {
     "hard_private_ner": ("conll03_hard", ["model.private_embedder=all", "model.private_embedder_tasks=[ner]"]),
     "sparse_private_ner": ("conll03_sparse", ["model.private_embedder=words", "model.private_embedder_tasks=[ner]"]),
     # ... and with its own char-CNN per task too: the masks then cover the BiLSTM only (own warm-up and search)
-    "sparse_private_all": ("conll03_sparse", ["model.private_embedder=all", "model.prunable=[layers.*.lstm.weight_*]"]),
+    "sparse_private_all": ("conll03_sparse", ["model.private_embedder=all", "model.sparse.prunable=[layers.*.lstm.weight_*]"]),
     # distillation (BAM!, teacher annealing): sparse sharing from its own searched dense networks; hard sharing
     # from the single-task runs of the same seed in the same --out folder (run "pos", "chunk", "ner" first)
     "sparse_distill": ("conll03_sparse", ["sparse.distill=true"]),
@@ -180,13 +180,13 @@ RUNS = {
     "minilm_hard_conv": ("conll03_minilm_hard", MINILM_CONVERGED),
     **{f"minilm_sparse_{criterion}_{outside}{suffix}": (
         "conll03_minilm_sparse", [*MINILM_CONVERGED, *MINILM_ONESHOT, f"sparse.criterion={criterion}",
-                                  f"model.outside_mask={outside}", *control])
+                                  f"model.sparse.outside_mask={outside}", *control])
        for criterion in ("magnitude", "change") for outside in ("zero", "rewind")
        for suffix, control in (("", []), ("_random", ["sparse.random_masks=true"]))
        if not control or (criterion, outside) == ("change", "rewind")},
     # ... and by scores learned in the config's own iterative search (3 rounds of 30% on 3,000 sentences per task)
     "minilm_sparse_learned_rewind": ("conll03_minilm_sparse", [*MINILM_CONVERGED, "sparse.criterion=learned",
-                                                               "model.outside_mask=rewind"]),
+                                                               "model.sparse.outside_mask=rewind"]),
 }
 # runs whose warm-up and search are those of another run of the same seed (same config up to the joint
 # stage, so recomputing them would give the same files): copied from it when it has finished its search

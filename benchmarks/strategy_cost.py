@@ -84,14 +84,14 @@ def main():
         result["tasks"] = {}
         for n in (2, 3, 4):
             variants = {"hard": ("hard", []), "cross_stitch": ("cross_stitch", []),
-                        "routing_k2": ("routing", ["model.routing_blocks=2"])}
+                        "routing_k2": ("routing", ["model.routing.blocks=2"])}
             result["tasks"][n] = measure(data, TASKS[:n], variants, args)
             print(f"{n} tasks:", json.dumps(result["tasks"][n]), flush=True)
     if "blocks" in args.settings:
-        converged = ["model.routing_lr=1e-9"]
+        converged = ["model.routing.lr=1e-9"]
         variants = {"hard": ("hard", []),
-                    **{f"routing_k{k}": ("routing", [f"model.routing_blocks={k}"]) for k in (1, 2, 4, 8)},
-                    **{f"routing_k{k}_converged": ("routing", [f"model.routing_blocks={k}", *converged])
+                    **{f"routing_k{k}": ("routing", [f"model.routing.blocks={k}"]) for k in (1, 2, 4, 8)},
+                    **{f"routing_k{k}_converged": ("routing", [f"model.routing.blocks={k}", *converged])
                        for k in (2, 4, 8)}}
         result["routing_blocks"] = measure(data, TASKS[:3], variants, args)
         print("routing blocks:", json.dumps(result["routing_blocks"]), flush=True)

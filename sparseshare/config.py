@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import types
@@ -12,6 +13,8 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError  # noqa: F401 - the error of every bad key; importable from here as before
+
+logger = logging.getLogger("sparseshare")
 
 
 @dataclass
@@ -68,96 +71,54 @@ class ModelConfig:
     encoder: str = "bilstm"
     head: str = "crf"  # crf | softmax
     sharing: str = "hard"
-    # sharing: sparse only: fnmatch patterns over encoder parameter names selecting the prunable weight
-    # matrices; null = the encoder's default (its kind's default_prunable, sparseshare/encoders/)
-    prunable: list[str] | None = None
     # sharing: hard, sparse, hierarchical, bottom, cross_stitch (BiLSTM encoder): what of the embedder each task owns
     # a copy of: none | words (the word table) | chars (the char-CNN) | all (both; sparse: chars / all only with a
-    # model.prunable that leaves the char-CNN out)
+    # model.sparse.prunable that leaves the char-CNN out)
     private_embedder: str = "none"
     # the tasks that own those copies (null: every task); the others read the one shared embedder (e.g. [ner]: POS
     # and chunk share their word representations, NER has its own)
     private_embedder_tasks: list[str] | None = None
-    # sharing: sparse only: what a task reads for a prunable weight outside its mask: zero (Sun et al.'s subnetwork) |
-    # rewind (the weight's value at the rewind point, i.e. the pretrained checkpoint with sparse.warmup_epochs 0: the
-    # tasks then share a sparse update of the pretrained network, as in LT-SFT, Ansell et al. 2022)
-    outside_mask: str = "zero"
-    # sharing: sparse only: learn a score per prunable weight and task alongside the weights (straight-through; movement
-    # pruning, Sanh et al. 2020): what the search rounds of sparse.criterion: learned set, so that their model folders
-    # hold the scores the next round's mask is taken from
-    mask_scores: bool = False
-    # sharing: hierarchical only: the 1-based encoder layer each task reads (e.g. {pos: 1}); unlisted tasks
-    # read the top layer (Søgaard & Goldberg 2016)
-    task_layers: dict[str, int] = field(default_factory=dict)
-    # sharing: bottom only: how many of the lowest encoder layers each task owns; the layers above are shared
-    # (Zhang et al. 2021)
-    bottom_layers: int = 1
-    # sharing: cross_stitch only: initial weight alpha of a task's own column in every layer's (T x T) mixing
-    # matrix, (1 - alpha) / (T - 1) for each other task's column (Misra et al. 2016); in [0, 1]
-    cross_stitch_init: float = 0.9
-    # sharing: roaming only: share p in (0, 1] of each layer's units that each task is active on; every unit is
-    # covered by some task at initialisation, so p * len(tasks) >= 1 (Pascal et al. 2021)
-    roaming_ratio: float = 0.5
-    # sharing: roaming only: training steps Δ >= 1 between two mask updates
-    roaming_delta: int = 100
-    # sharing: roaming only: switch roaming off: the initial random masks stay for the whole run (the paper's fixed
-    # random partition baseline, from the same masks that roaming would start from)
-    roaming_fixed: bool = False
-    # sharing: roaming only: a task's optimiser step moves only the weights of its active units (the masked
-    # optimisers; the paper's "a task's parameters are those of its active units"); false: every weight, so that
-    # momentum and Adam's moments also move the units switched off for the task (the official code's plain Adam), and
-    # in a BiLSTM with roaming_cut_recurrence false the task's own gradient too
-    roaming_masked_steps: bool = True
-    # sharing: roaming only, BiLSTM: a unit switched off for a task takes no part in the task's pass: its state reaches
-    # no gate (the recurrent weights' columns of the task's inactive units are zero for the pass), as a masked channel
-    # of the paper's convolutions; false: only the layer's output is masked, and the inactive units' states still feed
-    # the active units through the recurrence (what runs before this option existed)
-    roaming_cut_recurrence: bool = True
-    # sharing: roaming only: a move switches off only a unit that another task still uses, so every unit stays
-    # covered by some task (the paper draws full coverage at initialisation; its official code, and false here, may
-    # switch a unit off for its last task); a task with no such unit skips that move. Needs ratio x tasks > 1
-    roaming_keep_coverage: bool = False
-    # sharing: routing only (Rosenbaum et al. 2018; sparseshare/sharing/routing/): function blocks (copies of the
-    # encoder layer) per routed layer, one int for every layer or a list with one entry per layer; each >= 1
-    routing_blocks: int | list[int] = 2
-    # sharing: routing only: also offer a PASS block (the identity) at every layer whose input and output widths agree
-    routing_pass: bool = False
-    # sharing: routing only: wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one agent, an MLP
-    # per layer over the layer input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE
-    # dispatcher assigns each sentence to one of model.routing_agents tabular WPL agents) | gumbel (per-task route logits
-    # trained by backprop: categorical draws, straight-through gradient of the chosen block's scale; bilstm and scratch
-    # only) | gumbel_mix (the same draws; in training every block runs and the logits' gradient compares their outputs,
-    # the Gumbel-softmax straight-through estimator of Jang et al. 2017 / Maziarz et al. 2019)
-    routing_router: str = "wpl"
-    # sharing: routing with routing_router: dispatched only: the number of WPL agents (0: one per task)
-    routing_agents: int = 0
-    # sharing: routing only: weight rho of the collaboration reward rho x (historical probability of the chosen block);
-    # a negative rho pays for the less-used blocks instead (a diversity bonus), 0 switches the reward off
-    routing_rho: float = 0.3
-    # sharing: routing only: whose routes the historical probability counts: all_tasks (the paper's: every task's
-    # sentences, so a task is paid for following the others) | per_task (the same task's sentences only)
-    routing_collaboration: str = "all_tasks"
-    # sharing: routing only: the historical probability of the collaboration reward counts the routes of the last
-    # routing_history training batches (all tasks; the official code keeps the last 256 decisions); 0 counts every
-    # batch since the start of training
-    routing_history: int = 0
-    # sharing: routing only: the router's step size (WPL policy step / REINFORCE SGD learning rate)
-    routing_lr: float = 0.05
-    # sharing: routing only: an exploration floor: in training, routes are drawn from (1 - e) x the router's
-    # probabilities + e x uniform over the layer's choices, e falling linearly from routing_exploration to 0 over the
-    # first routing_exploration_steps training steps (0: e stays; the steps count from the first, a warm-up's
-    # included); in [0, 1). The routers learn from these routes as if their own probabilities had drawn them (no
-    # importance weights: REINFORCE's update is then biased towards the uniform routes)
-    routing_exploration: float = 0.0
-    routing_exploration_steps: int = 0
-    # sharing: routing only: training steps at the start in which the router does not learn and the routes are set:
-    # routing_warmup per_task (task t takes block t mod k at every layer, so that blocks specialise before the router
-    # chooses among them) | random (each sentence a uniformly drawn choice)
-    routing_warmup_steps: int = 0
-    routing_warmup: str = "per_task"
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     scratch: ScratchTransformerConfig = field(default_factory=ScratchTransformerConfig)
+    # each strategy's own options, given as the section model.<strategy name> (e.g. model.routing.rho): the
+    # dataclass the strategy declares as its ``Options`` (sparseshare/sharing/), built and checked when the config is
+    # loaded. Read as ``model.<strategy name>`` (its defaults where the section was not given); written back as
+    # that section (:func:`model_config_dict`)
+    strategy_options: dict[str, typing.Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        # the selected strategy's section is always there (its defaults where not given), so that a config equals
+        # the same config written out and read back
+        options = self.sections().get(self.sharing)
+        if options is not None and self.sharing not in self.strategy_options:
+            self.strategy_options = {**self.strategy_options, self.sharing: options()}
+
+    @staticmethod
+    def sections() -> dict[str, type]:
+        """``{strategy name: Options dataclass}`` of the registered strategies with options: the keys of
+        model that are sections of their own."""
+        from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
+
+        return {name: cls.Options for name, cls in STRATEGIES.items() if cls.Options is not None}
+
+    def __getattr__(self, name: str):
+        """``model.routing`` and the like: the options of that strategy (only called for names that are not
+        fields)."""
+        if name.startswith("_") or name == "strategy_options":
+            raise AttributeError(name)
+        options = self.sections().get(name)
+        if options is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        given = self.__dict__.get("strategy_options", {}).get(name)
+        return given if given is not None else options()
+
+
+def model_config_dict(model: ModelConfig) -> dict:
+    """``model`` as the mapping a config file writes: each strategy's options as its own section."""
+    data = dataclasses.asdict(model)
+    sections = data.pop("strategy_options")
+    return {**data, **sections}
 
 
 @dataclass
@@ -254,7 +215,7 @@ class Config:
     sparse: SparseConfig = field(default_factory=SparseConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "model": model_config_dict(self.model)}
 
 
 def build_dataclass(cls, data, where: str, noun: str = "config key", *, strict: bool = False):
@@ -266,10 +227,17 @@ def build_dataclass(cls, data, where: str, noun: str = "config key", *, strict: 
         raise ConfigError(f"{f'{noun} {where!r}' if where else 'config'}: expected a mapping, got "
                           f"{type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    sections = cls.sections() if cls is ModelConfig else {}  # sections of their own, in strategy_options
+    names = {f.name for f in dataclasses.fields(cls)} - {"strategy_options"} | set(sections)
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
+        if key in sections:
+            if value is None and not strict:
+                value = {}
+            kwargs.setdefault("strategy_options", {})[key] = build_dataclass(sections[key], value, path, noun,
+                                                                             strict=strict)
+            continue
         if key not in names:
             inside = f"; {where!r} has no key {key!r}" if where else ""
             raise ConfigError(f"unknown {noun} {path!r}{inside}; valid keys here: {sorted(names)}")
@@ -457,6 +425,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         data = source.data or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must be a YAML mapping")
+    overrides = list(overrides)
     for override in overrides:
         keys, value = parse_override(override)
         node = data
@@ -470,6 +439,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if source is not None:
             source.override(".".join(keys))
     try:
+        if isinstance(data.get("model"), dict):
+            data["model"] = upgrade_flat_strategy_keys(data["model"], notify=logger.warning)
         config = build_dataclass(Config, data, "")
         validate(config)
     except ConfigError as err:
@@ -480,6 +451,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def config_from_dict(data: dict) -> Config:
+    if isinstance(data.get("model"), dict):
+        data = {**data, "model": upgrade_flat_strategy_keys(data["model"], notify=logger.warning)}
     config = build_dataclass(Config, data, "")
     validate(config)
     return config
@@ -585,14 +558,22 @@ def validate_sharing(model: ModelConfig, tasks: list[str]) -> None:
                           f"valid: {sorted(STRATEGIES)}")
     owners: dict[str, list[str]] = {}
     for name, cls in STRATEGIES.items():
-        for key in cls.options:
+        for key in cls.shared_options:
             owners.setdefault(key, []).append(name)
     defaults = ModelConfig()
     for field_ in dataclasses.fields(ModelConfig):  # in declaration order, so the first offending key is named
         key = field_.name
-        if key in owners and key not in strategy.options and getattr(model, key) != getattr(defaults, key):
+        if key in owners and key not in strategy.shared_options and getattr(model, key) != getattr(defaults, key):
             raise ConfigError(f"config key 'model.{key}' only applies to model.sharing={' / '.join(owners[key])} "
                               f"(model.sharing is {model.sharing!r})")
+    for name, options in model.strategy_options.items():  # another strategy's section: refused where it sets a value
+        if name == model.sharing:
+            continue
+        default = type(options)()
+        for field_ in dataclasses.fields(options):
+            if getattr(options, field_.name) != getattr(default, field_.name):
+                raise ConfigError(f"config key 'model.{name}.{field_.name}' only applies to model.sharing={name} "
+                                  f"(model.sharing is {model.sharing!r})")
     depth = config_depth(model)
     strategy.check_options(model, tasks, depth[1] if depth else None, depth[0] if depth else "")
 
@@ -650,19 +631,50 @@ def is_task_file(name_or_path: str) -> bool:
     return Path(name_or_path).suffix in (".yaml", ".yml")
 
 
+def upgrade_flat_strategy_keys(model: dict, notify=None) -> dict:
+    """A ``model`` section whose strategy options are spelt as flat keys, as before each strategy had a section of
+    its own (``model.routing.rho``: ``model.routing.rho``; each strategy's
+    :meth:`~sparseshare.sharing.base.SharingStrategy.flat_keys`), in today's spelling; ``notify`` gets a line for
+    each key moved."""
+    from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
+
+    model = dict(model)
+    for name, cls in STRATEGIES.items():
+        for old, new in cls.flat_keys().items():
+            if old not in model:
+                continue
+            section = model.get(name)
+            section = {} if section is None else dict(section) if isinstance(section, dict) else section
+            if not isinstance(section, dict):
+                raise ConfigError(f"config key 'model.{name}': expected a mapping (the options of model.sharing "
+                                  f"{name}), got {type(section).__name__}")
+            if new in section:
+                raise ConfigError(f"config key 'model.{old}' is the former spelling of 'model.{name}.{new}', which is "
+                                  f"given too: drop one")
+            section[new] = model.pop(old)
+            model[name] = section
+            if notify is not None:
+                notify(f"config key 'model.{old}' is now spelt 'model.{name}.{new}': read as that")
+    return model
+
+
 def upgrade_saved_model_config(model: dict) -> dict:
     """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a checkpointed
     run's config.yaml) in today's spelling: ``private_embedder`` was a boolean (true: the word table and the char-CNN,
-    "all") before it named the parts; the saved strategy upgrades its own options
-    (:meth:`~sparseshare.sharing.base.SharingStrategy.upgrade_saved_options`). Configs given to a new run are not
-    upgraded."""
+    "all") before it named the parts; strategy options were flat keys (:func:`upgrade_flat_strategy_keys`); the saved
+    strategy upgrades its own options (:meth:`~sparseshare.sharing.base.SharingStrategy.upgrade_saved_options`)."""
     from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
 
     if isinstance(model.get("private_embedder"), bool):
         model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
+    upgraded = upgrade_flat_strategy_keys(model)
     sharing = model.get("sharing", ModelConfig.sharing)
+    # the other strategies' flat options were saved at their defaults (a config that set one was refused)
+    model = {key: value for key, value in upgraded.items() if key == sharing or key not in STRATEGIES or key in model}
     strategy = STRATEGIES.get(sharing) if isinstance(sharing, str) else None  # else: refused by name later
-    return strategy.upgrade_saved_options(model) if strategy is not None else model
+    if strategy is None or strategy.Options is None or not isinstance(model.get(sharing, {}), dict):
+        return model
+    return {**model, sharing: strategy.upgrade_saved_options(dict(model.get(sharing) or {}))}
 
 
 def validate_sparse(s: SparseConfig) -> None:

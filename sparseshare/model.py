@@ -28,7 +28,7 @@ from torch import nn
 
 from . import __version__
 from . import model_folder
-from .config import ModelConfig
+from .config import ModelConfig, model_config_dict
 from .data.batching import Batch, Featurizer, bucketed_batches
 from .data.schemes import convert
 from .data.vocab import Vocab
@@ -167,7 +167,7 @@ class MultiTaskTagger(nn.Module):
         save_json({
             "format_version": FORMAT_VERSION,
             "sparseshare_version": __version__,
-            "model": dataclasses.asdict(self.config),
+            "model": model_config_dict(self.config),
             "data": {"lowercase": featurizer.lookup.lowercase, "normalize_digits": featurizer.lookup.normalize_digits},
             "tasks": {name: spec.to_dict() for name, spec in self.tasks.items()},
             **({"info": extra} if extra else {}),

@@ -179,8 +179,8 @@ def _card_section(folder, title: str) -> str:
 
 def test_routing_model_card_shows_the_router_blocks_and_routes_untrained_and_trained(tiny_corpus, tmp_path):
     model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{
-        "model.sharing": "routing", "model.routing_blocks": "[2,3]", "model.routing_pass": "true",
-        "model.routing_rho": 0.2}))
+        "model.sharing": "routing", "model.routing.blocks": "[2,3]", "model.routing.pass_block": "true",
+        "model.routing.rho": 0.2}))
     s = model.sharing  # layer 1: block 0, block 1; layer 2: block 0..2, PASS
     s.policy[1, 1, :4] = torch.tensor([0.1, 0.2, 0.3, 0.4])
     card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Routing")
@@ -206,7 +206,7 @@ def test_routing_model_card_shows_the_router_blocks_and_routes_untrained_and_tra
 
 def test_routing_model_card_reinforce_untrained_and_wpl_trained(tiny_corpus, tmp_path):
     model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{"model.sharing": "routing",
-                                                                 "model.routing_router": "reinforce"}))
+                                                                 "model.routing.router": "reinforce"}))
     card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Routing")
     assert "- Router: `reinforce` (" in card and "- Blocks per layer: 2, 2." in card
     assert "No routes were recorded yet (the model was not trained)." in card and "| task |" not in card
@@ -227,8 +227,8 @@ def test_routing_model_card_reinforce_untrained_and_wpl_trained(tiny_corpus, tmp
 @pytest.mark.parametrize("fixed", [False, True])
 def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path, fixed):
     model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{
-        "model.sharing": "roaming", "model.roaming_ratio": 0.75,
-        **({"model.roaming_fixed": "true"} if fixed else {"model.roaming_delta": 2})}))
+        "model.sharing": "roaming", "model.roaming.ratio": 0.75,
+        **({"model.roaming.fixed": "true"} if fixed else {"model.roaming.delta": 2})}))
     card = _card_section(model.save_pretrained(tmp_path / "untrained"), "## Maximum Roaming")
     assert "over the layer's 32 output units" in card  # BiLSTM 2 x 16
     assert "- Sharing ratio p: 0.75 (24 of 32 units per layer and task)." in card
@@ -239,7 +239,7 @@ def test_roaming_model_card_shows_ratio_delta_and_progress(tiny_corpus, tmp_path
     card = _card_section(model.save_pretrained(tmp_path / "trained"), "## Maximum Roaming")
     if fixed:
         assert "- Roaming progress r(c): 0.750 " in card
-        assert "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed random partition." in card
+        assert "- Roaming switched off (model.roaming.fixed): the masks never move, a fixed random partition." in card
     else:
         assert model.sharing.roaming_progress() == 28 / 32
         assert "- Roaming progress r(c): 0.875 " in card
@@ -255,12 +255,12 @@ def test_layer_strategy_model_cards_say_what_each_task_runs_through(tiny_corpus,
         model, _ = tiny_model(tiny_config(tiny_corpus, tmp_path, **{"model.sharing": sharing, **encoder, **extra}))
         return model, _card_section(model.save_pretrained(tmp_path / sharing), title)
 
-    _, text = card("hierarchical", "## Hierarchical sharing", **{"model.task_layers.pos": 1})
+    _, text = card("hierarchical", "## Hierarchical sharing", **{"model.hierarchical.task_layers.pos": 1})
     assert "One encoder of 2 layers" in text and "| pos | 1 |" in text and "| ner | 2 |" in text
     model, text = card("bottom", "## Separate bottom layers")
     own = sum(p.numel() for p in model.sharing.bottom["pos"].parameters())
     assert f"Each task owns the lowest 1 of the encoder's 2 layers ({own:,} parameters per task)" in text
-    model, text = card("cross_stitch", "## Cross-stitch", **{"model.cross_stitch_init": 0.8})
+    model, text = card("cross_stitch", "## Cross-stitch", **{"model.cross_stitch.init": 0.8})
     assert "| | pos | chunk | ner |" in text and "Layer 2:" in text
     assert "| chunk | 0.100 | 0.800 | 0.100 |" in text  # alpha on the diagonal, (1 - alpha) / 2 elsewhere
 
@@ -328,7 +328,7 @@ def test_export_of_a_sparse_minilm_task_predicts_like_sparseshare(tmp_path, outs
 
     model = _sparse_model(tmp_path, **{"tasks": "[pos,ner]", "model.encoder": "transformer", "model.head": "softmax",
                                        "model.transformer.name_or_path": MINILM, "model.transformer.dropout": 0.0,
-                                       "model.outside_mask": outside_mask})
+                                       "model.sparse.outside_mask": outside_mask})
     torch.manual_seed(0)
     with torch.no_grad():  # untrained heads, scaled up: varied labels to compare
         model.heads["ner"].proj.weight.normal_(0, 1.0)
@@ -376,13 +376,13 @@ STRATEGIES = {
     "single": {"tasks": "[ner]", "model.sharing": "single"},
     "hard": {},
     "hard_private_embedder": {"model.private_embedder": "all"},
-    "hierarchical": {"model.sharing": "hierarchical", "model.task_layers": "{pos: 1}"},
+    "hierarchical": {"model.sharing": "hierarchical", "model.hierarchical.task_layers": "{pos: 1}"},
     "bottom": {"model.sharing": "bottom"},
     "cross_stitch": {"model.sharing": "cross_stitch"},
     "sparse": {"model.sharing": "sparse"},
     "sparse_private_words": {"model.sharing": "sparse", "model.private_embedder": "words"},
     "sparse_private_all": {"model.sharing": "sparse", "model.private_embedder": "all",
-                           "model.prunable": "[layers.*.lstm.weight_*]"},
+                           "model.sparse.prunable": "[layers.*.lstm.weight_*]"},
     "hierarchical_private_chars": {"model.sharing": "hierarchical", "model.private_embedder": "chars"},
     "bottom_private_words": {"model.sharing": "bottom", "model.private_embedder": "words"},
     "cross_stitch_private_embedder": {"model.sharing": "cross_stitch", "model.private_embedder": "all"},

@@ -41,7 +41,7 @@ COLUMNS = ["tokens", "pos", "chunk", "ner"]
     ("model.bilstm.char_filters=-8", "'model.bilstm.char_filters' must be >= 0"),
     ("data.min_word_count=0", "'data.min_word_count' must be >= 1"),
     ("model.scratch.heads=3", "'model.scratch.dim' (256) must be divisible by model.scratch.heads (3)"),
-    ("model.cross_stitch_init=nan", "'model.cross_stitch_init' must be a finite number"),
+    ("model.cross_stitch.init=nan", "'model.cross_stitch.init' must be a finite number"),
     ("sparse.prune_fraction=nan", "'sparse.prune_fraction' must be a finite number"),
     ("train.lr=[0.1", "override 'train.lr=[0.1': the value is not valid YAML"),
 ])

@@ -97,18 +97,18 @@ def test_distributed_sparse_pipeline_searches_tasks_on_different_processes(tiny_
 
 
 STRATEGY_OPTIONS = {
-    "hierarchical": {"model.task_layers": "{pos: 1}"},
+    "hierarchical": {"model.hierarchical.task_layers": "{pos: 1}"},
     "bottom": {},
     "cross_stitch": {},
-    "roaming": {"model.roaming_delta": 2},  # the masks move several times during the run
+    "roaming": {"model.roaming.delta": 2},  # the masks move several times during the run
     # on a Hugging Face Transformer, through the stand-ins for its layers (sparseshare/sharing/hf_layers.py)
     "cross_stitch on a tiny BERT": {"model.sharing": "cross_stitch"},
-    "roaming on a tiny BERT": {"model.sharing": "roaming", "model.roaming_delta": 2},
+    "roaming on a tiny BERT": {"model.sharing": "roaming", "model.roaming.delta": 2},
     "bottom on a tiny BERT": {"model.sharing": "bottom"},
-    "roaming on the scratch Transformer": {"model.sharing": "roaming", "model.roaming_delta": 2, **TINY_SCRATCH},
+    "roaming on the scratch Transformer": {"model.sharing": "roaming", "model.roaming.delta": 2, **TINY_SCRATCH},
     # every task's batch in each step, one step on the summed losses (the masked steps move the masks' union)
     "hard, joint schedule": {"model.sharing": "hard", "train.schedule": "joint"},
-    "roaming, joint schedule": {"model.sharing": "roaming", "model.roaming_delta": 2, "train.schedule": "joint"},
+    "roaming, joint schedule": {"model.sharing": "roaming", "model.roaming.delta": 2, "train.schedule": "joint"},
 }
 
 
@@ -167,7 +167,7 @@ ROUTER_STATE = {"wpl": ["policy", "q", "q_seen", "usage", "recent", "recent_next
                 "dispatched": ["policy", "q", "q_seen", "usage", "dispatcher.w1", "dispatcher.b1", "dispatcher.w2",
                                "dispatcher.b2", "dispatch_baseline", "dispatch_counts", "rng_state"],
                 "gumbel": ["route_logits", "usage", "rng_state"], "gumbel_mix": ["route_logits", "usage", "rng_state"]}
-ROUTER_OPTIONS = {"wpl": {"model.routing_history": 4}}  # the collaboration reward's window of recent batches too
+ROUTER_OPTIONS = {"wpl": {"model.routing.history": 4}}  # the collaboration reward's window of recent batches too
 
 
 @pytest.mark.parametrize("router", sorted(ROUTER_STATE))
@@ -177,7 +177,7 @@ def test_routing_routers_stay_identical_across_two_processes_and_reload(tiny_cor
     # (Without the all_reduce in observe_losses, usage, policy and q, or the router MLPs and baseline, differ.)
     from sparseshare.model import MultiTaskTagger
 
-    extra = {"model.sharing": "routing", "model.routing_router": router, "train.epochs": 1,
+    extra = {"model.sharing": "routing", "model.routing.router": router, "train.epochs": 1,
              **ROUTER_OPTIONS.get(router, {})}
     out, script = tmp_path / "two", tmp_path / "router_state.py"
     script.write_text(ROUTER_STATE_SCRIPT)
@@ -207,7 +207,7 @@ def test_routing_on_a_tiny_bert_trains_under_two_processes_with_identical_router
                                                                                   router):
     """The routed stand-ins for a Transformer's layers (blocks a process may not run at a step) under DDP; the
     REINFORCE router reads each sentence's pooled subword states."""
-    extra = {"model.sharing": "routing", "model.routing_pass": "true", "model.routing_router": router}
+    extra = {"model.sharing": "routing", "model.routing.pass_block": "true", "model.routing.router": router}
     out, script = tmp_path / "two", tmp_path / "router_state.py"
     script.write_text(ROUTER_STATE_SCRIPT)
     _launch(["--multi_gpu", "--num_processes", "2"], tiny_bert_overrides(tiny_corpus, out, tiny_bert, **extra), script)

@@ -89,14 +89,17 @@ def test_the_readme_keeps_the_two_commands_verbatim():
 def test_the_configuration_reference_lists_every_config_key():
     """docs/configuration.md has a row for every field of the config dataclasses, so a new key cannot be left
     undocumented (and a removed one is noticed by the reader of that page)."""
-    from sparseshare.config import Config
+    from sparseshare.config import Config, ModelConfig
 
     page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
 
     def keys(cls, prefix=""):
         for field in dataclasses.fields(cls):
             default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-            if dataclasses.is_dataclass(default):
+            if field.name == "strategy_options":  # each strategy's section, model.<strategy>.<option>
+                for name, options in ModelConfig.sections().items():
+                    yield from keys(options, f"{prefix}{name}.")
+            elif dataclasses.is_dataclass(default):
                 yield from keys(type(default), f"{prefix}{field.name}.")
             else:
                 yield prefix + field.name

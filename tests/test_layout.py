@@ -118,10 +118,10 @@ def test_a_strategy_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
                                              f"{self.encoder.num_layers}."]
 
     try:
-        with pytest.raises(ConfigError, match=r"'model.cross_stitch_init' only applies to model.sharing=cross_stitch "
+        with pytest.raises(ConfigError, match=r"'model.cross_stitch.init' only applies to model.sharing=cross_stitch "
                                               r"\(model.sharing is 'toy_top_two'\)"):
             tiny_config(tiny_corpus, tmp_path / "bad",
-                        **{"model.sharing": "toy_top_two", "model.cross_stitch_init": 0.5})
+                        **{"model.sharing": "toy_top_two", "model.cross_stitch.init": 0.5})
         config = tiny_config(tiny_corpus, tmp_path / "run", **{"model.sharing": "toy_top_two", "train.epochs": 1})
         run_training(config, log=quiet)
         card = (tmp_path / "run" / "model" / "README.md").read_text()
@@ -131,6 +131,72 @@ def test_a_strategy_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
         assert len(model.predict(TINY_SENTENCES)["ner"]) == len(TINY_SENTENCES)
     finally:
         del STRATEGIES["toy_top_two"]
+
+
+def test_a_strategy_with_options_is_one_file_plus_its_registration(tiny_corpus, tmp_path):
+    """A toy strategy with an option of its own, declared in this test file alone: the config reads it from its
+    section (model.toy_top_k.k), checks its type and value by key, refuses the section under another strategy,
+    writes it into the run's config.yaml and the model folder's config.json, and the saved model loads with it and
+    tags."""
+    import dataclasses
+    import json
+
+    import pytest
+    import yaml
+
+    from sparseshare.config import ConfigError
+    from sparseshare.model import MultiTaskTagger
+    from sparseshare.recipes.train import run_training
+    from sparseshare.sharing import STRATEGIES, SharingStrategy, register
+
+    from conftest import TINY_SENTENCES, quiet, tiny_config
+
+    @dataclasses.dataclass
+    class TopKOptions:
+        k: int = 2  # how many of the top layers every task reads the mean of
+
+    @register("toy_top_k")
+    class TopKLayers(SharingStrategy):
+        Options = TopKOptions
+
+        @classmethod
+        def check_options(cls, config, tasks, depth, depth_key=""):
+            if depth is not None and not 1 <= config.toy_top_k.k <= depth:
+                raise ConfigError(f"config key 'model.toy_top_k.k' must be in [1, {depth}], got {config.toy_top_k.k}")
+
+        def __init__(self, build_encoder, tasks, config):
+            super().__init__(build_encoder, tasks, config)
+            self.encoder = build_encoder()
+            self.check_options(config, tasks, self.encoder.num_layers)
+            self.k = config.toy_top_k.k
+
+        @property
+        def output_dim(self):
+            return self.encoder.output_dim
+
+        def forward(self, batch, task):
+            return sum(self.encoder(batch)[-self.k:]) / self.k
+
+    try:
+        for bad, message in (({"model.toy_top_k.k": 5}, r"'model.toy_top_k.k' must be in \[1, 2\], got 5"),
+                             ({"model.toy_top_k.k": "two"}, r"'model.toy_top_k.k'.*int"),
+                             ({"model.toy_top_k.j": 1}, r"unknown config key 'model.toy_top_k.j'")):
+            with pytest.raises(ConfigError, match=message):
+                tiny_config(tiny_corpus, tmp_path / "bad", **{"model.sharing": "toy_top_k", **bad})
+        with pytest.raises(ConfigError, match=r"'model.toy_top_k.k' only applies to model.sharing=toy_top_k"):
+            tiny_config(tiny_corpus, tmp_path / "bad", **{"model.toy_top_k.k": 1})
+        config = tiny_config(tiny_corpus, tmp_path / "run", **{"model.sharing": "toy_top_k", "model.toy_top_k.k": 1,
+                                                                "train.epochs": 1})
+        assert config.model.toy_top_k == TopKOptions(k=1)
+        run_training(config, log=quiet)
+        assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["toy_top_k"] == {"k": 1}
+        saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+        assert saved["model"]["toy_top_k"] == {"k": 1}
+        model = MultiTaskTagger.from_pretrained(tmp_path / "run" / "model")
+        assert isinstance(model.sharing, TopKLayers) and model.sharing.k == 1
+        assert len(model.predict(TINY_SENTENCES)["ner"]) == len(TINY_SENTENCES)
+    finally:
+        del STRATEGIES["toy_top_k"]
 
 
 def test_a_training_plugin_is_one_class_passed_to_the_recipe(tiny_corpus, tmp_path):

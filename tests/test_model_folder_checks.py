@@ -147,8 +147,8 @@ def test_a_corrupt_weights_file_is_still_named(trained, tmp_path):
 # -- sizes that scale the model's memory: refused before it is built -----------------------------------------
 STRATEGIES = {"hard": {}, "roaming": {"model.sharing": "roaming"}, "cross_stitch": {"model.sharing": "cross_stitch"},
               "bottom": {"model.sharing": "bottom"}, "routing": {"model.sharing": "routing"},
-              "dispatched": {"model.sharing": "routing", "model.routing_router": "dispatched",
-                             "model.routing_history": 4},
+              "dispatched": {"model.sharing": "routing", "model.routing.router": "dispatched",
+                             "model.routing.history": 4},
               "scratch_roaming": {**TINY_SCRATCH, "model.sharing": "roaming"}}
 
 
@@ -166,8 +166,8 @@ def strategy_folders(tmp_path_factory) -> dict[str, Path]:
     ("hard", "model.bilstm.layers", 10**6), ("bottom", "model.bilstm.layers", 10**6),
     ("cross_stitch", "model.bilstm.layers", 10**6), ("hard", "model.bilstm.word_dim", 10**9),
     ("hard", "model.bilstm.char_dim", 10**9), ("hard", "model.bilstm.char_filters", 10**9),
-    ("routing", "model.routing_blocks", 10**6), ("routing", "model.routing_blocks", [1, 10**6]),
-    ("dispatched", "model.routing_history", 10**9), ("dispatched", "model.routing_agents", 10**9),
+    ("routing", "model.routing.blocks", 10**6), ("routing", "model.routing.blocks", [1, 10**6]),
+    ("dispatched", "model.routing.history", 10**9), ("dispatched", "model.routing.agents", 10**9),
     ("scratch_roaming", "model.scratch.ff", 10**9), ("scratch_roaming", "model.scratch.dim", 2**30),
     ("scratch_roaming", "model.scratch.max_positions", 10**9), ("scratch_roaming", "model.scratch.layers", 10**6),
 ])
@@ -208,7 +208,7 @@ def test_an_allocation_that_fails_while_the_model_is_built_names_config_json(tra
     (["model", "bilstm", "word_dropout"], -0.1, "model.bilstm.word_dropout"),
     (["model", "bilstm", "char_kernel"], 4, "model.bilstm.char_kernel"),
     (["model", "transformer", "stride"], -1, "model.transformer.stride"),
-    (["model", "roaming_ratio"], 0.7, "model.roaming_ratio"),  # another strategy's option
+    (["model", "roaming"], {"ratio": 0.7}, "model.roaming.ratio"),  # another strategy's option
     (["model", "head"], "maxent", "model.head"),
     (["tasks", "ner", "metric"], "bleu", "tasks.ner.metric"),  # TaskSpec's own checks, under the task's key
     (["tasks", "ner", "hub", "foo"], 1, "tasks.ner.hub.foo"),

@@ -391,7 +391,7 @@ def test_a_joint_step_moves_the_weights_of_any_of_its_tasks_masks():
 @pytest.mark.slow
 def test_joint_roaming_with_masked_steps_resumes_mid_epoch_to_the_same_model(tiny_corpus, tmp_path):
     extra = {"train.schedule": "joint", "train.epochs": 3, "train.checkpoint_every": 4, "train.optimizer": "adamw",
-             "train.lr": 0.01, "model.sharing": "roaming", "model.roaming_delta": 2}
+             "train.lr": 0.01, "model.sharing": "roaming", "model.roaming.delta": 2}
     reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra, crash_step=6 + 3)
     a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))

@@ -32,7 +32,7 @@ def _masks(model, seed=0, keep=0.5):
 @pytest.fixture
 def rewind_model(tiny_corpus, tmp_path):
     """A sparse model reading the rewind point outside its masks, whose weights have moved away from that point."""
-    config = _config(tiny_corpus, tmp_path, **{"model.outside_mask": "rewind"})
+    config = _config(tiny_corpus, tmp_path, **{"model.sparse.outside_mask": "rewind"})
     data = load_task_data(config)
     torch.manual_seed(0)
     model = build_model(config, data)
@@ -104,10 +104,10 @@ def test_the_rewind_point_is_saved_and_reloaded_and_exported(rewind_model, tmp_p
 
 
 def test_outside_mask_is_checked_and_belongs_to_sparse_sharing(tiny_corpus, tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.outside_mask.*'pretrained'.*\['zero', 'rewind'\]"):
-        _config(tiny_corpus, tmp_path, **{"model.outside_mask": "pretrained"})
-    with pytest.raises(ConfigError, match=r"model\.outside_mask' only applies to model\.sharing=sparse"):
-        load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"model.outside_mask": "rewind"}))
+    with pytest.raises(ConfigError, match=r"model\.sparse.outside_mask.*'pretrained'.*\['zero', 'rewind'\]"):
+        _config(tiny_corpus, tmp_path, **{"model.sparse.outside_mask": "pretrained"})
+    with pytest.raises(ConfigError, match=r"model\.sparse.outside_mask' only applies to model\.sharing=sparse"):
+        load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"model.sparse.outside_mask": "rewind"}))
     with pytest.raises(ConfigError, match=r"sparse\.criterion.*'movement'"):
         _config(tiny_corpus, tmp_path, **{"sparse.criterion": "movement"})
 
@@ -129,7 +129,7 @@ def test_change_ranks_weights_by_how_far_they_moved_from_the_rewind_point():
 @pytest.mark.parametrize("warmup_epochs", [0, 1])
 def test_a_search_by_change_with_the_rewind_point_outside_the_masks(tiny_corpus, tmp_path, warmup_epochs):
     config = _config(tiny_corpus, tmp_path, **{
-        "model.outside_mask": "rewind", "sparse.criterion": "change", "sparse.search": "oneshot", "sparse.rounds": 2,
+        "model.sparse.outside_mask": "rewind", "sparse.criterion": "change", "sparse.search": "oneshot", "sparse.rounds": 2,
         "sparse.prune_fraction": 0.5, "sparse.warmup_epochs": warmup_epochs, "train.epochs": 1})
     report = pipeline.run_sparse(config, log=quiet)
     assert report["search_budget"]["criterion"] == "change"
@@ -193,7 +193,7 @@ def test_minilm_tasks_share_a_sparse_update_of_the_pretrained_checkpoint(tiny_co
 
     config = _config(tiny_corpus, tmp_path, **{
         "tasks": "[pos,ner]", "model.encoder": "transformer", "model.transformer.name_or_path": MINILM,
-        "model.outside_mask": "rewind", "sparse.criterion": "change", "sparse.search": "oneshot",
+        "model.sparse.outside_mask": "rewind", "sparse.criterion": "change", "sparse.search": "oneshot",
         "sparse.warmup_epochs": 0, "sparse.rounds": 1, "sparse.prune_fraction": 0.5, "sparse.select": "density",
         "sparse.density": 0.5, "train.epochs": 1, "train.optimizer": "adamw", "train.lr": 1e-3})
     report = pipeline.run_sparse(config, log=quiet)
@@ -222,7 +222,7 @@ def test_a_single_task_model_takes_the_place_of_round_0(tiny_corpus, tmp_path, m
         "tasks": "[ner]", **{k: v for k, v in MINILM_SEARCH.items() if not k.startswith("sparse.")}}))
     run_training(single, log=quiet)
     config = _config(tiny_corpus, tmp_path / "sparse", **{
-        "tasks": "[pos,ner]", **MINILM_SEARCH, "model.outside_mask": "rewind", "sparse.criterion": "change",
+        "tasks": "[pos,ner]", **MINILM_SEARCH, "model.sparse.outside_mask": "rewind", "sparse.criterion": "change",
         "sparse.dense_models": f"{{ner: {tmp_path / 'single' / 'model'}}}"})
     calls = []
     real = pipeline.run_training
@@ -277,11 +277,11 @@ def test_dense_models_are_checked_before_anything_runs(tiny_corpus, tmp_path):
 def test_mask_scores_leave_the_forward_pass_and_learn_the_movement(tiny_corpus, tmp_path, outside_mask):
     from sparseshare.sharing.sparse import score_name
 
-    config = _config(tiny_corpus, tmp_path, **{"model.outside_mask": outside_mask, "model.mask_scores": "true"})
+    config = _config(tiny_corpus, tmp_path, **{"model.sparse.outside_mask": outside_mask, "model.sparse.mask_scores": "true"})
     data = load_task_data(config)
     torch.manual_seed(0)
     model = build_model(config, data)
-    plain_config = _config(tiny_corpus, tmp_path, **{"model.outside_mask": outside_mask})
+    plain_config = _config(tiny_corpus, tmp_path, **{"model.sparse.outside_mask": outside_mask})
     torch.manual_seed(0)
     plain = build_model(plain_config, data)
     rewind = {n: p.detach().clone() for n, p in model.sharing.prunable().items()}
@@ -353,12 +353,12 @@ def test_learned_scores_need_their_own_round_0(tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"sparse\.criterion: learned needs the search's own round 0"):
         _config(tiny_corpus, tmp_path, **{**MINILM_SEARCH, "sparse.criterion": "learned",
                                           "sparse.dense_models": "{ner: x}"})
-    with pytest.raises(ConfigError, match=r"model\.mask_scores' only applies to model\.sharing=sparse"):
-        load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"model.mask_scores": "true"}))
+    with pytest.raises(ConfigError, match=r"model\.sparse.mask_scores' only applies to model\.sharing=sparse"):
+        load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"model.sparse.mask_scores": "true"}))
 
 
 def test_overlap_against_chance_with_an_empty_mask_is_nan_not_an_error(tiny_corpus, tmp_path):
-    config = _config(tiny_corpus, tmp_path, **{"model.outside_mask": "rewind"})
+    config = _config(tiny_corpus, tmp_path, **{"model.sparse.outside_mask": "rewind"})
     model = build_model(config, load_task_data(config))
     masks = _masks(model)
     masks["pos"] = {n: torch.zeros_like(m) for n, m in masks["pos"].items()}  # pos reads the rewind point only
@@ -385,7 +385,7 @@ def test_the_pipeline_weighs_the_sampling_of_its_multi_task_stages_only(tiny_cor
 def test_the_pipeline_refuses_what_only_its_stages_may_set(tiny_corpus, tmp_path):
     for extra, match in (({"train.schedule": "proportional", "train.task_weights": "{nre: 2}"},
                           r"'train\.task_weights': task\(s\) \['nre'\]"),
-                         ({"model.mask_scores": "true"}, r"'model\.mask_scores' is what the pipeline sets")):
+                         ({"model.sparse.mask_scores": "true"}, r"'model\.sparse.mask_scores' is what the pipeline sets")):
         with pytest.raises(ConfigError, match=match):
             pipeline.run_sparse(_config(tiny_corpus, tmp_path, **extra), log=quiet)
         assert not (tmp_path / "warmup").exists()

@@ -40,7 +40,7 @@ def _count(module):
 @pytest.mark.parametrize("extra,ratio,units,active", [
     ({}, 0.5, 32, 16), ({}, 0.34, 32, 11), ({}, 1.0, 32, 32), (SCRATCH, 0.5, 32, 16), (SCRATCH, 0.4, 32, 13)])
 def test_roaming_initial_masks_cover_every_unit(tiny_corpus, tmp_path, extra, ratio, units, active):
-    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **extra, **{"model.roaming_ratio": ratio}))
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **extra, **{"model.roaming.ratio": ratio}))
     s = model.sharing
     assert s.masks.shape == (2, len(TASKS), units)  # bilstm: 2 x hidden outputs; scratch: model.scratch.ff units
     assert (s.masks.sum(-1) == active).all()
@@ -50,7 +50,7 @@ def test_roaming_initial_masks_cover_every_unit(tiny_corpus, tmp_path, extra, ra
 
 
 def test_roaming_moves_one_unit_per_update_keeps_the_count_and_visits_everything(tiny_corpus, tmp_path):
-    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_delta": 3})
+    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.delta": 3})
     model, _ = _model(config)
     s = model.sharing
     units, active = 32, 16
@@ -76,7 +76,7 @@ def test_roaming_moves_one_unit_per_update_keeps_the_count_and_visits_everything
 
 def test_roaming_fixed_is_the_fixed_partition_baseline(tiny_corpus, tmp_path):
     """The masks roaming starts from (same seed), never moved."""
-    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true"}))
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.fixed": "true"}))
     roaming, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING))
     model.sharing.initialize(7)
     roaming.sharing.initialize(7)
@@ -90,7 +90,7 @@ def test_roaming_fixed_is_the_fixed_partition_baseline(tiny_corpus, tmp_path):
 
 
 def test_roaming_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone(tiny_corpus, tmp_path):
-    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_delta": 1})
+    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.delta": 1})
 
     def masks_after(seed, global_seed, updates=5):
         model, _ = _model(config, seed=global_seed)
@@ -112,7 +112,7 @@ def test_roaming_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone(tin
 def test_roaming_with_ratio_one_is_hard_sharing(tiny_corpus, tmp_path, extra):
     """All-ones masks: the strategy's own composition of the encoder's parts equals the encoder's forward."""
     hard, data = _model(_config(tiny_corpus, tmp_path, **extra))
-    roaming, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **extra, **{"model.roaming_ratio": 1.0}), data, 1)
+    roaming, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **extra, **{"model.roaming.ratio": 1.0}), data, 1)
     missing, unexpected = roaming.load_state_dict(hard.state_dict(), strict=False)
     assert sorted(missing) == ["sharing.masks", "sharing.rng_state", "sharing.visited"] and not unexpected
     assert roaming.sharing.masks.all()
@@ -199,25 +199,26 @@ def test_an_encoder_that_does_not_name_its_units_weights_is_refused_for_masked_s
     from sparseshare.encoders import BiLSTMEncoder
 
     monkeypatch.delattr(BiLSTMEncoder, "unit_parameter_masks")  # the base class's: an encoder that does not say
-    with pytest.raises(ConfigError, match="'model.roaming_masked_steps': this encoder does not say which weights"):
+    with pytest.raises(ConfigError, match="'model.roaming.masked_steps': this encoder does not say which weights"):
         _model(_config(tiny_corpus, tmp_path, **ROAMING))
-    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_masked_steps": "false"}))
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.masked_steps": "false"}))
     assert not model.sharing.masked_optimizer
 
 
 def test_a_roaming_config_saved_before_masked_steps_keeps_unmasked_steps():
     from sparseshare.config import upgrade_saved_model_config
 
-    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_ratio": 0.5})["roaming_masked_steps"] is False
-    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_masked_steps": True})["roaming_masked_steps"]
-    assert "roaming_masked_steps" not in upgrade_saved_model_config({"sharing": "hard"})
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_ratio": 0.5})["roaming"]["masked_steps"] is False
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_masked_steps": True})["roaming"]["masked_steps"]
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming": {"masked_steps": True}})["roaming"]["masked_steps"]
+    assert "roaming" not in upgrade_saved_model_config({"sharing": "hard", "roaming_masked_steps": True})
 
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_a_roaming_step_moves_only_the_weights_of_the_task_active_units(tiny_corpus, tmp_path, masked):
     from sparseshare.optim import build_optimizer
 
-    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_masked_steps": str(masked).lower(),
+    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.masked_steps": str(masked).lower(),
                                                           "train.optimizer": "adamw", "train.lr": 0.01})
     model, data = _model(config)
     optimizer = build_optimizer(config, model)
@@ -240,7 +241,7 @@ def test_a_roaming_step_moves_only_the_weights_of_the_task_active_units(tiny_cor
 
 @pytest.mark.slow
 def test_roaming_resumed_run_ends_with_the_masks_of_an_uninterrupted_run(tiny_corpus, tmp_path):
-    extra = {**ROAMING, "model.roaming_delta": 4, "train.epochs": 3, "train.checkpoint_every": 4,
+    extra = {**ROAMING, "model.roaming.delta": 4, "train.epochs": 3, "train.checkpoint_every": 4,
              "train.seed": 7}
     reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)
 
@@ -262,7 +263,7 @@ def test_roaming_resumed_run_ends_with_the_masks_of_an_uninterrupted_run(tiny_co
 
 # -- cross-stitch --------------------------------------------------------------------------------------------
 def test_cross_stitch_mixing_starts_at_alpha(tiny_corpus, tmp_path):
-    model, _ = _model(_config(tiny_corpus, tmp_path, **CROSS, **{"model.cross_stitch_init": 0.8}))
+    model, _ = _model(_config(tiny_corpus, tmp_path, **CROSS, **{"model.cross_stitch.init": 0.8}))
     mixing = model.sharing.mixing.detach()
     assert mixing.shape == (2, 3, 3)
     expected = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
@@ -285,7 +286,7 @@ def _single_state(cross_state: dict, task: str, scratch: bool) -> dict:
 
 @pytest.mark.parametrize("extra", [{}, SCRATCH])
 def test_cross_stitch_with_identity_mixing_is_independent_single_task_encoders(tiny_corpus, tmp_path, extra):
-    cross, data = _model(_config(tiny_corpus, tmp_path, **CROSS, **extra, **{"model.cross_stitch_init": 1.0}))
+    cross, data = _model(_config(tiny_corpus, tmp_path, **CROSS, **extra, **{"model.cross_stitch.init": 1.0}))
     with torch.no_grad():  # make the columns differ, as training would
         for task in TASKS[1:]:
             for p in cross.sharing.columns[task].parameters():
@@ -321,7 +322,7 @@ def test_cross_stitch_parameter_count_is_one_column_per_task_plus_mixing(tiny_co
 @pytest.mark.parametrize("extra", [{}, SCRATCH])
 def test_cross_stitch_gradients_reach_other_columns_only_when_mixing(tiny_corpus, tmp_path, extra):
     for alpha, mixes in ((0.9, True), (1.0, False)):
-        model, data = _model(_config(tiny_corpus, tmp_path, **CROSS, **extra, **{"model.cross_stitch_init": alpha}))
+        model, data = _model(_config(tiny_corpus, tmp_path, **CROSS, **extra, **{"model.cross_stitch.init": alpha}))
         names = [n for n, _ in model.named_parameters()]
         params = _grads(model, data, "pos")
         assert not _zero(params["sharing.mixing"])
@@ -352,25 +353,25 @@ def test_cross_stitch_runs_each_column_once_for_all_tasks(tiny_corpus, tmp_path)
 
 # -- configuration -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,message", [
-    ({**ROAMING, "model.roaming_ratio": 0}, r"'model.roaming_ratio' must be in \(0, 1\], got 0"),
-    ({**ROAMING, "model.roaming_ratio": 1.5}, r"'model.roaming_ratio' must be in \(0, 1\]"),
-    ({**ROAMING, "model.roaming_ratio": -0.1}, r"'model.roaming_ratio' must be in \(0, 1\]"),
-    ({**ROAMING, "model.roaming_ratio": 0.3}, r"'model.roaming_ratio' \(0.3\) times the number of tasks \(3\)"),
-    ({**ROAMING, "model.roaming_delta": 0}, r"'model.roaming_delta' must be >= 1 \(training steps between mask "
-                                            r"updates; model.roaming_fixed: true switches roaming off\), got 0"),
-    ({**ROAMING, "model.roaming_delta": -1}, r"'model.roaming_delta' must be >= 1"),
-    ({**ROAMING, "model.roaming_fixed": "sometimes"}, "'model.roaming_fixed'"),
-    ({**CROSS, "model.roaming_fixed": "true"}, r"'model.roaming_fixed' only applies to model.sharing=roaming"),
-    ({**ROAMING, "model.roaming_fixed": "true", "model.roaming_delta": 5},
-     r"'model.roaming_delta' \(5\) has no effect with model.roaming_fixed: true"),
-    ({**ROAMING, "model.roaming_delta": 1.5}, "'model.roaming_delta'"),
-    ({**ROAMING, "model.roaming_delta": "often"}, "'model.roaming_delta'"),
-    ({"model.roaming_ratio": 0.4}, "'model.roaming_ratio' only applies to model.sharing=roaming"),
-    ({"model.roaming_masked_steps": "false"}, "'model.roaming_masked_steps' only applies to model.sharing=roaming"),
-    ({**CROSS, "model.roaming_delta": 5}, r"'model.roaming_delta' only applies to model.sharing=roaming \(model"),
-    ({"model.cross_stitch_init": 0.5}, "'model.cross_stitch_init' only applies to model.sharing=cross_stitch"),
-    ({**ROAMING, "model.cross_stitch_init": 0.5}, "'model.cross_stitch_init' only applies"),
-    ({**CROSS, "model.cross_stitch_init": 1.2}, r"'model.cross_stitch_init' must be in \[0, 1\]"),
+    ({**ROAMING, "model.roaming.ratio": 0}, r"'model.roaming.ratio' must be in \(0, 1\], got 0"),
+    ({**ROAMING, "model.roaming.ratio": 1.5}, r"'model.roaming.ratio' must be in \(0, 1\]"),
+    ({**ROAMING, "model.roaming.ratio": -0.1}, r"'model.roaming.ratio' must be in \(0, 1\]"),
+    ({**ROAMING, "model.roaming.ratio": 0.3}, r"'model.roaming.ratio' \(0.3\) times the number of tasks \(3\)"),
+    ({**ROAMING, "model.roaming.delta": 0}, r"'model.roaming.delta' must be >= 1 \(training steps between mask "
+                                            r"updates; model.roaming.fixed: true switches roaming off\), got 0"),
+    ({**ROAMING, "model.roaming.delta": -1}, r"'model.roaming.delta' must be >= 1"),
+    ({**ROAMING, "model.roaming.fixed": "sometimes"}, "'model.roaming.fixed'"),
+    ({**CROSS, "model.roaming.fixed": "true"}, r"'model.roaming.fixed' only applies to model.sharing=roaming"),
+    ({**ROAMING, "model.roaming.fixed": "true", "model.roaming.delta": 5},
+     r"'model.roaming.delta' \(5\) has no effect with model.roaming.fixed: true"),
+    ({**ROAMING, "model.roaming.delta": 1.5}, "'model.roaming.delta'"),
+    ({**ROAMING, "model.roaming.delta": "often"}, "'model.roaming.delta'"),
+    ({"model.roaming.ratio": 0.4}, "'model.roaming.ratio' only applies to model.sharing=roaming"),
+    ({"model.roaming.masked_steps": "false"}, "'model.roaming.masked_steps' only applies to model.sharing=roaming"),
+    ({**CROSS, "model.roaming.delta": 5}, r"'model.roaming.delta' only applies to model.sharing=roaming \(model"),
+    ({"model.cross_stitch.init": 0.5}, "'model.cross_stitch.init' only applies to model.sharing=cross_stitch"),
+    ({**ROAMING, "model.cross_stitch.init": 0.5}, "'model.cross_stitch.init' only applies"),
+    ({**CROSS, "model.cross_stitch.init": 1.2}, r"'model.cross_stitch.init' must be in \[0, 1\]"),
 ])
 def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -378,47 +379,49 @@ def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, messa
 
 
 def test_a_fixed_partition_saved_as_delta_zero_loads_and_resumes_as_roaming_fixed(tiny_corpus, tmp_path):
-    """Before model.roaming_fixed, the fixed partition was saved as roaming_delta: 0 (model folders, the config.yaml
+    """Before model.roaming.fixed, the fixed partition was saved as roaming_delta: 0 (model folders, the config.yaml
     of checkpointed runs); a new config with Δ = 0 is still an error."""
     from sparseshare.training.checkpoints import check_resume_config
 
-    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_fixed": "true"})
+    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.fixed": "true"})
     model, _ = _model(config)
     folder = model.save_pretrained(tmp_path / "model")
     saved = json.loads((folder / "config.json").read_text())
-    saved["model"].pop("roaming_fixed")
+    saved["model"].update({f"roaming_{key}": value for key, value in saved["model"].pop("roaming").items()})
+    saved["model"].pop("roaming_fixed")  # the flat spelling of sparseshare before model.roaming existed
     saved["model"]["roaming_delta"] = 0
     (folder / "config.json").write_text(json.dumps(saved))
     loaded = MultiTaskTagger.from_pretrained(folder)
     assert loaded.config == config.model and loaded.sharing.delta == 0
     old_run = config.to_dict()
+    old_run["model"].update({f"roaming_{key}": value for key, value in old_run["model"].pop("roaming").items()})
     old_run["model"].pop("roaming_fixed")
     old_run["model"]["roaming_delta"] = 0
     check_resume_config(old_run, config.to_dict())  # the same run, in the old spelling: resumable
-    with pytest.raises(ValueError, match=r"model.roaming_fixed: True -> False"):
+    with pytest.raises(ValueError, match=r"model.roaming.fixed: True -> False"):
         check_resume_config(old_run, _config(tiny_corpus, tmp_path, **ROAMING).to_dict())
 
 
 def test_run_training_validates_a_config_built_in_python(tiny_corpus, tmp_path):
     """Without the check, roaming_ratio 2 would quietly give every task every unit (hard sharing)."""
     config = _config(tiny_corpus, tmp_path, **ROAMING)
-    config.model.roaming_ratio = 2.0
-    with pytest.raises(ConfigError, match=r"'model.roaming_ratio' must be in \(0, 1\], got 2.0"):
+    config.model.roaming.ratio = 2.0
+    with pytest.raises(ConfigError, match=r"'model.roaming.ratio' must be in \(0, 1\], got 2.0"):
         run_training(config, log=_quiet)
     assert not (tmp_path / "model").exists()
 
 
 def test_a_ratio_too_small_for_the_units_is_rejected_when_built(tiny_corpus, tmp_path):
     """p x T >= 1 passes the config check, but round(0.34 x 16) = 5 units x 3 tasks cannot cover 16 units."""
-    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_ratio": 0.34, "model.bilstm.hidden": 8})
-    with pytest.raises(ConfigError, match=r"'model.roaming_ratio' \(0.34\) gives 5 of 16 units"):
+    config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.ratio": 0.34, "model.bilstm.hidden": 8})
+    with pytest.raises(ConfigError, match=r"'model.roaming.ratio' \(0.34\) gives 5 of 16 units"):
         _model(config)
 
 
 # -- training, saving and reloading --------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [
-    {**ROAMING, "model.roaming_delta": 2},
-    {**ROAMING, **SCRATCH, "model.roaming_delta": 1, "train.optimizer": "adamw", "train.lr": 3e-3},
+    {**ROAMING, "model.roaming.delta": 2},
+    {**ROAMING, **SCRATCH, "model.roaming.delta": 1, "train.optimizer": "adamw", "train.lr": 3e-3},
     {**CROSS},
     {**CROSS, **SCRATCH, "train.optimizer": "adamw", "train.lr": 3e-3},
 ])
@@ -435,7 +438,7 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
     assert ("Maximum Roaming" if extra["model.sharing"] == "roaming" else "Cross-stitch Networks") in card
     if extra["model.sharing"] == "roaming":  # the masks moved in training and were saved and loaded with it
         assert "sharing.masks" in a and torch.equal(again.sharing.masks, a["sharing.masks"])
-        assert again.sharing.roaming_progress() > config.model.roaming_ratio
+        assert again.sharing.roaming_progress() > config.model.roaming.ratio
         assert results["history"][-1]["sharing"]["roaming/progress"] == again.sharing.roaming_progress()
     else:  # the mixing was trained away from its initialisation
         assert not torch.equal(a["sharing.mixing"], model.sharing.mixing.new_tensor(
@@ -444,7 +447,7 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
 
 @pytest.mark.parametrize("cut", [True, False])
 def test_a_bilstm_unit_switched_off_for_a_task_takes_no_part_in_its_pass(tiny_corpus, tmp_path, cut):
-    model, data = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_cut_recurrence": str(cut).lower()}))
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.cut_recurrence": str(cut).lower()}))
     s, params = model.sharing, dict(model.named_parameters())
     t = TASKS.index("ner")
     batch = _batch(model, data, "ner")
@@ -466,16 +469,16 @@ def test_a_bilstm_unit_switched_off_for_a_task_takes_no_part_in_its_pass(tiny_co
 def test_a_roaming_config_saved_before_the_cut_recurrence_keeps_the_recurrence():
     from sparseshare.config import upgrade_saved_model_config
 
-    assert upgrade_saved_model_config({"sharing": "roaming"})["roaming_cut_recurrence"] is False
-    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_cut_recurrence": True})["roaming_cut_recurrence"]
-    assert "roaming_cut_recurrence" not in upgrade_saved_model_config({"sharing": "hard"})
+    assert upgrade_saved_model_config({"sharing": "roaming"})["roaming"]["cut_recurrence"] is False
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_cut_recurrence": True})["roaming"]["cut_recurrence"]
+    assert "roaming" not in upgrade_saved_model_config({"sharing": "hard"})
 
 
 def test_roaming_that_keeps_coverage_never_leaves_a_unit_to_no_task(tiny_corpus, tmp_path):
     uncovered = {}
     for keep in (False, True):
-        config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming_delta": 1, "model.roaming_ratio": 0.4,
-                                                              "model.roaming_keep_coverage": keep})
+        config = _config(tiny_corpus, tmp_path, **ROAMING, **{"model.roaming.delta": 1, "model.roaming.ratio": 0.4,
+                                                              "model.roaming.keep_coverage": keep})
         model, _ = _model(config)
         s = model.sharing
         counts = []
@@ -487,8 +490,8 @@ def test_roaming_that_keeps_coverage_never_leaves_a_unit_to_no_task(tiny_corpus,
         if keep:
             assert s.roaming_progress() > 0.9  # the moves still happen (a task without a shared unit skips one)
     assert max(uncovered[True]) == 0 and max(uncovered[False]) > 0
-    with pytest.raises(ConfigError, match=r"'model.roaming_keep_coverage'.*cover each unit exactly once"):
+    with pytest.raises(ConfigError, match=r"'model.roaming.keep_coverage'.*cover each unit exactly once"):
         _model(_config(tiny_corpus, tmp_path, tasks="[pos,ner]", **ROAMING, **{
-            "model.roaming_ratio": 0.5, "model.roaming_keep_coverage": True}))
-    with pytest.raises(ConfigError, match=r"'model.roaming_keep_coverage' only applies to model.sharing=roaming"):
-        _config(tiny_corpus, tmp_path, **{"model.roaming_keep_coverage": True})
+            "model.roaming.ratio": 0.5, "model.roaming.keep_coverage": True}))
+    with pytest.raises(ConfigError, match=r"'model.roaming.keep_coverage' only applies to model.sharing=roaming"):
+        _config(tiny_corpus, tmp_path, **{"model.roaming.keep_coverage": True})

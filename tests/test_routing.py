@@ -78,7 +78,7 @@ def _route_and_score_a_chunk_batch(model, data):
 @pytest.mark.parametrize("history", [0, 3])
 def test_a_per_task_collaboration_reward_reads_the_task_own_routes_and_may_be_negative(tiny_corpus, tmp_path, history):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_rho": -0.5, "model.routing_collaboration": "per_task", "model.routing_history": history}))
+        "model.routing.rho": -0.5, "model.routing.collaboration": "per_task", "model.routing.history": history}))
     s, t = model.sharing, TASKS.index("chunk")
     others = torch.tensor([[9.0, 1.0], [1.0, 9.0]], dtype=torch.float64)  # every task's routes: not read
     own = torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=torch.float64)  # chunk's: (1/4, 3/4), (1/2, 1/2)
@@ -110,8 +110,8 @@ def test_sampling_inverts_the_cdf():
 
 
 def test_wpl_observation_scores_routes_with_the_loss_and_the_collaboration_reward(tiny_corpus, tmp_path):
-    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_rho": 0.5,
-                                                                        "model.routing_pass": "true"}))
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing.rho": 0.5,
+                                                                        "model.routing.pass_block": "true"}))
     s = model.sharing
     assert s.choices == [2, 3]  # the first BiLSTM layer's input is the embeddings: no PASS there
     s.usage.copy_(torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 2.0]], dtype=torch.float64))  # history: (3/4, 1/4), ...
@@ -141,7 +141,7 @@ def test_wpl_observation_scores_routes_with_the_loss_and_the_collaboration_rewar
 
 
 def test_routing_history_window_counts_only_the_last_batches(tiny_corpus, tmp_path):
-    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_history": 2}))
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing.history": 2}))
     s = model.sharing
     s.usage.fill_(0).select(1, 0).fill_(100.0)  # a long past of block 0 that the window no longer sees
     torch.testing.assert_close(s.historical_probs(), torch.full((2, 2), 0.5, dtype=torch.float64))
@@ -172,7 +172,7 @@ def test_a_model_saved_before_the_history_window_existed_still_loads(tiny_corpus
 # -- routing and evaluation ------------------------------------------------------------------------------------------
 def test_greedy_evaluation_is_deterministic_and_takes_the_argmax_wpl(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **SCRATCH,
-                                 **{"model.routing_blocks": "[3,2]", "model.routing_pass": "true"}))
+                                 **{"model.routing.blocks": "[3,2]", "model.routing.pass_block": "true"}))
     s = model.sharing
     assert s.choices == [4, 3]
     s.policy[0, 0, :4] = torch.tensor([0.1, 0.2, 0.6, 0.1])
@@ -194,8 +194,8 @@ def test_greedy_evaluation_is_deterministic_and_takes_the_argmax_wpl(tiny_corpus
 
 
 def test_greedy_evaluation_takes_the_argmax_reinforce(tiny_corpus, tmp_path):
-    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_router": "reinforce",
-                                                                        "model.routing_blocks": 3}))
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing.router": "reinforce",
+                                                                        "model.routing.blocks": 3}))
     s = model.sharing
     generator = torch.Generator().manual_seed(3)
     for mlp in s.routers:
@@ -218,8 +218,8 @@ def test_greedy_evaluation_takes_the_argmax_reinforce(tiny_corpus, tmp_path):
 
 def test_dispatched_agents_learn_from_their_own_sentences_and_the_dispatcher_from_whole_returns(tiny_corpus,
                                                                                                tmp_path):
-    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_router": "dispatched",
-                                                                        "model.routing_pass": "true"}))
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing.router": "dispatched",
+                                                                        "model.routing.pass_block": "true"}))
     s = model.sharing
     assert s.agents == 3 and s.policy.shape == (3, 2, 3)  # routing_agents 0: one agent per task
     generator = torch.Generator().manual_seed(5)
@@ -289,7 +289,7 @@ def test_vectorised_dispatch_equals_a_per_sentence_loop(kind):
 
 @pytest.mark.parametrize("extra", [{}, SCRATCH])
 def test_blocks_get_gradients_only_along_chosen_routes(tiny_corpus, tmp_path, extra):
-    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **extra, **{"model.routing_blocks": 3}))
+    model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **extra, **{"model.routing.blocks": 3}))
     s = model.sharing
     s.policy[0, 0] = torch.tensor([0.5, 0.5, 0.0])  # pos: layer 1 never block 2, layer 2 always block 2
     s.policy[0, 1] = torch.tensor([0.0, 0.0, 1.0])
@@ -311,7 +311,7 @@ def test_blocks_get_gradients_only_along_chosen_routes(tiny_corpus, tmp_path, ex
 @pytest.mark.parametrize("extra", [{}, SCRATCH])
 def test_one_block_without_pass_is_hard_sharing(tiny_corpus, tmp_path, extra):
     hard, data = _model(_config(tiny_corpus, tmp_path, **extra))
-    routing, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **extra, **{"model.routing_blocks": 1}), data, 1)
+    routing, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **extra, **{"model.routing.blocks": 1}), data, 1)
     state = {_rename(n): v for n, v in hard.state_dict().items()}
     missing, unexpected = routing.load_state_dict(state, strict=False)
     assert not unexpected and all(n.startswith("sharing.") and "blocks" not in n for n in missing), missing
@@ -337,7 +337,7 @@ def _rename(name: str) -> str:
 
 def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corpus, tmp_path):
     hard, data = _model(_config(tiny_corpus, tmp_path))
-    model, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_blocks": "[2,3]"}), data)
+    model, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing.blocks": "[2,3]"}), data)
     s = model.sharing
     assert [len(b) for b in s.blocks] == [2, 3]
     for layer in s.blocks:
@@ -351,34 +351,34 @@ def test_blocks_are_copies_of_the_layer_and_the_parameters_grow_with_k(tiny_corp
 
 # -- configuration ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,message", [
-    ({**ROUTING, "model.routing_blocks": 0}, r"'model.routing_blocks' must give every layer >= 1 block"),
-    ({**ROUTING, "model.routing_blocks": "[2,0]"}, r"'model.routing_blocks' must give every layer >= 1"),
-    ({**ROUTING, "model.routing_blocks": "[2,2,2]"}, r"'model.routing_blocks' lists 3 layer\(s\) but the encoder has 2 "
+    ({**ROUTING, "model.routing.blocks": 0}, r"'model.routing.blocks' must give every layer >= 1 block"),
+    ({**ROUTING, "model.routing.blocks": "[2,0]"}, r"'model.routing.blocks' must give every layer >= 1"),
+    ({**ROUTING, "model.routing.blocks": "[2,2,2]"}, r"'model.routing.blocks' lists 3 layer\(s\) but the encoder has 2 "
                                                      r"\(model.bilstm.layers\)"),
-    ({**ROUTING, **SCRATCH, "model.routing_blocks": "[2]"}, r"has 2 \(model.scratch.layers\)"),
-    ({**ROUTING, "model.routing_blocks": "many"}, "'model.routing_blocks'"),
-    ({**ROUTING, "model.routing_collaboration": "others"}, "'model.routing_collaboration': 'others' is not one of"),
-    ({**ROUTING, "model.routing_lr": 0}, "'model.routing_lr' must be > 0"),
-    ({**ROUTING, "model.routing_history": -1}, r"'model.routing_history' must be >= 0 \(0 = every batch since"),
-    ({"model.routing_history": 8}, "'model.routing_history' only applies to model.sharing=routing"),
-    ({**ROUTING, "model.routing_router": "qlearning"}, r"'model.routing_router': 'qlearning' is not one of \['wpl', "
+    ({**ROUTING, **SCRATCH, "model.routing.blocks": "[2]"}, r"has 2 \(model.scratch.layers\)"),
+    ({**ROUTING, "model.routing.blocks": "many"}, "'model.routing.blocks'"),
+    ({**ROUTING, "model.routing.collaboration": "others"}, "'model.routing.collaboration': 'others' is not one of"),
+    ({**ROUTING, "model.routing.lr": 0}, "'model.routing.lr' must be > 0"),
+    ({**ROUTING, "model.routing.history": -1}, r"'model.routing.history' must be >= 0 \(0 = every batch since"),
+    ({"model.routing.history": 8}, "'model.routing.history' only applies to model.sharing=routing"),
+    ({**ROUTING, "model.routing.router": "qlearning"}, r"'model.routing.router': 'qlearning' is not one of \['wpl', "
                                                         r"'reinforce', 'dispatched', 'gumbel', 'gumbel_mix'\]"),
-    ({**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": -1},
-     r"'model.routing_agents' must be >= 0 \(0 = one agent per task\), got -1"),
-    ({**ROUTING, "model.routing_agents": 2}, r"'model.routing_agents' only applies to model.routing_router=dispatched "
-                                             r"\(model.routing_router is 'wpl'\)"),
-    ({"model.routing_blocks": 3}, r"'model.routing_blocks' only applies to model.sharing=routing \(model.sharing is "
+    ({**ROUTING, "model.routing.router": "dispatched", "model.routing.agents": -1},
+     r"'model.routing.agents' must be >= 0 \(0 = one agent per task\), got -1"),
+    ({**ROUTING, "model.routing.agents": 2}, r"'model.routing.agents' only applies to model.routing.router=dispatched "
+                                             r"\(model.routing.router is 'wpl'\)"),
+    ({"model.routing.blocks": 3}, r"'model.routing.blocks' only applies to model.sharing=routing \(model.sharing is "
                                   r"'hard'\)"),
-    ({"model.sharing": "roaming", "model.routing_pass": "true"},
-     "'model.routing_pass' only applies to model.sharing=routing"),
-    ({"model.routing_router": "reinforce"}, "'model.routing_router' only applies"),
-    ({"model.sharing": "bottom", "model.routing_rho": 0.1}, "'model.routing_rho' only applies"),
-    ({**ROUTING, "model.routing_exploration": 1.0}, r"'model.routing_exploration' must be in \[0, 1\), got 1.0"),
-    ({**ROUTING, "model.routing_exploration_steps": -1}, "'model.routing_exploration_steps' must be >= 0"),
-    ({**ROUTING, "model.routing_warmup_steps": -5}, "'model.routing_warmup_steps' must be >= 0"),
-    ({**ROUTING, "model.routing_warmup": "fixed"}, r"'model.routing_warmup': 'fixed' is not one of \['per_task', "
+    ({"model.sharing": "roaming", "model.routing.pass_block": "true"},
+     "'model.routing.pass_block' only applies to model.sharing=routing"),
+    ({"model.routing.router": "reinforce"}, "'model.routing.router' only applies"),
+    ({"model.sharing": "bottom", "model.routing.rho": 0.1}, "'model.routing.rho' only applies"),
+    ({**ROUTING, "model.routing.exploration": 1.0}, r"'model.routing.exploration' must be in \[0, 1\), got 1.0"),
+    ({**ROUTING, "model.routing.exploration_steps": -1}, "'model.routing.exploration_steps' must be >= 0"),
+    ({**ROUTING, "model.routing.warmup_steps": -5}, "'model.routing.warmup_steps' must be >= 0"),
+    ({**ROUTING, "model.routing.warmup": "fixed"}, r"'model.routing.warmup': 'fixed' is not one of \['per_task', "
                                                    r"'random'\]"),
-    ({"model.routing_warmup_steps": 10}, "'model.routing_warmup_steps' only applies to model.sharing=routing"),
+    ({"model.routing.warmup_steps": 10}, "'model.routing.warmup_steps' only applies to model.sharing=routing"),
 ])
 def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -387,27 +387,27 @@ def test_bad_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, messa
 
 def test_pass_where_no_layer_can_be_skipped_is_rejected(tiny_corpus, tmp_path):
     """A 1-layer BiLSTM's only layer maps the word (+ char) embeddings to 2 x hidden: PASS would change the width."""
-    with pytest.raises(ConfigError, match=r"'model.routing_pass': no encoder layer can be skipped \(PASS needs a "
+    with pytest.raises(ConfigError, match=r"'model.routing.pass_block': no encoder layer can be skipped \(PASS needs a "
                                           r"layer whose input width equals its output width 32; the layers' inputs "
                                           r"are \[\d+\]\)"):
-        _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_pass": "true", "model.bilstm.layers": 1})
+        _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing.pass_block": "true", "model.bilstm.layers": 1})
     # where the embeddings happen to be as wide as the states, the first layer can be skipped
     model, _ = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_pass": "true", "model.bilstm.layers": 1, "model.bilstm.word_dim": 32,
+        "model.routing.pass_block": "true", "model.bilstm.layers": 1, "model.bilstm.word_dim": 32,
         "model.bilstm.char_filters": 0}))
     assert model.sharing.has_pass == [True]
 
 
 # -- training, saving, reloading, resuming ---------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [
-    {**ROUTING, "model.routing_pass": "true", "model.routing_lr": 0.5},
-    {**ROUTING, **SCRATCH, "model.routing_router": "reinforce", "model.routing_blocks": "[3,2]",
-     "train.optimizer": "adamw", "train.lr": 3e-3, "model.routing_lr": 0.5},
-    {**ROUTING, "model.routing_router": "dispatched", "model.routing_agents": 2, "model.routing_pass": "true",
-     "model.routing_lr": 0.5},
-    {**ROUTING, **SCRATCH, "model.routing_router": "gumbel", "model.routing_pass": "true", "train.optimizer": "adamw",
+    {**ROUTING, "model.routing.pass_block": "true", "model.routing.lr": 0.5},
+    {**ROUTING, **SCRATCH, "model.routing.router": "reinforce", "model.routing.blocks": "[3,2]",
+     "train.optimizer": "adamw", "train.lr": 3e-3, "model.routing.lr": 0.5},
+    {**ROUTING, "model.routing.router": "dispatched", "model.routing.agents": 2, "model.routing.pass_block": "true",
+     "model.routing.lr": 0.5},
+    {**ROUTING, **SCRATCH, "model.routing.router": "gumbel", "model.routing.pass_block": "true", "train.optimizer": "adamw",
      "train.lr": 3e-2},
-    {**ROUTING, "model.routing_router": "gumbel_mix", "model.routing_pass": "true", "train.optimizer": "adamw",
+    {**ROUTING, "model.routing.router": "gumbel_mix", "model.routing.pass_block": "true", "train.optimizer": "adamw",
      "train.lr": 3e-2},
 ])
 @pytest.mark.slow
@@ -435,14 +435,14 @@ def test_trains_saves_and_reloads_with_identical_predictions_and_routing_map(tin
         for layer in range(2):
             assert sum(routing["epochs"][-1][task][layer]) == pytest.approx(1.0, abs=1e-5)
     assert s.usage.sum(-1).tolist() == [float(len(TASKS) * steps * 8 * epochs)] * 2
-    if config.model.routing_router == "wpl":  # the policies moved away from uniform, and were saved
+    if config.model.routing.router == "wpl":  # the policies moved away from uniform, and were saved
         assert set(routing["policy"]) == set(TASKS) and routing["greedy"]
         assert not torch.allclose(s.policy[:, 1, :3], torch.full((3, 3), 1 / 3))
-    elif config.model.routing_router == "dispatched":  # every training sentence was dispatched to an agent
+    elif config.model.routing.router == "dispatched":  # every training sentence was dispatched to an agent
         assert set(routing["agents"]) == {"agent 0", "agent 1"} and set(routing["dispatch"]) == set(TASKS)
         assert s.dispatch_counts.sum().item() == len(TASKS) * steps * 8 * epochs and s.dispatcher.w2.any()
         assert not torch.allclose(s.policy[:, 1, :3], torch.full((2, 3), 1 / 3))
-    elif config.model.routing_router in ("gumbel", "gumbel_mix"):  # the logits learned by backprop, and were saved
+    elif config.model.routing.router in ("gumbel", "gumbel_mix"):  # the logits learned by backprop, and were saved
         assert set(routing["policy"]) == set(TASKS) and routing["greedy"] and s.route_logits.abs().sum() > 0
     else:
         assert any(mlp.w2.any() for mlp in s.routers)
@@ -479,19 +479,19 @@ def _png_height(path) -> int:
     return int.from_bytes(path.read_bytes()[20:24], "big")  # the IHDR chunk: width, then height
 
 
-@pytest.mark.parametrize("extra", [{}, {"model.routing_router": "reinforce", "model.routing_pass": "true"},
-                                   {"model.routing_router": "dispatched"}, {"model.routing_history": 5},
-                                   {"model.routing_collaboration": "per_task", "model.routing_history": 5,
-                                    "model.routing_rho": -0.3},
-                                   {"model.routing_warmup_steps": 20, "model.routing_exploration": 0.3,
-                                    "model.routing_exploration_steps": 40},
-                                   {"model.routing_router": "gumbel", "model.routing_pass": "true"},
-                                   {"model.routing_router": "gumbel_mix", "model.routing_pass": "true"}])
+@pytest.mark.parametrize("extra", [{}, {"model.routing.router": "reinforce", "model.routing.pass_block": "true"},
+                                   {"model.routing.router": "dispatched"}, {"model.routing.history": 5},
+                                   {"model.routing.collaboration": "per_task", "model.routing.history": 5,
+                                    "model.routing.rho": -0.3},
+                                   {"model.routing.warmup_steps": 20, "model.routing.exploration": 0.3,
+                                    "model.routing.exploration_steps": 40},
+                                   {"model.routing.router": "gumbel", "model.routing.pass_block": "true"},
+                                   {"model.routing.router": "gumbel_mix", "model.routing.pass_block": "true"}])
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, tmp_path, extra):
     # the differentiable routers learn at the optimiser's rate, not routing_lr
-    gumbel = extra.get("model.routing_router") in ("gumbel", "gumbel_mix")
-    extra = {**ROUTING, **extra, **({} if gumbel else {"model.routing_lr": 0.5}), "train.epochs": 3,
+    gumbel = extra.get("model.routing.router") in ("gumbel", "gumbel_mix")
+    extra = {**ROUTING, **extra, **({} if gumbel else {"model.routing.lr": 0.5}), "train.epochs": 3,
              "train.checkpoint_every": 4, "train.seed": 7}
     reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra)
 
@@ -519,7 +519,7 @@ def test_resumed_run_ends_with_the_routers_of_an_uninterrupted_run(tiny_corpus, 
 def test_a_run_crashed_before_its_first_epoch_end_resumes(tiny_corpus, tmp_path):
     """A checkpoint of epoch 1 holds no epoch of the routing map yet (a file holds no empty tensor): the resumed run
     starts the map afresh and ends as the uninterrupted one."""
-    extra = {**ROUTING, "model.routing_lr": 0.5, "train.epochs": 2, "train.checkpoint_every": 4, "train.seed": 7}
+    extra = {**ROUTING, "model.routing.lr": 0.5, "train.epochs": 2, "train.checkpoint_every": 4, "train.seed": 7}
     reference, resumed = train_interrupted_and_resumed(tiny_corpus, tmp_path, extra, crash_step=10)
     assert [h["sharing"] for h in resumed["history"]] == [h["sharing"] for h in reference["history"]]
     assert resumed["dev"] == reference["dev"]
@@ -556,7 +556,7 @@ def _train_passes(model, data, task, n):
 
 def test_during_the_warm_up_routes_are_set_per_task_and_the_router_does_not_learn(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_blocks": 2, "model.routing_warmup_steps": 4, "model.routing_lr": 0.5}))
+        "model.routing.blocks": 2, "model.routing.warmup_steps": 4, "model.routing.lr": 0.5}))
     s = model.sharing
     policy = s.policy.clone()
     for task in ("pos", "chunk"):
@@ -574,7 +574,7 @@ def test_during_the_warm_up_routes_are_set_per_task_and_the_router_does_not_lear
 
 def test_evaluation_follows_the_set_routes_of_a_per_task_warm_up_then_the_router(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_blocks": 2, "model.routing_warmup_steps": 2, "model.routing_lr": 0.5}))
+        "model.routing.blocks": 2, "model.routing.warmup_steps": 2, "model.routing.lr": 0.5}))
     s = model.sharing
     s.policy[:, :, 0] = 0.9  # an untrained router whose greedy routes all take block 0
     s.policy[:, :, 1] = 0.1
@@ -598,8 +598,8 @@ def test_evaluation_follows_the_set_routes_of_a_per_task_warm_up_then_the_router
 
 def test_a_random_warm_up_draws_every_choice_and_leaves_the_router_alone(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_blocks": 2, "model.routing_pass": "true", "model.routing_warmup_steps": 6,
-        "model.routing_warmup": "random"}))
+        "model.routing.blocks": 2, "model.routing.pass_block": "true", "model.routing.warmup_steps": 6,
+        "model.routing.warmup": "random"}))
     policy = model.sharing.policy.clone()
     routes = torch.cat([r.flatten() for r in _train_passes(model, data, "ner", 6)])
     assert set(routes.tolist()) == {0, 1, 2}  # both blocks and PASS of the layer that has one
@@ -608,8 +608,8 @@ def test_a_random_warm_up_draws_every_choice_and_leaves_the_router_alone(tiny_co
 
 def test_the_exploration_floor_mixes_uniform_routes_in_and_falls_to_zero(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_blocks": 2, "model.routing_exploration": 0.5, "model.routing_exploration_steps": 10,
-        "model.routing_lr": 1e-9}))
+        "model.routing.blocks": 2, "model.routing.exploration": 0.5, "model.routing.exploration_steps": 10,
+        "model.routing.lr": 1e-9}))
     s = model.sharing
     s.policy.zero_()
     s.policy[..., 0] = 1.0  # deterministic policies: block 0 everywhere
@@ -644,7 +644,7 @@ def _drawn_routes_pass(model, data, task):
 def test_the_gumbel_router_passes_the_loss_to_the_task_route_logits_without_changing_the_forward_pass(tiny_corpus,
                                                                                                       tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_router": "gumbel", "model.routing_blocks": 3}))
+        "model.routing.router": "gumbel", "model.routing.blocks": 3}))
     s = model.sharing
     with torch.no_grad():
         s.route_logits.normal_(0, 1, generator=torch.Generator().manual_seed(0))
@@ -672,7 +672,7 @@ def test_the_gumbel_mix_router_gives_the_drawn_routes_features_and_their_blocks_
     """In value the chosen blocks' features; each block's weights get the gradient of the sentences that chose it,
     as along dispatched routes; the task's route logits a gradient, the other tasks' none."""
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_router": "gumbel_mix", "model.routing_blocks": 3}))
+        "model.routing.router": "gumbel_mix", "model.routing.blocks": 3}))
     s = model.sharing
     with torch.no_grad():
         s.route_logits.normal_(0, 1, generator=torch.Generator().manual_seed(0))
@@ -704,7 +704,7 @@ def test_the_gumbel_mix_router_gives_the_drawn_routes_features_and_their_blocks_
 
 def test_a_block_no_sentence_chose_cannot_turn_the_gumbel_mix_output_into_nan(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_router": "gumbel_mix", "model.routing_blocks": 3}))
+        "model.routing.router": "gumbel_mix", "model.routing.blocks": 3}))
     s = model.sharing
     with torch.no_grad():
         s.route_logits.copy_(torch.tensor([30.0, -30.0, -30.0]).expand_as(s.route_logits))  # block 1 every time
@@ -721,7 +721,7 @@ def test_the_gumbel_mix_logits_learn_nothing_from_equal_blocks(tiny_corpus, tmp_
     none, however the loss depends on the features; the chosen-block scale of ``gumbel`` gives one all the same."""
     grads = {}
     for router in ("gumbel_mix", "gumbel"):
-        model, data = _model(_config(tiny_corpus, tmp_path / router, **ROUTING, **{"model.routing_router": router}))
+        model, data = _model(_config(tiny_corpus, tmp_path / router, **ROUTING, **{"model.routing.router": router}))
         model.train()
         model(_batch(model, data, "ner"), "ner").sum().backward()
         grads[router] = model.sharing.route_logits.grad[TASKS.index("ner")].abs().max()
@@ -730,12 +730,12 @@ def test_the_gumbel_mix_logits_learn_nothing_from_equal_blocks(tiny_corpus, tmp_
 
 def test_the_gumbel_router_is_refused_for_a_hugging_face_transformer(tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match="'gumbel' serves the bilstm and scratch encoders"):
-        _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing_router": "gumbel", "model.encoder": "transformer"})
+        _config(tiny_corpus, tmp_path, **ROUTING, **{"model.routing.router": "gumbel", "model.encoder": "transformer"})
 
 
 def test_the_gumbel_logits_do_not_learn_during_a_warm_up(tiny_corpus, tmp_path):
     model, data = _model(_config(tiny_corpus, tmp_path, **ROUTING, **{
-        "model.routing_router": "gumbel", "model.routing_warmup_steps": 1}))
+        "model.routing.router": "gumbel", "model.routing.warmup_steps": 1}))
     s = model.sharing
     model.train()
     batch = _batch(model, data, "chunk")
@@ -747,10 +747,10 @@ def test_the_gumbel_logits_do_not_learn_during_a_warm_up(tiny_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"model.routing_router": "gumbel", "model.routing_rho": 0.1}, r"'model\.routing_rho' sets the reward or the step"),
-    ({"model.routing_router": "gumbel", "model.routing_lr": 0.1}, r"'model\.routing_lr' sets the reward or the step"),
-    ({"model.routing_exploration_steps": 100}, r"'model\.routing_exploration_steps' anneals model\.routing_exploration"),
-    ({"model.routing_warmup": "random"}, r"'model\.routing_warmup' = 'random' sets the routes of a warm-up"),
+    ({"model.routing.router": "gumbel", "model.routing.rho": 0.1}, r"'model\.routing.rho' sets the reward or the step"),
+    ({"model.routing.router": "gumbel", "model.routing.lr": 0.1}, r"'model\.routing.lr' sets the reward or the step"),
+    ({"model.routing.exploration_steps": 100}, r"'model\.routing.exploration_steps' anneals model\.routing.exploration"),
+    ({"model.routing.warmup": "random"}, r"'model\.routing.warmup' = 'random' sets the routes of a warm-up"),
 ])
 def test_routing_options_that_would_be_ignored_are_refused(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

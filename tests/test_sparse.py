@@ -778,8 +778,8 @@ def test_the_pipeline_checks_its_teachers_without_loading_them(tiny_corpus, tmp_
         pipeline.check_pipeline_inputs(config, template)
 
 
-# -- private word tables (and char-CNNs, when model.prunable leaves them out) --------------------------------
-LSTM_ONLY = {"model.prunable": "[layers.*.lstm.weight_*]"}
+# -- private word tables (and char-CNNs, when model.sparse.prunable leaves them out) --------------------------------
+LSTM_ONLY = {"model.sparse.prunable": "[layers.*.lstm.weight_*]"}
 PRIVATE = {"words": ("words", {}), "all": ("words chars", LSTM_ONLY)}
 
 

@@ -4,6 +4,7 @@ training and reloading. Tiny fixtures only."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -37,7 +38,7 @@ def _has_grad(grad):
 @pytest.mark.parametrize("task_layers", ["{}", "{pos: 2, chunk: 2, ner: 2}"])
 def test_hierarchical_with_every_task_on_the_top_layer_is_hard_sharing(tiny_corpus, tmp_path, task_layers):
     hard, data = _model(_config(tiny_corpus, tmp_path))
-    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers": task_layers})
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.hierarchical.task_layers": task_layers})
     hierarchical, _ = _model(config, data, seed=1)
     hierarchical.load_state_dict(hard.state_dict())  # strict: the same parameter names
     batch = _batch(hard, data, "ner")
@@ -52,7 +53,7 @@ def test_hierarchical_with_every_task_on_the_top_layer_is_hard_sharing(tiny_corp
 
 
 def test_a_task_reading_layer_1_gets_no_gradient_from_layer_2(tiny_corpus, tmp_path):
-    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers.pos": 1})
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.hierarchical.task_layers.pos": 1})
     model, data = _model(config)
     assert model.sharing.task_layers == {"pos": 1, "chunk": 2, "ner": 2}
     upper = [n for n, _ in model.sharing.named_parameters() if n.startswith("encoder.layers.1.")]
@@ -66,7 +67,7 @@ def test_a_task_reading_layer_1_gets_no_gradient_from_layer_2(tiny_corpus, tmp_p
 
 
 def test_hierarchical_runs_the_encoder_once_for_all_tasks(tiny_corpus, tmp_path):
-    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers.pos": 1})
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.hierarchical.task_layers.pos": 1})
     model, data = _model(config)
     batch = _batch(model, data, "pos")
     layers = model.sharing.encoder(batch)
@@ -80,7 +81,7 @@ def test_hierarchical_runs_the_encoder_once_for_all_tasks(tiny_corpus, tmp_path)
 
 
 def test_hierarchical_exports_only_tasks_on_the_top_layer(tiny_corpus, tmp_path):
-    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.task_layers.pos": 1})
+    config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical", "model.hierarchical.task_layers.pos": 1})
     model, _ = _model(config)
     assert model.sharing.task_encoder_state("ner").keys() == model.sharing.encoder.state_dict().keys()
     with pytest.raises(NotImplementedError, match="task 'pos' reads encoder layer 1 of 2"):
@@ -88,23 +89,23 @@ def test_hierarchical_exports_only_tasks_on_the_top_layer(tiny_corpus, tmp_path)
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"model.sharing": "hierarchical", "model.task_layers.pos": 0}, "'model.task_layers.pos' must be a 1-based"),
-    ({"model.sharing": "hierarchical", "model.task_layers.pos": -1}, "'model.task_layers.pos' must be a 1-based"),
-    ({"model.sharing": "hierarchical", "model.task_layers.ner": 3},
-     r"'model.task_layers.ner' must be <= the encoder depth 2 \(model.bilstm.layers\)"),
-    ({"model.sharing": "hierarchical", "model.task_layers.ner": 3, **SCRATCH},
-     r"'model.task_layers.ner' must be <= the encoder depth 2 \(model.scratch.layers\)"),
-    ({"model.sharing": "hierarchical", "model.task_layers.upos": 1},
-     r"'model.task_layers.upos': 'upos' is not one of the model's tasks"),
-    ({"model.sharing": "hierarchical", "model.task_layers.pos": "low"}, "'model.task_layers.pos'"),
-    ({"model.task_layers.pos": 1}, "'model.task_layers' only applies to model.sharing=hierarchical"),
-    ({"model.sharing": "sparse", "model.task_layers.pos": 1}, "'model.task_layers' only applies"),
-    ({"model.sharing": "bottom", "model.bottom_layers": 0}, "'model.bottom_layers' must be >= 1 and < the encoder"),
-    ({"model.sharing": "bottom", "model.bottom_layers": 2},
-     r"'model.bottom_layers' must be .* depth 2 \(model.bilstm.layers\), so that .* got 2"),
-    ({"model.sharing": "bottom", "model.bilstm.layers": 1}, r"'model.bottom_layers' .* depth 1 .* got 1"),
-    ({"model.sharing": "bottom", "model.bottom_layers": 3, **SCRATCH}, r"depth 2 \(model.scratch.layers\)"),
-    ({"model.bottom_layers": 2}, "'model.bottom_layers' only applies to model.sharing=bottom"),
+    ({"model.sharing": "hierarchical", "model.hierarchical.task_layers.pos": 0}, "'model.hierarchical.task_layers.pos' must be a 1-based"),
+    ({"model.sharing": "hierarchical", "model.hierarchical.task_layers.pos": -1}, "'model.hierarchical.task_layers.pos' must be a 1-based"),
+    ({"model.sharing": "hierarchical", "model.hierarchical.task_layers.ner": 3},
+     r"'model.hierarchical.task_layers.ner' must be <= the encoder depth 2 \(model.bilstm.layers\)"),
+    ({"model.sharing": "hierarchical", "model.hierarchical.task_layers.ner": 3, **SCRATCH},
+     r"'model.hierarchical.task_layers.ner' must be <= the encoder depth 2 \(model.scratch.layers\)"),
+    ({"model.sharing": "hierarchical", "model.hierarchical.task_layers.upos": 1},
+     r"'model.hierarchical.task_layers.upos': 'upos' is not one of the model's tasks"),
+    ({"model.sharing": "hierarchical", "model.hierarchical.task_layers.pos": "low"}, "'model.hierarchical.task_layers.pos'"),
+    ({"model.hierarchical.task_layers.pos": 1}, "'model.hierarchical.task_layers' only applies to model.sharing=hierarchical"),
+    ({"model.sharing": "sparse", "model.hierarchical.task_layers.pos": 1}, "'model.hierarchical.task_layers' only applies"),
+    ({"model.sharing": "bottom", "model.bottom.layers": 0}, "'model.bottom.layers' must be >= 1 and < the encoder"),
+    ({"model.sharing": "bottom", "model.bottom.layers": 2},
+     r"'model.bottom.layers' must be .* depth 2 \(model.bilstm.layers\), so that .* got 2"),
+    ({"model.sharing": "bottom", "model.bilstm.layers": 1}, r"'model.bottom.layers' .* depth 1 .* got 1"),
+    ({"model.sharing": "bottom", "model.bottom.layers": 3, **SCRATCH}, r"depth 2 \(model.scratch.layers\)"),
+    ({"model.bottom.layers": 2}, "'model.bottom.layers' only applies to model.sharing=bottom"),
 ])
 def test_bad_layer_options_are_rejected_by_key(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -115,14 +116,15 @@ def test_the_built_encoder_depth_is_checked_again(tiny_corpus, tmp_path):
     """A config that skipped validation (e.g. a hand-edited model folder) is caught when the model is built."""
     config = _config(tiny_corpus, tmp_path, **{"model.sharing": "hierarchical"})
     data = load_task_data(config)
-    config.model.task_layers = {"pos": 3}
-    with pytest.raises(ConfigError, match=r"'model.task_layers.pos' must be <= the encoder depth 2, got 3"):
+    config.model.hierarchical.task_layers = {"pos": 3}
+    with pytest.raises(ConfigError, match=r"'model.hierarchical.task_layers.pos' must be <= the encoder depth 2, got 3"):
         build_model(config, data)
-    config.model.task_layers = {"upos": 1}
-    with pytest.raises(ConfigError, match="'model.task_layers.upos'"):
+    config.model.hierarchical.task_layers = {"upos": 1}
+    with pytest.raises(ConfigError, match="'model.hierarchical.task_layers.upos'"):
         build_model(config, data)
-    config.model.sharing, config.model.task_layers, config.model.bottom_layers = "bottom", {}, 2
-    with pytest.raises(ConfigError, match=r"'model.bottom_layers' .* depth 2 \(model.bilstm.layers\)"):
+    config.model.sharing = "bottom"  # (a section that was not given reads as its defaults, a new object each time)
+    config.model.strategy_options = {"bottom": dataclasses.replace(config.model.bottom, layers=2)}
+    with pytest.raises(ConfigError, match=r"'model.bottom.layers' .* depth 2 \(model.bilstm.layers\)"):
         build_model(config, data)
 
 
@@ -134,7 +136,7 @@ def test_hierarchical_on_a_transformer_encoder(tiny_corpus, tmp_path):
     from sparseshare.encoders.transformer import resolve_model_path
 
     config = _config(tiny_corpus, tmp_path, **{"model.encoder": "transformer", "model.sharing": "hierarchical",
-                                               "model.task_layers.pos": 2, "model.transformer.dropout": 0.0})
+                                               "model.hierarchical.task_layers.pos": 2, "model.transformer.dropout": 0.0})
     data = load_task_data(config)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model.transformer.name_or_path))
     torch.manual_seed(0)
@@ -153,8 +155,8 @@ def test_hierarchical_on_a_transformer_encoder(tiny_corpus, tmp_path):
         features = model.sharing.features_for_tasks(batch, TASKS)
     assert len(layers) == 3
     assert torch.equal(features["pos"], layers[1]) and torch.equal(features["ner"], layers[2])
-    config.model.task_layers = {"pos": 4}
-    with pytest.raises(ConfigError, match=r"'model.task_layers.pos' must be <= the encoder depth 3, got 4"):
+    config.model.hierarchical.task_layers = {"pos": 4}
+    with pytest.raises(ConfigError, match=r"'model.hierarchical.task_layers.pos' must be <= the encoder depth 3, got 4"):
         build()
 
 
@@ -182,7 +184,7 @@ def test_bottom_layers_with_identical_bottoms_are_hard_sharing(tiny_corpus, tmp_
     lowest layers it computes exactly hard sharing's features (guards the composition against drifting from
     the encoders' own forward)."""
     hard, data = _model(_config(tiny_corpus, tmp_path, **extra))
-    bottom, _ = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.bottom_layers": k,
+    bottom, _ = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.bottom.layers": k,
                                                          **extra}), data, seed=1)
     bottom.load_state_dict(_bottom_state_from_hard(hard.state_dict(), TASKS, k))  # strict
     batch = _batch(hard, data, "chunk")
@@ -196,7 +198,7 @@ def test_bottom_layers_with_identical_bottoms_are_hard_sharing(tiny_corpus, tmp_
 @pytest.mark.parametrize("extra,k", [({}, 1), ({"model.bilstm.layers": 3}, 2), (SCRATCH, 1)])
 def test_bottom_parameter_count_is_hard_plus_one_bottom_per_extra_task(tiny_corpus, tmp_path, extra, k):
     hard, data = _model(_config(tiny_corpus, tmp_path, **extra))
-    bottom, _ = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.bottom_layers": k,
+    bottom, _ = _model(_config(tiny_corpus, tmp_path, **{"model.sharing": "bottom", "model.bottom.layers": k,
                                                          **extra}), data)
     per_task = sum(p.numel() for layer in hard.sharing.encoder.layers[:k] for p in layer.parameters())
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
@@ -248,7 +250,7 @@ def test_bottom_embeds_once_per_batch(tiny_corpus, tmp_path):
 
 # -- training, saving and reloading --------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [
-    {"model.sharing": "hierarchical", "model.task_layers": "{pos: 1}"},
+    {"model.sharing": "hierarchical", "model.hierarchical.task_layers": "{pos: 1}"},
     {"model.sharing": "bottom"},
     {"model.sharing": "bottom", **SCRATCH, "train.optimizer": "adamw", "train.lr": 3e-3},
 ])
@@ -271,16 +273,16 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
 
 
 def test_runs_checkpointed_before_the_new_keys_existed_still_resume():
-    """A config.yaml written before model.task_layers / model.bottom_layers existed lacks them: resuming with
-    their defaults is no change, resuming with another value is."""
-    current = load_config(None, []).to_dict()
+    """A config.yaml written before model.bottom.layers existed lacks it: resuming with its default is no change,
+    resuming with another value is."""
+    current = load_config(None, ["model.sharing=bottom", "model.bilstm.layers=3"]).to_dict()
     saved = copy.deepcopy(current)
-    del saved["model"]["task_layers"], saved["model"]["bottom_layers"]
+    del saved["model"]["bottom"]["layers"]
     check_resume_config(saved, current)
-    current = load_config(None, ["model.sharing=bottom", "model.bilstm.layers=3", "model.bottom_layers=2"]).to_dict()
+    current = load_config(None, ["model.sharing=bottom", "model.bilstm.layers=3", "model.bottom.layers=2"]).to_dict()
     saved = copy.deepcopy(current)
-    del saved["model"]["bottom_layers"]
-    with pytest.raises(ValueError, match="model.bottom_layers: 1 -> 2"):
+    del saved["model"]["bottom"]
+    with pytest.raises(ValueError, match="model.bottom.layers: 1 -> 2"):
         check_resume_config(saved, current)
 
 
@@ -331,10 +333,10 @@ def test_private_embedders_get_gradients_from_their_task_only_and_the_rest_from_
     ({"model.private_embedder": "true"}, r"'model.private_embedder' must be one of \['none', 'words', 'chars', 'all'\]"),
     ({"model.private_embedder": "all", "model.sharing": "sparse"},
      r"'model.private_embedder' = 'all' gives each task its own char-CNN, but the default prunable patterns "
-     r"\(model.prunable unset\) split its convolution among the tasks by their masks "
-     r"\(\['embedder.chars.conv.weight'\]\); set model.prunable to patterns without it"),
-    ({"model.private_embedder": "chars", "model.sharing": "sparse", "model.prunable": "[embedder.chars.*]"},
-     r"but model.prunable split its convolution .*\(\['embedder.chars.\*'\]\)"),
+     r"\(model.sparse.prunable unset\) split its convolution among the tasks by their masks "
+     r"\(\['embedder.chars.conv.weight'\]\); set model.sparse.prunable to patterns without it"),
+    ({"model.private_embedder": "chars", "model.sharing": "sparse", "model.sparse.prunable": "[embedder.chars.*]"},
+     r"but model.sparse.prunable split its convolution .*\(\['embedder.chars.\*'\]\)"),
     ({"model.private_embedder": "word", "model.sharing": "sparse"},
      r"'model.private_embedder' must be one of \['none', 'words', 'chars', 'all'\], got 'word'"),
     ({"model.private_embedder": "words", "model.sharing": "sparse", **SCRATCH},
@@ -383,9 +385,9 @@ def test_a_private_embedder_saved_as_a_boolean_loads_and_resumes_as_its_part_nam
 
 
 # -- the other strategies with private embedders -------------------------------------------------------------
-OTHERS = {"hierarchical": {"model.sharing": "hierarchical", "model.task_layers": "{pos: 1}"},
+OTHERS = {"hierarchical": {"model.sharing": "hierarchical", "model.hierarchical.task_layers": "{pos: 1}"},
           "bottom": {"model.sharing": "bottom"},
-          "cross_stitch": {"model.sharing": "cross_stitch", "model.cross_stitch_init": 0.8}}
+          "cross_stitch": {"model.sharing": "cross_stitch", "model.cross_stitch.init": 0.8}}
 
 
 @pytest.mark.parametrize("choice", PARTS)
@@ -423,7 +425,7 @@ def test_private_embedders_of_the_other_strategies_get_gradients_from_their_task
     embedder also learns from the other tasks, through the mix)."""
     extra = {**OTHERS[strategy], "model.private_embedder": "all"}
     if strategy == "cross_stitch":
-        extra["model.cross_stitch_init"] = 1.0
+        extra["model.cross_stitch.init"] = 1.0
     model, data = _model(_config(tiny_corpus, tmp_path, **extra))
     names = [n for n, _ in model.sharing.named_parameters()]
     assert not [n for n in names if n.startswith(("encoder.embedder.words.", "encoder.embedder.chars."))]
@@ -453,7 +455,7 @@ def test_the_other_strategies_with_private_embedders_train_save_and_reload_with_
 
 
 # -- private embedders for some tasks only (model.private_embedder_tasks) ------------------------------------
-SOME = {"hard": {}, **OTHERS, "sparse": {"model.sharing": "sparse", "model.prunable": "[layers.*.lstm.weight_*]"}}
+SOME = {"hard": {}, **OTHERS, "sparse": {"model.sharing": "sparse", "model.sparse.prunable": "[layers.*.lstm.weight_*]"}}
 
 
 def _with_masks(model, seed=0):
@@ -468,7 +470,7 @@ def _with_masks(model, seed=0):
 def test_an_embedder_owned_by_some_tasks_leaves_the_shared_one_to_the_others(tiny_corpus, tmp_path, strategy):
     extra = dict(SOME[strategy])
     if strategy == "cross_stitch":
-        extra["model.cross_stitch_init"] = 1.0  # independent columns: a task's gradient stays in its column
+        extra["model.cross_stitch.init"] = 1.0  # independent columns: a task's gradient stays in its column
     shared, data = _model(_config(tiny_corpus, tmp_path, **extra))
     _with_masks(shared)
     some, _ = _model(_config(tiny_corpus, tmp_path, **extra, **{"model.private_embedder": "all",

@@ -39,8 +39,8 @@ def _layers(model):
 
 
 @pytest.mark.parametrize("sharing, extra", [
-    ("bottom", {}), ("cross_stitch", {"model.cross_stitch_init": 1.0}), ("roaming", {"model.roaming_ratio": 1.0}),
-    ("routing", {"model.routing_blocks": 1}),
+    ("bottom", {}), ("cross_stitch", {"model.cross_stitch.init": 1.0}), ("roaming", {"model.roaming.ratio": 1.0}),
+    ("routing", {"model.routing.blocks": 1}),
 ])
 def test_each_strategy_reduces_to_the_plain_transformer(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
     """Fresh copies (bottom), independent columns (cross-stitch alpha = 1), every unit active (roaming p = 1), one
@@ -57,7 +57,7 @@ def test_each_strategy_reduces_to_the_plain_transformer(tiny_corpus, tmp_path, t
 
 
 def test_bottom_runs_the_tasks_own_lowest_layers(tiny_corpus, tmp_path, tiny_bert):
-    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom_layers": 2})
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom.layers": 2})
     layers = _layers(model)
     assert [type(layer).__name__ for layer in layers] == ["TaskLayers", "TaskLayers", "BertLayer"]
     batch = tiny_batch(model, data, "pos")
@@ -71,17 +71,17 @@ def test_bottom_runs_the_tasks_own_lowest_layers(tiny_corpus, tmp_path, tiny_ber
     own = sum(p.numel() for layer in layers[:2] for p in layer.copies["pos"].parameters())
     card = (model.save_pretrained(tmp_path / "saved") / "README.md").read_text()
     assert f"Each task owns the lowest 2 of the encoder's 3 layers ({own:,} parameters per task)" in card
-    with pytest.raises(ConfigError, match=r"'model.bottom_layers' must be >= 1 and < the encoder depth 3 "
+    with pytest.raises(ConfigError, match=r"'model.bottom.layers' must be >= 1 and < the encoder depth 3 "
                                           r"\(the Transformer's num_hidden_layers\)"):
-        _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom_layers": 3})
-    with pytest.raises(ConfigError, match=r"'model.routing_blocks' lists 2 layer\(s\) but the encoder has 3 \(the "
+        _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "bottom", "model.bottom.layers": 3})
+    with pytest.raises(ConfigError, match=r"'model.routing.blocks' lists 2 layer\(s\) but the encoder has 3 \(the "
                                           r"Transformer's num_hidden_layers\)"):  # also known only once loaded
-        _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "routing", "model.routing_blocks": "[2,2]"})
+        _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "routing", "model.routing.blocks": "[2,2]"})
 
 
 def test_cross_stitch_mixes_the_columns_after_every_layer(tiny_corpus, tmp_path, tiny_bert):
     model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "cross_stitch",
-                                                              "model.cross_stitch_init": 1.0})
+                                                              "model.cross_stitch.init": 1.0})
     sharing, batch = model.sharing, tiny_batch(model, data, "pos")
     with torch.no_grad():
         for p in _layers(model)[0].columns[1].parameters():  # task 1 (chunk)'s column differs from the others
@@ -103,7 +103,7 @@ def test_cross_stitch_mixes_the_columns_after_every_layer(tiny_corpus, tmp_path,
 def test_roaming_masks_the_feed_forward_units(tiny_corpus, tmp_path, tiny_bert):
     """A task's output is that of the model whose down-projection columns outside the task's mask are zero, and
     those columns get no gradient from the task."""
-    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "roaming", "model.roaming_ratio": 0.5})
+    model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "roaming", "model.roaming.ratio": 0.5})
     sharing, batch = model.sharing, tiny_batch(model, data, "ner")
     assert sharing.units == 32 and sharing.masks.shape == (3, 3, 32)
     assert bool(sharing.masks.sum(-1).eq(16).all()) and bool(sharing.masks.any(1).all())
@@ -127,8 +127,8 @@ def test_roaming_masks_the_feed_forward_units(tiny_corpus, tmp_path, tiny_bert):
 def test_routing_sends_each_sentence_through_its_own_blocks(tiny_corpus, tmp_path, tiny_bert, router):
     """A batch routed by sampling gives every sentence the features it gets alone along the same route."""
     model, data = _model(tiny_corpus, tmp_path, tiny_bert, **{
-        "model.sharing": "routing", "model.routing_blocks": 2, "model.routing_pass": "true",
-        "model.routing_router": router})
+        "model.sharing": "routing", "model.routing.blocks": 2, "model.routing.pass_block": "true",
+        "model.routing.router": router})
     sharing, batch = model.sharing, tiny_batch(model, data, "ner", n=8)
     assert [len(layer.blocks) for layer in _layers(model)] == [2, 2, 2] and sharing.choices == [3, 3, 3]
     with torch.no_grad():
@@ -157,8 +157,8 @@ class _Pass(torch.nn.Module):
 
 
 @pytest.mark.parametrize("sharing, extra", [
-    ("bottom", {}), ("cross_stitch", {}), ("roaming", {"model.roaming_delta": 2}),
-    ("routing", {"model.routing_pass": "true"}), ("routing", {"model.routing_router": "reinforce"}),
+    ("bottom", {}), ("cross_stitch", {}), ("roaming", {"model.roaming.delta": 2}),
+    ("routing", {"model.routing.pass_block": "true"}), ("routing", {"model.routing.router": "reinforce"}),
 ])
 def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
     config = load_config(None, _overrides(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, **extra}))
@@ -181,8 +181,8 @@ def _perturb(*modules):
 
 
 @pytest.mark.parametrize("sharing, extra", [
-    ("bottom", {"model.bottom_layers": 2}), ("roaming", {"model.roaming_ratio": 0.5}),
-    ("routing", {"model.routing_blocks": 2, "model.routing_pass": "true"}),
+    ("bottom", {"model.bottom.layers": 2}), ("roaming", {"model.roaming.ratio": 0.5}),
+    ("routing", {"model.routing.blocks": 2, "model.routing.pass_block": "true"}),
 ])
 def test_a_task_exports_as_the_plain_model_it_runs_through(tiny_corpus, tmp_path, tiny_bert, sharing, extra):
     """bottom (the task's own lowest layers), roaming (its unit masks folded into the down projections) and WPL
@@ -216,15 +216,15 @@ def test_a_task_exports_as_the_plain_model_it_runs_through(tiny_corpus, tmp_path
 
 @pytest.mark.parametrize("sharing, extra, message", [
     ("cross_stitch", {}, "cross_stitch mixes every task's column after each layer"),
-    ("routing", {"model.routing_router": "reinforce"}, "the 'reinforce' router chooses each sentence's route"),
-    ("routing", {"model.routing_pass": "true"}, r"greedy route skips layer\(s\) \[2\] \(PASS\)"),
+    ("routing", {"model.routing.router": "reinforce"}, "the 'reinforce' router chooses each sentence's route"),
+    ("routing", {"model.routing.pass_block": "true"}, r"greedy route skips layer\(s\) \[2\] \(PASS\)"),
 ])
 def test_export_refuses_a_task_without_one_plain_model(tiny_corpus, tmp_path, tiny_bert, sharing, extra, message):
     from sparseshare.export import ExportError, export_task
 
     model, _ = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": sharing, "model.head": "softmax",
                                                            **extra})
-    if "model.routing_pass" in extra:
+    if "model.routing.pass_block" in extra:
         model.sharing.policy[model.sharing.tasks.index("pos"), 1] = torch.tensor([0.1, 0.1, 0.8])
     with pytest.raises(ExportError, match=message):
         export_task(model, "pos", tmp_path / "export")
@@ -275,8 +275,8 @@ def other_architecture(request, tmp_path_factory, tiny_bert):
 
 
 @pytest.mark.parametrize("sharing, extra", [
-    ("bottom", {}), ("cross_stitch", {"model.cross_stitch_init": 1.0}), ("roaming", {"model.roaming_ratio": 1.0}),
-    ("routing", {"model.routing_blocks": 1}),
+    ("bottom", {}), ("cross_stitch", {"model.cross_stitch.init": 1.0}), ("roaming", {"model.roaming.ratio": 1.0}),
+    ("routing", {"model.routing.blocks": 1}),
 ])
 def test_other_architectures_reduce_to_the_plain_model(tiny_corpus, tmp_path, other_architecture, sharing, extra):
     model, data = _model(tiny_corpus, tmp_path, other_architecture, **{"model.sharing": sharing, **extra})
@@ -292,7 +292,7 @@ def test_a_routed_layer_where_every_sentence_takes_pass_keeps_the_layer_output_f
     """Right after loading, a greedy PASS everywhere runs no block: the layer's output form (DeBERTa-v2 returns
     a tuple its encoder unpacks) must still be right; the top layer is then the embeddings' output."""
     model, data = _model(tiny_corpus, tmp_path, other_architecture, **{
-        "model.sharing": "routing", "model.routing_pass": "true"})
+        "model.sharing": "routing", "model.routing.pass_block": "true"})
     sharing = model.sharing
     sharing.policy[:, :, :] = torch.tensor([0.1, 0.1, 0.8])  # PASS (choice 2) is every layer's argmax
     batch = model.featurizer.collate(TINY_SENTENCES)
@@ -305,7 +305,7 @@ def test_a_routed_layer_where_every_sentence_takes_pass_keeps_the_layer_output_f
 def test_roaming_parameter_masks_hold_each_task_feed_forward_units(tiny_corpus, tmp_path, tiny_bert):
     """A task's masked optimiser steps move its units' columns of the down projection and their rows (and bias) of
     the up projection (BERT's intermediate.dense), nothing else of the layer."""
-    model, _ = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "roaming", "model.roaming_ratio": 0.5})
+    model, _ = _model(tiny_corpus, tmp_path, tiny_bert, **{"model.sharing": "roaming", "model.roaming.ratio": 0.5})
     sharing, names = model.sharing, {id(p): n for n, p in model.named_parameters()}
     t = sharing.tasks.index("chunk")
     got = {names[id(p)]: m for p, m in sharing.parameter_masks("chunk").items()}

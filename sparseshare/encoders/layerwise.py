@@ -19,7 +19,7 @@ class LayerwiseEncoder(nn.Module):
         Roaming's masked optimiser steps). An encoder that does not say which weights a unit owns cannot have them."""
         from ..errors import ConfigError
 
-        raise ConfigError("config key 'model.roaming_masked_steps': this encoder does not say which weights belong to "
+        raise ConfigError("config key 'model.roaming.masked_steps': this encoder does not say which weights belong to "
                           "a unit (no unit_parameter_masks); set it to false")
 
     def forward(self, batch, **embed_parts) -> list[torch.Tensor]:

@@ -46,7 +46,7 @@ class EncoderKind:
     # how a layer-wise sharing strategy reaches the layers: "direct" | "stand_in" (see sparseshare/encoders/__init__.py,
     # the same as the encoder module's attribute, known here before the encoder is built) | None: not layer-wise
     layer_access: ClassVar[str | None] = None
-    # fnmatch patterns over the encoder's parameter names: the weights sparse sharing prunes unless model.prunable
+    # fnmatch patterns over the encoder's parameter names: the weights sparse sharing prunes unless model.sparse.prunable
     # says otherwise. Weight matrices only: biases, LayerNorms, embedding tables and heads stay dense (fully shared),
     # as in Sun et al. (2020)
     default_prunable: ClassVar[tuple[str, ...]] = ()

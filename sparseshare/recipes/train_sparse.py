@@ -118,8 +118,8 @@ def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | N
     if unknown:  # the warm-up and the joint stage would refuse them, after the stages before them
         raise ConfigError(f"config key 'train.task_weights': task(s) {unknown} are not among the run's tasks "
                           f"{list(template.tasks)}")
-    if config.model.mask_scores:
-        raise ConfigError("config key 'model.mask_scores' is what the pipeline sets for the search rounds of "
+    if config.model.sparse.mask_scores:
+        raise ConfigError("config key 'model.sparse.mask_scores' is what the pipeline sets for the search rounds of "
                           "sparse.criterion: learned; the joint model reads no scores: leave it false")
     return _given_masks(config, template) if config.sparse.masks else None
 
@@ -341,8 +341,10 @@ def _as_one_task_sparse_model(model: MultiTaskTagger, config: Config, task: str,
     """``task`` of ``model`` (its own vocabulary, labels and head; any strategy that keeps one encoder under
     ``sharing.encoder``, such as a single-task run's hard sharing) as a sparse model of the pipeline's model options,
     reading ``rewind``, the rewind point, outside its mask."""
-    options = dataclasses.replace(with_strategy(model.config, "sparse"), prunable=config.model.prunable,
-                                  outside_mask=config.model.outside_mask)
+    base = with_strategy(model.config, "sparse")
+    sparse = dataclasses.replace(base.sparse, prunable=config.model.sparse.prunable,
+                                 outside_mask=config.model.sparse.outside_mask)
+    options = dataclasses.replace(base, strategy_options={**base.strategy_options, "sparse": sparse})
     rewind_encoder = {k: v for k, v in rewind.items() if k.startswith("sharing.encoder.")}
     twin = _model_like(model, options, [task], model.state_dict())
     rewind_copy = {k: v for k, v in twin.sharing.missing_state(rewind_encoder, "sharing.").items()
@@ -431,9 +433,10 @@ def with_strategy(model: ModelConfig, sharing: str) -> ModelConfig:
     if sharing == model.sharing:
         return model
     defaults = ModelConfig()
-    return dataclasses.replace(model, sharing=sharing, **{key: getattr(defaults, key) for key in
-                                                          STRATEGIES[model.sharing].options
-                                                          if key not in STRATEGIES[sharing].options})
+    return dataclasses.replace(model, sharing=sharing,
+                               strategy_options={k: v for k, v in model.strategy_options.items() if k != model.sharing},
+                               **{key: getattr(defaults, key) for key in STRATEGIES[model.sharing].shared_options
+                                  if key not in STRATEGIES[sharing].shared_options})
 
 
 def _model_like(template: MultiTaskTagger, model_config, tasks: list[str], state: dict) -> MultiTaskTagger:
@@ -534,7 +537,8 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
     """The config of a warm-up or search stage (one network: see :func:`one_network`)."""
     model = with_strategy(one_network(config).model, sharing or config.model.sharing)
     if model.sharing == "sparse" and config.sparse.criterion == "learned":  # a search round learns its mask scores
-        model = dataclasses.replace(model, mask_scores=True)
+        model = dataclasses.replace(model, strategy_options={
+            **model.strategy_options, "sparse": dataclasses.replace(model.sparse, mask_scores=True)})
     # a stage's own budget: no early stopping inside a few epochs, selection on dev as always; distillation
     # (train.distill_from, sparse.distill) is the joint training's; a search round trains one task, which no
     # sampling weight concerns

@@ -7,6 +7,7 @@ itself with ``@register("name")``.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -50,9 +51,13 @@ def register(name: str):
 
 class SharingStrategy(nn.Module):
     name = "?"
-    # The ModelConfig fields this strategy reads. A config that sets another strategy's option to a value other
-    # than its default is refused by name (config.validate), so that no setting is silently ignored.
-    options: tuple[str, ...] = ()
+    # This strategy's own options: a dataclass whose fields are the keys of the config section model.<name> (e.g.
+    # model.routing.rho), read as ``config.<name>`` (config: the ModelConfig); None: no options of its own.
+    Options: type | None = None
+    # The flat ModelConfig fields this strategy reads that other strategies read too (the private embedders). A config
+    # that sets an option of a strategy it does not select (flat or in a section) to a value other than its default
+    # is refused by name (config.validate), so that no setting is silently ignored.
+    shared_options: tuple[str, ...] = ()
     # BibTeX of the method, for the model card (None: no citation applies).
     citation: str | None = None
     # Whether a step of task t must leave the weights outside t's mask, and their optimiser state, alone
@@ -67,11 +72,19 @@ class SharingStrategy(nn.Module):
         built encoder's depth: one check for both."""
 
     @classmethod
-    def upgrade_saved_options(cls, model: dict) -> dict:
-        """The ``model`` section of a config saved by an earlier sparseshare (a model folder's config.json, a
-        checkpointed run's config.yaml) with this strategy's options in today's spelling: an option added later gets
-        the value that reproduces what the saved run computed, which need not be today's default."""
-        return model
+    def upgrade_saved_options(cls, options: dict) -> dict:
+        """This strategy's section (``model.<name>``) of a config saved by an earlier sparseshare (a model folder's
+        config.json, a checkpointed run's config.yaml) in today's spelling: an option added later gets the value that
+        reproduces what the saved run computed, which need not be today's default."""
+        return options
+
+    @classmethod
+    def flat_keys(cls) -> dict[str, str]:
+        """``{former flat key of model: field of Options}``: how the options were spelt before each strategy had a
+        section of its own (``model.<name>_<field>``, before 2026-12-05); such configs are upgraded when loaded."""
+        if cls.Options is None:
+            return {}
+        return {f"{cls.name}_{f.name}": f.name for f in dataclasses.fields(cls.Options)}
 
     @classmethod
     def layer_copies(cls, config, depth: int) -> tuple[str, int, str] | None:

@@ -1,5 +1,5 @@
 """Separate bottom layers (Zhang et al., "Rethinking Hard-Parameter Sharing in Multi-Task Learning", 2021):
-each task owns the lowest ``model.bottom_layers`` encoder layers, the layers above are shared.
+each task owns the lowest ``model.bottom.layers`` encoder layers, the layers above are shared.
 
 The word/char embeddings (and, for the scratch Transformer, the input projection, positions and final
 LayerNorm) stay shared, unless ``model.private_embedder`` gives each task its own word table and/or char-CNN
@@ -20,6 +20,7 @@ Parameter names: ``encoder.*`` (shared embeddings), ``bottom.<task>.<i>.*`` (lay
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,13 +34,21 @@ from .private_embedder import PrivateEmbedders, check_private_embedder
 def check_bottom_layers(k: int, depth: int, depth_key: str = "") -> None:
     where = f" ({depth_key})" if depth_key else ""
     if not 1 <= k < depth:
-        raise ConfigError(f"config key 'model.bottom_layers' must be >= 1 and < the encoder depth {depth}{where}, "
+        raise ConfigError(f"config key 'model.bottom.layers' must be >= 1 and < the encoder depth {depth}{where}, "
                           f"so that each task owns at least one layer and at least one is shared; got {k}")
+
+
+@dataclass
+class BottomOptions:
+    """``model.bottom``."""
+    # how many of the lowest encoder layers each task owns; the layers above are shared (Zhang et al. 2021)
+    layers: int = 1
 
 
 @register("bottom")
 class BottomSharing(PrivateEmbedders, SharingStrategy):
-    options = ("bottom_layers", "private_embedder", "private_embedder_tasks")
+    Options = BottomOptions
+    shared_options = ("private_embedder", "private_embedder_tasks")
     citation = """@misc{zhang2021rethinking,
   title = {Rethinking Hard-Parameter Sharing in Multi-Task Learning},
   author = {Zhang and others},
@@ -49,13 +58,13 @@ class BottomSharing(PrivateEmbedders, SharingStrategy):
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
         if depth is not None:  # a Transformer's depth: checked by the constructor once it is loaded
-            check_bottom_layers(config.bottom_layers, depth, depth_key)
+            check_bottom_layers(config.bottom.layers, depth, depth_key)
         check_private_embedder(config, "bottom", tasks)
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         encoder = layerwise_encoder("bottom", build_encoder, config)
-        k = config.bottom_layers
+        k = config.bottom.layers
         depth = config_depth(config)
         self.check_options(config, self.tasks, encoder.num_layers, depth[0] if depth else "the Transformer's "
                                                                                           "num_hidden_layers")

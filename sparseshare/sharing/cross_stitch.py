@@ -2,7 +2,7 @@
 after every layer by a learned (T x T) matrix.
 
 After layer l, task t's column continues from ``sum_s alpha_l[t, s] * h_l^s``, the mix of every column's output
-(``mixing[l]`` is the layer's matrix, rows = the receiving task). The matrices start with ``model.cross_stitch_init``
+(``mixing[l]`` is the layer's matrix, rows = the receiving task). The matrices start with ``model.cross_stitch.init``
 (alpha) on the diagonal and ``(1 - alpha) / (T - 1)`` elsewhere; alpha = 1 makes the columns independent
 single-task encoders. A batch of task t runs *every* column (training cost grows linearly with the number of
 tasks: that is the method) and returns task t's top mixed activation; :meth:`features_for_tasks` runs the
@@ -27,6 +27,7 @@ layer i is ``encoder.model.<layer list>.<i>.columns.<t>.*``.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,9 +47,18 @@ def mixing_init(layers: int, tasks: int, alpha: float) -> torch.Tensor:
     return matrix.expand(layers, tasks, tasks).clone()
 
 
+@dataclass
+class CrossStitchOptions:
+    """``model.cross_stitch``."""
+    # initial weight alpha of a task's own column in every layer's (T x T) mixing matrix, (1 - alpha) / (T - 1) for
+    # each other task's column (Misra et al. 2016); in [0, 1]
+    init: float = 0.9
+
+
 @register("cross_stitch")
 class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
-    options = ("cross_stitch_init", "private_embedder", "private_embedder_tasks")
+    Options = CrossStitchOptions
+    shared_options = ("private_embedder", "private_embedder_tasks")
     citation = """@inproceedings{misra2016cross,
   title = {Cross-stitch Networks for Multi-task Learning},
   author = {Misra, Ishan and Shrivastava, Abhinav and Gupta, Abhinav and Hebert, Martial},
@@ -58,8 +68,8 @@ class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
-        if not 0.0 <= config.cross_stitch_init <= 1.0:
-            raise ConfigError(f"config key 'model.cross_stitch_init' must be in [0, 1], got {config.cross_stitch_init}")
+        if not 0.0 <= config.cross_stitch.init <= 1.0:
+            raise ConfigError(f"config key 'model.cross_stitch.init' must be in [0, 1], got {config.cross_stitch.init}")
         check_private_embedder(config, "cross_stitch", tasks)
 
     def __init__(self, build_encoder, tasks, config):
@@ -67,7 +77,7 @@ class CrossStitchSharing(PrivateEmbedders, SharingStrategy):
         self.check_options(config, self.tasks, None)  # also for a ModelConfig built in Python, not loaded
         encoder = layerwise_encoder("cross_stitch", build_encoder, config)
         self.num_layers = encoder.num_layers
-        self.mixing = nn.Parameter(mixing_init(self.num_layers, len(self.tasks), config.cross_stitch_init))
+        self.mixing = nn.Parameter(mixing_init(self.num_layers, len(self.tasks), config.cross_stitch.init))
         self.stand_ins = encoder.layer_access == "stand_in"
         self.norms = None  # per-task copies of the norm the encoder applies after its top layer, if any
         if self.stand_ins:  # every layer of the model becomes T columns' layers + the mix

@@ -12,7 +12,7 @@ from .private_embedder import PrivateEmbedders, check_private_embedder
 
 @register("hard")
 class HardSharing(PrivateEmbedders, SharingStrategy):
-    options = ("private_embedder", "private_embedder_tasks")
+    shared_options = ("private_embedder", "private_embedder_tasks")
     citation = """@article{caruana1997multitask,
   title = {Multitask Learning},
   author = {Caruana, Rich},
@@ -54,7 +54,7 @@ class HardSharing(PrivateEmbedders, SharingStrategy):
 
 @register("single")
 class SingleTask(HardSharing):
-    options = ()
+    shared_options = ()
     citation = None
 
     @classmethod

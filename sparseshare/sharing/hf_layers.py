@@ -182,7 +182,7 @@ def feed_forward_unit_parameter_masks(layer: nn.Module, gate: MaskedUnits,
     ups = [module for module in layer.modules() if isinstance(module, nn.Linear) and module is not down
            and module.out_features == down.in_features and module.in_features == down.out_features]
     if not ups:
-        raise ConfigError(f"config key 'model.roaming_masked_steps': no Linear from {down.out_features} to "
+        raise ConfigError(f"config key 'model.roaming.masked_steps': no Linear from {down.out_features} to "
                           f"{down.in_features} units in {type(layer).__name__}, so the units' own input weights are "
                           f"unknown; set it to false")
     for up in ups:

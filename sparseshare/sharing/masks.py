@@ -49,11 +49,11 @@ def prunable_parameters(encoder: nn.Module, patterns: list[str]) -> dict[str, nn
         hits = [name for name in named if fnmatch.fnmatchcase(name, pattern)]
         if not hits:
             examples = ", ".join(list(named)[:6])
-            raise MaskError(f"config key 'model.prunable': pattern {pattern!r} matches no encoder parameter "
+            raise MaskError(f"config key 'model.sparse.prunable': pattern {pattern!r} matches no encoder parameter "
                             f"(names look like: {examples}, ...)")
         for name in hits:
             if named[name].dim() < 2 or name in embedding_tables:
-                raise MaskError(f"config key 'model.prunable': pattern {pattern!r} matches {name!r} "
+                raise MaskError(f"config key 'model.sparse.prunable': pattern {pattern!r} matches {name!r} "
                                 f"({'an embedding table' if name in embedding_tables else 'not a weight matrix'}); "
                                 f"only weight matrices are prunable")
             chosen[name] = named[name]

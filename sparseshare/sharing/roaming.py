@@ -3,7 +3,7 @@ layer, and the masks move ("roam") during training until every task has used eve
 
 Units: for the BiLSTM, the ``2 x hidden`` output units of each layer (the layer's output is multiplied by the
 task's mask, so a switched-off unit reaches neither the next layer nor the head; with
-``model.roaming_cut_recurrence``, the default, the recurrent weights' columns of the switched-off units are zero for
+``model.roaming.cut_recurrence``, the default, the recurrent weights' columns of the switched-off units are zero for
 the task's pass too, so that their states reach no gate of the layer either). For the scratch Transformer, the
 ``model.scratch.ff`` feed-forward units of each layer (the activations between the two linear maps): a
 switched-off unit's rows of ``linear1`` and column of ``linear2`` get no gradient from that task. The residual
@@ -12,17 +12,17 @@ Face Transformer, likewise its feed-forward units: the input of each layer's dow
 ``output.dense``) is multiplied by the mask (:class:`~.hf_layers.MaskedUnits`, which holds the projection:
 its weights are named ``...output.dense.linear.*``).
 
-* Initialisation: each task is active on ``k = round(model.roaming_ratio x units)`` units per layer, drawn so that
+* Initialisation: each task is active on ``k = round(model.roaming.ratio x units)`` units per layer, drawn so that
   every unit is covered by at least one task (a random permutation dealt out to the tasks, then each task filled
   up to k at random), hence ``k x tasks >= units``.
-* Every ``model.roaming_delta`` training steps (``after_step``), for each layer and task that has not visited every
+* Every ``model.roaming.delta`` training steps (``after_step``), for each layer and task that has not visited every
   unit yet: one unit it never visited is switched on and one of its active units is switched off, both at random.
-  k stays constant. ``model.roaming_fixed: true`` never moves the masks: the paper's fixed random partition
+  k stays constant. ``model.roaming.fixed: true`` never moves the masks: the paper's fixed random partition
   baseline.
 * Progress r(c) = share of (task, layer, unit) triples visited so far (:meth:`roaming_progress`), logged per epoch,
   with the share of units no task is active on (``roaming/uncovered``): full coverage is drawn at initialisation,
   but an update may switch a unit off for the last task using it (the official code does not keep coverage either),
-  unless ``model.roaming_keep_coverage``: then only a unit another task uses too is switched off.
+  unless ``model.roaming.keep_coverage``: then only a unit another task uses too is switched off.
 
 Randomness comes from a ``torch.Generator`` seeded with ``train.seed`` (:meth:`initialize`), never from the global
 RNG. Masks, visited sets and the generator state are persistent buffers (``masks``, ``visited``, ``rng_state``),
@@ -30,6 +30,8 @@ so they are saved in ``model.safetensors`` and in every training checkpoint: eve
 and a resumed run draw exactly the masks of an uninterrupted one.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -53,10 +55,36 @@ def initial_masks(layers: int, tasks: int, units: int, active: int, generator: t
     return masks
 
 
+@dataclass
+class RoamingOptions:
+    """``model.roaming``."""
+    # share p in (0, 1] of each layer's units that each task is active on; every unit is covered by some task at
+    # initialisation, so p * len(tasks) >= 1 (Pascal et al. 2021)
+    ratio: float = 0.5
+    # training steps Δ >= 1 between two mask updates
+    delta: int = 100
+    # switch roaming off: the initial random masks stay for the whole run (the paper's fixed random partition
+    # baseline, from the same masks that roaming would start from)
+    fixed: bool = False
+    # a task's optimiser step moves only the weights of its active units (the masked optimisers; the paper's "a
+    # task's parameters are those of its active units"); false: every weight, so that momentum and Adam's moments
+    # also move the units switched off for the task (the official code's plain Adam), and in a BiLSTM with
+    # cut_recurrence false the task's own gradient too
+    masked_steps: bool = True
+    # BiLSTM: a unit switched off for a task takes no part in the task's pass: its state reaches no gate (the
+    # recurrent weights' columns of the task's inactive units are zero for the pass), as a masked channel of the
+    # paper's convolutions; false: only the layer's output is masked, and the inactive units' states still feed the
+    # active units through the recurrence (what runs before this option existed)
+    cut_recurrence: bool = True
+    # a move switches off only a unit that another task still uses, so every unit stays covered by some task (the
+    # paper draws full coverage at initialisation; its official code, and false here, may switch a unit off for its
+    # last task); a task with no such unit skips that move. Needs ratio x tasks > 1
+    keep_coverage: bool = False
+
+
 @register("roaming")
 class MaximumRoaming(SharingStrategy):
-    options = ("roaming_ratio", "roaming_delta", "roaming_fixed", "roaming_masked_steps", "roaming_cut_recurrence",
-               "roaming_keep_coverage")
+    Options = RoamingOptions
     citation = """@inproceedings{pascal2021maximum,
   title = {Maximum Roaming Multi-Task Learning},
   author = {Pascal, Lucas and Michiardi, Pietro and Bost, Xavier and Huet, Benoit and Zuluaga, Maria A.},
@@ -65,26 +93,26 @@ class MaximumRoaming(SharingStrategy):
 }"""
 
     @classmethod
-    def upgrade_saved_options(cls, model):
-        """The fixed random partition was ``roaming_delta: 0`` before ``roaming_fixed`` existed (a new run's Δ < 1 is
-        an error); a run moved every weight before ``roaming_masked_steps`` existed, and let the inactive units feed
-        the recurrence before ``roaming_cut_recurrence`` did."""
-        if model.get("roaming_delta") == 0 and "roaming_fixed" not in model:
-            model = {**{k: v for k, v in model.items() if k != "roaming_delta"}, "roaming_fixed": True}  # Δ: default
-        return {"roaming_masked_steps": False, "roaming_cut_recurrence": False, **model}
+    def upgrade_saved_options(cls, options):
+        """The fixed random partition was ``delta: 0`` before ``fixed`` existed (a new run's Δ < 1 is an error); a run
+        moved every weight before ``masked_steps`` existed, and let the inactive units feed the recurrence before
+        ``cut_recurrence`` did."""
+        if options.get("delta") == 0 and "fixed" not in options:
+            options = {**{k: v for k, v in options.items() if k != "delta"}, "fixed": True}  # Δ: default
+        return {"masked_steps": False, "cut_recurrence": False, **options}
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
-        if not 0.0 < config.roaming_ratio <= 1.0:
-            raise ConfigError(f"config key 'model.roaming_ratio' must be in (0, 1], got {config.roaming_ratio}")
-        if config.roaming_delta < 1:
-            raise ConfigError(f"config key 'model.roaming_delta' must be >= 1 (training steps between mask updates; "
-                              f"model.roaming_fixed: true switches roaming off), got {config.roaming_delta}")
-        if config.roaming_fixed and config.roaming_delta != type(config)().roaming_delta:
-            raise ConfigError(f"config key 'model.roaming_delta' ({config.roaming_delta}) has no effect with "
-                              f"model.roaming_fixed: true (the masks never move); drop one of the two")
-        if config.roaming_ratio * len(tasks) < 1:
-            raise ConfigError(f"config key 'model.roaming_ratio' ({config.roaming_ratio}) times the number of tasks "
+        if not 0.0 < config.roaming.ratio <= 1.0:
+            raise ConfigError(f"config key 'model.roaming.ratio' must be in (0, 1], got {config.roaming.ratio}")
+        if config.roaming.delta < 1:
+            raise ConfigError(f"config key 'model.roaming.delta' must be >= 1 (training steps between mask updates; "
+                              f"model.roaming.fixed: true switches roaming off), got {config.roaming.delta}")
+        if config.roaming.fixed and config.roaming.delta != RoamingOptions().delta:
+            raise ConfigError(f"config key 'model.roaming.delta' ({config.roaming.delta}) has no effect with "
+                              f"model.roaming.fixed: true (the masks never move); drop one of the two")
+        if config.roaming.ratio * len(tasks) < 1:
+            raise ConfigError(f"config key 'model.roaming.ratio' ({config.roaming.ratio}) times the number of tasks "
                               f"({len(tasks)}) must be >= 1, so that every unit can be covered by at least one task")
 
     def __init__(self, build_encoder, tasks, config):
@@ -103,21 +131,21 @@ class MaximumRoaming(SharingStrategy):
             self.units = widths.pop()
         else:
             self.units = self.encoder.units
-        self.active = round(config.roaming_ratio * self.units)
-        self.delta = 0 if config.roaming_fixed else config.roaming_delta  # 0: the masks never move
-        self.masked_optimizer = config.roaming_masked_steps
-        self.cut_recurrence = config.roaming_cut_recurrence
-        self.keep_coverage = config.roaming_keep_coverage
+        self.active = round(config.roaming.ratio * self.units)
+        self.delta = 0 if config.roaming.fixed else config.roaming.delta  # 0: the masks never move
+        self.masked_optimizer = config.roaming.masked_steps
+        self.cut_recurrence = config.roaming.cut_recurrence
+        self.keep_coverage = config.roaming.keep_coverage
         self._parameter_masks: dict[str, tuple[int, dict]] = {}  # task -> (masks' version, {parameter: mask})
         if self.active < 1 or self.active * len(self.tasks) < self.units:
             raise ConfigError(
-                f"config key 'model.roaming_ratio' ({config.roaming_ratio}) gives {self.active} of {self.units} units "
+                f"config key 'model.roaming.ratio' ({config.roaming.ratio}) gives {self.active} of {self.units} units "
                 f"per layer to each of {len(self.tasks)} task(s), too few to cover every unit")
         if self.keep_coverage and self.delta and self.active * len(self.tasks) == self.units:
             raise ConfigError(
-                f"config key 'model.roaming_keep_coverage': {self.active} of {self.units} units per layer for each of "
+                f"config key 'model.roaming.keep_coverage': {self.active} of {self.units} units per layer for each of "
                 f"{len(self.tasks)} task(s) cover each unit exactly once, so no unit could be switched off while "
-                f"keeping coverage; raise model.roaming_ratio or set it to false")
+                f"keeping coverage; raise model.roaming.ratio or set it to false")
         shape = (self.encoder.num_layers, len(self.tasks), self.units)
         self.register_buffer("masks", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("visited", torch.zeros(shape, dtype=torch.bool))
@@ -171,7 +199,7 @@ class MaximumRoaming(SharingStrategy):
 
     def parameter_masks(self, task: str) -> dict[torch.nn.Parameter, torch.Tensor]:
         """``{parameter: mask}`` of ``task``: the weights of its active units in every layer (for the masked
-        optimisers, with ``model.roaming_masked_steps``). Built again only after the masks have moved."""
+        optimisers, with ``model.roaming.masked_steps``). Built again only after the masks have moved."""
         version = self.masks._version
         cached = self._parameter_masks.get(task)
         if cached is not None and cached[0] == version:
@@ -246,16 +274,16 @@ class MaximumRoaming(SharingStrategy):
 
     def card_section(self, model) -> list[str]:
         kind = self.encoder.unit_kind
-        steps = ("a task's step moves only the weights of its active units (model.roaming_masked_steps)"
+        steps = ("a task's step moves only the weights of its active units (model.roaming.masked_steps)"
                  if self.masked_optimizer else "a task's step moves every weight, the units switched off for it "
                  "through the optimiser's momentum or moments")
         moving = (f"- delta: {self.delta} (every {self.delta} training steps each task swaps one active unit for one "
                   f"it never visited)." if self.delta else
-                  "- Roaming switched off (model.roaming_fixed): the masks never move, a fixed random partition.")
+                  "- Roaming switched off (model.roaming.fixed): the masks never move, a fixed random partition.")
         return ["## Maximum Roaming", "",
                 f"Each task runs every encoder layer through its own binary mask over the layer's {self.units} "
                 f"{kind}.", "",
-                f"- Sharing ratio p: {model.config.roaming_ratio} ({self.active} of {self.units} units per layer and "
+                f"- Sharing ratio p: {model.config.roaming.ratio} ({self.active} of {self.units} units per layer and "
                 f"task).",
                 moving,
                 f"- Optimiser steps: {steps}.",

@@ -8,24 +8,25 @@ mask are private to it. Which weights an optimizer step may move is the optimize
 
 Masks are not part of ``model.safetensors``: they are saved beside it as ``masks.safetensors``.
 
-With ``model.outside_mask: rewind`` a weight outside task t's mask is not zero for t but its value at the rewind
+With ``model.sparse.outside_mask: rewind`` a weight outside task t's mask is not zero for t but its value at the rewind
 point (for a pretrained encoder, the checkpoint): t runs ``where(mask_t, weight, weight_at_rewind)``, so the tasks
 share a sparse *update* of the pretrained network (LT-SFT, Ansell et al. 2022) instead of a subnetwork of it. The
 rewind point's prunable weights are then buffers of the strategy (``rewind_weights.*`` in ``model.safetensors``).
 
-With ``model.mask_scores`` (what the search rounds of ``sparse.criterion: learned`` set) each task also has a score per
+With ``model.sparse.mask_scores`` (what the search rounds of ``sparse.criterion: learned`` set) each task also has a score per
 prunable weight, a parameter trained with the straight-through estimator of movement pruning (Sanh et al. 2020):
 the forward pass is unchanged, and a score's gradient is its masked weight's gradient times the weight (times its
 change from the rewind point, with ``outside_mask: rewind``). The next round's mask keeps the highest scores.
 
 With ``model.private_embedder: words`` each task also owns a copy of the word table; ``chars`` / ``all`` give it its
-own char-CNN as well, when ``model.prunable`` leaves the char-CNN out (the default patterns split its convolution
+own char-CNN as well, when ``model.sparse.prunable`` leaves the char-CNN out (the default patterns split its convolution
 among the tasks by their masks). The pipeline's warm-up and search run one shared embedder, and every task's copy
 starts from its state at the rewind point.
 """
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +45,22 @@ CHAR_CONV = "embedder.chars.conv.weight"  # the char-CNN's one weight matrix (th
 OUTSIDE_MASK = ("zero", "rewind")
 
 
+@dataclass
+class SparseOptions:
+    """``model.sparse`` (the mask search's own options are the top-level section ``sparse``)."""
+    # fnmatch patterns over encoder parameter names selecting the prunable weight matrices; null = the encoder's
+    # default (its kind's default_prunable, sparseshare/encoders/)
+    prunable: list[str] | None = None
+    # what a task reads for a prunable weight outside its mask: zero (Sun et al.'s subnetwork) | rewind (the weight's
+    # value at the rewind point, i.e. the pretrained checkpoint with sparse.warmup_epochs 0: the tasks then share a
+    # sparse update of the pretrained network, as in LT-SFT, Ansell et al. 2022)
+    outside_mask: str = "zero"
+    # learn a score per prunable weight and task alongside the weights (straight-through; movement pruning, Sanh et
+    # al. 2020): what the search rounds of sparse.criterion: learned set, so that their model folders hold the scores
+    # the next round's mask is taken from
+    mask_scores: bool = False
+
+
 @register("sparse")
 class SparseSharing(PrivateEmbedders, SharingStrategy):
     citation = """@inproceedings{sun2020sparse,
@@ -53,39 +70,44 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
   year = {2020}
 }"""
     masked_optimizer = True
-    options = ("private_embedder", "private_embedder_tasks", "outside_mask", "mask_scores")
+    Options = SparseOptions
+    shared_options = ("private_embedder", "private_embedder_tasks")
+
+    @classmethod
+    def flat_keys(cls):
+        return {key: key for key in ("prunable", "outside_mask", "mask_scores")}
 
     @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
         check_private_embedder(config, "sparse", tasks)
-        if config.outside_mask not in OUTSIDE_MASK:
-            raise ConfigError(f"config key 'model.outside_mask': {config.outside_mask!r} is not one of "
+        if config.sparse.outside_mask not in OUTSIDE_MASK:
+            raise ConfigError(f"config key 'model.sparse.outside_mask': {config.sparse.outside_mask!r} is not one of "
                               f"{list(OUTSIDE_MASK)}")
         if "chars" not in PRIVATE_PARTS[config.private_embedder]:
             return
-        patterns = config.prunable or encoder_kind(config.encoder).default_prunable
+        patterns = config.sparse.prunable or encoder_kind(config.encoder).default_prunable
         masking = [p for p in patterns if fnmatch.fnmatchcase(CHAR_CONV, p)]
         if masking:  # a private char-CNN leaves the encoder, so a pattern for it would match nothing
-            where = "model.prunable" if config.prunable else "the default prunable patterns (model.prunable unset)"
+            where = "model.sparse.prunable" if config.sparse.prunable else "the default prunable patterns (model.sparse.prunable unset)"
             raise ConfigError(f"config key 'model.private_embedder' = {config.private_embedder!r} gives each task its "
                               f"own char-CNN, but {where} split its convolution among the tasks by their masks "
-                              f"({masking}); set model.prunable to patterns without it, e.g. [layers.*.lstm.weight_*]")
+                              f"({masking}); set model.sparse.prunable to patterns without it, e.g. [layers.*.lstm.weight_*]")
 
     def __init__(self, build_encoder, tasks, config):
         super().__init__(build_encoder, tasks, config)
         self.check_options(config, tasks, None)
         self.encoder = build_encoder()
         self.make_private_embedders(self.encoder, config)  # never masked: they leave the encoder
-        self.prunable_patterns = list(config.prunable or encoder_kind(config.encoder).default_prunable)
+        self.prunable_patterns = list(config.sparse.prunable or encoder_kind(config.encoder).default_prunable)
         self.prunable_names = list(prunable_parameters(self.encoder, self.prunable_patterns))
         self.masks: MaskSet = {}
-        self.outside_mask = config.outside_mask
+        self.outside_mask = config.sparse.outside_mask
         if self.outside_mask == "rewind":
             # the weights as built; whoever sets the rewind point (the pipeline's stages, a model folder) loads them
             self.rewind_weights = nn.Module()
             for name, parameter in self.prunable().items():
                 self.rewind_weights.register_buffer(_buffer_name(name), parameter.detach().clone())
-        if config.mask_scores:  # sparse.criterion: learned: the search rounds learn a score per weight and task
+        if config.sparse.mask_scores:  # sparse.criterion: learned: the search rounds learn a score per weight and task
             self.mask_scores = nn.ParameterDict({
                 score_name(task, name): nn.Parameter(torch.zeros_like(parameter, requires_grad=True))
                 for task in self.tasks for name, parameter in self.prunable().items()})

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..config import Config, ConfigError, read_yaml, upgrade_saved_model_config
+from ..config import Config, ConfigError, ModelConfig, read_yaml, upgrade_saved_model_config
 from ..errors import SparseshareError
 from ..files import recover_folder, replace_folder
 from ..model import MultiTaskTagger
@@ -137,7 +137,9 @@ def check_resume_config(saved: dict, current: dict) -> None:
         saved = {**saved, "model": upgrade_saved_model_config(saved["model"])}
     old, new = flat_config("", saved, {}), flat_config("", current, {})
     # A key the checkpointed run's config.yaml lacks was added to sparseshare later: that run used its default.
-    old = {**{k: v for k, v in flat_config("", Config().to_dict(), {}).items() if k in new}, **old}
+    sharing = current.get("model", {}).get("sharing", ModelConfig.sharing)
+    defaults = Config(model=ModelConfig(sharing=sharing)).to_dict()  # with the strategy's section
+    old = {**{k: v for k, v in flat_config("", defaults, {}).items() if k in new}, **old}
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES and not same_path(old.get(k), new.get(k)))
     if changed:

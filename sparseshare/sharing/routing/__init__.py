@@ -2,8 +2,8 @@
 Multi-Task Learning", ICLR 2018): every routed encoder layer offers k function blocks, and a router picks one block
 per layer for each sentence.
 
-Blocks. Layer l has ``model.routing_blocks`` (an int for every layer, or a list with one entry per layer) copies of
-the encoder's layer l, all starting from the same initialisation, plus with ``model.routing_pass: true`` a PASS block
+Blocks. Layer l has ``model.routing.blocks`` (an int for every layer, or a list with one entry per layer) copies of
+the encoder's layer l, all starting from the same initialisation, plus with ``model.routing.pass_block: true`` a PASS block
 (the identity) at every layer whose input and output widths agree (every scratch layer; BiLSTM layers above the
 first, whose input is the embeddings). Choice j < k is copy j, choice k is PASS. The word/char embeddings (for the
 scratch Transformer also its input projection, positions and final LayerNorm) are shared, computed once per batch.
@@ -14,7 +14,7 @@ k = 1 without PASS is hard sharing. A Hugging Face Transformer keeps its own for
 list becomes a :class:`~sparseshare.sharing.hf_layers.RoutedLayer` that holds the blocks and asks the router for its rows' choices
 (all rows of a sentence follow the sentence's route); PASS is offered at every layer.
 
-Routers (``model.routing_router``):
+Routers (``model.routing.router``):
 
 * ``wpl`` (the paper's multi-agent setting): one tabular agent per task. Its policy ``policy[task, layer]`` is a
   distribution over the layer's choices that does not look at the input. Each agent keeps action values
@@ -27,7 +27,7 @@ Routers (``model.routing_router``):
   choice count) over [the layer input mean-pooled over the sentence's words and standardised, the task one-hot],
   softmax over the layer's choices, trained with REINFORCE against a running-mean baseline per task and layer
   (rate ``VALUE_RATE``, set by the first batch). Its last layer starts at zero: the initial policy is uniform.
-* ``dispatched`` (the paper's dispatched routing): ``model.routing_agents`` tabular WPL agents (0: one per task),
+* ``dispatched`` (the paper's dispatched routing): ``model.routing.agents`` tabular WPL agents (0: one per task),
   not tied to tasks, and a dispatcher, an MLP over [the first layer's pooled input, the task one-hot], that
   assigns each sentence to one agent; that agent's policy then routes the sentence through every layer. The
   agents take the WPL step on the returns of the sentences dispatched to them; the dispatcher is trained with
@@ -39,7 +39,7 @@ Routers (``model.routing_router``):
   ``sum_j (onehot_j + p_j - sg(p_j)) y_j`` (:func:`~sparseshare.sharing.routing.network.mix`), so the logits'
   gradient compares the blocks' outputs (the straight-through Gumbel-softmax estimator).
 
-``model.routing_lr`` is the step size of the routers that learn from rewards (the WPL policy step, the REINFORCE
+``model.routing.lr`` is the step size of the routers that learn from rewards (the WPL policy step, the REINFORCE
 SGD learning rate). Their state is kept in buffers, not parameters: the training optimiser never sees it, the
 router takes its own steps in :meth:`observe_losses`.
 
@@ -51,16 +51,16 @@ sentence fails it, so the signal is flat at -1 early on), and it would need a de
 training batch; the loss is already computed, dense and graded, and the paper itself uses the negative loss for
 objectives other than classification. Dividing by the sentence length keeps long sentences from looking like bad
 routes. Every routing decision also gets the paper's immediate collaboration reward ``rho x`` the historical
-probability of the chosen block at that layer (``model.routing_rho``; the share of all training sentences of all
+probability of the chosen block at that layer (``model.routing.rho``; the share of all training sentences of all
 tasks routed through that block so far, uniform before the first step), which rewards reuse. With
-``model.routing_history: N`` the share counts the last N training batches only, like the official code's window of
+``model.routing.history: N`` the share counts the last N training batches only, like the official code's window of
 recent decisions: a block that falls out of use stops being rewarded for its past. The return of the
 decision at layer l is the undiscounted sum of the rewards from l on: the final reward plus the collaboration
 rewards of layers l..L (:func:`returns_to_go`).
 
 Randomness and resume. Routes are sampled in training mode only; in evaluation mode (``model.eval()``) the policy
 is greedy (argmax; WPL: the same route for every sentence of a task; dispatched: the dispatcher's argmax agent,
-then that agent's argmax route), except during a per-task warm-up (``model.routing_warmup_steps``), whose set routes
+then that agent's argmax route), except during a per-task warm-up (``model.routing.warmup_steps``), whose set routes
 evaluation follows too: the router has not learnt yet. Sampling uses a private generator: its state
 is the persistent buffer ``rng_state``, seeded by :meth:`initialize` (``train.seed``), advanced by exactly one draw
 per training forward pass (the seed of that pass's uniforms, plus the process rank), never the global RNG. Policies,

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 ROUTING_FILE = "routing.json"
-# model.routing_collaboration -> whose routes the collaboration reward's historical probability counts
+# model.routing.collaboration -> whose routes the collaboration reward's historical probability counts
 WHOSE_ROUTES = {"all_tasks": "all tasks'", "per_task": "each task's own"}
 
 

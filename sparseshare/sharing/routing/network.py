@@ -1,4 +1,4 @@
-"""The routing network: ``model.routing_blocks`` copies of every encoder layer (plus PASS), a router that picks one
+"""The routing network: ``model.routing.blocks`` copies of every encoder layer (plus PASS), a router that picks one
 block per layer for each sentence, sentences grouped by block so that a block runs once per batch on its rows.
 The method, the rewards and the routers are described in :mod:`sparseshare.sharing.routing`."""
 from __future__ import annotations
@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from .maps import ROUTING_FILE, WHOSE_ROUTES, final_map, task_block_information
 from .routers import ROUTERS, RoutedPass
 from .rl import all_reduce, process_rank, returns_to_go, sample_choices
 
-WARMUP_ROUTES = ("per_task", "random")  # model.routing_warmup
+WARMUP_ROUTES = ("per_task", "random")  # model.routing.warmup
 
 
 def dispatch(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: torch.Tensor,
@@ -41,15 +42,15 @@ def dispatch(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choic
 
 
 def routing_blocks_per_layer(blocks: int | list[int], depth: int | None, depth_key: str = "") -> list[int]:
-    """``model.routing_blocks`` as one count per layer (``depth`` layers; None: only checks the counts)."""
+    """``model.routing.blocks`` as one count per layer (``depth`` layers; None: only checks the counts)."""
     counts = [blocks] * (depth or 1) if isinstance(blocks, int) else list(blocks)
     if depth is not None and len(counts) != depth:
         where = f" ({depth_key})" if depth_key else ""
-        raise ConfigError(f"config key 'model.routing_blocks' lists {len(counts)} layer(s) but the encoder has "
+        raise ConfigError(f"config key 'model.routing.blocks' lists {len(counts)} layer(s) but the encoder has "
                           f"{depth}{where}; give one block count per layer, or one int for all")
     bad = [k for k in counts if k < 1]
     if bad or not counts:
-        raise ConfigError(f"config key 'model.routing_blocks' must give every layer >= 1 block(s), got {blocks!r}")
+        raise ConfigError(f"config key 'model.routing.blocks' must give every layer >= 1 block(s), got {blocks!r}")
     return counts
 
 
@@ -79,11 +80,51 @@ def mix(run_layer, blocks: list, x: torch.Tensor, mask: torch.Tensor, choice: to
     return out + probe.to(out.dtype)
 
 
+@dataclass
+class RoutingOptions:
+    """``model.routing`` (Rosenbaum et al. 2018)."""
+    # function blocks (copies of the encoder layer) per routed layer, one int for every layer or a list with one entry
+    # per layer; each >= 1
+    blocks: int | list[int] = 2
+    # also offer a PASS block (the identity) at every layer whose input and output widths agree
+    pass_block: bool = False
+    # wpl (one tabular agent per task, Weighted Policy Learner) | reinforce (one agent, an MLP per layer over the layer
+    # input and the task, REINFORCE with a running-mean baseline) | dispatched (a REINFORCE dispatcher assigns each
+    # sentence to one of `agents` tabular WPL agents) | gumbel (per-task route logits trained by backprop: categorical
+    # draws, straight-through gradient of the chosen block's scale; bilstm and scratch only) | gumbel_mix (the same
+    # draws; in training every block runs and the logits' gradient compares their outputs, the Gumbel-softmax
+    # straight-through estimator of Jang et al. 2017 / Maziarz et al. 2019)
+    router: str = "wpl"
+    # router dispatched only: the number of WPL agents (0: one per task)
+    agents: int = 0
+    # weight rho of the collaboration reward rho x (historical probability of the chosen block); a negative rho pays
+    # for the less-used blocks instead (a diversity bonus), 0 switches the reward off
+    rho: float = 0.3
+    # whose routes the historical probability counts: all_tasks (the paper's: every task's sentences, so a task is
+    # paid for following the others) | per_task (the same task's sentences only)
+    collaboration: str = "all_tasks"
+    # the historical probability of the collaboration reward counts the routes of the last `history` training batches
+    # (all tasks; the official code keeps the last 256 decisions); 0 counts every batch since the start of training
+    history: int = 0
+    # the router's step size (WPL policy step / REINFORCE SGD learning rate)
+    lr: float = 0.05
+    # an exploration floor: in training, routes are drawn from (1 - e) x the router's probabilities + e x uniform
+    # over the layer's choices, e falling linearly from `exploration` to 0 over the first `exploration_steps`
+    # training steps (0: e stays; the steps count from the first, a warm-up's included); in [0, 1). The routers
+    # learn from these routes as if their own probabilities had drawn them (no importance weights: REINFORCE's
+    # update is then biased towards the uniform routes)
+    exploration: float = 0.0
+    exploration_steps: int = 0
+    # training steps at the start in which the router does not learn and the routes are set: `warmup` per_task (task
+    # t takes block t mod k at every layer, so that blocks specialise before the router chooses among them; evaluation
+    # follows them too) | random (each sentence a uniformly drawn choice)
+    warmup_steps: int = 0
+    warmup: str = "per_task"
+
+
 @register("routing")
 class RoutingNetwork(SharingStrategy):
-    options = ("routing_blocks", "routing_pass", "routing_router", "routing_rho", "routing_collaboration",
-               "routing_history", "routing_lr", "routing_agents", "routing_exploration", "routing_exploration_steps",
-               "routing_warmup_steps", "routing_warmup")
+    Options = RoutingOptions
     citation = """@inproceedings{rosenbaum2018routing,
   title = {Routing Networks: Adaptive Selection of Non-linear Functions for Multi-Task Learning},
   author = {Rosenbaum, Clemens and Klinger, Tim and Riemer, Matthew},
@@ -92,74 +133,78 @@ class RoutingNetwork(SharingStrategy):
 }"""
 
     @classmethod
+    def flat_keys(cls):
+        return {**super().flat_keys(), "routing_pass": "pass_block"}
+
+    @classmethod
     def check_options(cls, config, tasks, depth, depth_key=""):
-        if config.routing_router not in ROUTERS:
-            raise ConfigError(f"config key 'model.routing_router': {config.routing_router!r} is not one of "
+        if config.routing.router not in ROUTERS:
+            raise ConfigError(f"config key 'model.routing.router': {config.routing.router!r} is not one of "
                               f"{list(ROUTERS)}")
-        if config.routing_collaboration not in WHOSE_ROUTES:
-            raise ConfigError(f"config key 'model.routing_collaboration': {config.routing_collaboration!r} is not one of "
+        if config.routing.collaboration not in WHOSE_ROUTES:
+            raise ConfigError(f"config key 'model.routing.collaboration': {config.routing.collaboration!r} is not one of "
                               f"{list(WHOSE_ROUTES)}")
-        if config.routing_lr <= 0:
-            raise ConfigError(f"config key 'model.routing_lr' must be > 0, got {config.routing_lr}")
+        if config.routing.lr <= 0:
+            raise ConfigError(f"config key 'model.routing.lr' must be > 0, got {config.routing.lr}")
         widths = encoder_kind(config.encoder).layer_widths(config)
-        if config.routing_pass and widths is not None:
+        if config.routing.pass_block and widths is not None:
             inputs, output = widths
             if output not in inputs:
-                raise ConfigError(f"config key 'model.routing_pass': no encoder layer can be skipped (PASS needs a "
+                raise ConfigError(f"config key 'model.routing.pass_block': no encoder layer can be skipped (PASS needs a "
                                   f"layer whose input width equals its output width {output}; the layers' "
                                   f"inputs are {inputs}): add a layer or set it to false")
-        if config.routing_history < 0:
-            raise ConfigError(f"config key 'model.routing_history' must be >= 0 (0 = every batch since the start), "
-                              f"got {config.routing_history}")
-        if config.routing_agents < 0:
-            raise ConfigError(f"config key 'model.routing_agents' must be >= 0 (0 = one agent per task), "
-                              f"got {config.routing_agents}")
-        if config.routing_agents and config.routing_router != "dispatched":
-            raise ConfigError(f"config key 'model.routing_agents' only applies to model.routing_router=dispatched "
-                              f"(model.routing_router is {config.routing_router!r})")
-        if not 0.0 <= config.routing_exploration < 1.0:
-            raise ConfigError(f"config key 'model.routing_exploration' must be in [0, 1), got {config.routing_exploration}")
-        for key in ("routing_exploration_steps", "routing_warmup_steps"):
-            if getattr(config, key) < 0:
-                raise ConfigError(f"config key 'model.{key}' must be >= 0, got {getattr(config, key)}")
-        if config.routing_warmup not in WARMUP_ROUTES:
-            raise ConfigError(f"config key 'model.routing_warmup': {config.routing_warmup!r} is not one of "
+        if config.routing.history < 0:
+            raise ConfigError(f"config key 'model.routing.history' must be >= 0 (0 = every batch since the start), "
+                              f"got {config.routing.history}")
+        if config.routing.agents < 0:
+            raise ConfigError(f"config key 'model.routing.agents' must be >= 0 (0 = one agent per task), "
+                              f"got {config.routing.agents}")
+        if config.routing.agents and config.routing.router != "dispatched":
+            raise ConfigError(f"config key 'model.routing.agents' only applies to model.routing.router=dispatched "
+                              f"(model.routing.router is {config.routing.router!r})")
+        if not 0.0 <= config.routing.exploration < 1.0:
+            raise ConfigError(f"config key 'model.routing.exploration' must be in [0, 1), got {config.routing.exploration}")
+        for key in ("exploration_steps", "warmup_steps"):
+            if getattr(config.routing, key) < 0:
+                raise ConfigError(f"config key 'model.routing.{key}' must be >= 0, got {getattr(config.routing, key)}")
+        if config.routing.warmup not in WARMUP_ROUTES:
+            raise ConfigError(f"config key 'model.routing.warmup': {config.routing.warmup!r} is not one of "
                               f"{list(WARMUP_ROUTES)}")
-        if not ROUTERS[config.routing_router].learns_from_returns:
-            router = config.routing_router
+        if not ROUTERS[config.routing.router].learns_from_returns:
+            router = config.routing.router
             if encoder_kind(config.encoder).layer_access != "direct":
                 direct = [name for name, kind in ENCODER_KINDS.items() if kind.layer_access == "direct"]
-                raise ConfigError(f"config key 'model.routing_router' = {router!r} serves the {' and '.join(direct)} "
+                raise ConfigError(f"config key 'model.routing.router' = {router!r} serves the {' and '.join(direct)} "
                                   f"encoders (it weights each block's output inside the layer loop), not "
                                   f"model.encoder = {config.encoder!r}")
-            defaults = type(config)()
-            for key in ("routing_rho", "routing_collaboration", "routing_history", "routing_lr"):
-                if getattr(config, key) != getattr(defaults, key):
-                    raise ConfigError(f"config key 'model.{key}' sets the reward or the step of a router that learns "
-                                      f"from rewards; model.routing_router = {router!r} learns by backprop at the "
+            defaults = RoutingOptions()
+            for key in ("rho", "collaboration", "history", "lr"):
+                if getattr(config.routing, key) != getattr(defaults, key):
+                    raise ConfigError(f"config key 'model.routing.{key}' sets the reward or the step of a router that learns "
+                                      f"from rewards; model.routing.router = {router!r} learns by backprop at the "
                                       f"optimiser's learning rate")
-        if config.routing_exploration_steps and not config.routing_exploration:
-            raise ConfigError("config key 'model.routing_exploration_steps' anneals model.routing_exploration, which is 0")
-        if config.routing_warmup != type(config)().routing_warmup and not config.routing_warmup_steps:
-            raise ConfigError(f"config key 'model.routing_warmup' = {config.routing_warmup!r} sets the routes of a "
-                              f"warm-up, but model.routing_warmup_steps is 0")
-        routing_blocks_per_layer(config.routing_blocks, depth, depth_key)
+        if config.routing.exploration_steps and not config.routing.exploration:
+            raise ConfigError("config key 'model.routing.exploration_steps' anneals model.routing.exploration, which is 0")
+        if config.routing.warmup != RoutingOptions().warmup and not config.routing.warmup_steps:
+            raise ConfigError(f"config key 'model.routing.warmup' = {config.routing.warmup!r} sets the routes of a "
+                              f"warm-up, but model.routing.warmup_steps is 0")
+        routing_blocks_per_layer(config.routing.blocks, depth, depth_key)
 
     @classmethod
     def layer_copies(cls, config, depth):
-        blocks = config.routing_blocks  # every block a copy of its layer
+        blocks = config.routing.blocks  # every block a copy of its layer
         total = blocks * depth if isinstance(blocks, int) else sum(blocks)
-        return "model.routing_blocks", total, f"config key 'model.routing_blocks' ({blocks!r}) asks for {total} blocks"
+        return "model.routing.blocks", total, f"config key 'model.routing.blocks' ({blocks!r}) asks for {total} blocks"
 
     @classmethod
     def size_checks(cls, config, tasks):
         checks = []  # its window of recent routes and its agents' tables
-        if config.routing_history:
-            checks.append(("sharing.recent", r"^sharing\.recent$", 3, 0, "model.routing_history", config.routing_history))
-        if config.routing_router == "dispatched":
-            agents = config.routing_agents or len(tasks)
-            checks.append(("sharing.policy", r"^sharing\.policy$", 3, 0, "model.routing_agents", agents,
-                           f"config key 'model.routing_agents' is {config.routing_agents} ({agents} agents)"))
+        if config.routing.history:
+            checks.append(("sharing.recent", r"^sharing\.recent$", 3, 0, "model.routing.history", config.routing.history))
+        if config.routing.router == "dispatched":
+            agents = config.routing.agents or len(tasks)
+            checks.append(("sharing.policy", r"^sharing\.policy$", 3, 0, "model.routing.agents", agents,
+                           f"config key 'model.routing.agents' is {config.routing.agents} ({agents} agents)"))
         return checks
 
     def __init__(self, build_encoder, tasks, config):
@@ -170,10 +215,10 @@ class RoutingNetwork(SharingStrategy):
         self.num_layers = encoder.num_layers
         depth_key = encoder.depth_key
         self.check_options(config, self.tasks, self.num_layers, depth_key)
-        self.copies = routing_blocks_per_layer(config.routing_blocks, self.num_layers, depth_key)
+        self.copies = routing_blocks_per_layer(config.routing.blocks, self.num_layers, depth_key)
         if self.stand_ins:  # the model's layers become RoutedLayers; its embeddings and forward pass stay
             self.in_dims = [encoder.output_dim] * self.num_layers
-            self.has_pass = [bool(config.routing_pass)] * self.num_layers
+            self.has_pass = [bool(config.routing.pass_block)] * self.num_layers
             stack = layer_stack(encoder, "routing")
             for i, k in enumerate(self.copies):
                 stack[i] = RoutedLayer(stack[i], k, self.has_pass[i])
@@ -182,31 +227,31 @@ class RoutingNetwork(SharingStrategy):
             layers = list(encoder.layers)
             encoder.layers = nn.ModuleList()  # the blocks own the layers now: no unused originals
             self.in_dims = [encoder.layer_input_dim(layer) for layer in layers]
-            self.has_pass = [bool(config.routing_pass) and d == encoder.output_dim for d in self.in_dims]
+            self.has_pass = [bool(config.routing.pass_block) and d == encoder.output_dim for d in self.in_dims]
             # block 0 is the encoder's own layer, the others copies of its initialisation
             self.blocks = nn.ModuleList(nn.ModuleList([layer] + [copy.deepcopy(layer) for _ in range(k - 1)])
                                         for layer, k in zip(layers, self.copies))
         self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
-        self.rho, self.lr = config.routing_rho, config.routing_lr
-        self.per_task_reward = config.routing_collaboration == "per_task"
-        self.exploration, self.exploration_steps = config.routing_exploration, config.routing_exploration_steps
-        self.warmup_steps, self.warmup = config.routing_warmup_steps, config.routing_warmup
+        self.rho, self.lr = config.routing.rho, config.routing.lr
+        self.per_task_reward = config.routing.collaboration == "per_task"
+        self.exploration, self.exploration_steps = config.routing.exploration, config.routing.exploration_steps
+        self.warmup_steps, self.warmup = config.routing.warmup_steps, config.routing.warmup
         T, L, K = len(self.tasks), self.num_layers, max(self.choices)
         self.agents = 0  # the dispatched router's agent count
-        self.router = ROUTERS[config.routing_router](self, config)
+        self.router = ROUTERS[config.routing.router](self, config)
         valid = torch.zeros(L, K)
         for i, k in enumerate(self.choices):
             valid[i, :k] = 1.0
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("rng_state", torch.Generator().get_state())
         self.register_buffer("usage", torch.zeros(L, K, dtype=torch.float64))  # all tasks, all of training
-        # the routes of the last model.routing_history batches (a ring, next slot recent_next), for the collaboration
+        # the routes of the last model.routing.history batches (a ring, next slot recent_next), for the collaboration
         # reward; none: the reward reads `usage`
-        self.history = config.routing_history
+        self.history = config.routing.history
         self.register_buffer("recent", torch.zeros(self.history, L, K, dtype=torch.float64))
         self.register_buffer("recent_next", torch.zeros((), dtype=torch.long))
         # per task: its routes over all of training, and the task of each slot of the ring (-1: empty), for
-        # model.routing_collaboration=per_task
+        # model.routing.collaboration=per_task
         self.register_buffer("task_usage", torch.zeros(T, L, K, dtype=torch.float64))
         # (not saved without a ring: an empty tensor shares its null storage with `recent`, and a checkpoint keeps one)
         self.register_buffer("recent_task", torch.full((self.history,), -1, dtype=torch.long),
@@ -252,19 +297,19 @@ class RoutingNetwork(SharingStrategy):
             state_dict[key] = self.map_history.new_zeros(0, *self.map_history.shape[1:])
         if key in state_dict and state_dict[key].shape != self.map_history.shape:
             self.map_history = self.map_history.new_zeros(state_dict[key].shape)
-        if not self.history:  # models saved before model.routing_history existed have no (empty) window to load
+        if not self.history:  # models saved before model.routing.history existed have no (empty) window to load
             for name in ("recent", "recent_next"):
                 state_dict.setdefault(prefix + name, getattr(self, name))
-        # models saved before model.routing_collaboration existed trained with all_tasks and kept no per-task counts
+        # models saved before model.routing.collaboration existed trained with all_tasks and kept no per-task counts
         for name in ("task_usage", "recent_task") if self.history else ("task_usage",):
             state_dict.setdefault(prefix + name, getattr(self, name))
-        # ... nor a step count (before routing_exploration / routing_warmup_steps, nothing read it)
+        # ... nor a step count (before model.routing.exploration / warmup_steps, nothing read it)
         state_dict.setdefault(prefix + "steps", self.steps)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def historical_probs(self, task: int | None = None) -> torch.Tensor:
         """(L, K): the share of the routed training sentences (all tasks, or task ``task``'s only; of the last
-        ``model.routing_history`` batches, or of all of training) that took each choice; uniform over the valid choices
+        ``model.routing.history`` batches, or of all of training) that took each choice; uniform over the valid choices
         before the first step."""
         if task is None:
             counts = self.recent.sum(0) if self.history else self.usage
@@ -327,7 +372,7 @@ class RoutingNetwork(SharingStrategy):
         return choice
 
     def warming_up(self) -> bool:
-        """Whether the routes are still set (``model.routing_warmup_steps``) and the router does not learn."""
+        """Whether the routes are still set (``model.routing.warmup_steps``) and the router does not learn."""
         return int(self.steps) < self.warmup_steps
 
     def follows_set_routes(self) -> bool:
@@ -345,8 +390,8 @@ class RoutingNetwork(SharingStrategy):
         return self.router.greedy_route(t)
 
     def exploration_rate(self) -> float:
-        """The share of a training route drawn uniformly: ``routing_exploration``, falling linearly to 0 over the
-        first ``routing_exploration_steps`` steps (0 steps: constant)."""
+        """The share of a training route drawn uniformly: ``model.routing.exploration``, falling linearly to 0 over the
+        first ``model.routing.exploration_steps`` steps (0 steps: constant)."""
         if not self.exploration_steps:
             return self.exploration
         return self.exploration * max(0.0, 1.0 - int(self.steps) / self.exploration_steps)

@@ -1,4 +1,4 @@
-"""The routers of a routing network, one class each behind :class:`Router` (``model.routing_router``).
+"""The routers of a routing network, one class each behind :class:`Router` (``model.routing.router``).
 
 A router decides the block of every routed layer for each sentence (:meth:`Router.probs`) and learns from the
 returns of its decisions (:meth:`Router.step`). Its state (policies, values, baselines, MLP weights) lives in
@@ -187,7 +187,7 @@ class ReinforceRouter(Router):
 
 
 class DispatchedRouter(Router):
-    """``model.routing_agents`` tabular WPL agents (0: one per task) and a REINFORCE dispatcher over [the first
+    """``model.routing.agents`` tabular WPL agents (0: one per task) and a REINFORCE dispatcher over [the first
     layer's pooled input, the task one-hot] that assigns each sentence to one agent."""
     name = "dispatched"
     holds = ", the dispatch shares per task and the agents' policies and greedy routes"
@@ -195,7 +195,7 @@ class DispatchedRouter(Router):
 
     def __init__(self, net, config):
         super().__init__(net, config)
-        net.agents = config.routing_agents or len(net.tasks)
+        net.agents = config.routing.agents or len(net.tasks)
 
     @property
     def description(self):
@@ -288,7 +288,7 @@ class GumbelRouter(Router):
     distribution as the Gumbel-max draw), and the chosen block's output is
     multiplied by ``p_c / p_c.detach()`` (1 in the forward pass), so the task loss reaches the logits through the
     softmax (a straight-through estimator, as in Gumbel-Matrix routing, Maziarz et al. 2019). No reward: the
-    collaboration reward and ``model.routing_lr`` do not apply; the logits take the optimiser's learning rate."""
+    collaboration reward and ``model.routing.lr`` do not apply; the logits take the optimiser's learning rate."""
     name = "gumbel"
     description = "per-task route logits trained by backprop, straight-through categorical draws"
     holds = ", the route probabilities and the greedy routes"

@@ -110,8 +110,10 @@ class ModelConfig:
         options = self.sections().get(name)
         if options is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        given = self.__dict__.get("strategy_options", {}).get(name)
-        return given if given is not None else options()
+        sections = self.__dict__.setdefault("strategy_options", {})
+        if name not in sections and name == self.__dict__.get("sharing"):  # model.sharing set after construction
+            sections[name] = options()  # kept, so that what the caller sets on it stays
+        return sections.get(name) or options()  # another strategy's: its defaults
 
 
 def model_config_dict(model: ModelConfig) -> dict:

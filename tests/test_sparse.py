@@ -586,6 +586,10 @@ def test_rewinding_to_the_initialisation(tiny_corpus, tmp_path):
 
 
 def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeypatch):
+    """Two processes (rank 0: pos and ner, rank 1: chunk) tell each other how their searches ended through one
+    all-gather (here a stand-in for it, holding both outcomes): rank 0's failed child stops rank 0 naming its task
+    and exit code, and stops rank 1, whose own search succeeded, naming the other process's task. Each rank enters
+    the exchange once, also the one that failed, so that none waits for the other."""
     import subprocess
     import types
 
@@ -594,10 +598,24 @@ def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeyp
     def rank(index):
         return types.SimpleNamespace(num_processes=2, process_index=index, local_process_index=index)
 
-    monkeypatch.setattr(subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 3))
-    with pytest.raises(RuntimeError, match="mask search for task 'pos' failed"):
-        pipeline.search_distributed(config, rank(0), tmp_path)
-    assert (tmp_path / "search" / "pos" / "search.failed").is_file()
+    outcomes = {}
+
+    def exchange_as(index):
+        def exchange(outcome):
+            outcomes[index] = outcome
+            return [{"pos": "exit code 3"}, {}]  # what the two ranks sent
+        return exchange
+
+    started = []
+
+    def pos_fails(cmd, env):
+        started.append(cmd[-1])
+        return subprocess.CompletedProcess(cmd, 3)
+
+    monkeypatch.setattr(subprocess, "run", pos_fails)
+    with pytest.raises(RuntimeError, match=r"mask search for task 'pos' failed \(exit code 3\)"):
+        pipeline.search_distributed(config, rank(0), tmp_path, exchange=exchange_as(0))
+    assert started == ["pos"] and outcomes[0] == {"pos": "exit code 3"}  # ner is not started after a failure
 
     def chunk_succeeds(cmd, env):
         # the child takes this process's thread count and log level (--quiet reaches it)
@@ -608,7 +626,18 @@ def test_a_failed_search_process_stops_the_others(tiny_corpus, tmp_path, monkeyp
 
     monkeypatch.setattr(subprocess, "run", chunk_succeeds)
     with pytest.raises(RuntimeError, match=r"task\(s\) \['pos'\] failed in another process"):
-        pipeline.search_distributed(config, rank(1), tmp_path)
+        pipeline.search_distributed(config, rank(1), tmp_path, exchange=exchange_as(1))
+    assert outcomes[1] == {}
+
+    def everything_succeeds(outcome):
+        return [{}, {}]
+
+    for task in ("pos", "ner"):  # both searches done (e.g. a resumed run): no child, the records are read back
+        chunk_succeeds(["search", str(tmp_path), task], {"OMP_NUM_THREADS": str(torch.get_num_threads()),
+                                                         "SPARSESHARE_VERBOSITY": "INFO"})
+    monkeypatch.setattr(subprocess, "run", pos_fails)
+    records = pipeline.search_distributed(config, rank(0), tmp_path, exchange=everything_succeeds)
+    assert records == {"pos": [], "chunk": [], "ner": []}
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ training and reloading. Tiny fixtures only."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import pytest
@@ -122,8 +121,9 @@ def test_the_built_encoder_depth_is_checked_again(tiny_corpus, tmp_path):
     config.model.hierarchical.task_layers = {"upos": 1}
     with pytest.raises(ConfigError, match="'model.hierarchical.task_layers.upos'"):
         build_model(config, data)
-    config.model.sharing = "bottom"  # (a section that was not given reads as its defaults, a new object each time)
-    config.model.strategy_options = {"bottom": dataclasses.replace(config.model.bottom, layers=2)}
+    config.model.sharing, config.model.hierarchical.task_layers = "bottom", {}
+    config.model.bottom.layers = 2  # the section of a strategy selected after construction keeps what is set on it
+    assert config.model.bottom.layers == 2
     with pytest.raises(ConfigError, match=r"'model.bottom.layers' .* depth 2 \(model.bilstm.layers\)"):
         build_model(config, data)
 

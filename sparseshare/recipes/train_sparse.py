@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -362,10 +363,15 @@ def search_train_data(config: Config, task_data: TaskData) -> TaskData:
                                train_word_ids=task_data.train_word_ids[:n])
 
 
-def search_distributed(config: Config, state: PartialState, out: Path) -> dict[str, list[dict]]:
-    """Process k searches tasks k, k + N, ... each in a single-process child (no process group, so the
-    ranks never wait on each other mid-search), then waits until every task's search is on disk. The
-    output_dir must be shared by the processes (one machine, or a shared file system)."""
+def search_distributed(config: Config, state: PartialState, out: Path, exchange=None) -> dict[str, list[dict]]:
+    """Process k searches tasks k, k + N, ... each in a single-process child: a search round trains one task, which
+    must not join the launch's gradient all-reduce (it would average the processes' different tasks). Then the
+    processes tell each other through the process group how their searches ended (``exchange``: one
+    all-gather, by default over a gloo group of their own whose timeout waits out the longest search, where the
+    launch's group would time out after 30 minutes); a failure in any process stops every process and names the
+    task. The records and masks are read from the search folders, so the output_dir must be shared by the processes
+    (one machine, or a shared file system)."""
+    exchange = exchange or outcome_exchange()
     distributed_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
     env = {k: v for k, v in os.environ.items() if k not in distributed_env and not k.startswith("ACCELERATE_")}
@@ -375,28 +381,45 @@ def search_distributed(config: Config, state: PartialState, out: Path) -> dict[s
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
         env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[state.local_process_index]
     tasks = task_names(config)  # a task file's name:, as the single-process search names its folders
+    failed: dict[str, str] = {}
     for task in tasks[state.process_index::state.num_processes]:
         folder = out / "search" / task
-        (folder / SEARCH_FAILED).unlink(missing_ok=True)
         if not (folder / SEARCH_DONE).is_file():
             logger.info(f"[{task}] mask search in process {state.process_index}", extra=EVERY_PROCESS)
             child = subprocess.run([sys.executable, "-m", "sparseshare.recipes.train_sparse", "search", str(out), task],
                                    env=env)
-            if child.returncode != 0:  # tell the other processes, which are polling for this task
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / SEARCH_FAILED).write_text(f"exit code {child.returncode}\n")
-                raise RuntimeError(f"mask search for task {task!r} failed (exit code {child.returncode})")
-    waiting = {task: out / "search" / task for task in tasks}
-    while not all((folder / SEARCH_DONE).is_file() for folder in waiting.values()):  # a collective would time out
-        failed = [task for task, folder in waiting.items() if (folder / SEARCH_FAILED).is_file()]
-        if failed:
-            raise RuntimeError(f"mask search for task(s) {failed} failed in another process; see its output")
-        time.sleep(5)
-    state.wait_for_everyone()
-    return {task: json.loads((folder / SEARCH_DONE).read_text()) for task, folder in waiting.items()}
+            if child.returncode != 0:
+                failed[task] = f"exit code {child.returncode}"
+                break
+    everyone = exchange(failed)  # one outcome per process, in process order
+    if failed:
+        task, why = next(iter(failed.items()))
+        raise RuntimeError(f"mask search for task {task!r} failed ({why}); see its output above")
+    others = sorted(task for outcome in everyone for task in outcome)
+    if others:
+        raise RuntimeError(f"mask search for task(s) {others} failed in another process; see its output")
+    return {task: json.loads((out / "search" / task / SEARCH_DONE).read_text()) for task in tasks}
 
 
-SEARCH_DONE, SEARCH_FAILED = "search.json", "search.failed"
+# how long a process waits for the others' searches: longer than any search, shorter than forever
+SEARCH_WAIT = datetime.timedelta(days=7)
+
+
+def outcome_exchange():
+    """The all-gather of :func:`search_distributed`: a gloo group of the launch's processes with its own timeout
+    (:data:`SEARCH_WAIT`), made now, while every process is at the same point of the pipeline."""
+    group = torch.distributed.new_group(backend="gloo", timeout=SEARCH_WAIT)
+
+    def exchange(outcome: dict) -> list[dict]:
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, outcome, group=group)
+        torch.distributed.destroy_process_group(group)
+        return gathered
+
+    return exchange
+
+
+SEARCH_DONE = "search.json"
 
 
 def _search_one_task(out: Path, task: str) -> None:

@@ -313,7 +313,8 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "cpu") -> torch.optim.Optimizer:
     """One parameter group, split only as the config asks: heads at ``train.head_lr``, embedding tables (words,
-    characters; a Transformer's embeddings) at ``train.embedding_lr``, and with weight decay
+    characters; a Transformer's embeddings) at ``train.embedding_lr``, the sharing strategy's parameters with a rate
+    of their own (:meth:`~sparseshare.sharing.base.SharingStrategy.learning_rates`) at that rate, and with weight decay
     the usual exemptions (biases, LayerNorm weights, CRF transition scores) as in transformers' Trainer.
 
     AdamW runs torch's fused kernel on the devices that have one (``device_type``: where training will run):
@@ -330,11 +331,14 @@ def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "
         decayed = {id(p) for n, p in model.named_parameters() if n in names}
     # groups by role, not by rate (a checkpoint's groups must match whatever the rates are)
     rates = {"head": t.head_lr, "embedding": t.embedding_lr, "other": t.lr}
+    own = {id(p): lr for p, lr in model.sharing.learning_rates().items()}
     groups: dict[tuple, list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            role = ("head" if id(p) in heads and t.head_lr is not None else
+            role = (f"strategy {own[id(p)]}" if id(p) in own else
+                    "head" if id(p) in heads and t.head_lr is not None else
                     "embedding" if id(p) in tables and t.embedding_lr is not None else "other")
+            rates.setdefault(role, own.get(id(p)))
             groups.setdefault((role, id(p) in decayed or not t.weight_decay), []).append(p)
     param_groups = [{"params": params, "lr": rates[role], "weight_decay": t.weight_decay if decays else 0.0}
                     for (role, decays), params in groups.items()]

@@ -746,11 +746,42 @@ def test_the_gumbel_logits_do_not_learn_during_a_warm_up(tiny_corpus, tmp_path):
     assert s.route_logits.grad[TASKS.index("chunk")].any()
 
 
+def test_the_route_logits_train_at_their_own_learning_rate_in_a_group_of_their_own(tiny_corpus, tmp_path):
+    """model.routing.logit_lr: the logits' own AdamW group, at that rate, scaled by the schedule as the others; a
+    step moves them by about that rate (Adam's first step is lr x sign(grad)); the rest of the model keeps train.lr.
+    (gumbel: its logits get a gradient from the first step, where gumbel_mix's see equal blocks.)"""
+    from sparseshare.optim import build_optimizer
+
+    config = _config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing.router": "gumbel", "model.routing.logit_lr": 0.05, "train.optimizer": "adamw",
+        "train.lr": 0.001})
+    model, data = _model(config)
+    s = model.sharing
+    optimizer = build_optimizer(config, model)
+    groups = [g for g in optimizer.param_groups if any(p is s.route_logits for p in g["params"])]
+    assert len(groups) == 1 and groups[0]["lr"] == 0.05 and groups[0]["params"] == [s.route_logits]
+    assert {g["lr"] for g in optimizer.param_groups if g is not groups[0]} == {0.001}
+    model.train()
+    batch = _batch(model, data, "chunk")
+    before = s.route_logits.detach().clone()
+    model(batch, "chunk").sum().backward()
+    optimizer.step()
+    moved = (s.route_logits.detach() - before)[TASKS.index("chunk")].abs()
+    assert moved.max() == pytest.approx(0.05, rel=1e-3)
+    plain_config = _config(tiny_corpus, tmp_path, **ROUTING, **{
+        "model.routing.router": "gumbel", "train.optimizer": "adamw", "train.lr": 0.001})
+    plain = build_optimizer(plain_config, _model(plain_config)[0])
+    assert [g["lr"] for g in plain.param_groups] == [0.001]  # no logit_lr: one group, as before
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"model.routing.router": "gumbel", "model.routing.rho": 0.1}, r"'model\.routing.rho' sets the reward or the step"),
     ({"model.routing.router": "gumbel", "model.routing.lr": 0.1}, r"'model\.routing.lr' sets the reward or the step"),
     ({"model.routing.exploration_steps": 100}, r"'model\.routing.exploration_steps' anneals model\.routing.exploration"),
     ({"model.routing.warmup": "random"}, r"'model\.routing.warmup' = 'random' sets the routes of a warm-up"),
+    ({"model.routing.logit_lr": 0.01}, r"'model\.routing\.logit_lr' is the learning rate of the route logits .* "
+                                       r"'wpl' learns from rewards"),
+    ({"model.routing.router": "gumbel", "model.routing.logit_lr": 0}, r"'model\.routing\.logit_lr' must be > 0"),
 ])
 def test_routing_options_that_would_be_ignored_are_refused(tiny_corpus, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

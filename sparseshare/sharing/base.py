@@ -132,6 +132,12 @@ class SharingStrategy(nn.Module):
         rewind point's weights themselves."""
         return {}
 
+    def learning_rates(self) -> dict[nn.Parameter, float]:
+        """Parameters of this strategy that train at a learning rate of their own instead of ``train.lr`` (e.g. a
+        router's route logits), with that rate; the optimiser puts them in a group of their own, and the learning-rate
+        schedule scales it as every other group."""
+        return {}
+
     def features_for_tasks(self, batch, tasks: list[str]) -> dict[str, torch.Tensor]:
         """Features for several tasks at once; strategies override this to compute what tasks share once."""
         return {task: self(batch, task) for task in tasks}

@@ -108,6 +108,9 @@ class RoutingOptions:
     history: int = 0
     # the router's step size (WPL policy step / REINFORCE SGD learning rate)
     lr: float = 0.05
+    # routers gumbel / gumbel_mix: the learning rate of the route logits, which the optimiser trains with the model
+    # (null: train.lr; the reference code of routing networks gives its router 0.3x the modules' rate)
+    logit_lr: float | None = None
     # an exploration floor: in training, routes are drawn from (1 - e) x the router's probabilities + e x uniform
     # over the layer's choices, e falling linearly from `exploration` to 0 over the first `exploration_steps`
     # training steps (0: e stays; the steps count from the first, a warm-up's included); in [0, 1). The routers
@@ -183,6 +186,13 @@ class RoutingNetwork(SharingStrategy):
                     raise ConfigError(f"config key 'model.routing.{key}' sets the reward or the step of a router that learns "
                                       f"from rewards; model.routing.router = {router!r} learns by backprop at the "
                                       f"optimiser's learning rate")
+        if config.routing.logit_lr is not None:
+            if ROUTERS[config.routing.router].learns_from_returns:
+                raise ConfigError(f"config key 'model.routing.logit_lr' is the learning rate of the route logits that "
+                                  f"model.routing.router gumbel / gumbel_mix train by backprop; "
+                                  f"{config.routing.router!r} learns from rewards at model.routing.lr")
+            if not config.routing.logit_lr > 0:
+                raise ConfigError(f"config key 'model.routing.logit_lr' must be > 0, got {config.routing.logit_lr}")
         if config.routing.exploration_steps and not config.routing.exploration:
             raise ConfigError("config key 'model.routing.exploration_steps' anneals model.routing.exploration, which is 0")
         if config.routing.warmup != RoutingOptions().warmup and not config.routing.warmup_steps:
@@ -232,7 +242,7 @@ class RoutingNetwork(SharingStrategy):
             self.blocks = nn.ModuleList(nn.ModuleList([layer] + [copy.deepcopy(layer) for _ in range(k - 1)])
                                         for layer, k in zip(layers, self.copies))
         self.choices = [k + int(p) for k, p in zip(self.copies, self.has_pass)]
-        self.rho, self.lr = config.routing.rho, config.routing.lr
+        self.rho, self.lr, self.logit_lr = config.routing.rho, config.routing.lr, config.routing.logit_lr
         self.per_task_reward = config.routing.collaboration == "per_task"
         self.exploration, self.exploration_steps = config.routing.exploration, config.routing.exploration_steps
         self.warmup_steps, self.warmup = config.routing.warmup_steps, config.routing.warmup
@@ -370,6 +380,11 @@ class RoutingNetwork(SharingStrategy):
         choice = pick(probs, layer)
         record["choices"].append(choice)
         return choice
+
+    def learning_rates(self):
+        if self.logit_lr is None:  # (only the backprop routers' logits may have one: check_options)
+            return {}
+        return {self.route_logits: self.logit_lr}
 
     def warming_up(self) -> bool:
         """Whether the routes are still set (``model.routing.warmup_steps``) and the router does not learn."""

@@ -254,11 +254,12 @@ def copy_search(source: Path, out: Path, name: str, seed: int, args) -> str | No
 
     import yaml
 
-    from sparseshare.config import load_config
+    from sparseshare.config import load_config, upgrade_saved_model_config
 
     if not (source / "masks.safetensors").is_file():
         return None
     theirs = yaml.safe_load((source / "config.yaml").read_text())
+    theirs["model"] = upgrade_saved_model_config(theirs["model"])  # in today's spelling (strategy sections)
     config_file, *overrides = _config_args(name, seed, out, args)
     ours = load_config(config_file, overrides).to_dict()
     # what may differ: where it runs, the selection of the masks (made after the search, from its records) and

@@ -1,6 +1,7 @@
 """Typed configuration: YAML files plus ``dotted.key=value`` overrides, every unknown key rejected by name."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -88,11 +89,18 @@ class ModelConfig:
     strategy_options: dict[str, typing.Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        # the selected strategy's section is always there (its defaults where not given), so that a config equals
-        # the same config written out and read back
+        # a dict of its own (dataclasses.replace passes the original's), with the selected strategy's section always
+        # there (its defaults where not given)
+        self.strategy_options = {name: copy.copy(options) for name, options in self.strategy_options.items()}
         options = self.sections().get(self.sharing)
         if options is not None and self.sharing not in self.strategy_options:
-            self.strategy_options = {**self.strategy_options, self.sharing: options()}
+            self.strategy_options[self.sharing] = options()
+
+    def __eq__(self, other):
+        # a section read (so kept) at its defaults is the same config as one never read
+        if not isinstance(other, ModelConfig):
+            return NotImplemented
+        return model_config_dict(self) == model_config_dict(other)
 
     @staticmethod
     def sections() -> dict[str, type]:
@@ -110,17 +118,21 @@ class ModelConfig:
         options = self.sections().get(name)
         if options is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        sections = self.__dict__.setdefault("strategy_options", {})
-        if name not in sections and name == self.__dict__.get("sharing"):  # model.sharing set after construction
-            sections[name] = options()  # kept, so that what the caller sets on it stays
-        return sections.get(name) or options()  # another strategy's: its defaults
+        # kept once read, so that what the caller sets on it stays (and is refused by validation where that
+        # strategy is not the one selected, as any other option of another strategy)
+        return self.__dict__.setdefault("strategy_options", {}).setdefault(name, options())
 
 
 def model_config_dict(model: ModelConfig) -> dict:
     """``model`` as the mapping a config file writes: each strategy's options as its own section."""
     data = dataclasses.asdict(model)
     sections = data.pop("strategy_options")
-    return {**data, **sections}
+    if model.sharing in ModelConfig.sections():  # always written: a saved config says every value it ran with
+        sections[model.sharing] = dataclasses.asdict(getattr(model, model.sharing))
+    defaults = {name: dataclasses.asdict(options()) for name, options in ModelConfig.sections().items()}
+    # another strategy's section only where it differs from the defaults (which validation then refuses)
+    return {**data, **{name: values for name, values in sections.items()
+                       if name == model.sharing or values != defaults.get(name)}}
 
 
 @dataclass
@@ -430,6 +442,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     overrides = list(overrides)
     for override in overrides:
         keys, value = parse_override(override)
+        if len(keys) == 2 and keys[0] == "model":  # a flat strategy option (model.routing_rho): today's section
+            moved = upgrade_flat_strategy_keys({keys[1]: value}, notify=logger.warning)
+            if keys[1] not in moved:
+                (name, section), = moved.items()
+                keys = ["model", name, *section]
         node = data
         for key in keys[:-1]:
             if node.get(key) is None:  # an empty section (`train:`) reads as None
@@ -635,7 +652,7 @@ def is_task_file(name_or_path: str) -> bool:
 
 def upgrade_flat_strategy_keys(model: dict, notify=None) -> dict:
     """A ``model`` section whose strategy options are spelt as flat keys, as before each strategy had a section of
-    its own (``model.routing.rho``: ``model.routing.rho``; each strategy's
+    its own (``model.routing_rho`` for ``model.routing.rho``; each strategy's
     :meth:`~sparseshare.sharing.base.SharingStrategy.flat_keys`), in today's spelling; ``notify`` gets a line for
     each key moved."""
     from .sharing import STRATEGIES  # late import: strategies import torch-heavy modules
@@ -669,12 +686,14 @@ def upgrade_saved_model_config(model: dict) -> dict:
 
     if isinstance(model.get("private_embedder"), bool):
         model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
+    old_spelling = any(key in model for cls in STRATEGIES.values() for key in cls.flat_keys())
     upgraded = upgrade_flat_strategy_keys(model)
     sharing = model.get("sharing", ModelConfig.sharing)
     # the other strategies' flat options were saved at their defaults (a config that set one was refused)
     model = {key: value for key, value in upgraded.items() if key == sharing or key not in STRATEGIES or key in model}
     strategy = STRATEGIES.get(sharing) if isinstance(sharing, str) else None  # else: refused by name later
-    if strategy is None or strategy.Options is None or not isinstance(model.get(sharing, {}), dict):
+    # options added since: only a config of the flat spelling predates them (today's writes every option)
+    if not old_spelling or strategy is None or strategy.Options is None or not isinstance(model.get(sharing, {}), dict):
         return model
     return {**model, sharing: strategy.upgrade_saved_options(dict(model.get(sharing) or {}))}
 

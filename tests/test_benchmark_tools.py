@@ -92,6 +92,12 @@ def test_a_run_that_changes_only_the_joint_stage_copies_the_search_of_the_run_it
     assert (out / "search_copied_from.txt").read_text().strip() == str(source)
     # the selection is made after the search, from its records: another tie tolerance shares the search too
     assert run_grid.copy_search(source, tmp_path / "tol", "sparse_private_words_tol25", 1, args) is None
+    # a source that wrote its config.yaml before strategy options had sections (model.prunable, model.routing_rho,
+    # ... every option of every strategy, flat) ran with the same settings
+    flat = {**{k: v for k, v in theirs["model"].items() if k != "sparse"}, **theirs["model"]["sparse"],
+            "routing_rho": 0.3, "roaming_ratio": 0.5, "bottom_layers": 1, "task_layers": {}}
+    (source / "config.yaml").write_text(yaml.safe_dump({**theirs, "model": flat}))
+    assert run_grid.copy_search(source, tmp_path / "flat", "sparse_private_words", 1, args) is None
 
     (source / "config.yaml").write_text(yaml.safe_dump({**theirs, "train": {**theirs["train"], "lr": 0.1}}))
     refused = run_grid.copy_search(source, tmp_path / "other", "sparse_private_words", 1, args)

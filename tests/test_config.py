@@ -287,3 +287,50 @@ def test_an_override_that_replaces_a_section_is_blamed_not_the_file(tmp_path):
     path.write_text("tasks: [pos]\ntrain:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=r"^config key 'train.lr' must be > 0, got -1"):
         load_config(path, ["train={lr: -1}"])
+
+
+# -- strategy options: each strategy's own section, and the flat spelling of before -------------------------------
+def test_a_strategys_options_are_its_own_section_and_the_flat_spelling_is_read_with_a_notice(tmp_path):
+    import dataclasses
+
+    from sparseshare.logs import messages_to
+
+    path = tmp_path / "routing.yaml"
+    path.write_text("model:\n  sharing: routing\n  routing_rho: 0.1\n  routing_pass: true\n", encoding="utf-8")
+    notices = []
+    with messages_to(notices.append):
+        config = load_config(path, ["model.routing_blocks=3"])
+    assert (config.model.routing.rho, config.model.routing.pass_block, config.model.routing.blocks) == (0.1, True, 3)
+    assert "config key 'model.routing_rho' is now spelt 'model.routing.rho': read as that" in notices
+    assert "config key 'model.routing_pass' is now spelt 'model.routing.pass_block': read as that" in notices
+    assert "config key 'model.routing_blocks' is now spelt 'model.routing.blocks': read as that" in notices
+    written = config.to_dict()["model"]
+    assert written["routing"]["rho"] == 0.1 and "routing_rho" not in written
+    assert config_from_dict(config.to_dict()) == config  # written and read back: the same config
+    # an override in the flat spelling wins over the file's section, as any override does
+    path.write_text("model:\n  sharing: sparse\n  sparse:\n    prunable: null\n", encoding="utf-8")
+    assert load_config(path, ["model.prunable=[layers.*]"]).model.sparse.prunable == ["layers.*"]
+    # both spellings in one file: which one was meant is unknown
+    path.write_text("model:\n  sharing: routing\n  routing_rho: 0.1\n  routing:\n    rho: 0.2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"'model.routing_rho' is the former spelling of 'model.routing.rho', "
+                                          r"which is given too"):
+        load_config(path)
+    # a copy does not share its sections with the original, and what is set on any section is kept
+    hard = load_config(None, [])
+    other = dataclasses.replace(hard.model)
+    other.sharing = "routing"
+    other.routing.rho = 0.5
+    assert hard.model.routing.rho == 0.3 and other.routing.rho == 0.5
+    hard.model.roaming.ratio = 0.7  # another strategy's option, set: refused as a config key would be
+    with pytest.raises(ConfigError, match=r"'model.roaming.ratio' only applies to model.sharing=roaming"):
+        config_from_dict(hard.to_dict())
+
+
+def test_a_saved_config_of_the_flat_spelling_gets_the_values_it_ran_with_and_todays_is_left_alone():
+    from sparseshare.config import upgrade_saved_model_config
+
+    old = {"sharing": "roaming", "roaming_ratio": 0.5, "routing_rho": 0.3, "prunable": None}  # every field, flat
+    assert upgrade_saved_model_config(old) == {
+        "sharing": "roaming", "roaming": {"masked_steps": False, "cut_recurrence": False, "ratio": 0.5}}
+    today = {"sharing": "roaming", "roaming": {"ratio": 0.5}}  # (a section of today always holds every option)
+    assert upgrade_saved_model_config(today) == today

@@ -469,7 +469,7 @@ def test_a_bilstm_unit_switched_off_for_a_task_takes_no_part_in_its_pass(tiny_co
 def test_a_roaming_config_saved_before_the_cut_recurrence_keeps_the_recurrence():
     from sparseshare.config import upgrade_saved_model_config
 
-    assert upgrade_saved_model_config({"sharing": "roaming"})["roaming"]["cut_recurrence"] is False
+    assert upgrade_saved_model_config({"sharing": "roaming", "roaming_ratio": 0.5})["roaming"]["cut_recurrence"] is False
     assert upgrade_saved_model_config({"sharing": "roaming", "roaming_cut_recurrence": True})["roaming"]["cut_recurrence"]
     assert "roaming" not in upgrade_saved_model_config({"sharing": "hard"})
 

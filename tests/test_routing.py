@@ -588,6 +588,8 @@ def test_evaluation_follows_the_set_routes_of_a_per_task_warm_up_then_the_router
     for task in ("pos", "chunk"):
         assert (evaluation_routes(task) == TASKS.index(task) % 2).all()
         assert s.greedy_route(TASKS.index(task)) == [TASKS.index(task) % 2] * s.num_layers
+    assert s.routing_map()["set_routes"]["chunk"] == [1] * s.num_layers  # routing.json and the card say so
+    assert "set routes still hold" in "\n".join(s.card_section(model))
     _train_passes(model, data, "pos", 2)  # the warm-up is over: evaluation asks the router
     assert not s.warming_up()
     for task in ("pos", "chunk"):

@@ -368,8 +368,10 @@ def search_distributed(config: Config, state: PartialState, out: Path, exchange=
     must not join the launch's gradient all-reduce (it would average the processes' different tasks). Then the
     processes tell each other through the process group how their searches ended (``exchange``: one
     all-gather, by default over a gloo group of their own whose timeout waits out the longest search, where the
-    launch's group would time out after 30 minutes); a failure in any process stops every process and names the
-    task. The records and masks are read from the search folders, so the output_dir must be shared by the processes
+    launch's group would time out after 30 minutes); once every process has finished its own searches (a process
+    whose search failed starts no other), a failure anywhere stops every process and names the task. A process that
+    dies before the exchange leaves the others waiting until the launcher stops them (accelerate and torchrun stop
+    every process when one exits with an error). The records and masks are read from the search folders, so the output_dir must be shared by the processes
     (one machine, or a shared file system)."""
     exchange = exchange or outcome_exchange()
     distributed_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",

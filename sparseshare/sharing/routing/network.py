@@ -185,7 +185,7 @@ class RoutingNetwork(SharingStrategy):
                 if getattr(config.routing, key) != getattr(defaults, key):
                     raise ConfigError(f"config key 'model.routing.{key}' sets the reward or the step of a router that learns "
                                       f"from rewards; model.routing.router = {router!r} learns by backprop at the "
-                                      f"optimiser's learning rate")
+                                      f"optimiser's learning rate (model.routing.logit_lr sets one of its own)")
         if config.routing.logit_lr is not None:
             if ROUTERS[config.routing.router].learns_from_returns:
                 raise ConfigError(f"config key 'model.routing.logit_lr' is the learning rate of the route logits that "
@@ -575,6 +575,8 @@ class RoutingNetwork(SharingStrategy):
         # per epoch, per layer: I(task; block) in bits, the tasks equally likely (maps.task_block_information)
         result["information_bits"] = [[round(b, 6) for b in task_block_information(epoch)] for epoch in result["epochs"]]
         result.update(self.router.map_fields(table))
+        if self.warming_up() and self.warmup == "per_task":  # evaluation follows the set routes while they hold
+            result["set_routes"] = {task: self.greedy_route(t) for t, task in enumerate(self.tasks)}
         return result
 
     def save_files(self, directory: Path) -> None:
@@ -628,7 +630,9 @@ class RoutingNetwork(SharingStrategy):
                         cell += f" / greedy {routing['choices'][n][greedy[task][n]]}"
                     cells.append(cell)
                 lines.append(f"| {task} | " + " | ".join(cells) + " |")
-            lines += ["", "At inference each task takes its greedy route (the policy's argmax; shown where it is not "
+            lines += ["", "The per-task warm-up's set routes still hold: at inference task t takes block t mod k at "
+                          "every layer." if routing.get("set_routes") else
+                          "At inference each task takes its greedy route (the policy's argmax; shown where it is not "
                           "the most-used block)." if greedy else
                           "At inference each sentence takes the router's argmax for its input."]
         held = "every epoch's routing map and the historical block usage" + self.router.holds

@@ -288,7 +288,8 @@ class GumbelRouter(Router):
     distribution as the Gumbel-max draw), and the chosen block's output is
     multiplied by ``p_c / p_c.detach()`` (1 in the forward pass), so the task loss reaches the logits through the
     softmax (a straight-through estimator, as in Gumbel-Matrix routing, Maziarz et al. 2019). No reward: the
-    collaboration reward and ``model.routing.lr`` do not apply; the logits take the optimiser's learning rate."""
+    collaboration reward and ``model.routing.lr`` do not apply; the logits take the optimiser's learning rate (or
+    ``model.routing.logit_lr``)."""
     name = "gumbel"
     description = "per-task route logits trained by backprop, straight-through categorical draws"
     holds = ", the route probabilities and the greedy routes"

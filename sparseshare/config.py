@@ -686,14 +686,14 @@ def upgrade_saved_model_config(model: dict) -> dict:
 
     if isinstance(model.get("private_embedder"), bool):
         model = {**model, "private_embedder": "all" if model["private_embedder"] else "none"}
-    old_spelling = any(key in model for cls in STRATEGIES.values() for key in cls.flat_keys())
     upgraded = upgrade_flat_strategy_keys(model)
     sharing = model.get("sharing", ModelConfig.sharing)
     # the other strategies' flat options were saved at their defaults (a config that set one was refused)
     model = {key: value for key, value in upgraded.items() if key == sharing or key not in STRATEGIES or key in model}
     strategy = STRATEGIES.get(sharing) if isinstance(sharing, str) else None  # else: refused by name later
-    # options added since: only a config of the flat spelling predates them (today's writes every option)
-    if not old_spelling or strategy is None or strategy.Options is None or not isinstance(model.get(sharing, {}), dict):
+    # options added since the config was saved (today's configs write every option of the selected strategy, so a
+    # missing one is one added later)
+    if strategy is None or strategy.Options is None or not isinstance(model.get(sharing, {}), dict):
         return model
     return {**model, sharing: strategy.upgrade_saved_options(dict(model.get(sharing) or {}))}
 

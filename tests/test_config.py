@@ -332,5 +332,16 @@ def test_a_saved_config_of_the_flat_spelling_gets_the_values_it_ran_with_and_tod
     old = {"sharing": "roaming", "roaming_ratio": 0.5, "routing_rho": 0.3, "prunable": None}  # every field, flat
     assert upgrade_saved_model_config(old) == {
         "sharing": "roaming", "roaming": {"masked_steps": False, "cut_recurrence": False, "ratio": 0.5}}
-    today = {"sharing": "roaming", "roaming": {"ratio": 0.5}}  # (a section of today always holds every option)
+    today = load_config(None, ["model.sharing=roaming"]).to_dict()["model"]  # every option of the section written
     assert upgrade_saved_model_config(today) == today
+
+
+def test_the_selected_strategys_section_is_written_whole_even_when_chosen_after_construction():
+    from sparseshare.config import ModelConfig, model_config_dict
+
+    model = ModelConfig()
+    model.sharing = "roaming"  # never read before it is written out
+    written = model_config_dict(model)
+    assert written["roaming"] == {"ratio": 0.5, "delta": 100, "fixed": False, "masked_steps": True,
+                                  "cut_recurrence": True, "keep_coverage": False}
+    assert "routing" not in written  # another strategy's defaults are not written

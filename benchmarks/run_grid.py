@@ -87,7 +87,7 @@ RUNS = {
        for router in ("reinforce", "dispatched", "gumbel", "gumbel_mix") for prefix, tasks in (("", []), ("nerpp_", [NER_PP]))},
     # the per-task warm-up with a collaboration reward that no longer pays for following the other task (none, or
     # a diversity bonus); and the fixed-route baseline the issue asks routing to beat: every task on its own block
-    # for the whole run (the warm-up's set routes never end; evaluation follows them since the commit after 28c7080,
+    # for the whole run (the warm-up's set routes never end; evaluation follows them since ad767c5,
     # before which it ran along the untrained router's greedy routes: dev PP 0-13% at 1134a8e), the embedder shared
     **{f"{prefix}routing_warmup{suffix}": ("conll03_hard", [*SHARED_EMBEDDER, *tasks, "model.sharing=routing",
                                                             "model.routing.warmup_steps=1000", *change])

@@ -338,7 +338,8 @@ def build_optimizer(config: Config, model: MultiTaskTagger, device_type: str = "
             role = (f"strategy {own[id(p)]}" if id(p) in own else
                     "head" if id(p) in heads and t.head_lr is not None else
                     "embedding" if id(p) in tables and t.embedding_lr is not None else "other")
-            rates.setdefault(role, own.get(id(p)))
+            if id(p) in own:
+                rates[role] = own[id(p)]
             groups.setdefault((role, id(p) in decayed or not t.weight_decay), []).append(p)
     param_groups = [{"params": params, "lr": rates[role], "weight_decay": t.weight_decay if decays else 0.0}
                     for (role, decays), params in groups.items()]

@@ -371,8 +371,8 @@ def search_distributed(config: Config, state: PartialState, out: Path, exchange=
     launch's group would time out after 30 minutes); once every process has finished its own searches (a process
     whose search failed starts no other), a failure anywhere stops every process and names the task. A process that
     dies before the exchange leaves the others waiting until the launcher stops them (accelerate and torchrun stop
-    every process when one exits with an error). The records and masks are read from the search folders, so the output_dir must be shared by the processes
-    (one machine, or a shared file system)."""
+    every process when one exits with an error). The records and masks are read from the search folders, so the
+    output_dir must be shared by the processes (one machine, or a shared file system)."""
     exchange = exchange or outcome_exchange()
     distributed_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                        "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")

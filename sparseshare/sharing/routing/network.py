@@ -145,16 +145,16 @@ class RoutingNetwork(SharingStrategy):
             raise ConfigError(f"config key 'model.routing.router': {config.routing.router!r} is not one of "
                               f"{list(ROUTERS)}")
         if config.routing.collaboration not in WHOSE_ROUTES:
-            raise ConfigError(f"config key 'model.routing.collaboration': {config.routing.collaboration!r} is not one of "
-                              f"{list(WHOSE_ROUTES)}")
+            raise ConfigError(f"config key 'model.routing.collaboration': {config.routing.collaboration!r} is not one "
+                              f"of {list(WHOSE_ROUTES)}")
         if config.routing.lr <= 0:
             raise ConfigError(f"config key 'model.routing.lr' must be > 0, got {config.routing.lr}")
         widths = encoder_kind(config.encoder).layer_widths(config)
         if config.routing.pass_block and widths is not None:
             inputs, output = widths
             if output not in inputs:
-                raise ConfigError(f"config key 'model.routing.pass_block': no encoder layer can be skipped (PASS needs a "
-                                  f"layer whose input width equals its output width {output}; the layers' "
+                raise ConfigError(f"config key 'model.routing.pass_block': no encoder layer can be skipped (PASS "
+                                  f"needs a layer whose input width equals its output width {output}; the layers' "
                                   f"inputs are {inputs}): add a layer or set it to false")
         if config.routing.history < 0:
             raise ConfigError(f"config key 'model.routing.history' must be >= 0 (0 = every batch since the start), "
@@ -166,7 +166,8 @@ class RoutingNetwork(SharingStrategy):
             raise ConfigError(f"config key 'model.routing.agents' only applies to model.routing.router=dispatched "
                               f"(model.routing.router is {config.routing.router!r})")
         if not 0.0 <= config.routing.exploration < 1.0:
-            raise ConfigError(f"config key 'model.routing.exploration' must be in [0, 1), got {config.routing.exploration}")
+            raise ConfigError(f"config key 'model.routing.exploration' must be in [0, 1), "
+                              f"got {config.routing.exploration}")
         for key in ("exploration_steps", "warmup_steps"):
             if getattr(config.routing, key) < 0:
                 raise ConfigError(f"config key 'model.routing.{key}' must be >= 0, got {getattr(config.routing, key)}")
@@ -183,9 +184,9 @@ class RoutingNetwork(SharingStrategy):
             defaults = RoutingOptions()
             for key in ("rho", "collaboration", "history", "lr"):
                 if getattr(config.routing, key) != getattr(defaults, key):
-                    raise ConfigError(f"config key 'model.routing.{key}' sets the reward or the step of a router that learns "
-                                      f"from rewards; model.routing.router = {router!r} learns by backprop at the "
-                                      f"optimiser's learning rate (model.routing.logit_lr sets one of its own)")
+                    raise ConfigError(f"config key 'model.routing.{key}' sets the reward or the step of a router that "
+                                      f"learns from rewards; model.routing.router = {router!r} learns by backprop at "
+                                      f"the optimiser's learning rate (model.routing.logit_lr sets one of its own)")
         if config.routing.logit_lr is not None:
             if ROUTERS[config.routing.router].learns_from_returns:
                 raise ConfigError(f"config key 'model.routing.logit_lr' is the learning rate of the route logits that "
@@ -194,7 +195,8 @@ class RoutingNetwork(SharingStrategy):
             if not config.routing.logit_lr > 0:
                 raise ConfigError(f"config key 'model.routing.logit_lr' must be > 0, got {config.routing.logit_lr}")
         if config.routing.exploration_steps and not config.routing.exploration:
-            raise ConfigError("config key 'model.routing.exploration_steps' anneals model.routing.exploration, which is 0")
+            raise ConfigError("config key 'model.routing.exploration_steps' anneals model.routing.exploration, "
+                              "which is 0")
         if config.routing.warmup != RoutingOptions().warmup and not config.routing.warmup_steps:
             raise ConfigError(f"config key 'model.routing.warmup' = {config.routing.warmup!r} sets the routes of a "
                               f"warm-up, but model.routing.warmup_steps is 0")
@@ -210,7 +212,8 @@ class RoutingNetwork(SharingStrategy):
     def size_checks(cls, config, tasks):
         checks = []  # its window of recent routes and its agents' tables
         if config.routing.history:
-            checks.append(("sharing.recent", r"^sharing\.recent$", 3, 0, "model.routing.history", config.routing.history))
+            checks.append(("sharing.recent", r"^sharing\.recent$", 3, 0, "model.routing.history",
+                           config.routing.history))
         if config.routing.router == "dispatched":
             agents = config.routing.agents or len(tasks)
             checks.append(("sharing.policy", r"^sharing\.policy$", 3, 0, "model.routing.agents", agents,
@@ -395,12 +398,17 @@ class RoutingNetwork(SharingStrategy):
         In evaluation: throughout a per-task warm-up, since the router has not learnt yet and its greedy routes
         would send each task through blocks trained by the others; a random warm-up has no route to follow, so
         evaluation asks the (untrained) router."""
-        return self.warming_up() and (self.training or self.warmup == "per_task")
+        return self.warming_up() if self.training else self.evaluation_follows_set_routes()
+
+    def evaluation_follows_set_routes(self) -> bool:
+        """Whether evaluation (and export, ``routing.json``, the model card) takes the set routes: during a per-task
+        warm-up."""
+        return self.warmup == "per_task" and self.warming_up()
 
     def greedy_route(self, t: int) -> list[int] | None:
         """Task ``t``'s route in evaluation where it is one block per layer whatever the sentence (None: the router
         chooses per sentence)."""
-        if self.warming_up() and self.warmup == "per_task":
+        if self.evaluation_follows_set_routes():
             return [t % k for k in self.copies]
         return self.router.greedy_route(t)
 
@@ -575,7 +583,7 @@ class RoutingNetwork(SharingStrategy):
         # per epoch, per layer: I(task; block) in bits, the tasks equally likely (maps.task_block_information)
         result["information_bits"] = [[round(b, 6) for b in task_block_information(epoch)] for epoch in result["epochs"]]
         result.update(self.router.map_fields(table))
-        if self.warming_up() and self.warmup == "per_task":  # evaluation follows the set routes while they hold
+        if self.evaluation_follows_set_routes():
             result["set_routes"] = {task: self.greedy_route(t) for t, task in enumerate(self.tasks)}
         return result
 

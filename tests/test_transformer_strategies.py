@@ -173,6 +173,30 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
         assert torch.equal(value, again.state_dict()[name]), name
 
 
+def test_bf16_autocast_trains_fp32_weights_and_the_reloaded_model_scores_alike(tiny_corpus, tmp_path, tiny_bert):
+    """train.mixed_precision=bf16 (the converged MiniLM grid's setting): the forward and backward passes run under
+    CPU autocast, the weights stay fp32; the selected epoch's dev scores are those of the reloaded fp32 model."""
+    config = load_config(None, _overrides(tiny_corpus, tmp_path, tiny_bert, **{
+        "model.sharing": "hard", "train.mixed_precision": "bf16", "train.epochs": 2}))
+    from sparseshare.training.plugins import TrainingPlugin
+
+    autocast_seen = []
+
+    class RecordAutocast(TrainingPlugin):  # whether the training passes of the encoder ran under bf16 autocast
+        def on_train_start(self, recipe):
+            recipe.tagger.sharing.encoder.register_forward_hook(
+                lambda module, args, output: autocast_seen.append(
+                    (module.training, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+
+    results = run_training(config, log=quiet, plugins=[RecordAutocast()])
+    assert {dtype for training, on, dtype in autocast_seen if training and on} == {torch.bfloat16}
+    assert all(on for training, on, _ in autocast_seen if training)
+    assert_reloaded_model_scores_like_the_trained_one(results)
+    model = MultiTaskTagger.from_pretrained(tmp_path / "model")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert any(v > 0 for v in results["history"][-1]["dev"].values())
+
+
 def _perturb(*modules):
     with torch.no_grad():
         for module in modules:

@@ -11,6 +11,7 @@ from sparseshare.config import ConfigError, ModelConfig, load_config
 from sparseshare.model import MultiTaskTagger
 from sparseshare.sharing import STRATEGIES
 from sparseshare.recipes.train import run_training
+from sparseshare.training.plugins import TrainingPlugin
 
 from conftest import TINY_SENTENCES, assert_reloaded_model_scores_like_the_trained_one, quiet, tiny_batch
 from conftest import tiny_bert_overrides, tiny_model
@@ -178,8 +179,6 @@ def test_bf16_autocast_trains_fp32_weights_and_the_reloaded_model_scores_alike(t
     CPU autocast, the weights stay fp32; the selected epoch's dev scores are those of the reloaded fp32 model."""
     config = load_config(None, _overrides(tiny_corpus, tmp_path, tiny_bert, **{
         "model.sharing": "hard", "train.mixed_precision": "bf16", "train.epochs": 2}))
-    from sparseshare.training.plugins import TrainingPlugin
-
     autocast_seen = []
 
     class RecordAutocast(TrainingPlugin):  # whether the training passes of the encoder ran under bf16 autocast

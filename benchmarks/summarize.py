@@ -5,6 +5,12 @@
     python benchmarks/summarize.py benchmarks/results/conll03_converged benchmarks/results/issue23 --runs ner hard
 
 Several folders are read as one (a shown run name found in two of them is refused: it would mix two grids' seeds).
+A name in ``--runs`` may name its folder, ``<folder name>/<run>``, to take that run from that folder only (shown
+under that name), e.g. the random-mask control of today's defaults beside the single-task rows of the converged
+table, whose folder has a control of its own::
+
+    python benchmarks/summarize.py benchmarks/results/conll03_converged benchmarks/results/conll03_private \
+        --runs ner conll03_private/sparse_random
 
 
 A run is ``<name>_seed<k>/results.json`` (recipes/train.py) or ``<name>_seed<k>/report.json`` with
@@ -37,19 +43,27 @@ def fmt(values):
 def main(folders: str | list[str], only: list[str] | None = None, seeds: list[int] | None = None):
     groups = defaultdict(list)
     found_in: dict[str, Path] = {}
-    for folder in [folders] if isinstance(folders, str) else folders:
-        for run in sorted(p for p in Path(folder).glob("*_seed*") if p.is_dir()):
+    folders = [Path(f) for f in ([folders] if isinstance(folders, str) else folders)]
+    qualified = {name for name in only or () if "/" in name}
+    unknown = {name.split("/")[0] for name in qualified} - {f.name for f in folders}
+    if unknown:
+        sys.exit(f"--runs names folder(s) {sorted(unknown)} that are not among the folders given")
+    for folder in folders:
+        for run in sorted(p for p in folder.glob("*_seed*") if p.is_dir()):
             name = re.match(r"(.+)_seed(\d+)$", run.name).group(1)
+            if f"{folder.name}/{name}" in qualified:
+                _read(run, seeds, groups, f"{folder.name}/{name}")
             if only and name not in only:
                 continue
-            if found_in.setdefault(name, Path(folder)) != Path(folder):
-                sys.exit(f"run {name!r} is in both {found_in[name]} and {folder}; summarise them separately")
-            _read(run, seeds, groups)
+            if found_in.setdefault(name, folder) != folder:
+                sys.exit(f"run {name!r} is in both {found_in[name]} and {folder}; summarise them separately, or "
+                         f"name its folder in --runs ({folder.name}/{name})")
+            _read(run, seeds, groups, name)
     _print(groups, only)
 
 
-def _read(run: Path, seeds: list[int] | None, groups: dict) -> None:
-    name, seed = re.match(r"(.+)_seed(\d+)$", run.name).groups()
+def _read(run: Path, seeds: list[int] | None, groups: dict, name: str) -> None:
+    seed = re.match(r"(.+)_seed(\d+)$", run.name).group(2)
     if seeds and int(seed) not in seeds:
         return
     if (run / "report.json").is_file():
@@ -88,7 +102,8 @@ def _print(groups: dict, only: list[str] | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="*", default=["benchmarks/runs/conll03"])
-    parser.add_argument("--runs", nargs="+", help="only these runs (names without _seed<k>), in this order")
+    parser.add_argument("--runs", nargs="+", help="only these runs (names without _seed<k>), in this order; "
+                                                  "<folder name>/<run> takes a run from that folder only")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     args = parser.parse_args()
     main(args.folders, args.runs, args.seeds)

@@ -1,5 +1,6 @@
 """The benchmark driver's bookkeeping: several drivers share a grid through lock files; a run is locked while its
-driver or its training lives, and a killed driver (a session's end) must not block the run for ever."""
+driver or its training lives, and a killed driver (a session's end) must not block the run for ever. And the
+summary table reads each run from the folder it should."""
 from __future__ import annotations
 
 import os
@@ -115,3 +116,30 @@ def test_every_run_of_the_grid_has_a_valid_config(tmp_path):
     for name in run_grid.RUNS:
         config_file, *overrides = run_grid._config_args(name, 1, tmp_path / name, args)
         load_config(config_file, overrides)
+
+
+def _record(folder: Path, ner_test: float) -> None:
+    import json
+
+    folder.mkdir(parents=True)
+    scores = {"ner": {"score": ner_test}}
+    (folder / "results.json").write_text(json.dumps({"dev": scores, "test": scores, "parameters": 10,
+                                                     "selected_epoch": 1, "epochs_run": 1}))
+
+
+def test_summarize_takes_a_run_from_the_folder_its_name_gives_and_refuses_to_mix_two_grids(tmp_path, capsys):
+    import summarize
+
+    _record(tmp_path / "converged" / "ner_seed1", 90.0)
+    _record(tmp_path / "converged" / "control_seed1", 88.0)
+    _record(tmp_path / "today" / "control_seed1", 89.5)
+    _record(tmp_path / "today" / "control_seed2", 89.7)
+    folders = [str(tmp_path / "converged"), str(tmp_path / "today")]
+    summarize.main(folders, ["ner", "today/control"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "seeds" not in line]
+    assert [row.split(" | ")[:2] for row in rows] == [["| ner", "1"], ["| today/control", "1,2"]]
+    assert "89.60 ± 0.14" in rows[1] and "88.00" not in rows[1]
+    with pytest.raises(SystemExit, match=r"'control' is in both .* name its folder in --runs \(today/control\)"):
+        summarize.main(folders, ["control"])
+    with pytest.raises(SystemExit, match=r"folder\(s\) \['elsewhere'\]"):
+        summarize.main(folders, ["elsewhere/control"])

@@ -396,21 +396,28 @@ def read_yaml_with_lines(path: str | Path) -> YamlFile:
     finally:
         loader.dispose()
     lines: dict[str, int] = {}
-    _key_lines(node, "", lines)
+    _key_lines(node, "", lines, path)
     return YamlFile(path, content, lines)
 
 
-def _key_lines(node, prefix: str, lines: dict[str, int]) -> None:
+def _key_lines(node, prefix: str, lines: dict[str, int], path: Path) -> None:
+    """Records each key's line; a key given twice in one mapping is an error (YAML keeps the last one and drops the
+    first's whole block without a word)."""
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            lines[key] = key_node.start_mark.line + 1
-            _key_lines(value_node, key, lines)
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen and key_node.value != "<<":  # "<<": a merge key, which YAML resolves itself
+                raise ConfigError(f"{path}:{line}: key '{key}' is given twice (first at line {seen[key_node.value]}); "
+                                  f"YAML would keep only the second")
+            seen[key_node.value] = lines[key] = line
+            _key_lines(value_node, key, lines, path)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             key = f"{prefix}.{index}"
             lines[key] = item.start_mark.line + 1
-            _key_lines(item, key, lines)
+            _key_lines(item, key, lines, path)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

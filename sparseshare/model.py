@@ -20,6 +20,7 @@ import dataclasses
 import re
 import threading
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -59,6 +60,30 @@ def inference_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
+
+
+def check_token_lists(sentences, *, empty_sentences: bool) -> None:
+    """``sentences`` is a list of lists of str tokens, each with a non-space character: a str where a token list
+    should be would otherwise be tagged character by character, and an empty token would get a tag of its own."""
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence):
+        raise TypeError(f"sentences must be a list of token lists, got {type(sentences).__name__}")
+    for i, sentence in enumerate(sentences):
+        if isinstance(sentence, str) or not isinstance(sentence, Sequence):
+            raise TypeError(f"sentences[{i}] must be a list of str tokens, got {type(sentence).__name__}")
+        if not sentence and not empty_sentences:
+            raise ValueError(f"sentences[{i}] is empty: nothing to tag")
+        for j, token in enumerate(sentence):
+            if not isinstance(token, str):
+                raise TypeError(f"sentences[{i}][{j}] must be a str, got {type(token).__name__}")
+            if not token.replace("\ufeff", "").strip():
+                raise ValueError(f"sentences[{i}][{j}] = {token!r}: a token must contain a non-space character")
+
+
+def check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
 
 class MultiTaskTagger(nn.Module):
@@ -134,9 +159,8 @@ class MultiTaskTagger(nn.Module):
                 device: torch.device | str | None = None, head_scheme: bool = False) -> dict[str, list[list[str]]]:
         """Tag pre-tokenised sentences, in length-sorted batches, returning results in input order."""
         tasks = self.check_tasks(tasks)
-        for i, sentence in enumerate(sentences):
-            if len(sentence) == 0:
-                raise ValueError(f"sentence {i} is empty: nothing to tag")
+        check_token_lists(sentences, empty_sentences=False)
+        check_batch_size(batch_size)
         device = device or next(self.parameters()).device
         result = {task: [None] * len(sentences) for task in tasks}
         with inference_lock(self):  # held across the switch to eval mode and back

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from seqeval.metrics.sequence_labeling import get_entities
 
-from .model import MultiTaskTagger
+from .model import MultiTaskTagger, check_batch_size, check_token_lists
 from .text import split_sentences, tokenize
 
 
@@ -89,22 +89,14 @@ class Tagger:
     def tag_tokens(self, sentences: Sequence[Sequence[str]], tasks: Sequence[str] | None = None,
                    batch_size: int = 64) -> list[Doc]:
         """Tag pre-tokenised sentences as they are (one Doc per sentence, no offsets)."""
-        if isinstance(sentences, str) or not isinstance(sentences, Sequence):
-            raise TypeError(f"sentences must be a list of token lists, got {type(sentences).__name__}")
-        for i, sentence in enumerate(sentences):
-            if isinstance(sentence, str) or not isinstance(sentence, Sequence):
-                raise TypeError(f"sentences[{i}] must be a list of str tokens, got {type(sentence).__name__}")
-            for j, token in enumerate(sentence):
-                if not isinstance(token, str):
-                    raise TypeError(f"sentences[{i}][{j}] must be a str, got {type(token).__name__}")
-                if not token.replace("\ufeff", "").strip():
-                    raise ValueError(f"sentences[{i}][{j}] = {token!r}: a token must contain a non-space character")
+        check_token_lists(sentences, empty_sentences=True)
         docs = [Doc(tokens=list(s), sentences=[(0, len(s))] if s else []) for s in sentences]
         self._tag_docs(docs, tasks, batch_size)
         return docs
 
     def _tag_docs(self, docs: list[Doc], tasks, batch_size: int) -> None:
         tasks = self.model.check_tasks(tasks)
+        check_batch_size(batch_size)
         units = [(d, start, end) for d, doc in enumerate(docs) for start, end in doc.sentences]
         predicted = self.model.predict([docs[d].tokens[s:e] for d, s, e in units], tasks, batch_size) \
             if units else {task: [] for task in tasks}

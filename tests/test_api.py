@@ -140,6 +140,27 @@ def test_tagger_bad_and_empty_input(bilstm_model):
         tagger("John", tasks=[])
 
 
+def test_predict_refuses_what_is_not_a_list_of_token_lists(bilstm_model):
+    """A str where a token list should be would be tagged character by character, an empty token get a tag."""
+    model = Tagger.from_pretrained(bilstm_model).model
+    with pytest.raises(TypeError, match="sentences must be a list of token lists, got str"):
+        model.predict("John")
+    with pytest.raises(TypeError, match=r"sentences\[0\] must be a list of str tokens, got str"):
+        model.predict(["John lives"])
+    with pytest.raises(ValueError, match=r"sentences\[0\]\[1\] = '': a token must contain a non-space"):
+        model.predict([["John", ""]])
+    with pytest.raises(TypeError, match=r"sentences\[0\]\[1\] must be a str, got NoneType"):
+        model.predict([["John", None]])
+    with pytest.raises(ValueError, match=r"sentences\[1\] is empty: nothing to tag"):
+        model.predict([["John"], []])
+    for bad, error in ((2.5, TypeError), (0, ValueError), (True, TypeError)):
+        with pytest.raises(error, match="batch_size must be"):
+            model.predict([["John"]], batch_size=bad)
+        with pytest.raises(error, match="batch_size must be"):
+            Tagger(model)("John", batch_size=bad)
+    assert model.predict([("John", "lives")])["ner"] == model.predict([["John", "lives"]])["ner"]
+
+
 # -- model card and the Hub ----------------------------------------------------------------------
 def test_model_card_has_tasks_scores_command_and_config(bilstm_model):
     card = (bilstm_model / "README.md").read_text()

@@ -237,6 +237,22 @@ def test_read_yaml_returns_the_content_and_read_yaml_with_lines_the_key_lines(tm
         read_yaml(path)
 
 
+
+def test_a_key_given_twice_in_a_config_file_is_refused_by_file_and_line(tmp_path):
+    """YAML keeps the second of two equal keys and drops the first's whole block without a word (here epochs: 1)."""
+    from sparseshare.config import read_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [pos]\ntrain:\n  epochs: 1\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:4: key 'train' is given twice \(first at line 2\)"):
+        load_config(path)
+    path.write_text("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:4: key 'train.lr' is given twice \(first at line 2\)"):
+        read_yaml(path)
+    path.write_text("base: &b {lr: 0.1}\ntrain:\n  <<: *b\n  epochs: 2\n")  # a merge key is YAML's own
+    assert read_yaml(path)["train"] == {"lr": 0.1, "epochs": 2}
+
+
 def test_the_old_private_names_of_the_type_checks_still_work():
     from sparseshare import config as config_module
 

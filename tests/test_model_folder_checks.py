@@ -371,6 +371,48 @@ def test_a_corrupt_or_missing_mask_file_is_still_refused(sparse_folder, tmp_path
     assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, MaskError)  # a MaskError as before
 
 
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory, tiny_bert) -> Path:
+    from sparseshare.config import load_config
+    from sparseshare.recipes.train import run_training
+
+    from conftest import tiny_bert_overrides
+
+    data = write_tiny_corpus(tmp_path_factory.mktemp("data"))
+    out = tmp_path_factory.mktemp("bert_run")
+    run_training(load_config(None, tiny_bert_overrides(data, out, tiny_bert, **{"train.optimizer": "adamw"})), log=quiet)
+    return out / "model"
+
+
+def test_a_transformer_folder_without_its_vocabulary_or_with_a_damaged_tokenizer_is_refused(bert_folder, tmp_path):
+    """Without encoder/tokenizer.json transformers builds a tokenizer of five special tokens, so every word would be
+    [UNK] and the model would tag garbage without a word; damaged tokenizer files are named."""
+    folder = copy_of(bert_folder, tmp_path)
+    tokenizer = folder / "encoder" / "tokenizer.json"
+    intact = tokenizer.read_bytes()
+    tokenizer.unlink()
+    with pytest.raises(ModelFolderError, match=r"missing the tokenizer's vocabulary in .*encoder \(none of tokenizer"):
+        MultiTaskTagger.from_pretrained(folder)
+    tokenizer.write_bytes(intact[:300])
+    with pytest.raises(InvalidModelFolderError, match=r"encoder/tokenizer\.json: corrupt JSON"):
+        MultiTaskTagger.from_pretrained(folder)
+    tokenizer.write_bytes(b"\xff" + intact)
+    with pytest.raises(InvalidModelFolderError, match=r"encoder/tokenizer\.json: corrupt JSON"):
+        MultiTaskTagger.from_pretrained(folder)
+    tokenizer.write_text("{}")
+    with pytest.raises(InvalidModelFolderError, match=r"encoder: the tokenizer or encoder config could not be read"):
+        MultiTaskTagger.from_pretrained(folder)
+    (folder / "encoder" / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(InvalidModelFolderError, match=r"encoder/tokenizer_config\.json: corrupt JSON"):
+        MultiTaskTagger.from_pretrained(folder)
+    folder = copy_of(bert_folder, tmp_path / "smaller")
+    config = json.loads((folder / "encoder" / "config.json").read_text())
+    (folder / "encoder" / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    with pytest.raises(InvalidModelFolderError, match=r"tokenizer has \d+ entries, more than the 100 rows"):
+        MultiTaskTagger.from_pretrained(folder)
+    assert MultiTaskTagger.from_pretrained(bert_folder).predict(TINY_SENTENCES)  # the intact folder still loads
+
+
 # -- the property: the original predictions, or an error naming the tampered file --------------------------------
 FILES = ("config.json", "labels.json", "vocab.json", "model.safetensors")
 OTHER_TYPES = [None, True, "ZZZ", 0, 1.5, [], {}, ["ZZZ"], {"ZZZ": 1}]

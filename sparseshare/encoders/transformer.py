@@ -214,6 +214,12 @@ def transformer_of(model: nn.Module) -> TransformerEncoder:
     raise RuntimeError("no Transformer encoder in this model")
 
 
+# the files that hold a tokenizer's vocabulary (fast: tokenizer.json; slow WordPiece, BPE, SentencePiece); a saved
+# folder has at least one
+TOKENIZER_VOCABULARIES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                          "tokenizer.model")
+
+
 @register_encoder
 class TransformerKind(EncoderKind):
     """A pretrained Hugging Face model (``model.transformer.name_or_path``); a saved model folder keeps its
@@ -253,14 +259,34 @@ class TransformerKind(EncoderKind):
 
     @classmethod
     def load_parts(cls, directory: Path) -> tuple:
+        """The tokenizer and the (weightless) model of ``encoder/``. Without its vocabulary file transformers would
+        build a tokenizer of a few special tokens and every word would be unknown, so a missing vocabulary, a
+        damaged file and a tokenizer larger than the embedding table are errors naming the folder's file."""
         from transformers import AutoConfig
 
-        from ..errors import ModelFolderError
+        from ..errors import InvalidModelFolderError, ModelFolderError
+        from ..files import load_json_object
 
         folder = directory / "encoder"
         if not (folder / "config.json").is_file():
             raise ModelFolderError(f"model folder is missing {folder / 'config.json'} (the Transformer encoder config)")
-        # trust_remote_code=False: a folder whose files name custom code (auto_map) is refused, never executed
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-        encoder_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        if not any((folder / name).is_file() for name in TOKENIZER_VOCABULARIES):
+            raise ModelFolderError(f"model folder is missing the tokenizer's vocabulary in {folder} (none of "
+                                   f"{', '.join(TOKENIZER_VOCABULARIES)})")
+        for path in sorted(folder.glob("*.json")):
+            try:
+                load_json_object(path)
+            except ValueError as err:
+                raise InvalidModelFolderError(str(err), path=str(path)) from None
+        try:  # trust_remote_code=False: a folder whose files name custom code (auto_map) is refused, never executed
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+            encoder_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        except Exception as err:  # noqa: BLE001 - whatever transformers raises, the message names the folder
+            raise InvalidModelFolderError(f"{folder}: the tokenizer or encoder config could not be read "
+                                          f"({type(err).__name__}: {err})", path=str(folder)) from err
+        rows = getattr(encoder_config, "vocab_size", None)
+        if isinstance(rows, int) and len(tokenizer) > rows:
+            raise InvalidModelFolderError(f"{folder}: the tokenizer has {len(tokenizer)} entries, more than the "
+                                          f"{rows} rows of the encoder's embedding table (config.json vocab_size)",
+                                          path=str(folder))
         return tokenizer, AutoModel.from_config(encoder_config, trust_remote_code=False)

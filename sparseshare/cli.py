@@ -66,6 +66,7 @@ def _evaluate(args):
     from .model import MultiTaskTagger
     from .evaluation import evaluate
 
+    _check_output_paths(args)
     model = MultiTaskTagger.from_pretrained(args.model)
     datasets_by_task = {
         task: load_split(model.tasks[task], args.split, source=args.source,
@@ -76,6 +77,7 @@ def _evaluate(args):
     results = evaluate(model, datasets_by_task, args.batch_size, strict=args.strict, predictions=predicted)
     print(f"{args.split}:\n{format_table(results)}")
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(results, indent=1))
         print(f"wrote {args.output}")
     if args.predictions:
@@ -83,6 +85,18 @@ def _evaluate(args):
             path = write_conll_predictions(Path(args.predictions) / f"{args.split}.{task}.conll", dataset["tokens"],
                                            dataset["labels"], predicted[task], compress=args.gzip)
             print(f"wrote {path}")
+
+
+def _check_output_paths(args) -> None:
+    """Before the model is loaded and the data scored: an output that cannot be written would lose that work."""
+    if args.output and Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a directory; give a file name for the JSON results")
+    if args.predictions and Path(args.predictions).exists() and not Path(args.predictions).is_dir():
+        raise ValueError(f"--predictions {args.predictions} is a file; give a folder for the prediction files")
+    for option, path in (("--output", args.output), ("--predictions", args.predictions)):
+        parent = next((p for p in Path(path).absolute().parents if p.exists()), None) if path else None
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
 
 
 def write_conll_predictions(path: Path, tokens, gold, predicted, compress: bool = False) -> Path:
@@ -104,9 +118,10 @@ def write_conll_predictions(path: Path, tokens, gold, predicted, compress: bool 
     return path
 
 
-def _read_lines(path: str) -> list[str]:
-    """The non-blank lines of a UTF-8 text file or stdin (``-``). Lines end at LF, CRLF or CR; a leading byte-order
-    mark is dropped; bytes that are not UTF-8 text, or NUL bytes (binary input), are an error naming the line."""
+def _read_lines(path: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a UTF-8 text file or stdin (``-``), with their line numbers. Lines end at LF, CRLF or
+    CR; a leading byte-order mark is dropped; bytes that are not UTF-8 text, or NUL bytes (binary input), are an
+    error naming the line."""
     from .data.readers import decode_lines
 
     source = "stdin" if path == "-" else path
@@ -123,7 +138,7 @@ def _read_lines(path: str) -> list[str]:
         if "\x00" in text:
             raise ValueError(f"{source}:{number}: a NUL byte; this looks like binary data, not text")
         if text.strip():
-            lines.append(text)
+            lines.append((number, text))
     return lines
 
 
@@ -132,19 +147,25 @@ def _tag(args):
 
     tagger = Tagger.from_pretrained(args.model)
     tasks = tagger.model.check_tasks(args.tasks)
+    source = "stdin" if args.input == "-" else args.input
     lines = _read_lines(args.input)
     if not lines:
-        raise SystemExit(f"sparseshare tag: no text to tag in {'stdin' if args.input == '-' else args.input}")
+        raise SystemExit(f"sparseshare tag: no text to tag in {source}")
     started = time.perf_counter()
     if args.tokenized:
-        docs = tagger.tag_tokens([line.split() for line in lines], tasks, batch_size=args.batch_size)
+        sentences = [line.split() for _, line in lines]
+        for (number, _), tokens in zip(lines, sentences):
+            for j, token in enumerate(tokens):
+                if not token.replace("\ufeff", "").strip():  # what tag_tokens refuses, named by the input's line
+                    raise ValueError(f"{source}:{number}: token {j + 1} ({token!r}) has no visible character")
+        docs = tagger.tag_tokens(sentences, tasks, batch_size=args.batch_size)
     else:
-        docs = tagger(lines, tasks, batch_size=args.batch_size)
+        docs = tagger([line for _, line in lines], tasks, batch_size=args.batch_size)
     elapsed = time.perf_counter() - started
     out = sys.stdout
-    for doc in docs:
-        if args.format == "json":
-            out.write(json.dumps(doc.to_dict(), ensure_ascii=False) + "\n")
+    for (number, _), doc in zip(lines, docs):
+        if args.format == "json":  # blank lines are skipped: "line" maps an object back to its input line
+            out.write(json.dumps({"line": number, **doc.to_dict()}, ensure_ascii=False) + "\n")
             continue
         for start, end in doc.sentences:  # CoNLL: one block per sentence, one column per task
             for j in range(start, end):
@@ -237,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--tasks", nargs="+", help="subset of the model's tasks")
     tag.add_argument("--format", default="conll", choices=["conll", "json"],
                      help="conll: token + one column per task, a blank line after each sentence; "
-                          "json: one object per input line with tokens, offsets, tags and spans")
+                          "json: one object per non-blank input line with its line number, tokens, offsets, tags "
+                          "and spans")
     tag.add_argument("--batch-size", type=int, default=256)
     tag.set_defaults(run=_tag)
 
@@ -290,6 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         logger.setLevel(args.verbosity)
     try:
         args.run(args)
+    except BrokenPipeError:  # the reader stopped early (e.g. `| head`): nothing is wrong, and nothing more to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        raise SystemExit(0) from None
     # SparseshareError: every error of ours (a diverged training among them); OSError: a missing file, a directory
     # for a file; ValueError: a bad value that Python or a library found
     except (SparseshareError, ValueError, OSError) as err:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -58,6 +59,38 @@ def test_tag_stdin_conll_and_json(model_dir):
     done = sparseshare("tag", model, "--format", "json", "--tasks", "ner", stdin="John lives in Paris .\n")
     row = json.loads(done.stdout)
     assert row["tokens"][0] == "John" and list(row["tags"]) == ["ner"] and len(row["tags"]["ner"]) == 5
+
+
+def test_tag_json_names_each_object_s_input_line_and_errors_name_the_line(model_dir):
+    """Blank lines are skipped, so a JSON object says which input line it tags; a reader that stops early (`| head`)
+    ends the command quietly."""
+    model, _ = model_dir
+    done = sparseshare("tag", model, "--format", "json", stdin="John lives .\n\n  \nMary visited Rome\n")
+    assert [json.loads(line)["line"] for line in done.stdout.splitlines()] == [1, 4]
+    done = sparseshare("tag", model, "--tokenized", stdin="John lives\n\n\nMary \ufeff went\n", check=False)
+    assert done.returncode == 1 and "stdin:4: token 2 ('\\ufeff') has no visible character" in done.stderr
+    reader = subprocess.Popen([sys.executable, "-m", "sparseshare.cli", "tag", str(model)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdin.write(("John lives in Paris .\n" * 3000).encode())
+    reader.stdin.close()
+    reader.stdout.readline()
+    reader.stdout.close()  # as `| head -1` does
+    assert reader.wait(timeout=300) == 0, reader.stderr.read().decode()[-2000:]
+    assert b"Broken pipe" not in reader.stderr.read()
+
+
+def test_evaluate_checks_its_output_paths_before_it_scores(model_dir, tmp_path):
+    model, data = model_dir
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    for args, message in ((["--output", tmp_path / "adir"], "--output .*adir is a directory"),
+                          (["--predictions", tmp_path / "afile"], "--predictions .*afile is a file"),
+                          (["--output", tmp_path / "afile" / "r.json"], "--output .*afile is a file, not a folder")):
+        done = sparseshare("evaluate", model, "--split", "dev", "--data-dir", data, *args, check=False)
+        assert done.returncode == 1 and "dev:" not in done.stdout, done.stdout  # refused before the scoring
+        assert re.search(message, done.stderr), done.stderr
+    sparseshare("evaluate", model, "--split", "dev", "--data-dir", data, "--output", tmp_path / "new" / "r.json")
+    assert json.loads((tmp_path / "new" / "r.json").read_text())["ner"]
 
 
 def test_tag_file(model_dir, tmp_path):

@@ -69,6 +69,9 @@ def resolve_model_folder(name_or_path: str | Path, *, revision: str | None = Non
     if path.is_dir():
         return path
     name = str(name_or_path)
+    if path.is_file():
+        raise ModelFolderError(f"{path.resolve()} is a file; give the model folder that holds it"
+                               + (f" ({path.parent})" if (path.parent / "config.json").is_file() else ""))
     not_found = f"model folder not found: {path.resolve()}"
     if isinstance(name_or_path, Path) or name.startswith((".", "~", "/")) or "\\" in name or path.exists() \
             or name.count("/") > 1:

@@ -145,6 +145,8 @@ def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoin
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: continue the run in output_dir, or "
                              "replace it, not both")
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"output_dir {folder} is a file, not a folder; give a folder for the run")
     check_inputs_kept(folder, inputs, outputs, overwrite)
     if overwrite:
         return

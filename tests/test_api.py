@@ -305,6 +305,9 @@ def test_from_pretrained_by_hub_id_goes_through_snapshot_download(bilstm_model, 
             Tagger.from_pretrained(local)
     with pytest.raises(ModelFolderError, match="is not a Hub repo id either"):
         Tagger.from_pretrained("a--b/c")
+    with pytest.raises(ModelFolderError, match=rf"config\.json is a file; give the model folder that holds it "
+                                               rf"\({bilstm_model}\)"):
+        Tagger.from_pretrained(bilstm_model / "config.json")
 
 
 def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, monkeypatch):

@@ -264,6 +264,12 @@ def test_a_finished_run_is_never_replaced_without_overwrite(tiny_corpus, tmp_pat
         run_training(changed, resume=True, overwrite=True, log=quiet)
     results = run_training(changed, overwrite=True, log=quiet)
     assert results["epochs_run"] == 2 and "lr: 0.1" in (run / "config.yaml").read_text()
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(RunFolderError, match=r"output_dir .*afile is a file, not a folder"):
+            run_training(tiny_config(tiny_corpus, afile), overwrite=overwrite, log=quiet)
+    assert afile.read_text() == "mine"
 
 
 def test_overwrite_never_deletes_a_file_the_run_reads(tiny_corpus, tmp_path):

@@ -71,7 +71,7 @@ def check_token_lists(sentences, *, empty_sentences: bool) -> None:
         if isinstance(sentence, str) or not isinstance(sentence, Sequence):
             raise TypeError(f"sentences[{i}] must be a list of str tokens, got {type(sentence).__name__}")
         if not sentence and not empty_sentences:
-            raise ValueError(f"sentences[{i}] is empty: nothing to tag")
+            raise ValueError(f"sentence {i} is empty: nothing to tag")
         for j, token in enumerate(sentence):
             if not isinstance(token, str):
                 raise TypeError(f"sentences[{i}][{j}] must be a str, got {type(token).__name__}")

@@ -151,7 +151,7 @@ def test_predict_refuses_what_is_not_a_list_of_token_lists(bilstm_model):
         model.predict([["John", ""]])
     with pytest.raises(TypeError, match=r"sentences\[0\]\[1\] must be a str, got NoneType"):
         model.predict([["John", None]])
-    with pytest.raises(ValueError, match=r"sentences\[1\] is empty: nothing to tag"):
+    with pytest.raises(ValueError, match=r"sentence 1 is empty: nothing to tag"):
         model.predict([["John"], []])
     for bad, error in ((2.5, TypeError), (0, ValueError), (True, TypeError)):
         with pytest.raises(error, match="batch_size must be"):

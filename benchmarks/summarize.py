@@ -48,6 +48,9 @@ def main(folders: str | list[str], only: list[str] | None = None, seeds: list[in
     unknown = {name.split("/")[0] for name in qualified} - {f.name for f in folders}
     if unknown:
         sys.exit(f"--runs names folder(s) {sorted(unknown)} that are not among the folders given")
+    named = [f.name for f in folders]
+    if qualified and len(set(named)) < len(named):
+        sys.exit(f"two folders given have the same name ({named}): --runs <folder>/<run> would not tell them apart")
     for folder in folders:
         for run in sorted(p for p in folder.glob("*_seed*") if p.is_dir()):
             name = re.match(r"(.+)_seed(\d+)$", run.name).group(1)

@@ -162,6 +162,28 @@ def _tag(args):
     else:
         docs = tagger([line for _, line in lines], tasks, batch_size=args.batch_size)
     elapsed = time.perf_counter() - started
+    try:
+        _write_docs(args, lines, docs, tasks)
+    except BrokenPipeError:  # the reader stopped early (e.g. `| head`): nothing is wrong, and nothing more to write
+        _silence_stdout()
+        return
+    n_tokens = sum(len(doc) for doc in docs)
+    print(f"tagged {len(docs)} lines, {n_tokens} tokens in {elapsed:.2f}s "
+          f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at the null device so that Python's final flush raises no second error."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file descriptor (a notebook, captured output)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+def _write_docs(args, lines, docs, tasks) -> None:
     out = sys.stdout
     for (number, _), doc in zip(lines, docs):
         if args.format == "json":  # blank lines are skipped: "line" maps an object back to its input line
@@ -171,9 +193,7 @@ def _tag(args):
             for j in range(start, end):
                 out.write("\t".join([doc.tokens[j]] + [doc.tags[t][j] for t in tasks]) + "\n")
             out.write("\n")
-    n_tokens = sum(len(doc) for doc in docs)
-    print(f"tagged {len(docs)} lines, {n_tokens} tokens in {elapsed:.2f}s "
-          f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
+    out.flush()  # inside the caller's try: a reader gone before the last bytes is a broken pipe too
 
 
 def _push(args):
@@ -312,9 +332,6 @@ def main(argv: list[str] | None = None) -> None:
         logger.setLevel(args.verbosity)
     try:
         args.run(args)
-    except BrokenPipeError:  # the reader stopped early (e.g. `| head`): nothing is wrong, and nothing more to print
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        raise SystemExit(0) from None
     # SparseshareError: every error of ours (a diverged training among them); OSError: a missing file, a directory
     # for a file; ValueError: a bad value that Python or a library found
     except (SparseshareError, ValueError, OSError) as err:

@@ -384,6 +384,7 @@ def read_yaml_with_lines(path: str | Path) -> YamlFile:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        _refuse_duplicate_keys(node, "", path)  # before construction, which merges `<<:` keys into the mappings
         content = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -396,28 +397,46 @@ def read_yaml_with_lines(path: str | Path) -> YamlFile:
     finally:
         loader.dispose()
     lines: dict[str, int] = {}
-    _key_lines(node, "", lines, path)
+    _key_lines(node, "", lines)
     return YamlFile(path, content, lines)
 
 
-def _key_lines(node, prefix: str, lines: dict[str, int], path: Path) -> None:
-    """Records each key's line; a key given twice in one mapping is an error (YAML keeps the last one and drops the
-    first's whole block without a word)."""
+def _refuse_duplicate_keys(node, prefix: str, path: Path, visited=None) -> None:
+    """A key given twice in one mapping is an error: YAML keeps the second and drops the first's whole block without
+    a word. Keys are compared as YAML types them (``1`` and ``"1"`` differ); a merge key (``<<: *anchor``) may be
+    overridden, as YAML intends."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:  # an alias: the anchored node is checked once
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
+        seen: dict[tuple, int] = {}
         for key_node, value_node in node.value:
             key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
             line = key_node.start_mark.line + 1
-            if key_node.value in seen and key_node.value != "<<":  # "<<": a merge key, which YAML resolves itself
-                raise ConfigError(f"{path}:{line}: key '{key}' is given twice (first at line {seen[key_node.value]}); "
-                                  f"YAML would keep only the second")
-            seen[key_node.value] = lines[key] = line
-            _key_lines(value_node, key, lines, path)
+            if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(key_node, yaml.ScalarNode):
+                identity = (key_node.tag, key_node.value)
+                if identity in seen:
+                    raise ConfigError(f"{path}:{line}: key '{key}' is given twice (first at line {seen[identity]}); "
+                                      f"YAML would keep only the second")
+                seen[identity] = line
+            _refuse_duplicate_keys(value_node, key, path, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{prefix}.{index}", path, visited)
+
+
+def _key_lines(node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[key] = key_node.start_mark.line + 1
+            _key_lines(value_node, key, lines)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             key = f"{prefix}.{index}"
             lines[key] = item.start_mark.line + 1
-            _key_lines(item, key, lines, path)
+            _key_lines(item, key, lines)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

@@ -25,7 +25,7 @@ def evaluate(model: MultiTaskTagger, datasets_by_task: dict[str, object], batch_
     for task, dataset in datasets_by_task.items():
         spec = model.tasks[task]
         gold = list(dataset["labels"])
-        pred = model.predict(list(dataset["tokens"]), [task], batch_size)[task]
+        pred = model.predict_corpus(list(dataset["tokens"]), [task], batch_size)[task]
         if predictions is not None:
             predictions[task] = pred
         result = score_task(spec.metric, gold, pred, spec.ignore_labels, strict=strict, scheme=spec.scheme)

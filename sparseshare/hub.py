@@ -71,7 +71,7 @@ def resolve_model_folder(name_or_path: str | Path, *, revision: str | None = Non
     name = str(name_or_path)
     if path.is_file():
         raise ModelFolderError(f"{path.resolve()} is a file; give the model folder that holds it"
-                               + (f" ({path.parent})" if (path.parent / "config.json").is_file() else ""))
+                               + (f" ({path.parent})" if (path.parent / "labels.json").is_file() else ""))
     not_found = f"model folder not found: {path.resolve()}"
     if isinstance(name_or_path, Path) or name.startswith((".", "~", "/")) or "\\" in name or path.exists() \
             or name.count("/") > 1:

@@ -17,6 +17,7 @@ The same folder is a Hugging Face Hub model repository: ``from_pretrained`` take
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 import threading
 import weakref
@@ -65,12 +66,12 @@ def inference_lock(model: nn.Module) -> threading.RLock:
 def check_token_lists(sentences, *, empty_sentences: bool) -> None:
     """``sentences`` is a list of lists of str tokens, each with a non-space character: a str where a token list
     should be would otherwise be tagged character by character, and an empty token would get a tag of its own."""
-    if isinstance(sentences, str) or not isinstance(sentences, Sequence):
+    if not _list_like(sentences):
         raise TypeError(f"sentences must be a list of token lists, got {type(sentences).__name__}")
     for i, sentence in enumerate(sentences):
-        if isinstance(sentence, str) or not isinstance(sentence, Sequence):
+        if not _list_like(sentence):
             raise TypeError(f"sentences[{i}] must be a list of str tokens, got {type(sentence).__name__}")
-        if not sentence and not empty_sentences:
+        if len(sentence) == 0 and not empty_sentences:
             raise ValueError(f"sentence {i} is empty: nothing to tag")
         for j, token in enumerate(sentence):
             if not isinstance(token, str):
@@ -79,11 +80,24 @@ def check_token_lists(sentences, *, empty_sentences: bool) -> None:
                 raise ValueError(f"sentences[{i}][{j}] = {token!r}: a token must contain a non-space character")
 
 
-def check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+def _list_like(value) -> bool:
+    """A list, a tuple, a numpy array, ...: indexable with a length, and not a str (whose items are characters)."""
+    if isinstance(value, (str, bytes)):
+        return False
+    return isinstance(value, Sequence) or (hasattr(value, "__len__") and hasattr(value, "__getitem__"))
+
+
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` as an int (a numpy integer too); a float or a bool is an error, as is a size below 1."""
+    if isinstance(batch_size, bool):
+        raise TypeError("batch_size must be an int, got bool")
+    try:
+        batch_size = operator.index(batch_size)
+    except TypeError:
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}") from None
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return batch_size
 
 
 class MultiTaskTagger(nn.Module):
@@ -158,9 +172,17 @@ class MultiTaskTagger(nn.Module):
     def predict(self, sentences: list[list[str]], tasks: list[str] | None = None, batch_size: int = 256,
                 device: torch.device | str | None = None, head_scheme: bool = False) -> dict[str, list[list[str]]]:
         """Tag pre-tokenised sentences, in length-sorted batches, returning results in input order."""
-        tasks = self.check_tasks(tasks)
         check_token_lists(sentences, empty_sentences=False)
-        check_batch_size(batch_size)
+        return self.predict_corpus(sentences, tasks, check_batch_size(batch_size), device, head_scheme)
+
+    def predict_corpus(self, sentences, tasks: list[str] | None = None, batch_size: int = 256,
+                       device: torch.device | str | None = None, head_scheme: bool = False) -> dict[str, list[list[str]]]:
+        """:meth:`predict` without its checks of the tokens, for sentences a corpus reader has read (evaluation, each
+        epoch's dev scoring): a token that the reader let through does not stop a training after its first epoch."""
+        tasks = self.check_tasks(tasks)
+        for i, sentence in enumerate(sentences):
+            if len(sentence) == 0:
+                raise ValueError(f"sentence {i} is empty: nothing to tag")
         device = device or next(self.parameters()).device
         result = {task: [None] * len(sentences) for task in tasks}
         with inference_lock(self):  # held across the switch to eval mode and back

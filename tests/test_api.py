@@ -158,7 +158,11 @@ def test_predict_refuses_what_is_not_a_list_of_token_lists(bilstm_model):
             model.predict([["John"]], batch_size=bad)
         with pytest.raises(error, match="batch_size must be"):
             Tagger(model)("John", batch_size=bad)
+    import numpy as np
+
     assert model.predict([("John", "lives")])["ner"] == model.predict([["John", "lives"]])["ner"]
+    assert model.predict(np.array([["John", "lives"]]), batch_size=np.int64(2))["ner"] == \
+        model.predict([["John", "lives"]])["ner"]
 
 
 # -- model card and the Hub ----------------------------------------------------------------------

@@ -249,8 +249,10 @@ def test_a_key_given_twice_in_a_config_file_is_refused_by_file_and_line(tmp_path
     path.write_text("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match=rf"^{path}:4: key 'train.lr' is given twice \(first at line 2\)"):
         read_yaml(path)
-    path.write_text("base: &b {lr: 0.1}\ntrain:\n  <<: *b\n  epochs: 2\n")  # a merge key is YAML's own
-    assert read_yaml(path)["train"] == {"lr": 0.1, "epochs": 2}
+    path.write_text("base: &b {lr: 0.1}\ntrain:\n  <<: *b\n  lr: 0.2\n")  # a merge key may be overridden
+    assert read_yaml(path)["train"] == {"lr": 0.2}
+    path.write_text("a:\n  1: x\n  '1': y\n")  # an int and a str: two keys
+    assert read_yaml(path)["a"] == {1: "x", "1": "y"}
 
 
 def test_the_old_private_names_of_the_type_checks_still_work():

@@ -281,6 +281,8 @@ class TransformerKind(EncoderKind):
         try:  # trust_remote_code=False: a folder whose files name custom code (auto_map) is refused, never executed
             tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
             encoder_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        except ImportError:  # a missing package (sentencepiece, protobuf) is the environment's, not the folder's
+            raise
         except Exception as err:  # noqa: BLE001 - whatever transformers raises, the message names the folder
             raise InvalidModelFolderError(f"{folder}: the tokenizer or encoder config could not be read "
                                           f"({type(err).__name__}: {err})", path=str(folder)) from err

@@ -143,6 +143,7 @@ def _read_lines(path: str) -> list[tuple[int, str]]:
 
 
 def _tag(args):
+    from .model import blank_token
     from .tagger import Tagger
 
     tagger = Tagger.from_pretrained(args.model)
@@ -156,7 +157,7 @@ def _tag(args):
         sentences = [line.split() for _, line in lines]
         for (number, _), tokens in zip(lines, sentences):
             for j, token in enumerate(tokens):
-                if not token.replace("\ufeff", "").strip():  # what tag_tokens refuses, named by the input's line
+                if blank_token(token):  # what tag_tokens refuses, named by the input's line
                     raise ValueError(f"{source}:{number}: token {j + 1} ({token!r}) has no visible character")
         docs = tagger.tag_tokens(sentences, tasks, batch_size=args.batch_size)
     else:

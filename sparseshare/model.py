@@ -63,20 +63,23 @@ def inference_lock(model: nn.Module) -> threading.RLock:
 
 
 
-def check_token_lists(sentences, *, empty_sentences: bool) -> None:
-    """``sentences`` is a list of lists of str tokens, each with a non-space character: a str where a token list
-    should be would otherwise be tagged character by character, and an empty token would get a tag of its own."""
+def blank_token(token: str) -> bool:
+    """A token without a visible character (spaces, a byte-order mark): it would get a tag of its own."""
+    return not token.replace("\ufeff", "").strip()
+
+
+def check_token_lists(sentences) -> None:
+    """``sentences`` is a list of lists of str tokens, none of them blank: a str where a token list should be would
+    otherwise be tagged character by character. An empty sentence is the caller's to allow or refuse."""
     if not _list_like(sentences):
         raise TypeError(f"sentences must be a list of token lists, got {type(sentences).__name__}")
     for i, sentence in enumerate(sentences):
         if not _list_like(sentence):
             raise TypeError(f"sentences[{i}] must be a list of str tokens, got {type(sentence).__name__}")
-        if len(sentence) == 0 and not empty_sentences:
-            raise ValueError(f"sentence {i} is empty: nothing to tag")
         for j, token in enumerate(sentence):
             if not isinstance(token, str):
                 raise TypeError(f"sentences[{i}][{j}] must be a str, got {type(token).__name__}")
-            if not token.replace("\ufeff", "").strip():
+            if blank_token(token):
                 raise ValueError(f"sentences[{i}][{j}] = {token!r}: a token must contain a non-space character")
 
 
@@ -172,13 +175,14 @@ class MultiTaskTagger(nn.Module):
     def predict(self, sentences: list[list[str]], tasks: list[str] | None = None, batch_size: int = 256,
                 device: torch.device | str | None = None, head_scheme: bool = False) -> dict[str, list[list[str]]]:
         """Tag pre-tokenised sentences, in length-sorted batches, returning results in input order."""
-        check_token_lists(sentences, empty_sentences=False)
+        check_token_lists(sentences)
         return self.predict_corpus(sentences, tasks, check_batch_size(batch_size), device, head_scheme)
 
     def predict_corpus(self, sentences, tasks: list[str] | None = None, batch_size: int = 256,
                        device: torch.device | str | None = None, head_scheme: bool = False) -> dict[str, list[list[str]]]:
-        """:meth:`predict` without its checks of the tokens, for sentences a corpus reader has read (evaluation, each
-        epoch's dev scoring): a token that the reader let through does not stop a training after its first epoch."""
+        """:meth:`predict` without its checks of the tokens, for sentences whose tokens were checked or made already:
+        a corpus reader's (evaluation, each epoch's dev scoring, where a token that the reader let through must not
+        stop a training after its first epoch), the Tagger's. An empty sentence is still refused."""
         tasks = self.check_tasks(tasks)
         for i, sentence in enumerate(sentences):
             if len(sentence) == 0:

@@ -89,16 +89,17 @@ class Tagger:
     def tag_tokens(self, sentences: Sequence[Sequence[str]], tasks: Sequence[str] | None = None,
                    batch_size: int = 64) -> list[Doc]:
         """Tag pre-tokenised sentences as they are (one Doc per sentence, no offsets)."""
-        check_token_lists(sentences, empty_sentences=True)
-        docs = [Doc(tokens=list(s), sentences=[(0, len(s))] if s else []) for s in sentences]
+        check_token_lists(sentences)
+        docs = [Doc(tokens=list(s), sentences=[(0, len(s))] if len(s) else []) for s in sentences]
         self._tag_docs(docs, tasks, batch_size)
         return docs
 
     def _tag_docs(self, docs: list[Doc], tasks, batch_size: int) -> None:
         tasks = self.model.check_tasks(tasks)
-        check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         units = [(d, start, end) for d, doc in enumerate(docs) for start, end in doc.sentences]
-        predicted = self.model.predict([docs[d].tokens[s:e] for d, s, e in units], tasks, batch_size) \
+        # tag_tokens has checked the tokens, and the tokenizer makes no blank ones
+        predicted = self.model.predict_corpus([docs[d].tokens[s:e] for d, s, e in units], tasks, batch_size) \
             if units else {task: [] for task in tasks}
         for doc in docs:
             doc.tags = {task: [] for task in tasks}

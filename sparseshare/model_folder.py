@@ -27,7 +27,8 @@ key, a tensor name), and says which two files disagree when they do. A missing f
   refused. After loading (:func:`check_values`): no NaN or infinity in a floating tensor, nothing but 0 and 1 in a
   boolean one.
 - the sharing strategy's files (sparse sharing's masks.safetensors, sharing/masks.py ``check_masks``): their
-  ``MaskError`` becomes a :class:`MaskFileError`, which is both; a missing one is a ModelFolderError.
+  ``MaskError`` becomes a :class:`MaskFileError`, which is both; a missing one is a ModelFolderError; another
+  strategy's file (``SharingStrategy.files``) beside config.json's ``model.sharing`` is refused.
 
 No check can see a file rewritten into another valid one: two labels swapped, or a label renamed to a name that its
 scheme allows (``B-PER`` to ``B-XYZ``; any name for a task without a span scheme), load and tag with the other names
@@ -473,7 +474,16 @@ def check_values(model: nn.Module, directory: Path, header: Header) -> None:
 
 def load_strategy_files(model, directory: Path) -> None:
     """The sharing strategy's own files (sparse sharing's masks.safetensors), checked by the strategy; a missing one
-    stays a ModelFolderError."""
+    stays a ModelFolderError. Another strategy's file in the folder is refused: the folder's config.json and its files
+    disagree on how it shares (e.g. masks.safetensors with ``model.sharing`` rewritten to ``hard``)."""
+    own = set(model.sharing.files)
+    for name, strategy in sorted(STRATEGIES.items()):
+        for file in strategy.files:
+            if file not in own and (directory / file).exists():
+                raise invalid_file(directory / "config.json", "model.sharing",
+                                   f"model.sharing is {model.sharing.name!r}, but the folder holds {file}, a file of "
+                                   f"{name} sharing: config.json and the folder's files disagree on how its tasks "
+                                   f"share the encoder")
     try:
         model.sharing.load_files(directory)
     except ModelFolderError:

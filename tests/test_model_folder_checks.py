@@ -371,6 +371,18 @@ def test_a_corrupt_or_missing_mask_file_is_still_refused(sparse_folder, tmp_path
     assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, MaskError)  # a MaskError as before
 
 
+def test_a_mask_file_beside_another_sharing_is_refused(sparse_folder, tmp_path):
+    # a sparse folder whose config.json says hard sharing would build the same tensors and load dense, its masks unread
+    folder = copy_of(sparse_folder, tmp_path)
+    edit_json(folder, "config.json", lambda c: c["model"].update(sharing="hard"))
+    with pytest.raises(InvalidModelFolderError, match=r"config\.json: model\.sharing is 'hard', but the folder holds "
+                                                      r"masks\.safetensors, a file of sparse sharing") as caught:
+        MultiTaskTagger.from_pretrained(folder)
+    assert caught.value.key == "model.sharing"
+    (folder / "masks.safetensors").unlink()
+    MultiTaskTagger.from_pretrained(folder)  # without the sparse file it is a hard-sharing folder
+
+
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory, tiny_bert) -> Path:
     from sparseshare.config import load_config

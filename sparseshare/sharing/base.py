@@ -171,7 +171,11 @@ class SharingStrategy(nn.Module):
         return {}
 
     # Strategies with state outside the parameters (e.g. sparse masks) write and read it beside
-    # model.safetensors; the model folder calls these on save and load.
+    # model.safetensors; the model folder calls these on save and load. ``files`` names what they write: a folder
+    # that holds another strategy's file is refused at load (masks.safetensors beside config.json's hard sharing
+    # would otherwise load a dense model and ignore the masks).
+    files: tuple[str, ...] = ()
+
     def save_files(self, directory: Path) -> None:
         pass
 

@@ -72,6 +72,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
     masked_optimizer = True
     Options = SparseOptions
     shared_options = ("private_embedder", "private_embedder_tasks")
+    files = (MASK_FILE,)
 
     @classmethod
     def flat_keys(cls):

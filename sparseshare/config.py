@@ -342,11 +342,14 @@ class YamlFile:
         when an override (:meth:`override`), not the file, gave ``key`` or a section above it: the error message
         names the override, and no file line is to blame."""
         enclosing = []  # key, then the sections above it
+        given = key
         while key:
             enclosing.append(key)
             key = key.rpartition(".")[0]
         if any(k in self.overridden for k in enclosing):
             return None
+        if given and given not in self.lines and any(k.startswith(given + ".") for k in self.overridden):
+            return None  # an override made the key (`data.task_dir.ner=x` for data.task_dirs): the file has no line
         return next((f"{self.path}:{self.lines[k]}" for k in enclosing if k in self.lines), str(self.path))
 
     def override(self, key: str) -> None:
@@ -508,7 +511,8 @@ def validate(config: Config) -> None:
 
     from .data.schedules import EPOCH_LENGTHS, SCHEDULES
 
-    validate_model(config.model, config.tasks)
+    names = task_names(config.tasks)
+    validate_model(config.model, names)
     t = config.train
     choices = {
         "train.schedule": (config.train.schedule, SCHEDULES),
@@ -547,6 +551,12 @@ def validate(config: Config) -> None:
     unknown = [task for task in t.distill_from if task not in config.tasks]
     if unknown and not any(is_task_file(task) for task in config.tasks):
         raise ConfigError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks {config.tasks}")
+    # (train.task_weights: the training loop checks them against the tasks it has read)
+    for key, named in (("data.task_dirs", config.data.task_dirs), ("data.hub_paths", config.data.hub_paths)):
+        unknown = [task for task in named if task not in names]
+        if unknown and not any(is_task_file(name) for name in names):  # (an unread task file: its loader reports it)
+            raise ConfigError(f"config key {key!r} names {unknown}, not among the run's tasks {names}; it maps a "
+                              f"task's name to its corpus")
     if t.distill_weight is not None and not t.distill_from and not config.sparse.distill:
         raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from (or "
                           "sparse.distill)")
@@ -667,6 +677,23 @@ def check_number_ranges(config: Config, only: tuple[str, ...] = (), skip: tuple[
         if value is not None and not in_interval(value, interval):
             wanted = f"in {interval}" if interval[0] in "[(" else interval
             raise ConfigError(f"config key {key!r} must be {wanted}{HINTS.get(key, '')}, got {value}")
+
+
+def task_names(tasks: list[str]) -> list[str]:
+    """The names the run's tasks go by, which every option that names a task uses: a built-in task's own, a task
+    file's ``name:``. A task file that cannot be read here keeps its path: the task loader reports it."""
+    names = []
+    for entry in tasks:
+        name = entry
+        if is_task_file(entry) and Path(entry).is_file():
+            try:
+                data = read_yaml(entry)
+            except ConfigError:
+                data = None
+            if isinstance(data, dict) and isinstance(data.get("name"), str):
+                name = data["name"]
+        names.append(name)
+    return names
 
 
 def is_task_file(name_or_path: str) -> bool:

@@ -307,6 +307,54 @@ def test_an_override_that_replaces_a_section_is_blamed_not_the_file(tmp_path):
         load_config(path, ["train={lr: -1}"])
 
 
+def test_a_key_that_only_an_override_makes_is_blamed_on_the_override(tmp_path):
+    # the file gives `data:` (line 2) and `model:` (line 3), not the keys the overrides misspell or add
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [pos]\ndata:\n  root: d\nmodel:\n  bilstm:\n    hidden: 8\n")
+    with pytest.raises(ConfigError, match=r"^unknown config key 'data.task_dir'"):
+        load_config(path, ["data.task_dir.pos=x"])
+    with pytest.raises(ConfigError, match=r"^config key 'model.hierarchical.task_layers' only applies"):
+        load_config(path, ["model.hierarchical.task_layers.pos=1"])
+    path.write_text("tasks: [pos]\ndata:\n  root: d\nmodel:\n  bilstm:\n    hidden: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:6: config key 'model.bilstm.hidden'"):  # the file's own key
+        load_config(path, ["model.bilstm.layers=1"])
+
+
+def _user_task(folder: Path, name: str) -> str:
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}_file.yaml"
+    path.write_text(f"name: {name}\nformat: conll\ncolumns: [tokens, tag]\nlabel_column: tag\n"
+                    f"files: {{train: train.txt, dev: dev.txt}}\n", encoding="utf-8")
+    return str(path)
+
+
+def test_options_name_a_task_file_by_the_name_it_gives(tmp_path):
+    # a task file is named by its `name:` in every option that names a task (hierarchical.task_layers,
+    # private_embedder_tasks, data.task_dirs), as for a built-in task; its path is not a name
+    ent, pol = _user_task(tmp_path, "ent"), _user_task(tmp_path, "pol")
+    tasks = f"tasks=[{ent},{pol}]"
+    config = load_config(None, [tasks, "model.sharing=hierarchical", "model.bilstm.layers=2",
+                                "model.hierarchical.task_layers={pol: 1}", "data.task_dirs={ent: a, pol: b}"])
+    assert config.model.hierarchical.task_layers == {"pol": 1}
+    config = load_config(None, [tasks, "model.sharing=hard", "model.private_embedder=words",
+                                "model.private_embedder_tasks=[ent]"])
+    assert config.model.private_embedder_tasks == ["ent"]
+    with pytest.raises(ConfigError, match=r"'model.private_embedder_tasks'.*\['ent', 'pol'\]"):
+        load_config(None, [tasks, "model.sharing=hard", "model.private_embedder=words",
+                           f"model.private_embedder_tasks=[{ent}]"])
+
+
+def test_a_corpus_folder_for_a_task_the_run_lacks_is_refused(tmp_path):
+    # a misspelt task name in data.task_dirs was ignored, and the task read the corpus of data.dir
+    with pytest.raises(ConfigError, match=r"config key 'data.task_dirs' names \['nerr'\], not among the run's tasks "
+                                          r"\['ner'\]"):
+        load_config(None, ["tasks=[ner]", "data.dir=x", "data.task_dirs.nerr=y"])
+    with pytest.raises(ConfigError, match=r"config key 'data.hub_paths' names \['pos'\]"):
+        load_config(None, ["tasks=[ner]", "data.source=hub", "data.hub_paths.pos=y"])
+    pol = _user_task(tmp_path, "pol")
+    assert load_config(None, [f"tasks=[ner,{pol}]", "data.task_dirs.pol=y"]).data.task_dirs == {"pol": "y"}
+
+
 # -- strategy options: each strategy's own section, and the flat spelling of before -------------------------------
 def test_a_strategys_options_are_its_own_section_and_the_flat_spelling_is_read_with_a_notice(tmp_path):
     import dataclasses

@@ -146,6 +146,39 @@ def test_task_validation(changes, message):
         TaskSpec.from_dict(data)
 
 
+@pytest.mark.parametrize("changes, key, message", [
+    # torch refuses "." and "" in a module name, after the corpora are read; "/" opened a folder for predictions
+    ({"name": "ner.v2"}, "name", "a task name is letters, digits, '_' and '-'"),
+    ({"name": ""}, "name", "a task name is letters"),
+    ({"name": "ner/de"}, "name", "a task name is letters"),
+    ({"columns": ["word", "ner"]}, "columns", r"\['word', 'ner'\] has no 'tokens'"),
+    # a misspelt split was accepted and the run reported no test scores
+    ({"files": {"train": "train.txt", "dev": "dev.txt", "tset": "test.txt"}}, "files", "'tset' is not a split"),
+    ({"scheme": "iob1", "train_scheme": "none"}, "train_scheme", "a span scheme converts only to another"),
+    ({"scheme": "none", "train_scheme": "bioes", "metric": "accuracy"}, "train_scheme", "'none' only to 'none'"),
+    ({"files": {"train": "t.txt"}, "dev_from_train": {"fraction": 1.5}}, "dev_from_train.fraction",
+     r"must be in \(0, 1\], got 1.5"),
+    ({"files": {"train": "t.txt"}, "dev_from_train": {"fraction": -0.5}}, "dev_from_train.fraction", "got -0.5"),
+])
+def test_a_task_file_is_refused_by_key(tmp_path, changes, key, message):
+    path = _write_task(tmp_path / "t.yaml", _task_dict(**changes))
+    with pytest.raises(ValueError, match=rf"^{path}:\d+: task '[^']*': task key '{key}': .*{message}"):
+        load_task(str(path))
+
+
+def test_a_carved_dev_split_leaves_sentences_to_train_on(tmp_path):
+    from sparseshare.data.corpus import load_local_split
+
+    (tmp_path / "train.txt").write_text("John B-PER\n\nMary B-PER\n\nParis B-LOC\n", encoding="utf-8")
+    spec = TaskSpec.from_dict(_task_dict(files={"train": "train.txt"}, dev_from_train={"fraction": 0.9},
+                                         scheme="iob2", train_scheme="iob2"))
+    with pytest.raises(ValueError, match=r"task 'ner_de': task key 'dev_from_train.fraction' = 0.9 of 3 training "
+                                         r"sentence\(s\) leaves none to train on"):
+        load_local_split(spec, tmp_path, "train")
+    spec.dev_from_train.fraction = 0.5
+    assert len(load_local_split(spec, tmp_path, "train")) == 1 and len(load_local_split(spec, tmp_path, "dev")) == 2
+
+
 def test_accuracy_with_scheme_none_allowed():
     spec = TaskSpec.from_dict(_task_dict(scheme="none", train_scheme=None, metric="accuracy"))
     assert spec.train_scheme == "none"

@@ -69,6 +69,9 @@ def _carve_dev(train: datasets.Dataset, spec: TaskSpec) -> tuple[datasets.Datase
     carve = spec.dev_from_train
     order = np.random.default_rng(carve.seed).permutation(len(train))
     n_dev = max(1, int(round(carve.fraction * len(train))))
+    if n_dev >= len(train):
+        raise ValueError(f"task {spec.name!r}: task key 'dev_from_train.fraction' = {carve.fraction} of "
+                         f"{len(train)} training sentence(s) leaves none to train on")
     dev_idx, train_idx = np.sort(order[:n_dev]), np.sort(order[n_dev:])
     return train.select(train_idx), train.select(dev_idx)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
@@ -169,8 +170,11 @@ def _tag(args):
         _silence_stdout()
         return
     n_tokens = sum(len(doc) for doc in docs)
-    print(f"tagged {len(docs)} lines, {n_tokens} tokens in {elapsed:.2f}s "
-          f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
+    from .logs import logger
+
+    if logger.isEnabledFor(logging.INFO):  # a progress message, which --quiet drops; on stderr, as stdout is the tags
+        print(f"tagged {len(docs)} lines, {n_tokens} tokens in {elapsed:.2f}s "
+              f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
 
 
 def _silence_stdout() -> None:
@@ -322,7 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     """Run a command; an error it expects (a bad input, a missing file, a full disk, an unreachable Hub, a refused
     token, a diverged training) ends it with one line and exit status 1, never a traceback (``--debug`` or
     ``SPARSESHARE_DEBUG=1``: the traceback, for a bug report)."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    # argparse takes a positional list in one piece: overrides after --overwrite or --resume come back unparsed
+    if unknown and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in unknown):
+        args.overrides = [*args.overrides, *unknown]
+    elif unknown:
+        parser.parse_args(sys.argv[1:] if argv is None else argv)  # argparse's own error, from the subcommand
     from .hub import describe_network_error, network_errors, one_line
 
     debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")

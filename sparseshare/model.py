@@ -40,6 +40,7 @@ from .files import save_json
 from .heads import build_head
 from .sharing import build_strategy
 from .tasks import TaskSpec
+from .text import INVISIBLE_SEPARATORS
 
 FORMAT_VERSION = model_folder.FORMAT_VERSION  # the version from_pretrained reads
 REQUIRED_FILES = ("config.json", "vocab.json", "labels.json", "model.safetensors")
@@ -64,8 +65,9 @@ def inference_lock(model: nn.Module) -> threading.RLock:
 
 
 def blank_token(token: str) -> bool:
-    """A token without a visible character (spaces, a byte-order mark): it would get a tag of its own."""
-    return not token.replace("\ufeff", "").strip()
+    """A token without a visible character (spaces, byte-order marks, zero-width spaces): it would get a tag of its
+    own."""
+    return not token.translate({ord(c): None for c in INVISIBLE_SEPARATORS}).strip()
 
 
 def check_token_lists(sentences) -> None:

@@ -30,10 +30,13 @@ SENTENCE_END = {".", "!", "?"}
 _URL_OR_EMAIL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://\S+|www\.\S+|[\w.+-]+@[\w-]+\.[\w.-]+)$", re.IGNORECASE)
 _INITIALS = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]?\.?$")  # U.S. / U.N. / e.g.
 _NUMBER = re.compile(r"^[+-]?\d[\d,.:/]*\d$|^\d$")  # 1,000  3.5  12:30  1/2
-# A byte-order mark (U+FEFF, e.g. left at the start of a file read without utf-8-sig) separates like a space
-# and is never part of a token; offsets still index the text as given.
-_WORD = re.compile(r"[^\s\ufeff]+")
-_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+# A byte-order mark (U+FEFF, e.g. left at the start of a file read without utf-8-sig) and a zero-width space (U+200B,
+# common in text copied from web pages, and a word boundary by its Unicode definition) separate like a space and are
+# never part of a token; offsets still index the text as given. Python's \s includes neither.
+INVISIBLE_SEPARATORS = "\ufeff\u200b"
+_WORD = re.compile(rf"[^\s{INVISIBLE_SEPARATORS}]+")
+_NEWLINE = r"(?:\r\n|\r(?!\n)|\n)"  # a line ends with LF, CRLF or a lone CR (old Mac text)
+_BLANK_LINE = re.compile(rf"{_NEWLINE}[^\S\r\n]*{_NEWLINE}")
 _LIST_NUMBER = re.compile(r"^\d{1,3}\.$")
 _INNER_SPLIT = re.compile(r"(--+|\.\.\.+|…)")  # dashes and ellipses split even inside a word
 

@@ -325,6 +325,19 @@ def test_the_tagger_drops_a_byte_order_mark(trained):
     assert bom.offsets[0] == (1, 5) and bom.text[slice(*bom.offsets[0])] == "John"
 
 
+def test_the_tagger_drops_a_zero_width_space(trained):
+    # text copied from web pages carries U+200B, which Python's str.split() does not see as a space: a lone one
+    # between words would otherwise be a token with a tag and no visible character
+    from sparseshare.tagger import Tagger
+
+    tagger = Tagger.from_pretrained(trained)
+    plain, zwsp = tagger("John lives in Paris ."), tagger("John \u200b lives in\u200bParis .")
+    assert zwsp.tokens == plain.tokens and zwsp.tags == plain.tags
+    assert zwsp.offsets[3] == (16, 21) and zwsp.text[slice(*zwsp.offsets[3])] == "Paris"
+    with pytest.raises(ValueError, match=r"sentences\[0\]\[1\] = '\\u200b': a token must contain a non-space"):
+        tagger.tag_tokens([["John", "\u200b", "lives"]])
+
+
 def _tag(trained, monkeypatch, capsys, data: bytes, *args):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
     main(["tag", str(trained), *args])
@@ -353,6 +366,15 @@ def test_tag_drops_a_byte_order_mark_and_reads_any_line_ending(trained, monkeypa
     path.write_bytes(b"\xef\xbb\xbfJohn lives in Paris .\rMary visited Rome .\r")
     main(["tag", str(trained), str(path)])
     assert capsys.readouterr().out == plain
+
+
+def test_tag_reports_its_speed_on_stderr_unless_quiet(trained, monkeypatch, capsys):
+    for quiet in ([], ["--quiet"]):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"John lives .\n"), encoding="utf-8"))
+        main([*quiet, "tag", str(trained), "-"])
+        captured = capsys.readouterr()
+        assert captured.out.startswith("John\t") and "tagged" not in captured.out
+        assert ("tagged 1 lines, 3 tokens" in captured.err) == (not quiet)
 
 
 def test_tag_a_directory(trained, tmp_path):

@@ -31,6 +31,21 @@ def model_dir(tmp_path_factory):
     return out / "model", data
 
 
+def test_overrides_may_stand_on_both_sides_of_a_flag(monkeypatch, capsys):
+    import sparseshare.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_train", lambda args: seen.append((args.overrides, args.overwrite)))
+    monkeypatch.setattr(cli, "_train_sparse", lambda args: seen.append((args.overrides, args.resume)))
+    cli.main(["train", "--config", "c.yaml", "a.b=1", "--overwrite", "train.epochs=1"])
+    cli.main(["train-sparse", "--resume", "a.b=1", "--config", "c.yaml", "c.d=2"])
+    assert seen == [(["a.b=1", "train.epochs=1"], True), (["a.b=1", "c.d=2"], True)]
+    for argv in (["train", "a.b=1", "--bogus"], ["train", "a.b=1", "--overwrite", "oops"], ["tag", "m", "x", "y"]):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_train_writes_model_and_results(model_dir):
     model, _ = model_dir
     results = json.loads((model.parent / "results.json").read_text())

@@ -177,7 +177,7 @@ def test_pp_and_conllu_readers_never_raise_anything_else(tmp_path_factory, data)
 
 # -- the raw-text tokenizer ------------------------------------------------------------------------------------
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120) | st.text(
-    st.sampled_from(list("ab.,'\"-!?()$% \n\t\ufeffU.S.3n't…“”")), max_size=80)
+    st.sampled_from(list("ab.,'\"-!?()$% \n\t\ufeff\u200bU.S.3n't…“”")), max_size=80)
 
 
 @FUZZ
@@ -187,10 +187,10 @@ def test_tokens_cover_every_visible_character_once_at_their_offsets(text):
     covered = []
     for token in tokens:
         assert token.text and text[token.start:token.end] == token.text
-        assert not any(c.isspace() or c == "\ufeff" for c in token.text)
+        assert not any(c.isspace() or c in "\ufeff\u200b" for c in token.text)
         covered.extend(range(token.start, token.end))
     assert covered == sorted(set(covered))  # in order, no overlap
-    assert covered == [i for i, c in enumerate(text) if not c.isspace() and c != "\ufeff"]
+    assert covered == [i for i, c in enumerate(text) if not c.isspace() and c not in "\ufeff\u200b"]
     sentences = split_sentences(tokens, text)
     assert [i for start, end in sentences for i in range(start, end)] == list(range(len(tokens)))
     assert all(end > start for start, end in sentences)
@@ -199,3 +199,17 @@ def test_tokens_cover_every_visible_character_once_at_their_offsets(text):
 @pytest.mark.parametrize("text", ["\ufeffEU rejects", "EU\ufeffrejects", "\ufeff", " \ufeff \n"])
 def test_a_byte_order_mark_separates_like_a_space(text):
     assert [t.text for t in tokenize(text)] == text.replace("\ufeff", " ").split()
+
+
+@pytest.mark.parametrize("text", ["\u200bEU rejects", "EU\u200brejects", "\u200b", "EU \u200b rejects\u200b."])
+def test_a_zero_width_space_separates_like_a_space(text):
+    assert [t.text for t in tokenize(text)] == [t.text for t in tokenize(text.replace("\u200b", " "))]
+
+
+@pytest.mark.parametrize("text, sentences", [
+    ("EU rejects\n\nBritish lamb", 2), ("EU rejects\r\n\r\nBritish lamb", 2), ("EU rejects\r\rBritish lamb", 2),
+    ("EU rejects\r \rBritish lamb", 2), ("EU rejects\r\nBritish lamb", 1), ("EU rejects\rBritish lamb", 1),
+])
+def test_a_blank_line_ends_a_sentence_whatever_ends_its_lines(text, sentences):
+    tokens = tokenize(text)
+    assert len(split_sentences(tokens, text)) == sentences

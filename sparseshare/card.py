@@ -12,7 +12,8 @@ def model_card(model, info: dict | None = None):
 
     info = info or {}
     config, tasks = model.config, model.tasks
-    datasets = sorted({spec.hub.id for spec in tasks.values() if spec.hub is not None})
+    corpora = {name: _corpus_given(name, info.get("training_config")) for name in tasks}
+    datasets = sorted({spec.hub.id for name, spec in tasks.items() if spec.hub is not None and not corpora[name]})
     card_data = ModelCardData(
         language="en", library_name="sparseshare", pipeline_tag="token-classification",
         tags=["sparseshare", "multi-task-learning", "sequence-labeling", f"{config.sharing}-sharing",
@@ -34,7 +35,8 @@ def model_card(model, info: dict | None = None):
             if spec.scheme != "none" else model.labels[name]
         shown = ", ".join(labels[:40]) + (f", ... ({len(labels)} in all)" if len(labels) > 40 else "")
         output = f"spans ({spec.scheme.upper()} tags)" if spec.scheme != "none" else "one tag per token"
-        lines.append(f"| {name} | {spec.description} | {output} | {shown} |")
+        what = spec.description + (f"; trained on {corpora[name]}" if corpora[name] else "")
+        lines.append(f"| {name} | {what} | {output} | {shown} |")
     lines += ["", "## Model", "", f"- Encoder: {encoder_kind(config.encoder).describe(config)}.", f"- Sharing: `{config.sharing}`.",
               f"- Heads: `{config.head}`, one per task.",
               f"- Parameters: {sum(p.numel() for p in model.parameters()):,}."]
@@ -61,6 +63,23 @@ def model_card(model, info: dict | None = None):
     citations += [kind.citation] if kind.citation else []
     lines += (["```bibtex", "\n\n".join(citations), "```"] if citations else ["No method citation applies."])
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _corpus_given(task: str, training_config) -> str | None:
+    """The corpus the training config gave ``task`` instead of the one its task file names (``data.dir``,
+    ``data.task_dirs.<task>``, ``data.hub_paths.<task>``), as the card should say it; None when it trained on its own
+    (or no training config is known). The card's dataset metadata names only the task files' own corpora."""
+    data = training_config.get("data") if isinstance(training_config, dict) else None
+    if not isinstance(data, dict):
+        return None
+    given = (("data.hub_paths", data.get("hub_paths")),) if data.get("source") == "hub" else (
+        ("data.task_dirs", data.get("task_dirs")), ("data.dir", data.get("dir")))
+    for key, value in given:
+        if isinstance(value, dict):
+            value, key = value.get(task), f"{key}.{task}"
+        if value:
+            return f"`{value}` from {key}"
+    return None
 
 
 def _scores_section(info: dict) -> list[str]:

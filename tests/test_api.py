@@ -167,13 +167,25 @@ def test_predict_refuses_what_is_not_a_list_of_token_lists(bilstm_model):
 
 # -- model card and the Hub ----------------------------------------------------------------------
 def test_model_card_has_tasks_scores_command_and_config(bilstm_model):
+    from sparseshare.card import model_card
+
     card = (bilstm_model / "README.md").read_text()
-    assert card.startswith("---\n") and "library_name: sparseshare" in card and "eriktks/conll2003" in card
+    assert card.startswith("---\n") and "library_name: sparseshare" in card
     for needle in ("| ner |", "## Scores", "| task | dev | test |", "## Training configuration",
                    "## Intended use and limits", "## Citation", "Caruana", "LOC, ORG, PER"):
         assert needle in card, needle
-    info = MultiTaskTagger.from_pretrained(bilstm_model).info
+    model = MultiTaskTagger.from_pretrained(bilstm_model)
+    info = model.info
     assert set(info["test"]) == {"pos", "chunk", "ner"} and info["training_config"]["train"]["epochs"] == 4
+    # trained on the fixture given by data.dir: the card says so and does not claim CoNLL-2003 as its dataset
+    metadata = card.split("---\n")[1]
+    assert "eriktks/conll2003" not in metadata and "datasets" not in metadata
+    assert "CoNLL-2003 named entities (PER, LOC, ORG, MISC)" in card and "` from data.dir |" in card
+    # on the tasks' own corpora (no data.dir), it names their Hub dataset
+    own = {**info, "training_config": {**info["training_config"], "data": {**info["training_config"]["data"],
+                                                                          "dir": None}}}
+    card = str(model_card(model, own))
+    assert "eriktks/conll2003" in card.split("---\n")[1] and "from data.dir" not in card
 
 
 def _sparse_model(tmp_path, **extra):

@@ -118,6 +118,17 @@ def test_read_word_vectors_inconsistent_dims(tmp_path):
     assert "expected 2" in str(info.value)
 
 
+def test_a_word_vector_line_whose_word_holds_spaces_is_read(tmp_path):
+    # GloVe 840B has a few lines like these; an extra number after a one-word word stays an error
+    path = _vectors_file(tmp_path / "g.txt", "the 1 2\nnew york 3 4\nat a b.com 5 6\n")
+    words, vectors = read_word_vectors(path)
+    assert words == ["the", "new york", "at a b.com"]
+    np.testing.assert_allclose(vectors[2], [5, 6])
+    path = _vectors_file(tmp_path / "bad.txt", "the 1 2\ncat 1 2 3\n")
+    with pytest.raises(ValueError, match=rf"{path}:2: expected 2 vector values, found 3"):
+        read_word_vectors(path)
+
+
 def test_read_word_vectors_empty(tmp_path):
     with pytest.raises(ValueError, match="no word vectors"):
         read_word_vectors(_vectors_file(tmp_path / "e.txt", "\n"))

@@ -69,8 +69,9 @@ class WordLookup:
 
 
 def read_word_vectors(path: str | Path, key: str | None = None) -> tuple[list[str], np.ndarray]:
-    """A GloVe or word2vec text file (word2vec's ``count dim`` header line is detected and skipped). Errors name
-    the file and line, and ``key`` (the config key that gave the path) when the file is missing."""
+    """A GloVe or word2vec text file (word2vec's ``count dim`` header line is detected and skipped; a word may hold
+    spaces, as a few of GloVe 840B's do). Errors name the file and line, and ``key`` (the config key that gave the
+    path) when the file is missing."""
     path = Path(path)
     given = f"config key {key!r}: " if key else ""
     if path.is_dir():
@@ -94,6 +95,9 @@ def read_word_vectors(path: str | Path, key: str | None = None) -> tuple[list[st
                 continue
             if dim is None:
                 dim = len(parts) - 1
+            if len(parts) - 1 > dim and not _is_float(parts[1]):
+                # a word with spaces in it (GloVe 840B has some: "at name@domain.com"), then its dim numbers
+                parts = [" ".join(parts[:-dim]), *parts[-dim:]]
             if len(parts) - 1 != dim:
                 raise ValueError(f"{path}:{number}: expected {dim} vector values, found {len(parts) - 1}")
             try:

@@ -561,6 +561,12 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from (or "
                           "sparse.distill)")
     validate_sparse(config.sparse)
+    from .sharing import STRATEGIES
+
+    if config.sparse.masks and not STRATEGIES[config.model.sharing].reads_given_masks:
+        readers = [name for name, strategy in STRATEGIES.items() if strategy.reads_given_masks]
+        raise ConfigError(f"config key 'sparse.masks' gives the task masks of model.sharing {' or '.join(readers)}, "
+                          f"but model.sharing is {config.model.sharing!r}")
     if config.sparse.dense_models:
         from .encoders import ENCODER_KINDS, encoder_kind
 

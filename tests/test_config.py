@@ -320,6 +320,13 @@ def test_a_key_that_only_an_override_makes_is_blamed_on_the_override(tmp_path):
         load_config(path, ["model.bilstm.layers=1"])
 
 
+def test_masks_for_a_model_that_is_not_sparse_are_refused():
+    with pytest.raises(ConfigError, match=r"^config key 'sparse.masks' gives the task masks of model.sharing sparse, "
+                                          r"but model.sharing is 'hard'"):
+        load_config(None, ["tasks=[pos,ner]", "model.sharing=hard", "sparse.masks=m.safetensors"])
+    assert load_config(None, ["tasks=[pos,ner]", "model.sharing=sparse", "sparse.masks=m.safetensors"]).sparse.masks
+
+
 def _user_task(folder: Path, name: str) -> str:
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}_file.yaml"

@@ -175,6 +175,9 @@ class SharingStrategy(nn.Module):
     # that holds another strategy's file is refused at load (masks.safetensors beside config.json's hard sharing
     # would otherwise load a dense model and ignore the masks).
     files: tuple[str, ...] = ()
+    # Whether the run config's sparse.masks (task masks given instead of searched) is this strategy's to read: a run of
+    # a strategy that does not read them is refused, so that a given mask file is never silently unused.
+    reads_given_masks = False
 
     def save_files(self, directory: Path) -> None:
         pass

@@ -73,6 +73,7 @@ class SparseSharing(PrivateEmbedders, SharingStrategy):
     Options = SparseOptions
     shared_options = ("private_embedder", "private_embedder_tasks")
     files = (MASK_FILE,)
+    reads_given_masks = True
 
     @classmethod
     def flat_keys(cls):

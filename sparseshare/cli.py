@@ -45,9 +45,9 @@ def _masks_show(args):
     model = MultiTaskTagger.from_pretrained(args.model)
     if not isinstance(model.sharing, SparseSharing):
         raise ValueError(f"{args.model} uses {model.config.sharing!r} sharing: it has no task masks")
-    print(format_report(model.sharing.masks, model_statistics(model)["parameters"]))
+    _print(format_report(model.sharing.masks, model_statistics(model)["parameters"]))
     if args.png:
-        print(f"wrote {draw_overlap(model.sharing.masks, args.png)}")
+        _print(f"wrote {draw_overlap(model.sharing.masks, args.png)}")
 
 
 def _routing_show(args):
@@ -56,9 +56,9 @@ def _routing_show(args):
 
     source = Path(args.model)  # a routing.json of its own (e.g. a benchmark record), else a model folder / repo id
     routing = load_routing_map(source if source.is_file() else resolve_model_folder(args.model))
-    print(format_routing_map(routing, args.epoch))
+    _print(format_routing_map(routing, args.epoch))
     if args.png:
-        print(f"wrote {draw_routing_map(routing, args.png, args.epoch)}")
+        _print(f"wrote {draw_routing_map(routing, args.png, args.epoch)}")
 
 
 def _evaluate(args):
@@ -175,6 +175,15 @@ def _tag(args):
     if logger.isEnabledFor(logging.INFO):  # a progress message, which --quiet drops; on stderr, as stdout is the tags
         print(f"tagged {len(docs)} lines, {n_tokens} tokens in {elapsed:.2f}s "
               f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
+
+
+def _print(text: str) -> None:
+    """A report on stdout; a reader that stopped early (``| head``) loses the rest of it, and the command goes on (a
+    --png is still drawn) and ends without an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _silence_stdout() -> None:
@@ -303,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="folder to write")
     export.add_argument("--task", required=True, help="the task to export, e.g. ner")
     export.set_defaults(run=_export)
-    for command in sub.choices.values():  # also after the command (recipes/train.py passes its arguments there)
+    nested = [parser for command in sub.choices.values() for action in command._actions
+              if isinstance(action, argparse._SubParsersAction) for parser in action.choices.values()]
+    for command in [*sub.choices.values(), *nested]:  # also after the command (recipes/train.py passes them there)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the whole traceback of an error instead of one line")
         _add_verbosity(command, default=argparse.SUPPRESS)

@@ -94,6 +94,23 @@ def test_tag_json_names_each_object_s_input_line_and_errors_name_the_line(model_
     assert b"Broken pipe" not in reader.stderr.read()
 
 
+def test_a_report_whose_reader_stopped_early_ends_quietly(monkeypatch):
+    # `sparseshare masks show M --png x.png | head -1`: the report's reader is gone, the heatmap is still drawn
+    import sparseshare.cli as cli
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    cli._print("density (share of prunable weights kept) per task:")  # no error
+    args, unknown = cli.build_parser().parse_known_args(["masks", "show", "m", "--quiet"])  # as after every command
+    assert not unknown and args.verbosity == "WARNING"
+
+
 def test_evaluate_checks_its_output_paths_before_it_scores(model_dir, tmp_path):
     model, data = model_dir
     (tmp_path / "afile").write_text("")

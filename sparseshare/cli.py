@@ -102,12 +102,13 @@ def _check_output_paths(args) -> None:
 
 def write_conll_predictions(path: Path, tokens, gold, predicted, compress: bool = False) -> Path:
     """conlleval's input: ``token gold predicted`` a line, a blank line after each sentence (``.gz`` with
-    ``compress``), so that any scorer can check the scores."""
+    ``compress``), so that any scorer can check the scores. A token with whitespace in it (CoNLL-U allows
+    ``New York``) is written with ``_`` for each run of it, so that every line keeps three fields."""
     import gzip
 
     lines = []
     for sentence, gold_tags, tags in zip(tokens, gold, predicted):
-        lines += [f"{t} {g} {p}" for t, g, p in zip(sentence, gold_tags, tags)] + [""]
+        lines += [f"{'_'.join(t.split())} {g} {p}" for t, g, p in zip(sentence, gold_tags, tags)] + [""]
     text = "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     if compress:

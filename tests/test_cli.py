@@ -111,6 +111,15 @@ def test_a_report_whose_reader_stopped_early_ends_quietly(monkeypatch):
     assert not unknown and args.verbosity == "WARNING"
 
 
+def test_a_predictions_file_keeps_three_fields_a_line_for_tokens_with_spaces(tmp_path):
+    # CoNLL-U allows a token such as "New York"; conlleval and our rescoring split each line on whitespace
+    from sparseshare.cli import write_conll_predictions
+
+    path = write_conll_predictions(tmp_path / "test.ner.conll", [["New York", "is"], ["Rome"]],
+                                   [["B-LOC", "O"], ["B-LOC"]], [["B-LOC", "O"], ["O"]])
+    assert path.read_text(encoding="utf-8") == "New_York B-LOC B-LOC\nis O O\n\nRome B-LOC O\n\n"
+
+
 def test_evaluate_checks_its_output_paths_before_it_scores(model_dir, tmp_path):
     model, data = model_dir
     (tmp_path / "afile").write_text("")

@@ -551,12 +551,14 @@ def validate(config: Config) -> None:
     unknown = [task for task in t.distill_from if task not in config.tasks]
     if unknown and not any(is_task_file(task) for task in config.tasks):
         raise ConfigError(f"config key 'train.distill_from' names {unknown}, not among the run's tasks {config.tasks}")
-    # (train.task_weights: the training loop checks them against the tasks it has read)
-    for key, named in (("data.task_dirs", config.data.task_dirs), ("data.hub_paths", config.data.hub_paths)):
-        unknown = [task for task in named if task not in names]
-        if unknown and not any(is_task_file(name) for name in names):  # (an unread task file: its loader reports it)
-            raise ConfigError(f"config key {key!r} names {unknown}, not among the run's tasks {names}; it maps a "
-                              f"task's name to its corpus")
+    # (train.task_weights: the training loop checks them against the tasks it has read). The corpus folders of the
+    # source the run reads, by task name: one for a task the run lacks (misspelt) would leave its task on data.dir
+    key, named = (("data.hub_paths", config.data.hub_paths) if config.data.source == "hub" else
+                  ("data.task_dirs", config.data.task_dirs))
+    unknown = [task for task in named if task not in names]
+    if unknown and not any(is_task_file(name) for name in names):  # (an unread task file: its loader reports it)
+        raise ConfigError(f"config key '{key}.{unknown[0]}': {unknown[0]!r} is not among the run's tasks {names}; "
+                          f"{key} maps a task's name to its corpus")
     if t.distill_weight is not None and not t.distill_from and not config.sparse.distill:
         raise ConfigError("config key 'train.distill_weight' has no effect without train.distill_from (or "
                           "sparse.distill)")

@@ -353,11 +353,19 @@ def test_options_name_a_task_file_by_the_name_it_gives(tmp_path):
 
 def test_a_corpus_folder_for_a_task_the_run_lacks_is_refused(tmp_path):
     # a misspelt task name in data.task_dirs was ignored, and the task read the corpus of data.dir
-    with pytest.raises(ConfigError, match=r"config key 'data.task_dirs' names \['nerr'\], not among the run's tasks "
+    with pytest.raises(ConfigError, match=r"^config key 'data.task_dirs.nerr': 'nerr' is not among the run's tasks "
                                           r"\['ner'\]"):
         load_config(None, ["tasks=[ner]", "data.dir=x", "data.task_dirs.nerr=y"])
-    with pytest.raises(ConfigError, match=r"config key 'data.hub_paths' names \['pos'\]"):
+    with pytest.raises(ConfigError, match=r"^config key 'data.hub_paths.pos': 'pos' is not"):
         load_config(None, ["tasks=[ner]", "data.source=hub", "data.hub_paths.pos=y"])
+    # the file's own entry is named by its line; an override's entry by the override
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [ner]\ndata:\n  dir: x\n  task_dirs:\n    nerr: y\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:5: config key 'data.task_dirs.nerr'"):
+        load_config(path)
+    path.write_text("tasks: [ner]\ndata:\n  dir: x\n  task_dirs:\n    ner: y\n")
+    with pytest.raises(ConfigError, match=r"^config key 'data.task_dirs.nerr'"):
+        load_config(path, ["data.task_dirs.nerr=z"])
     pol = _user_task(tmp_path, "pol")
     assert load_config(None, [f"tasks=[ner,{pol}]", "data.task_dirs.pol=y"]).data.task_dirs == {"pol": "y"}
 

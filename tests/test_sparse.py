@@ -903,3 +903,15 @@ def test_the_pipeline_with_private_embedders_searches_one_network_and_copies_its
     for task in owners:
         assert torch.equal(started["model"].sharing.private[task].words.weight,
                            initial.sharing.encoder.embedder.words.weight), task
+
+
+def test_a_search_stage_keeps_the_corpus_folder_of_its_own_task_only(tmp_path):
+    # a search round trains one task; the run's data.task_dirs entries of the other tasks would be refused by the
+    # stage's own config check, after the warm-up had run
+    from sparseshare.config import validate
+
+    config = load_config(None, ["tasks=[pos,ner]", "model.sharing=sparse", f"output_dir={tmp_path}",
+                                "data.task_dirs={pos: a, ner: b}"])
+    stage = pipeline._stage_config(config, tmp_path / "search" / "ner", tasks=["ner"], epochs=1)
+    validate(stage)
+    assert stage.data.task_dirs == {"ner": "b"} and config.data.task_dirs == {"pos": "a", "ner": "b"}

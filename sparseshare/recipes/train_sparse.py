@@ -48,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import Config, ModelConfig, build_dataclass, load_config, upgrade_saved_model_config
+from ..config import task_names as config_task_names
 from ..errors import ConfigError
 from ..encoders import encoder_kind
 from ..evaluation import evaluate
@@ -570,7 +571,13 @@ def _stage_config(config: Config, folder: Path, sharing: str | None = None, task
     train = dataclasses.replace(config.train, epochs=epochs or config.train.epochs, patience=0, distill_from={},
                                 distill_weight=None, task_weights={} if tasks else config.train.task_weights,
                                 epoch_length="batches" if tasks else config.train.epoch_length)
-    return dataclasses.replace(config, output_dir=str(folder), model=model, tasks=tasks or config.tasks, train=train)
+    data = config.data
+    if tasks:  # the corpus folders of a one-task stage's task only (config.validate refuses entries of other tasks)
+        names = config_task_names(tasks)
+        data = dataclasses.replace(data, task_dirs={t: d for t, d in data.task_dirs.items() if t in names},
+                                   hub_paths={t: d for t, d in data.hub_paths.items() if t in names})
+    return dataclasses.replace(config, output_dir=str(folder), model=model, tasks=tasks or config.tasks, train=train,
+                               data=data)
 
 
 STAGE_TIME = "stage_time.json"

@@ -148,22 +148,29 @@ def test_task_validation(changes, message):
 
 @pytest.mark.parametrize("changes, key, message", [
     # torch refuses "." and "" in a module name, after the corpora are read; "/" opened a folder for predictions
-    ({"name": "ner.v2"}, "name", "a task name is letters, digits, '_' and '-'"),
-    ({"name": ""}, "name", "a task name is letters"),
-    ({"name": "ner/de"}, "name", "a task name is letters"),
+    ({"name": "ner.v2"}, "name", "a task name is ASCII letters, digits, '_' and '-'"),
+    ({"name": ""}, "name", "a task name is ASCII letters"),
+    ({"name": "ner/de"}, "name", "a task name is ASCII letters"),
     ({"columns": ["word", "ner"]}, "columns", r"\['word', 'ner'\] has no 'tokens'"),
     # a misspelt split was accepted and the run reported no test scores
     ({"files": {"train": "train.txt", "dev": "dev.txt", "tset": "test.txt"}}, "files", "'tset' is not a split"),
     ({"scheme": "iob1", "train_scheme": "none"}, "train_scheme", "a span scheme converts only to another"),
     ({"scheme": "none", "train_scheme": "bioes", "metric": "accuracy"}, "train_scheme", "'none' only to 'none'"),
-    ({"files": {"train": "t.txt"}, "dev_from_train": {"fraction": 1.5}}, "dev_from_train.fraction",
-     r"must be in \(0, 1\], got 1.5"),
+    ({"files": {"train": "t.txt"}, "dev_from_train": {"fraction": 1.0}}, "dev_from_train.fraction",
+     r"must be in \(0, 1\), got 1.0"),
     ({"files": {"train": "t.txt"}, "dev_from_train": {"fraction": -0.5}}, "dev_from_train.fraction", "got -0.5"),
 ])
 def test_a_task_file_is_refused_by_key(tmp_path, changes, key, message):
     path = _write_task(tmp_path / "t.yaml", _task_dict(**changes))
     with pytest.raises(ValueError, match=rf"^{path}:\d+: task '[^']*': task key '{key}': .*{message}"):
         load_task(str(path))
+
+
+def test_a_saved_task_is_not_held_to_the_rules_for_new_task_files():
+    # a model folder's config.json tasks trained already: a name or a files key of before still loads
+    spec = TaskSpec.from_dict(_task_dict(name="nér", files={"train": "t.txt", "dev": "d.txt", "tset": "x.txt"}),
+                              strict=True)
+    assert spec.name == "nér"
 
 
 def test_a_carved_dev_split_leaves_sentences_to_train_on(tmp_path):

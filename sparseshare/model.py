@@ -64,10 +64,13 @@ def inference_lock(model: nn.Module) -> threading.RLock:
 
 
 
+_DROP_INVISIBLE = str.maketrans("", "", INVISIBLE_SEPARATORS)
+
+
 def blank_token(token: str) -> bool:
     """A token without a visible character (spaces, byte-order marks, zero-width spaces): it would get a tag of its
     own."""
-    return not token.translate({ord(c): None for c in INVISIBLE_SEPARATORS}).strip()
+    return not token.translate(_DROP_INVISIBLE).strip()
 
 
 def check_token_lists(sentences) -> None:
@@ -228,6 +231,8 @@ class MultiTaskTagger(nn.Module):
                   directory / "vocab.json")
         save_json(self.labels, directory / "labels.json")
         save_model(self, str(directory / "model.safetensors"))
+        for stale in model_folder.other_strategies_files(self.sharing):  # left by a model saved here before
+            (directory / stale).unlink(missing_ok=True)
         self.sharing.save_files(directory)
         encoder_kind(self.config.encoder).save_files(self, directory)
         model_card(self, self.info).save(directory / "README.md")

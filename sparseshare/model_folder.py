@@ -472,18 +472,24 @@ def check_values(model: nn.Module, directory: Path, header: Header) -> None:
                                                                       f"than 0 and 1")
 
 
+def other_strategies_files(strategy) -> list[str]:
+    """The files other strategies write into a model folder (``SharingStrategy.files``) that ``strategy`` does not:
+    a folder of ``strategy`` must not hold them."""
+    own = set(strategy.files)
+    return sorted({file for cls in STRATEGIES.values() for file in cls.files if file not in own})
+
+
 def load_strategy_files(model, directory: Path) -> None:
     """The sharing strategy's own files (sparse sharing's masks.safetensors), checked by the strategy; a missing one
     stays a ModelFolderError. Another strategy's file in the folder is refused: the folder's config.json and its files
     disagree on how it shares (e.g. masks.safetensors with ``model.sharing`` rewritten to ``hard``)."""
-    own = set(model.sharing.files)
-    for name, strategy in sorted(STRATEGIES.items()):
-        for file in strategy.files:
-            if file not in own and (directory / file).exists():
-                raise invalid_file(directory / "config.json", "model.sharing",
-                                   f"model.sharing is {model.sharing.name!r}, but the folder holds {file}, a file of "
-                                   f"{name} sharing: config.json and the folder's files disagree on how its tasks "
-                                   f"share the encoder")
+    for file in other_strategies_files(model.sharing):
+        if (directory / file).exists():
+            owner = next(name for name, cls in sorted(STRATEGIES.items()) if file in cls.files)
+            raise invalid_file(directory / "config.json", "model.sharing",
+                               f"model.sharing is {model.sharing.name!r}, but the folder holds {file}, a file of "
+                               f"{owner} sharing: config.json and the folder's files disagree on how its tasks "
+                               f"share the encoder")
     try:
         model.sharing.load_files(directory)
     except ModelFolderError:

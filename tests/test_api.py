@@ -342,6 +342,7 @@ def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, mo
         uploaded.update({p.relative_to(folder_path).as_posix(): p.read_bytes()
                          for p in sorted(__import__("pathlib").Path(folder_path).rglob("*")) if p.is_file()})
         uploaded["__repo__"] = repo_id
+        uploaded["__deleted__"] = kwargs.get("delete_patterns")
         raise RuntimeError("stopped before the network")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
@@ -350,6 +351,8 @@ def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, mo
     with pytest.raises(RuntimeError, match="stopped before the network"):
         model.push_to_hub("someone/tiny-tagger")
     assert uploaded.pop("__repo__") == "someone/tiny-tagger"
+    # a dense model's push deletes the masks an earlier push of a sparse model may have left in the repo
+    assert uploaded.pop("__deleted__") == ["masks.safetensors"]
     expected = {p.relative_to(bilstm_model).as_posix(): p.read_bytes() for p in bilstm_model.rglob("*") if p.is_file()}
     assert sorted(uploaded) == sorted(expected) == ["README.md", "config.json", "labels.json", "model.safetensors",
                                                     "vocab.json"]

@@ -380,7 +380,12 @@ def test_a_mask_file_beside_another_sharing_is_refused(sparse_folder, tmp_path):
         MultiTaskTagger.from_pretrained(folder)
     assert caught.value.key == "model.sharing"
     (folder / "masks.safetensors").unlink()
-    MultiTaskTagger.from_pretrained(folder)  # without the sparse file it is a hard-sharing folder
+    hard = MultiTaskTagger.from_pretrained(folder)  # without the sparse file it is a hard-sharing folder
+    # saving it into a folder that held a sparse model removes the masks that would now contradict config.json
+    again = copy_of(sparse_folder, tmp_path / "again")
+    hard.save_pretrained(again)
+    assert not (again / "masks.safetensors").exists()
+    assert MultiTaskTagger.from_pretrained(again).config.sharing == "hard"
 
 
 @pytest.fixture(scope="module")

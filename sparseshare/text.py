@@ -35,8 +35,9 @@ _NUMBER = re.compile(r"^[+-]?\d[\d,.:/]*\d$|^\d$")  # 1,000  3.5  12:30  1/2
 # never part of a token; offsets still index the text as given. Python's \s includes neither.
 INVISIBLE_SEPARATORS = "\ufeff\u200b"
 _WORD = re.compile(rf"[^\s{INVISIBLE_SEPARATORS}]+")
-_NEWLINE = r"(?:\r\n|\r(?!\n)|\n)"  # a line ends with LF, CRLF or a lone CR (old Mac text)
-_BLANK_LINE = re.compile(rf"{_NEWLINE}[^\S\r\n]*{_NEWLINE}")
+# a line ends with LF, CRLF (CRs before an LF: CR CR LF is CRLF text saved again in text mode on Windows) or lone CRs
+_NEWLINE = r"(?:\r*\n|\r(?!\r*\n))"
+_BLANK_LINE = re.compile(rf"{_NEWLINE}(?:[^\S\r\n]|[{INVISIBLE_SEPARATORS}])*{_NEWLINE}")
 _LIST_NUMBER = re.compile(r"^\d{1,3}\.$")
 _INNER_SPLIT = re.compile(r"(--+|\.\.\.+|…)")  # dashes and ellipses split even inside a word
 

@@ -94,19 +94,24 @@ def test_tag_json_names_each_object_s_input_line_and_errors_name_the_line(model_
     assert b"Broken pipe" not in reader.stderr.read()
 
 
-def test_a_report_whose_reader_stopped_early_ends_quietly(monkeypatch):
+def test_masks_show_ends_quietly_when_its_reader_stops_early(tmp_path):
     # `sparseshare masks show M --png x.png | head -1`: the report's reader is gone, the heatmap is still drawn
+    import torch
+
     import sparseshare.cli as cli
+    from conftest import tiny_config, tiny_model
 
-    class Closed:
-        def write(self, text):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self):
-            raise BrokenPipeError(32, "Broken pipe")
-
-    monkeypatch.setattr(sys, "stdout", Closed())
-    cli._print("density (share of prunable weights kept) per task:")  # no error
+    model, _ = tiny_model(tiny_config(write_tiny_corpus(tmp_path), tmp_path / "run", **{"model.sharing": "sparse"}))
+    generator = torch.Generator().manual_seed(0)
+    model.sharing.set_masks({task: {name: torch.rand(p.shape, generator=generator) < 0.5
+                                    for name, p in model.sharing.prunable().items()} for task in model.tasks})
+    folder, png = model.save_pretrained(tmp_path / "model"), tmp_path / "overlap.png"
+    reader = subprocess.Popen([sys.executable, "-m", "sparseshare.cli", "masks", "show", str(folder), "--png", str(png)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout.readline().startswith(b"density")
+    reader.stdout.close()  # as `| head -1` does, before the heatmap is drawn
+    assert reader.wait(timeout=300) == 0, reader.stderr.read().decode()[-2000:]
+    assert b"Broken pipe" not in reader.stderr.read() and png.is_file()
     args, unknown = cli.build_parser().parse_known_args(["masks", "show", "m", "--quiet"])  # as after every command
     assert not unknown and args.verbosity == "WARNING"
 

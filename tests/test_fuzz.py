@@ -209,6 +209,8 @@ def test_a_zero_width_space_separates_like_a_space(text):
 @pytest.mark.parametrize("text, sentences", [
     ("EU rejects\n\nBritish lamb", 2), ("EU rejects\r\n\r\nBritish lamb", 2), ("EU rejects\r\rBritish lamb", 2),
     ("EU rejects\r \rBritish lamb", 2), ("EU rejects\r\nBritish lamb", 1), ("EU rejects\rBritish lamb", 1),
+    ("EU rejects\r\r\nBritish lamb", 1), ("EU rejects\r\r\n\r\r\nBritish lamb", 2),  # CRLF text saved again as text
+    ("EU rejects\n\u200b\nBritish lamb", 2),
 ])
 def test_a_blank_line_ends_a_sentence_whatever_ends_its_lines(text, sentences):
     tokens = tokenize(text)

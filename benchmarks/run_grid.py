@@ -159,6 +159,11 @@ RUNS = {
     # is NER's loss a matter of capacity? The shared BiLSTM 1.5x as wide (2 x 300 per layer) for three tasks, each
     # task's embedder its own as in the shipped hard config
     "hard_hidden300": ("conll03_hard", ["model.bilstm.hidden=300"]),
+    # ... or of over-fitting the training sentences, which the shared encoder reads once per task and epoch (three
+    # times as often as a single-task encoder)? Multi-task rows gain on dev more than on test, whose names are
+    # newer: more word dropout (a training word read as UNK 3x as often) and more dropout between the layers
+    "hard_word_dropout15": ("conll03_hard", ["model.bilstm.word_dropout=0.15"]),
+    "hard_dropout65": ("conll03_hard", ["model.bilstm.dropout=0.65"]),
     # each task with its own word embeddings and char-CNN (or one of them), the BiLSTM layers shared: is the loss in
     # the shared word representations or in the shared layers above them? (hard_private_embedder ran at a8ddd5e as
     # model.private_embedder=true, which is "all" since)

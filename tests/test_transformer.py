@@ -119,3 +119,23 @@ def test_sparse_sharing_masks_a_transformer_and_reloads_identically(tiny_corpus,
     first = trained.predict(sentences)
     trained.save_pretrained(tmp_path / "again")
     assert MultiTaskTagger.from_pretrained(tmp_path / "again").predict(sentences) == first
+
+
+def test_a_checkpoint_whose_tokenizer_outgrew_its_embeddings_is_refused_before_training(tiny_bert, tmp_path):
+    # tokens added to the tokenizer without resize_token_embeddings: their ids would index past the table in the
+    # first batch that holds one (a saved model folder with the same fault is refused as it loads)
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from sparseshare.config import ConfigError
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_bert, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens(["<ent>", "</ent>"])
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(ConfigError, match=r"'model.transformer.name_or_path' = .*: the tokenizer has \d+ entries, "
+                                          r"more than the \d+ rows of the model's embedding table"):
+        TransformerEncoder(str(folder))
+    assert TransformerEncoder(str(tiny_bert)).tokenizer is not None  # the unchanged checkpoint builds

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from ..errors import ConfigError
 from .registry import EncoderKind, register_encoder
 
 
@@ -91,6 +92,12 @@ class TransformerEncoder(nn.Module):
         if not self.tokenizer.is_fast:
             raise ValueError(f"{name_or_path}: a fast tokenizer is required (word_ids() alignment)")
         self.model = model if model is not None else AutoModel.from_pretrained(path)
+        rows = self.model.get_input_embeddings().num_embeddings
+        if path is not None and len(self.tokenizer) > rows:  # (a saved folder's are checked as it loads: load_parts)
+            # tokens added to the tokenizer without resizing the embeddings: their ids would index past the table
+            raise ConfigError(f"config key 'model.transformer.name_or_path' = {name_or_path!r}: the tokenizer has "
+                              f"{len(self.tokenizer)} entries, more than the {rows} rows of the model's embedding "
+                              f"table (resize the embeddings after adding tokens)")
         limits = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length,
                   max_length]
         self.max_length = min(int(v) for v in limits if v is not None and v > 0)

@@ -97,11 +97,11 @@ def push_folder(folder: Path, repo_id: str, *, private: bool | None = None, toke
     huggingface_hub's own error (``sparseshare push`` reports it in one line, see :func:`hub_errors_reported`)."""
     from huggingface_hub import HfApi
 
-    from .sharing import STRATEGIES
+    from .model_folder import strategy_files
 
     # a strategy's file that this folder lacks is deleted from the repo, where an earlier push may have left it (a
     # masks.safetensors beside a hard-sharing config.json is a folder the loader refuses)
-    stale = sorted({file for cls in STRATEGIES.values() for file in cls.files if not (Path(folder) / file).exists()})
+    stale = sorted(file for file in strategy_files() if not (Path(folder) / file).exists())
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder, commit_message=commit_message,

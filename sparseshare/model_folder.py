@@ -472,11 +472,15 @@ def check_values(model: nn.Module, directory: Path, header: Header) -> None:
                                                                       f"than 0 and 1")
 
 
+def strategy_files() -> dict[str, str]:
+    """Every file a strategy writes into a model folder (``SharingStrategy.files``) -> the strategy's name."""
+    return {file: name for name, cls in STRATEGIES.items() for file in cls.files}
+
+
 def other_strategies_files(strategy) -> list[str]:
-    """The files other strategies write into a model folder (``SharingStrategy.files``) that ``strategy`` does not:
-    a folder of ``strategy`` must not hold them."""
-    own = set(strategy.files)
-    return sorted({file for cls in STRATEGIES.values() for file in cls.files if file not in own})
+    """The files other strategies write into a model folder that ``strategy`` does not: a folder of ``strategy``
+    must not hold them."""
+    return sorted(file for file in strategy_files() if file not in strategy.files)
 
 
 def load_strategy_files(model, directory: Path) -> None:
@@ -485,10 +489,9 @@ def load_strategy_files(model, directory: Path) -> None:
     disagree on how it shares (e.g. masks.safetensors with ``model.sharing`` rewritten to ``hard``)."""
     for file in other_strategies_files(model.sharing):
         if (directory / file).exists():
-            owner = next(name for name, cls in sorted(STRATEGIES.items()) if file in cls.files)
             raise invalid_file(directory / "config.json", "model.sharing",
                                f"model.sharing is {model.sharing.name!r}, but the folder holds {file}, a file of "
-                               f"{owner} sharing: config.json and the folder's files disagree on how its tasks "
+                               f"{strategy_files()[file]} sharing: config.json and the folder's files disagree on how its tasks "
                                f"share the encoder")
     try:
         model.sharing.load_files(directory)

@@ -266,7 +266,7 @@ class MultiTaskTagger(nn.Module):
         model_folder.check_sizes(directory, contents, header)  # nothing config.json asks for is allocated before
 
         def build():
-            parts = encoder_kind(contents.model.encoder).load_parts(directory)
+            parts = encoder_kind(contents.model.encoder).load_parts(directory, header)
             return cls(contents.model, contents.tasks, contents.labels, contents.words, contents.chars,
                        contents.lowercase, contents.normalize_digits, checkpoint_parts=parts)
 

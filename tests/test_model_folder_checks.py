@@ -430,6 +430,64 @@ def test_a_transformer_folder_without_its_vocabulary_or_with_a_damaged_tokenizer
     assert MultiTaskTagger.from_pretrained(bert_folder).predict(TINY_SENTENCES)  # the intact folder still loads
 
 
+class _AllocationGuard:
+    """Stands in for transformers' AutoModel in the encoder module: building on the meta device (no memory) passes,
+    allocating the encoder fails the test."""
+
+    @staticmethod
+    def from_config(config, **kwargs):
+        from transformers import AutoModel
+
+        if torch.get_default_device().type != "meta":
+            pytest.fail("the encoder was allocated")
+        return AutoModel.from_config(config, **kwargs)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"vocab_size": 10**9}, r"'embeddings\.word_embeddings\.weight' of shape \(1000000000, 16\), model\.safetensors "
+                            r"holds \(\d+, 16\)"),
+    ({"max_position_embeddings": 10**7}, r"'embeddings\.position_embeddings\.weight' of shape \(10000000, 16\)"),
+    ({"hidden_size": 2**20, "num_attention_heads": 2}, r"of shape \(\d+, 1048576\)"),
+    ({"intermediate_size": 10**7}, r"'encoder\.layer\.0\.intermediate\.dense\.weight' of shape \(10000000, 16\)"),
+    ({"num_hidden_layers": 40}, r"it describes 40 layers \(encoder\.layer\.<n>\), model\.safetensors holds the weights "
+                                r"of 3"),
+    ({"hidden_act": "nosuchact"}, r"transformers cannot build the encoder it describes \(KeyError"),
+    ({"num_attention_heads": 3}, r"transformers cannot build the encoder it describes \(ValueError: The hidden size"),
+])
+def test_encoder_config_sizes_are_checked_against_the_weights_before_allocating(bert_folder, tmp_path, monkeypatch,
+                                                                                change, problem):
+    """encoder/config.json is the Hugging Face model's own config, outside config.json's checks: what it asks for is
+    built on the meta device and compared with model.safetensors' header before the encoder is allocated."""
+    folder = copy_of(bert_folder, tmp_path)
+    config = json.loads((folder / "encoder" / "config.json").read_text())
+    (folder / "encoder" / "config.json").write_text(json.dumps({**config, **change}))
+    monkeypatch.setattr("sparseshare.encoders.transformer.AutoModel", _AllocationGuard)
+    with pytest.raises(InvalidModelFolderError, match=problem) as caught:
+        MultiTaskTagger.from_pretrained(folder)
+    assert caught.value.path == str(folder / "encoder" / "config.json")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_half_precision_encoder_config_builds_a_float32_encoder(bert_folder, tmp_path, dtype):
+    """Many Hub checkpoints name bf16 / fp16 in their config: the encoder is built in float32 all the same (before,
+    tagging failed with "mat1 and mat2 must have the same dtype")."""
+    folder = copy_of(bert_folder, tmp_path)
+    config = json.loads((folder / "encoder" / "config.json").read_text())
+    (folder / "encoder" / "config.json").write_text(json.dumps({**config, "dtype": dtype}))
+    model = MultiTaskTagger.from_pretrained(folder)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.predict(TINY_SENTENCES) == MultiTaskTagger.from_pretrained(bert_folder).predict(TINY_SENTENCES)
+
+
+def test_a_tokenizer_limit_that_leaves_no_room_for_words_names_its_file(bert_folder, tmp_path):
+    folder = copy_of(bert_folder, tmp_path)
+    edit_json(folder, "encoder/tokenizer_config.json", lambda c: c.update(model_max_length=2))
+    with pytest.raises(InvalidModelFolderError, match=r"tokenizer_config\.json: model_max_length 2 leaves no room for "
+                                                      r"words") as caught:
+        MultiTaskTagger.from_pretrained(folder)
+    assert caught.value.key == "model_max_length"
+
+
 # -- the property: the original predictions, or an error naming the tampered file --------------------------------
 FILES = ("config.json", "labels.json", "vocab.json", "model.safetensors")
 OTHER_TYPES = [None, True, "ZZZ", 0, 1.5, [], {}, ["ZZZ"], {"ZZZ": 1}]

@@ -139,3 +139,42 @@ def test_a_checkpoint_whose_tokenizer_outgrew_its_embeddings_is_refused_before_t
                                           r"more than the \d+ rows of the model's embedding table"):
         TransformerEncoder(str(folder))
     assert TransformerEncoder(str(tiny_bert)).tokenizer is not None  # the unchanged checkpoint builds
+
+
+def test_a_half_precision_checkpoint_is_read_in_float32(encoder, tmp_path):
+    """Many Hub checkpoints are stored in bf16: the encoder reads them in float32, like the heads (before, the first
+    step failed with "mat1 and mat2 must have the same dtype")."""
+    import copy
+
+    copy.deepcopy(encoder.model).to(torch.bfloat16).save_pretrained(tmp_path)
+    encoder.tokenizer.save_pretrained(tmp_path)
+    loaded = TransformerEncoder(str(tmp_path), dropout=0.0).eval()
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    with torch.no_grad():
+        top = loaded(_batch([["EU", "rejects", "German", "call"]]))[-1]
+    assert top.dtype == torch.float32 and bool(torch.isfinite(top).all())
+
+
+def test_windows_fit_a_roberta_style_position_table(encoder):
+    """RoBERTa numbers positions from padding_idx + 1, so its table of max_position_embeddings rows gives a sequence
+    max_position_embeddings - padding_idx - 1 positions; a window as long as the table indexed past it."""
+    from transformers import RobertaConfig, RobertaModel
+
+    tokenizer = encoder.tokenizer
+    roberta = RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=24,
+                                         pad_token_id=tokenizer.pad_token_id), add_pooling_layer=False).eval()
+    small = TransformerEncoder("roberta", dropout=0.0, tokenizer=tokenizer, model=roberta).eval()
+    assert small.max_length == 24 - tokenizer.pad_token_id - 1
+    long = [f"word{i}" for i in range(30)]
+    with torch.no_grad():
+        top = small(_batch([long]))[-1]
+    assert top.shape[:2] == (1, 30) and bool(torch.isfinite(top).all())
+
+
+def test_a_max_length_that_leaves_no_room_for_words_is_refused_by_key():
+    from sparseshare.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config key 'model\.transformer\.max_length' is 3: with the tokenizer's "
+                                          r"special tokens that leaves no room for words"):
+        TransformerEncoder(MINILM, max_length=3)

@@ -91,19 +91,24 @@ class TransformerEncoder(nn.Module):
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
         if not self.tokenizer.is_fast:
             raise ValueError(f"{name_or_path}: a fast tokenizer is required (word_ids() alignment)")
-        self.model = model if model is not None else AutoModel.from_pretrained(path)
+        # float32 whatever dtype the checkpoint was stored in (many Hub checkpoints are bf16 / fp16): the heads and
+        # the optimiser are float32, and train.mixed_precision is how a run computes in bf16
+        self.model = model if model is not None else AutoModel.from_pretrained(path, dtype=torch.float32)
         rows = self.model.get_input_embeddings().num_embeddings
         if path is not None and len(self.tokenizer) > rows:  # (a saved folder's are checked as it loads: load_parts)
             # tokens added to the tokenizer without resizing the embeddings: their ids would index past the table
             raise ConfigError(f"config key 'model.transformer.name_or_path' = {name_or_path!r}: the tokenizer has "
                               f"{len(self.tokenizer)} entries, more than the {rows} rows of the model's embedding "
                               f"table (resize the embeddings after adding tokens)")
-        limits = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length,
-                  max_length]
-        self.max_length = min(int(v) for v in limits if v is not None and v > 0)
+        limits = {"the encoder's usable positions": usable_positions(self.model),
+                  "the tokenizer's model_max_length": self.tokenizer.model_max_length,
+                  "config key 'model.transformer.max_length'": max_length}
+        binding, self.max_length = min(((name, int(v)) for name, v in limits.items() if v is not None and v > 0),
+                                       key=lambda item: item[1])
         self.limit = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         if self.limit < 2:
-            raise ValueError(f"max_length {self.max_length} leaves no room for words")
+            raise ConfigError(f"{binding} is {self.max_length}: with the tokenizer's special tokens that leaves no "
+                              f"room for words (at least 2 subwords a window)")
         self.stride = max(0, min(stride, self.limit // 2))
         self.dropout = nn.Dropout(dropout)
         self.num_layers = self.model.config.num_hidden_layers
@@ -135,7 +140,9 @@ class TransformerEncoder(nn.Module):
     def _rows(self, sentences: list[list[str]]):
         """Token id rows for a batch, per word its (row, position), and per row its sentence; one tokenizer call
         in the common case."""
-        encoded = self.tokenizer(sentences, is_split_into_words=True, truncation=False)
+        # verbose=False: transformers warns that a sequence over the model's limit "will result in indexing errors";
+        # such a sentence is read in windows (_windows), so the warning would be wrong
+        encoded = self.tokenizer(sentences, is_split_into_words=True, truncation=False, verbose=False)
         rows, where, owners = [], [], []
         for b, words in enumerate(sentences):
             ids, word_ids = encoded["input_ids"][b], encoded.word_ids(b)
@@ -265,10 +272,12 @@ class TransformerKind(EncoderKind):
         encoder.model.config.save_pretrained(directory / "encoder")
 
     @classmethod
-    def load_parts(cls, directory: Path) -> tuple:
+    def load_parts(cls, directory: Path, header: dict) -> tuple:
         """The tokenizer and the (weightless) model of ``encoder/``. Without its vocabulary file transformers would
         build a tokenizer of a few special tokens and every word would be unknown, so a missing vocabulary, a
-        damaged file and a tokenizer larger than the embedding table are errors naming the folder's file."""
+        damaged file and a tokenizer larger than the embedding table are errors naming the folder's file; and the
+        sizes of ``encoder/config.json`` are checked against model.safetensors' ``header`` before anything is
+        allocated (:func:`_check_encoder_sizes`)."""
         from transformers import AutoConfig
 
         from ..errors import InvalidModelFolderError, ModelFolderError
@@ -298,4 +307,68 @@ class TransformerKind(EncoderKind):
             raise InvalidModelFolderError(f"{folder}: the tokenizer has {len(tokenizer)} entries, more than the "
                                           f"{rows} rows of the encoder's embedding table (config.json vocab_size)",
                                           path=str(folder))
-        return tokenizer, AutoModel.from_config(encoder_config, trust_remote_code=False)
+        room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        if room < 2:
+            raise InvalidModelFolderError(f"{folder / 'tokenizer_config.json'}: model_max_length "
+                                          f"{tokenizer.model_max_length} leaves no room for words beside the "
+                                          f"tokenizer's special tokens", path=str(folder / "tokenizer_config.json"),
+                                          key="model_max_length")
+        _check_encoder_sizes(folder / "config.json", encoder_config, header)
+        # float32 whatever dtype encoder/config.json names (as for a checkpoint, see TransformerEncoder)
+        return tokenizer, AutoModel.from_config(encoder_config, trust_remote_code=False, dtype=torch.float32)
+
+
+def usable_positions(model) -> int | None:
+    """How many positions the model's position table gives a sequence: ``max_position_embeddings``, less the rows
+    below RoBERTa-style models' first position (they number positions from ``padding_idx + 1``), so a window is never
+    longer than the table (a RoBERTa checkpoint whose tokenizer states no ``model_max_length`` would read 514)."""
+    rows = getattr(model.config, "max_position_embeddings", None)
+    table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+    if rows is None or not isinstance(table, nn.Embedding) or table.padding_idx is None:
+        return rows
+    return rows - (table.padding_idx + 1)
+
+
+def _check_encoder_sizes(config_file: Path, encoder_config, header: dict) -> None:
+    """Before the encoder is allocated: the model that ``config_file`` describes, built on the meta device (no
+    memory, whatever the architecture), has no more layers than model.safetensors holds, and each of its tensors
+    found there under its own name (the strategies keep the Hugging Face names, copies of a layer under a suffix
+    such as ``blocks.<k>``) has the shape stored. So a config.json asking for a larger vocabulary, width or depth
+    than the weights is refused, naming it, instead of allocating that model first."""
+    import re
+
+    from ..errors import InvalidModelFolderError
+
+    def refuse(problem):
+        return InvalidModelFolderError(f"{config_file}: {problem}", path=str(config_file))
+
+    try:
+        with torch.device("meta"):
+            shapes = {name: tuple(t.shape) for name, t in
+                      AutoModel.from_config(encoder_config, trust_remote_code=False, dtype=torch.float32)
+                      .state_dict().items()}
+    except Exception as err:  # noqa: BLE001 - a head count that does not divide the width, an unknown activation, ...
+        raise refuse(f"transformers cannot build the encoder it describes ({type(err).__name__}: {err})") from err
+    stored = {name[name.find("model.") + len("model."):]: shape for name, (_, shape) in header.items()
+              if "model." in name}
+    stacks: dict[str, set[int]] = {}  # "encoder.layer" -> the layer indices the config asks for
+    for name in shapes:
+        found = re.match(r"^(.*?)\.(\d+)\.", name)
+        if found:
+            stacks.setdefault(found.group(1), set()).add(int(found.group(2)))
+    for stack, asked in stacks.items():
+        held = {int(m.group(1)) for m in (re.match(rf"^{re.escape(stack)}\.(\d+)\.", n) for n in stored) if m}
+        if held and len(asked) > len(held):
+            raise refuse(f"it describes {len(asked)} layers ({stack}.<n>), model.safetensors holds the weights of "
+                         f"{len(held)}")
+    for name, shape in shapes.items():
+        layer = re.match(r"^(.*?\.\d+)\.(.+)$", name)
+        # a layer's tensor may be stored under a copy's name: <stack>.<n>.<copies>.<k>.<rest> (routing's blocks,
+        # bottom's copies, cross-stitch's columns); a tensor a strategy wraps (roaming's) is check_state's to name
+        copy = (re.compile(rf"^{re.escape(layer.group(1))}\.[^.]+\.[^.]+\.{re.escape(layer.group(2))}$")
+                if layer else None)
+        candidates = ([stored[name]] if name in stored else
+                      [s for n, s in stored.items() if copy and copy.match(n)])
+        if candidates and shape not in candidates:
+            raise refuse(f"config.json and model.safetensors disagree: the encoder it describes has {name!r} of "
+                         f"shape {shape}, model.safetensors holds {candidates[0]}")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import SparseshareError
-from .encoders.transformer import TransformerEncoder, transformer_of
+from .encoders.transformer import TransformerEncoder, transformer_of, usable_positions
 from .model import MultiTaskTagger
 
 
@@ -65,6 +65,13 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: b
     except NotImplementedError as err:
         raise ExportError(str(err)) from None
     encoder = transformer_of(model)
+    natural = min(v for v in (usable_positions(encoder.model), encoder.tokenizer.model_max_length)
+                  if v is not None and v > 0)
+    if encoder.max_length < natural:
+        raise ExportError(f"model.transformer.max_length is {encoder.max_length}: sparseshare reads a sentence longer "
+                          f"than that in overlapping windows, which a token-classification model cannot do (it reads "
+                          f"up to {natural} subwords at once), so the export would predict differently on such "
+                          f"sentences")
     spec = model.tasks[task]
     labels = [corpus_label(label, spec.train_scheme, spec.scheme) for label in model.labels[task]]
     hf_config = copy.deepcopy(encoder.model.config)
@@ -104,5 +111,8 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: b
         f"```python\nfrom transformers import pipeline\n\ntagger = pipeline(\"token-classification\", "
         f"model=\"<this folder>\", aggregation_strategy=\"first\")\n```\n\n"
         f"Each word is labelled at its first subword, as in training: give the text tokenised as in the training "
-        f"corpus (CoNLL/PTB style), tokens separated by spaces.\n", encoding="utf-8")
+        f"corpus (CoNLL/PTB style), tokens separated by spaces. A sentence of more than {natural} subwords is "
+        f"more than this model reads at once: sparseshare reads it in overlapping windows, transformers does not. "
+        f"A word the tokenizer maps to no subword (a control character) gets no label here; sparseshare reads it "
+        f"as the unknown token.\n", encoding="utf-8")
     return out

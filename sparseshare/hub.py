@@ -7,12 +7,15 @@ temporary folder followed by one ``upload_folder`` commit.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ModelFolderError, SparseshareError
+
+logger = logging.getLogger(__name__)
 
 # Everything a model folder may hold; nothing else is downloaded (no pickles, no code).
 MODEL_FILE_PATTERNS = ["config.json", "vocab.json", "labels.json", "model.safetensors", "masks.safetensors",
@@ -99,13 +102,35 @@ def push_folder(folder: Path, repo_id: str, *, private: bool | None = None, toke
 
     from .model_folder import strategy_files
 
+    folder = Path(folder)
+    model_files, left_out = _model_files(folder)
+    if left_out:
+        logger.warning(f"not uploaded (not model files): {', '.join(left_out)}")
     # a strategy's file that this folder lacks is deleted from the repo, where an earlier push may have left it (a
     # masks.safetensors beside a hard-sharing config.json is a folder the loader refuses)
-    stale = sorted(file for file in strategy_files() if not (Path(folder) / file).exists())
+    stale = sorted(file for file in strategy_files() if not (folder / file).exists())
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder, commit_message=commit_message,
-                             revision=revision, delete_patterns=stale or None)
+                             revision=revision, allow_patterns=model_files, delete_patterns=stale or None)
+
+
+def _model_files(folder: Path) -> tuple[list[str], list[str]]:
+    """The files of ``folder`` that a push uploads (those :data:`MODEL_FILE_PATTERNS` names, the set loading
+    downloads), and the others, which stay home: a folder on disk may hold a token file, notes or a pickle beside the
+    model. A model file that is a link leading out of the folder is refused: its target's contents would be
+    uploaded under the model's name."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    root = folder.resolve()
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    uploaded = list(filter_repo_objects(files, allow_patterns=MODEL_FILE_PATTERNS))
+    for name in uploaded:
+        target = (folder / name).resolve()
+        if not target.is_relative_to(root):
+            raise ModelFolderError(f"{folder / name} is a link to {target}, outside the model folder: refusing to "
+                                   f"upload another file's contents as part of the model")
+    return uploaded, [name for name in files if name not in uploaded]
 
 
 def push_to_hub(model, repo_id: str, **kwargs):

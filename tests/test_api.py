@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -339,8 +340,11 @@ def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, mo
     uploaded = {}
 
     def record_upload(self, *, repo_id, folder_path, **kwargs):
-        uploaded.update({p.relative_to(folder_path).as_posix(): p.read_bytes()
-                         for p in sorted(__import__("pathlib").Path(folder_path).rglob("*")) if p.is_file()})
+        from huggingface_hub.utils import filter_repo_objects
+
+        files = [p.relative_to(folder_path).as_posix() for p in sorted(Path(folder_path).rglob("*")) if p.is_file()]
+        uploaded.update({name: (Path(folder_path) / name).read_bytes()
+                         for name in filter_repo_objects(files, allow_patterns=kwargs["allow_patterns"])})
         uploaded["__repo__"] = repo_id
         uploaded["__deleted__"] = kwargs.get("delete_patterns")
         raise RuntimeError("stopped before the network")
@@ -351,13 +355,49 @@ def test_push_to_hub_uploads_the_saved_folder_and_fails_offline(bilstm_model, mo
     with pytest.raises(RuntimeError, match="stopped before the network"):
         model.push_to_hub("someone/tiny-tagger")
     assert uploaded.pop("__repo__") == "someone/tiny-tagger"
-    # a dense model's push deletes the masks an earlier push of a sparse model may have left in the repo
-    assert uploaded.pop("__deleted__") == ["masks.safetensors"]
+    # a dense model's push deletes the masks (or routes) an earlier push of a sparse (routing) model may have left
+    assert uploaded.pop("__deleted__") == ["masks.safetensors", "routing.json"]
     expected = {p.relative_to(bilstm_model).as_posix(): p.read_bytes() for p in bilstm_model.rglob("*") if p.is_file()}
     assert sorted(uploaded) == sorted(expected) == ["README.md", "config.json", "labels.json", "model.safetensors",
                                                     "vocab.json"]
     assert uploaded["model.safetensors"] == expected["model.safetensors"]
     assert uploaded["README.md"] == expected["README.md"]
+
+
+def test_a_push_uploads_only_the_model_files_of_the_folder(bilstm_model, tmp_path, monkeypatch, capsys):
+    """`sparseshare push` uploads a folder as it is on disk: a token file, notes or a pickle beside the model stay
+    home (named in a warning), and a model file that links outside the folder is refused."""
+    import huggingface_hub
+
+    from sparseshare.hub import push_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(bilstm_model, folder)
+    (folder / ".env").write_text("HF_TOKEN=hf_secret\n")
+    (folder / "notes.txt").write_text("private notes\n")
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the model's\n")
+    (folder / "linked.txt").symlink_to(outside)
+    uploaded = {}
+
+    def record_upload(self, *, repo_id, folder_path, allow_patterns, **kwargs):
+        from huggingface_hub.utils import filter_repo_objects
+
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        uploaded["files"] = sorted(filter_repo_objects(files, allow_patterns=allow_patterns))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: type("Url", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", record_upload)
+    push_folder(folder, "someone/tiny-tagger")
+    assert uploaded["files"] == ["README.md", "config.json", "labels.json", "model.safetensors", "vocab.json"]
+    assert "not uploaded (not model files): .env, linked.txt, notes.txt, pytorch_model.bin" in capsys.readouterr().out
+    (folder / "encoder").mkdir()
+    (folder / "encoder" / "extra.txt").symlink_to(outside)
+    with pytest.raises(ModelFolderError, match=r"encoder/extra\.txt is a link to .*outside\.txt, outside the model "
+                                               r"folder"):
+        push_folder(folder, "someone/tiny-tagger")
 
 
 # -- export to plain transformers ----------------------------------------------------------------

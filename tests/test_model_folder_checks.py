@@ -488,6 +488,20 @@ def test_a_tokenizer_limit_that_leaves_no_room_for_words_names_its_file(bert_fol
     assert caught.value.key == "model_max_length"
 
 
+def test_a_routing_file_beside_another_sharing_is_refused_and_removed_on_save(strategy_folders, tmp_path):
+    """routing.json is routing's map of its routes: beside a hard-sharing config.json it would be shown by
+    `sparseshare routing show` as this model's routes."""
+    folder = copy_of(strategy_folders["hard"], tmp_path)
+    hard = MultiTaskTagger.from_pretrained(folder)
+    (folder / "routing.json").write_text((strategy_folders["routing"] / "routing.json").read_text())
+    with pytest.raises(InvalidModelFolderError, match=r"model\.sharing is 'hard', but the folder holds "
+                                                      r"routing\.json, a file of routing sharing"):
+        MultiTaskTagger.from_pretrained(folder)
+    hard.save_pretrained(folder)
+    assert not (folder / "routing.json").exists()
+    assert MultiTaskTagger.from_pretrained(folder).config.sharing == "hard"
+
+
 # -- the property: the original predictions, or an error naming the tampered file --------------------------------
 FILES = ("config.json", "labels.json", "vocab.json", "model.safetensors")
 OTHER_TYPES = [None, True, "ZZZ", 0, 1.5, [], {}, ["ZZZ"], {"ZZZ": 1}]

@@ -253,6 +253,9 @@ def test_a_task_exports_as_the_plain_model_it_runs_through(tiny_corpus, tmp_path
     ("cross_stitch", {}, "cross_stitch mixes every task's column after each layer"),
     ("routing", {"model.routing.router": "reinforce"}, "the 'reinforce' router chooses each sentence's route"),
     ("routing", {"model.routing.pass_block": "true"}, r"greedy route skips layer\(s\) \[2\] \(PASS\)"),
+    # sparseshare reads a sentence longer than max_length in windows; the exported model would read it whole
+    ("hard", {"model.transformer.max_length": 12}, r"model\.transformer\.max_length is 12: sparseshare reads a "
+                                                   r"sentence longer than that in overlapping windows"),
 ])
 def test_export_refuses_a_task_without_one_plain_model(tiny_corpus, tmp_path, tiny_bert, sharing, extra, message):
     from sparseshare.export import ExportError, export_task

@@ -128,6 +128,7 @@ class RoutingOptions:
 @register("routing")
 class RoutingNetwork(SharingStrategy):
     Options = RoutingOptions
+    files = (ROUTING_FILE,)
     citation = """@inproceedings{rosenbaum2018routing,
   title = {Routing Networks: Adaptive Selection of Non-linear Functions for Multi-Task Learning},
   author = {Rosenbaum, Clemens and Klinger, Tim and Riemer, Matthew},

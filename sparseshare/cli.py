@@ -145,7 +145,7 @@ def _read_lines(path: str) -> list[tuple[int, str]]:
 
 
 def _tag(args):
-    from .model import blank_token
+    from .text import blank_token
     from .tagger import Tagger
 
     tagger = Tagger.from_pretrained(args.model)

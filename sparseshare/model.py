@@ -40,7 +40,7 @@ from .files import save_json
 from .heads import build_head
 from .sharing import build_strategy
 from .tasks import TaskSpec
-from .text import INVISIBLE_SEPARATORS
+from .text import blank_token
 
 FORMAT_VERSION = model_folder.FORMAT_VERSION  # the version from_pretrained reads
 REQUIRED_FILES = ("config.json", "vocab.json", "labels.json", "model.safetensors")
@@ -60,17 +60,6 @@ def inference_lock(model: nn.Module) -> threading.RLock:
         if lock is None:
             lock = _INFERENCE_LOCKS[model] = threading.RLock()
         return lock
-
-
-
-
-_DROP_INVISIBLE = str.maketrans("", "", INVISIBLE_SEPARATORS)
-
-
-def blank_token(token: str) -> bool:
-    """A token without a visible character (spaces, byte-order marks, zero-width spaces): it would get a tag of its
-    own."""
-    return not token.translate(_DROP_INVISIBLE).strip()
 
 
 def check_token_lists(sentences) -> None:

@@ -10,6 +10,7 @@ the text (``1. Hingis``, a list or ranking item). Quotes are kept as written (Co
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # Abbreviations whose final period belongs to the token (lower-cased, without the period).
@@ -66,7 +67,14 @@ def tokenize(text: str) -> list[Token]:
             if piece:
                 tokens.extend(_split_chunk(piece, start))
                 start += len(piece)
-    return tokens
+    # a run of format characters alone (a direction mark, a zero-width joiner, a soft hyphen between spaces)
+    return [token for token in tokens if not blank_token(token.text)]
+
+
+def blank_token(token: str) -> bool:
+    """A token without a visible character: spaces and format characters only (byte-order marks, zero-width spaces
+    and joiners, direction marks, soft hyphens: Unicode category Cf). It would get a tag of its own."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in token)
 
 
 def _split_chunk(chunk: str, offset: int) -> list[Token]:

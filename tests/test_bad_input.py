@@ -338,6 +338,19 @@ def test_the_tagger_drops_a_zero_width_space(trained):
         tagger.tag_tokens([["John", "\u200b", "lives"]])
 
 
+@pytest.mark.parametrize("mark", ["\u200e", "\u200f", "\u200d", "\u200c", "\u00ad", "\u2060", "\u200e\u200f"])
+def test_format_characters_alone_are_not_tokens(trained, mark):
+    # direction marks (text pasted from right-to-left pages), zero-width (non-)joiners, soft hyphens, word joiners:
+    # between spaces they are no word, and were tokens with a tag of their own
+    from sparseshare.tagger import Tagger
+
+    tagger = Tagger.from_pretrained(trained)
+    plain, marked = tagger("John lives in Paris ."), tagger(f"John {mark} lives in Paris .")
+    assert marked.tokens == plain.tokens and marked.tags == plain.tags
+    with pytest.raises(ValueError, match=r"sentences\[0\]\[1\] = .*: a token must contain a non-space"):
+        tagger.tag_tokens([["John", mark, "lives"]])
+
+
 def _tag(trained, monkeypatch, capsys, data: bytes, *args):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
     main(["tag", str(trained), *args])

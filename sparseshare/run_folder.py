@@ -147,7 +147,7 @@ def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoin
                              "replace it, not both")
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"output_dir {folder} is a file, not a folder; give a folder for the run")
-    check_inputs_kept(folder, inputs, outputs, overwrite)
+    check_inputs_kept(folder, inputs, outputs, overwrite, config_checked=resume and has_checkpoint)
     if overwrite:
         return
     found = finished_outputs(folder, outputs)
@@ -160,13 +160,15 @@ def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoin
                              f"nothing to resume (pass --overwrite to train again)")
 
 
-def check_inputs_kept(folder: Path, inputs: dict, names=RUN_OUTPUTS, overwrite: bool = True) -> None:
+def check_inputs_kept(folder: Path, inputs: dict, names=RUN_OUTPUTS, overwrite: bool = True,
+                      config_checked: bool = False) -> None:
     """Refuse, naming the file, a run that would delete or replace a file it reads: one of ``inputs`` (path -> what
     it is, from ``training.data.run_inputs``) that is one of the outputs ``names`` in ``folder`` or lies inside one.
     ``--overwrite`` deletes them all; any run replaces them as it writes (model/ at every new best epoch), except
-    config.yaml, which a resumed run rewrites with the same settings it was checked against (so a run's own
-    config.yaml given back as --config to resume it stays what it was)."""
-    written = [name for name in names if overwrite or name != "config.yaml"]
+    config.yaml when ``config_checked``: a resumed run with a checkpoint rewrites it with the settings it was checked
+    against, so a run's own config.yaml given back as --config to resume it stays what it was. Without a checkpoint
+    there is nothing to check it against: a config.yaml there that the run reads is the user's own file."""
+    written = [name for name in names if overwrite or not (config_checked and name == "config.yaml")]
     for path, what in inputs.items():
         name = next((name for name in written if _is_within(Path(path), Path(folder) / name)), None)
         if name is None:

@@ -339,6 +339,27 @@ def test_overwrite_never_replaces_the_config_file_it_was_given(tiny_corpus, tmp_
     assert (run / "results.json").is_file()
 
 
+@pytest.mark.parametrize("sharing", ["hard", "sparse"])
+def test_a_config_file_written_into_output_dir_by_hand_is_never_replaced(sharing, tiny_corpus, tmp_path):
+    """Only a run's own config.yaml, checked against its checkpoint's settings, is rewritten by --resume: a user's
+    config kept as output_dir/config.yaml before any run was replaced, comments gone and the override baked in."""
+    from sparseshare.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config_file = run / "config.yaml"
+    config_file.write_text(f"# my experiment: lr tuned by hand\ntasks: [ner]\noutput_dir: {run}\n")
+    before = config_file.read_text()
+    overrides = [o for o in tiny_overrides(tiny_corpus, run, **{"train.epochs": 1, "model.sharing": sharing})
+                 if not o.startswith(("tasks=", "output_dir="))]
+    command = "train-sparse" if sharing == "sparse" else "train"
+    for flags in ([], ["--resume"]):
+        with pytest.raises(SystemExit, match=rf"this run would replace {config_file}, which it reads \(the config "
+                                             rf"file\)"):
+            main([command, "--config", str(config_file), *flags, *overrides, "train.lr=0.5"])
+    assert config_file.read_text() == before and sorted(run.iterdir()) == [config_file]
+
+
 @pytest.mark.parametrize("kind", ["corpus", "masks"])
 def test_the_sparse_pipeline_never_deletes_a_file_it_reads(kind, tiny_corpus, tmp_path):
     from sparseshare.config import load_config
@@ -560,6 +581,7 @@ def test_resume_with_a_damaged_config_yaml_ends_in_one_line_naming_the_file_and_
     run = tmp_path / "run"
     (run / "checkpoints" / "step_00000001").mkdir(parents=True)  # a checkpoint: train --resume compares configs
     (run / "checkpoints" / "step_00000001" / "train_state.json").write_text("{}")
+    (run / "warmup").mkdir()  # a stage's output: so does train-sparse --resume
     saved = run / "config.yaml"
     saved.write_text("tasks: [ner]\ntrain: {epochs: 1\nmodel:\n  sharing: sparse\n")  # the flow mapping never closes
     extra = {"tasks": "[ner]", "train.epochs": 1, **({"model.sharing": "sparse"} if command == "train-sparse" else {})}

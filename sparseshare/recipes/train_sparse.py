@@ -98,15 +98,21 @@ def _run_sparse(config: Config, resume: bool, command: str | None, overwrite: bo
     out = Path(config.output_dir)
     check_input_files(config)
     inputs = run_inputs(config, config_file)
-    check_run_folder(out, resume, overwrite, has_checkpoint=True, outputs=PIPELINE_OUTPUTS, done_marker="report.json",
-                     probe_lock=True, inputs=inputs)
+    check_run_folder(out, resume, overwrite, has_checkpoint=_has_stage_outputs(out), outputs=PIPELINE_OUTPUTS,
+                     done_marker="report.json", probe_lock=True, inputs=inputs)
     data = load_task_data(config)  # corpora and vectors are read (and checked) before anything is written
     set_seed(config.train.seed)
     template = build_model(one_network(config), data)  # fixes the vocabulary and the initialisation for every stage
     given_masks = check_pipeline_inputs(config, template)
     with claimed_output_dir(config, state, resume=resume, overwrite=overwrite, inputs=inputs, outputs=PIPELINE_OUTPUTS,
-                            done_marker="report.json", has_checkpoint=lambda: True):
+                            done_marker="report.json", has_checkpoint=lambda: _has_stage_outputs(out)):
         return _run_pipeline(config, state, out, data, template, given_masks, command)
+
+
+def _has_stage_outputs(out: Path) -> bool:
+    """Whether a stage of the pipeline has written into ``out``: what a resumed pipeline continues (its config.yaml
+    alone is not a run's, see run_folder.check_inputs_kept)."""
+    return any((out / name).exists() for name in PIPELINE_OUTPUTS if name != "config.yaml")
 
 
 def check_pipeline_inputs(config: Config, template: MultiTaskTagger) -> dict | None:

@@ -199,6 +199,40 @@ def test_a_finished_sparse_pipeline_is_never_replaced_without_overwrite(tiny_cor
 
 
 # -- one run per folder ----------------------------------------------------------------------------------------
+def test_a_run_stopped_early_goes_on_when_resumed_with_a_patience_that_would_not_have_stopped_it(tiny_corpus,
+                                                                                                  tmp_path, capsys):
+    """train.patience is a resumable change: resumed with more patience, a run that stopped early trains on from its
+    last epoch's checkpoint, to the model of an uninterrupted run with that patience (it trained nothing, and kept
+    the new settings in config.yaml)."""
+    # a rate too small to change a prediction: every epoch after the first is one without a better dev score
+    flat = {"tasks": "[pos]", "train.lr": 1e-12, "train.epochs": 4, "train.checkpoint_every": 1000}
+    stopped = run_training(tiny_config(tiny_corpus, tmp_path / "run", **flat, **{"train.patience": 1}), log=quiet)
+    assert stopped["stopped_early"] and stopped["epochs_run"] == 2
+    again = run_training(tiny_config(tiny_corpus, tmp_path / "run", **flat, **{"train.patience": 1}), resume=True)
+    assert again["epochs_run"] == 2 and "trains no more with train.patience=1" in capsys.readouterr().out
+    resumed = run_training(tiny_config(tiny_corpus, tmp_path / "run", **flat, **{"train.patience": 0}), resume=True)
+    whole = run_training(tiny_config(tiny_corpus, tmp_path / "whole", **flat, **{"train.patience": 0}), log=quiet)
+    assert resumed["epochs_run"] == whole["epochs_run"] == 4 and not resumed["stopped_early"]
+    assert [h["dev"] for h in resumed["history"]] == [h["dev"] for h in whole["history"]]
+    _assert_same_model(latest_checkpoint(tmp_path / "run"), latest_checkpoint(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("schedule, refused", [("linear", True), ("cosine", True), ("constant", False)])
+def test_more_epochs_on_resume_are_refused_where_the_epochs_size_the_learning_rate(tiny_corpus, tmp_path, schedule,
+                                                                                   refused):
+    """A linear or cosine decay spans train.epochs: a run resumed with another value had decayed over one length
+    and would continue over the other (the rate rose again from 0), training neither run."""
+    flat = {"tasks": "[pos]", "train.epochs": 1, "train.lr_schedule": schedule}
+    run_training(tiny_config(tiny_corpus, tmp_path / "run", **flat), log=quiet)
+    longer = tiny_config(tiny_corpus, tmp_path / "run", **{**flat, "train.epochs": 2})
+    if refused:
+        with pytest.raises(ValueError, match=rf"train\.epochs 1 -> 2: with train\.lr_schedule '{schedule}' the "
+                                             rf"number of epochs sizes the learning-rate decay"):
+            run_training(longer, resume=True, log=quiet)
+    else:
+        assert run_training(longer, resume=True, log=quiet)["epochs_run"] == 2
+
+
 def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     with RunLock(run):

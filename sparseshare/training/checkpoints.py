@@ -120,6 +120,9 @@ class TrainingDiverged(SparseshareError, RuntimeError):
 # Keys a resumed run may change: how long it runs and how it reports, not what it computes.
 RESUMABLE_CHANGES = {"train.epochs", "train.patience", "train.progress_bar", "train.log_with",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size", "train.threads"}
+# Learning-rate schedules that do not depend on the run's length: with the others (linear, cosine) train.epochs sizes
+# the decay, so a resumed run with another value would have decayed over one length and continue over another
+LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "inverse_time")
 
 
 def read_run_config(path: Path) -> dict:
@@ -146,6 +149,13 @@ def check_resume_config(saved: dict, current: dict) -> None:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ValueError(f"--resume: the config differs from the checkpointed run's config.yaml in {details}; "
                          f"resume with the same settings or use another output_dir")
+    schedule = new.get("train.lr_schedule", "constant")
+    if old.get("train.epochs") != new.get("train.epochs") and schedule not in LENGTH_FREE_SCHEDULES:
+        raise ValueError(f"--resume: train.epochs {old.get('train.epochs')!r} -> {new.get('train.epochs')!r}: with "
+                         f"train.lr_schedule {schedule!r} the number of epochs sizes the learning-rate decay, so the "
+                         f"resumed run would train neither the {old.get('train.epochs')}-epoch run nor the "
+                         f"{new.get('train.epochs')}-epoch one; resume with train.epochs={old.get('train.epochs')}, "
+                         f"or start a new run")
 
 def same_path(a, b) -> bool:
     """Whether two config values name one existing file or folder, e.g. ``../shared/data`` and its absolute form: a

@@ -110,12 +110,31 @@ class PeriodicCheckpoint(TrainingPlugin):
 
 
 class EarlyStopping(TrainingPlugin):
-    """``train.patience`` epochs without a better dev score end the run (0: never)."""
+    """``train.patience`` epochs without a better dev score end the run (0: never). A run it stopped, resumed with a
+    patience that would not have stopped it (``train.patience`` is a resumable change), goes on: its last checkpoint
+    is the state after that epoch, which an uninterrupted run with that patience trains on from."""
+
+    key = "early_stopping"
+
+    def on_train_start(self, recipe):
+        patience, state = recipe.config.train.patience, recipe.state
+        if not (state.stopped_early and state.plugins.get(self.key, {}).get("stopped")):
+            return
+        if patience and state.bad_epochs >= patience:
+            logger.warning(f"this run stopped early after epoch {state.epoch} (no dev improvement for "
+                           f"{state.bad_epochs} epochs) and trains no more with train.patience={patience}: raise it "
+                           f"(0: no early stopping) to continue it")
+            return
+        state.stopped_early = False
+        state.plugins.pop(self.key)
+        logger.info(f"continuing the run that stopped early after epoch {state.epoch}: train.patience is "
+                    f"{patience} now")
 
     def after_epoch(self, recipe, epoch):
         patience, state = recipe.config.train.patience, recipe.state
         if patience and state.bad_epochs >= patience and not state.stopped_early:
             state.stopped_early = True
+            state.plugins[self.key] = {"stopped": True}
             logger.info(f"early stop: no dev improvement for {patience} epochs (best epoch {state.best_epoch})")
 
 

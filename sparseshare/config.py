@@ -545,6 +545,13 @@ def validate(config: Config) -> None:
     if t.warmup_steps and t.lr_schedule in ("constant", "inverse_time"):
         raise ConfigError(f"config key 'train.warmup_steps' ({t.warmup_steps}) has no effect with "
                           f"train.lr_schedule={t.lr_schedule!r}; use constant_with_warmup, linear or cosine")
+    # an option of one setting, changed from its default under another, would be silently unused
+    default = TrainConfig()
+    for key, setting, owner in (("temperature", "schedule", "temperature"), ("lr_decay", "lr_schedule", "inverse_time"),
+                                ("momentum", "optimizer", "sgd")):
+        if getattr(t, setting) != owner and getattr(t, key) != getattr(default, key):
+            raise ConfigError(f"config key 'train.{key}' ({getattr(t, key)}) has no effect with train.{setting}="
+                              f"{getattr(t, setting)!r}; it belongs to train.{setting}={owner}")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"config key 'tasks' lists a task twice: {config.tasks}")
     # (a task file names its task with its name:, known once the file is read: training.distillation.check_teachers)

@@ -57,7 +57,7 @@ def test_overrides(yaml_file):
 
 
 def test_int_accepted_for_float_and_later_override_wins():
-    config = load_config(None, ["train.lr=1", "train.lr=0.5", "train.temperature=3"])
+    config = load_config(None, ["train.lr=1", "train.lr=0.5", "train.schedule=temperature", "train.temperature=3"])
     assert config.train.lr == 0.5
     assert config.train.temperature == 3.0 and isinstance(config.train.temperature, float)
 
@@ -150,6 +150,22 @@ def test_invalid_choice_names_key_and_valid_values(override, key, valid):
     assert f"'{key}'" in message
     for value in valid:
         assert value in message
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.temperature=3"], r"'train\.temperature' \(3\.0\) has no effect with train\.schedule='round_robin'; it "
+                              r"belongs to train\.schedule=temperature"),
+    (["train.lr_decay=0.1", "train.lr_schedule=linear"], r"'train\.lr_decay' \(0\.1\) has no effect with "
+                                                         r"train\.lr_schedule='linear'"),
+    (["train.momentum=0", "train.optimizer=adamw"], r"'train\.momentum' \(0\.0\) has no effect with "
+                                                    r"train\.optimizer='adamw'; it belongs to train\.optimizer=sgd"),
+])
+def test_an_option_of_another_setting_is_refused_not_silently_unused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    load_config(None, [overrides[0]] + {"train.temperature=3": ["train.schedule=temperature"],
+                                        "train.lr_decay=0.1": ["train.lr_schedule=inverse_time"],
+                                        "train.momentum=0": ["train.optimizer=sgd"]}[overrides[0]])
 
 
 @pytest.mark.parametrize("key", ["train.batch_size", "train.eval_batch_size", "train.epochs", "train.lr",

@@ -113,3 +113,33 @@ def test_format_table():
     pos = next(line for line in lines if line.startswith("pos"))
     assert pos.split() == ["pos", "acc", "50.00", "2"]
     assert "2 gold token(s)" in table and "AA, XX" in table
+
+
+def test_strict_evaluation_scores_the_heads_own_ill_formed_output():
+    """NER's head predicts BIOES and the corpus is IOB2: converted first, B-PER B-PER E-PER reads as two well-formed
+    IOB2 spans and strict scoring sees nothing wrong. Strict evaluation scores the head's own labels in BIOES."""
+    from sparseshare.evaluation import evaluate
+    from sparseshare.tasks import load_task
+
+    spec = load_task("ner")
+    assert (spec.scheme, spec.train_scheme) == ("iob2", "bioes")
+    head = [["B-PER", "B-PER", "E-PER", "O"], ["S-LOC", "O"]]  # the first: ill-formed BIOES
+
+    class Model:
+        tasks, labels = {"ner": spec}, {"ner": ["O", "B-PER", "E-PER", "S-LOC"]}
+
+        def predict_corpus(self, sentences, tasks, batch_size, head_scheme=False):
+            assert head_scheme  # evaluation converts the head's labels itself
+            return {"ner": head}
+
+    data = {"ner": {"tokens": [["a", "b", "c", "d"], ["e", "f"]],
+                    "labels": [["B-PER", "I-PER", "I-PER", "O"], ["B-LOC", "O"]]}}
+    written = {}
+    default = evaluate(Model(), data, predictions=written)["ner"]
+    strict = evaluate(Model(), data, strict=True)["ner"]
+    assert written["ner"] == [["B-PER", "B-PER", "I-PER", "O"], ["B-LOC", "O"]]  # the corpus scheme, as conlleval reads
+    # default: B-PER | B-PER I-PER | B-LOC, one of three right; strict BIOES drops the B-PER without its E-PER and
+    # reads B-PER E-PER | S-LOC, one of two right
+    assert default["precision"] == pytest.approx(100 / 3) and default["recall"] == pytest.approx(50.0)
+    assert strict["precision"] == pytest.approx(50.0) and strict["recall"] == pytest.approx(50.0)
+    assert strict["support"] == default["support"] == 2

@@ -83,6 +83,18 @@ def test_unseen_dev_labels_are_counted_not_fatal(tiny_corpus, tmp_path):
     assert results["dev"]["pos"]["unseen_labels"] == 0
 
 
+def test_a_span_task_whose_dev_set_has_no_spans_is_named_in_a_warning(tiny_corpus, tmp_path):
+    # its F1 is 0 at every epoch whatever the model predicts: selection and early stopping cannot use it
+    lines = (tiny_corpus / "dev.txt").read_text().splitlines()
+    (tiny_corpus / "dev.txt").write_text("".join(
+        (" ".join(line.split()[:3] + ["O"]) if len(line.split()) == 4 and not line.startswith("-DOCSTART-") else line)
+        + "\n" for line in lines))
+    messages = []
+    run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{"train.epochs": 1})), log=messages.append)
+    assert any(m.startswith("task 'ner': its dev set has no spans (every label is O)") for m in messages), messages
+    assert not any("task 'chunk'" in m for m in messages)
+
+
 @pytest.mark.parametrize("schedule", ["proportional", "temperature"])
 def test_sampling_schedules_train(tiny_corpus, tmp_path, schedule):
     results = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{

@@ -140,6 +140,11 @@ class TrainingRecipe:
             raise ConfigError(f"config key 'train.task_weights': task(s) {unknown} are not among the run's tasks "
                               f"{list(self.data)}")
         self.dev_sets = {name: d.dev for name, d in self.data.items()}
+        for name, d in self.data.items():
+            if d.spec.metric == "span_f1" and all(label == "O" for labels in d.dev["labels"] for label in labels):
+                logger.warning(f"task {name!r}: its dev set has no spans (every label is O), so its F1 is 0 whatever "
+                               f"the model predicts: it cannot tell one epoch from another (its dev split is "
+                               f"{len(d.dev)} sentences)")
         batches_per_task = {n: math.ceil(len(d.train_tokens) / self.t.batch_size) for n, d in self.data.items()}
         self.steps_per_epoch = epoch_steps(batches_per_task, self.t.task_weights, self.t.epoch_length, self.t.schedule)
 

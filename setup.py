@@ -16,7 +16,7 @@ setup(
     package_data={"sparseshare.tasks.builtin": ["*.yaml"]},
     install_requires=[
         "torch>=2.6",
-        "transformers>=4.46",
+        "transformers>=4.56",  # from_pretrained / from_config take dtype= (the encoder is built in float32)
         "datasets>=3.0",
         "accelerate>=1.0",
         "seqeval>=1.2.2",

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import SparseshareError
-from .encoders.transformer import TransformerEncoder, transformer_of, usable_positions
+from .encoders.transformer import TransformerEncoder, transformer_of
 from .model import MultiTaskTagger
 
 
@@ -65,9 +65,8 @@ def export_task(model: MultiTaskTagger, task: str, out: str | Path, overwrite: b
     except NotImplementedError as err:
         raise ExportError(str(err)) from None
     encoder = transformer_of(model)
-    natural = min(v for v in (usable_positions(encoder.model), encoder.tokenizer.model_max_length)
-                  if v is not None and v > 0)
-    if encoder.max_length < natural:
+    natural = encoder.checkpoint_max_length
+    if natural is not None and encoder.max_length < natural:
         raise ExportError(f"model.transformer.max_length is {encoder.max_length}: sparseshare reads a sentence longer "
                           f"than that in overlapping windows, which a token-classification model cannot do (it reads "
                           f"up to {natural} subwords at once), so the export would predict differently on such "

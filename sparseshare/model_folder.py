@@ -18,11 +18,12 @@ key, a tensor name), and says which two files disagree when they do. A missing f
 - model.safetensors: its header (read with ``safetensors.safe_open``, no weight read) is compared with the JSON files
   twice. Before the model is built (:func:`check_sizes`), every size that scales its memory: the embedding tables'
   rows with vocab.json, each head's outputs with labels.json, and (bilstm and scratch encoders) config.json's widths,
-  number of layers (routing: of blocks), routing window and agents with the tensors they shape, so that a config.json
-  asking for a huge model is refused before anything is allocated (an allocation that still fails while the model is
-  built is an error naming config.json). After the build (:func:`check_state`), the header lists exactly the built
-  model's tensors with their shapes (a module whose own loading code adapts to the file, such as routing's map
-  history, decides about its own tensors as it loads) and dtypes: a floating tensor stored in another floating dtype
+  number of layers (routing: of blocks), routing window and agents with the tensors they shape (a Transformer's
+  encoder/config.json: the encoder it describes, built on the meta device by the encoder's ``load_parts``), so that
+  a config file asking for a huge model is refused before anything is allocated (an allocation that still fails
+  while the model is built is an error naming config.json). After the build (:func:`check_state`), the header
+  lists exactly the built model's tensors with their shapes (a module whose own loading code adapts to the file,
+  such as routing's map history, decides about its own tensors as it loads) and dtypes: a floating tensor stored in another floating dtype
   (a model saved after ``.half()``) is cast as it loads; one stored as integers or booleans, or the reverse, is
   refused. After loading (:func:`check_values`): no NaN or infinity in a floating tensor, nothing but 0 and 1 in a
   boolean one.

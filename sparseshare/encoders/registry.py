@@ -108,7 +108,7 @@ class EncoderKind:
         """Write what a model folder needs beside model.safetensors to rebuild the encoder (e.g. a tokenizer)."""
 
     @classmethod
-    def load_parts(cls, directory: Path, header: dict) -> tuple | None:
+    def load_parts(cls, directory: Path, header: dict | None = None) -> tuple | None:
         """What :meth:`save_files` wrote, loaded for :meth:`build` (``checkpoint_parts``) without running any code
         the folder names; ``header`` (tensor name -> (dtype, shape) of model.safetensors) lets it check sizes before
         it allocates."""

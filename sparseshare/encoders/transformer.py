@@ -100,15 +100,20 @@ class TransformerEncoder(nn.Module):
             raise ConfigError(f"config key 'model.transformer.name_or_path' = {name_or_path!r}: the tokenizer has "
                               f"{len(self.tokenizer)} entries, more than the {rows} rows of the model's embedding "
                               f"table (resize the embeddings after adding tokens)")
-        limits = {"the encoder's usable positions": usable_positions(self.model),
-                  "the tokenizer's model_max_length": self.tokenizer.model_max_length,
-                  "config key 'model.transformer.max_length'": max_length}
-        binding, self.max_length = min(((name, int(v)) for name, v in limits.items() if v is not None and v > 0),
-                                       key=lambda item: item[1])
+        # the checkpoint's own limit (export reads a sentence up to it at once), and the one the config may set
+        own = {"its position table": usable_positions(self.model),
+               "its tokenizer's model_max_length": self.tokenizer.model_max_length}
+        own = {name: int(v) for name, v in own.items() if v is not None and v > 0}
+        self.checkpoint_max_length = min(own.values(), default=None)
+        self.max_length = min(v for v in (self.checkpoint_max_length, max_length) if v is not None)
         self.limit = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         if self.limit < 2:
-            raise ConfigError(f"{binding} is {self.max_length}: with the tokenizer's special tokens that leaves no "
-                              f"room for words (at least 2 subwords a window)")
+            if max_length is not None and max_length == self.max_length:
+                raise ConfigError(f"config key 'model.transformer.max_length' is {max_length}: with the tokenizer's "
+                                  f"special tokens that leaves no room for words (at least 2 subwords a window)")
+            binding = min(own, key=own.get)
+            raise ConfigError(f"config key 'model.transformer.name_or_path' = {name_or_path!r}: {binding} gives "
+                              f"{self.max_length} positions, which with the special tokens leaves no room for words")
         self.stride = max(0, min(stride, self.limit // 2))
         self.dropout = nn.Dropout(dropout)
         self.num_layers = self.model.config.num_hidden_layers
@@ -272,7 +277,7 @@ class TransformerKind(EncoderKind):
         encoder.model.config.save_pretrained(directory / "encoder")
 
     @classmethod
-    def load_parts(cls, directory: Path, header: dict) -> tuple:
+    def load_parts(cls, directory: Path, header: dict | None = None) -> tuple:
         """The tokenizer and the (weightless) model of ``encoder/``. Without its vocabulary file transformers would
         build a tokenizer of a few special tokens and every word would be unknown, so a missing vocabulary, a
         damaged file and a tokenizer larger than the embedding table are errors naming the folder's file; and the
@@ -313,7 +318,8 @@ class TransformerKind(EncoderKind):
                                           f"{tokenizer.model_max_length} leaves no room for words beside the "
                                           f"tokenizer's special tokens", path=str(folder / "tokenizer_config.json"),
                                           key="model_max_length")
-        _check_encoder_sizes(folder / "config.json", encoder_config, header)
+        if header is not None:
+            _check_encoder_sizes(folder / "config.json", encoder_config, header)
         # float32 whatever dtype encoder/config.json names (as for a checkpoint, see TransformerEncoder)
         return tokenizer, AutoModel.from_config(encoder_config, trust_remote_code=False, dtype=torch.float32)
 

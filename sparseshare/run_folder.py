@@ -19,6 +19,7 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from filelock import FileLock, Timeout
 
 from .errors import SparseshareError
@@ -126,14 +127,20 @@ def finished_outputs(folder: Path, names=RUN_OUTPUTS) -> list[str]:
     return [name for name in names if (folder / name).exists()]
 
 
+def run_config_text(config: dict) -> str:
+    """The run's ``config.yaml``, as every run writes it."""
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint: bool,
                      outputs=RUN_OUTPUTS, done_marker: str = "results.json", probe_lock: bool = False,
-                     inputs: dict | None = None) -> None:
+                     inputs: dict | None = None, config: dict | None = None) -> None:
     """Refuse to start in a folder that holds a run unless told what to do with it, and refuse a run whose outputs
-    hold one of its ``inputs`` (see :func:`check_inputs_kept`). With ``probe_lock`` (a look before taking the lock),
-    a folder refused because another run is writing into it says so."""
+    hold one of its ``inputs`` (see :func:`check_inputs_kept`; ``config``, the run's settings, tells whether a
+    config.yaml there is what the run would write anyway). With ``probe_lock`` (a look before taking the lock), a
+    folder refused because another run is writing into it says so."""
     try:
-        _check_run_folder(folder, resume, overwrite, has_checkpoint, outputs, done_marker, inputs or {})
+        _check_run_folder(folder, resume, overwrite, has_checkpoint, outputs, done_marker, inputs or {}, config)
     except RunFolderError:
         if probe_lock:
             raise_if_in_use(folder)
@@ -141,13 +148,16 @@ def check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint
 
 
 def _check_run_folder(folder: Path, resume: bool, overwrite: bool, has_checkpoint: bool, outputs,
-                      done_marker: str, inputs: dict) -> None:
+                      done_marker: str, inputs: dict, config: dict | None) -> None:
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: continue the run in output_dir, or "
                              "replace it, not both")
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"output_dir {folder} is a file, not a folder; give a folder for the run")
-    check_inputs_kept(folder, inputs, outputs, overwrite, config_checked=resume and has_checkpoint)
+    # a run killed before its first checkpoint left the config.yaml it would write again: resumable with it
+    written = folder / "config.yaml"
+    unchanged = config is not None and written.is_file() and _text_or_none(written) == run_config_text(config)
+    check_inputs_kept(folder, inputs, outputs, overwrite, config_checked=resume and (has_checkpoint or unchanged))
     if overwrite:
         return
     found = finished_outputs(folder, outputs)
@@ -165,9 +175,9 @@ def check_inputs_kept(folder: Path, inputs: dict, names=RUN_OUTPUTS, overwrite: 
     """Refuse, naming the file, a run that would delete or replace a file it reads: one of ``inputs`` (path -> what
     it is, from ``training.data.run_inputs``) that is one of the outputs ``names`` in ``folder`` or lies inside one.
     ``--overwrite`` deletes them all; any run replaces them as it writes (model/ at every new best epoch), except
-    config.yaml when ``config_checked``: a resumed run with a checkpoint rewrites it with the settings it was checked
-    against, so a run's own config.yaml given back as --config to resume it stays what it was. Without a checkpoint
-    there is nothing to check it against: a config.yaml there that the run reads is the user's own file."""
+    config.yaml when ``config_checked``: a resumed run rewrites it with the settings it was checked against (its
+    checkpoint's), or that it holds already, so a run's own config.yaml given back as --config to resume it stays
+    what it was. Otherwise a config.yaml there that the run reads is the user's own file."""
     written = [name for name in names if overwrite or not (config_checked and name == "config.yaml")]
     for path, what in inputs.items():
         name = next((name for name in written if _is_within(Path(path), Path(folder) / name)), None)
@@ -178,6 +188,13 @@ def check_inputs_kept(folder: Path, inputs: dict, names=RUN_OUTPUTS, overwrite: 
                                  f"{folder}, or choose another output_dir")
         raise RunFolderError(f"this run would replace {path}, which it reads ({what}), when it writes "
                              f"{Path(folder) / name}; move it out of {folder}, or choose another output_dir")
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _is_within(path: Path, output: Path) -> bool:

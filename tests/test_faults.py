@@ -233,6 +233,22 @@ def test_more_epochs_on_resume_are_refused_where_the_epochs_size_the_learning_ra
         assert run_training(longer, resume=True, log=quiet)["epochs_run"] == 2
 
 
+@pytest.mark.parametrize("distill, refused", [
+    (["train.distill_from={ner: teacher}"], True), (["model.sharing=sparse", "sparse.distill=true"], True),
+    (["train.distill_from={ner: teacher}", "train.distill_weight=0.5"], False)])
+def test_more_epochs_on_resume_are_refused_where_teacher_annealing_spans_the_run(distill, refused):
+    """Teacher annealing moves from the teachers to the gold labels over train.epochs: like a decaying rate."""
+    from sparseshare.config import load_config
+    from sparseshare.training.checkpoints import check_resume_config
+
+    saved, longer = (load_config(None, ["tasks=[ner]", f"train.epochs={n}", *distill]).to_dict() for n in (2, 3))
+    if refused:
+        with pytest.raises(ValueError, match=r"train\.epochs 2 -> 3: the teacher annealing of distillation"):
+            check_resume_config(saved, longer)
+    else:
+        check_resume_config(saved, longer)
+
+
 def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     with RunLock(run):
@@ -392,6 +408,13 @@ def test_a_config_file_written_into_output_dir_by_hand_is_never_replaced(sharing
                                              rf"file\)"):
             main([command, "--config", str(config_file), *flags, *overrides, "train.lr=0.5"])
     assert config_file.read_text() == before and sorted(run.iterdir()) == [config_file]
+    # the config.yaml a run writes before its first checkpoint (killed then) is its own: it resumes the run
+    from sparseshare.config import load_config
+    from sparseshare.run_folder import run_config_text
+
+    config_file.write_text(run_config_text(load_config(str(config_file), [*overrides, "train.lr=0.5"]).to_dict()))
+    main([command, "--config", str(config_file), "--resume"])
+    assert (run / ("report.json" if sharing == "sparse" else "results.json")).is_file()
 
 
 @pytest.mark.parametrize("kind", ["corpus", "masks"])

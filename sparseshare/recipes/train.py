@@ -92,7 +92,7 @@ class TrainingRecipe:
         self._setup_accelerator()
         # a quick look before the (slow) data loading; checked again under the lock
         check_run_folder(self.output_dir, resume, overwrite, latest_checkpoint(self.output_dir) is not None,
-                         probe_lock=True, inputs=inputs)
+                         probe_lock=True, inputs=inputs, config=self.config.to_dict())
         self._setup_data()
         self._setup_model()
         # One run writes into output_dir at a time; the lock is held until the run ends.
@@ -143,8 +143,7 @@ class TrainingRecipe:
         for name, d in self.data.items():
             if d.spec.metric == "span_f1" and all(label == "O" for labels in d.dev["labels"] for label in labels):
                 logger.warning(f"task {name!r}: its dev set has no spans (every label is O), so its F1 is 0 whatever "
-                               f"the model predicts: it cannot tell one epoch from another (its dev split is "
-                               f"{len(d.dev)} sentences)")
+                               f"the model predicts: it cannot tell one epoch from another")
         batches_per_task = {n: math.ceil(len(d.train_tokens) / self.t.batch_size) for n, d in self.data.items()}
         self.steps_per_epoch = epoch_steps(batches_per_task, self.t.task_weights, self.t.epoch_length, self.t.schedule)
 

@@ -99,7 +99,7 @@ def _run_sparse(config: Config, resume: bool, command: str | None, overwrite: bo
     check_input_files(config)
     inputs = run_inputs(config, config_file)
     check_run_folder(out, resume, overwrite, has_checkpoint=_has_stage_outputs(out), outputs=PIPELINE_OUTPUTS,
-                     done_marker="report.json", probe_lock=True, inputs=inputs)
+                     done_marker="report.json", probe_lock=True, inputs=inputs, config=config.to_dict())
     data = load_task_data(config)  # corpora and vectors are read (and checked) before anything is written
     set_seed(config.train.seed)
     template = build_model(one_network(config), data)  # fixes the vocabulary and the initialisation for every stage

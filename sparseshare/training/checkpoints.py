@@ -149,13 +149,19 @@ def check_resume_config(saved: dict, current: dict) -> None:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ValueError(f"--resume: the config differs from the checkpointed run's config.yaml in {details}; "
                          f"resume with the same settings or use another output_dir")
-    schedule = new.get("train.lr_schedule", "constant")
-    if old.get("train.epochs") != new.get("train.epochs") and schedule not in LENGTH_FREE_SCHEDULES:
-        raise ValueError(f"--resume: train.epochs {old.get('train.epochs')!r} -> {new.get('train.epochs')!r}: with "
-                         f"train.lr_schedule {schedule!r} the number of epochs sizes the learning-rate decay, so the "
-                         f"resumed run would train neither the {old.get('train.epochs')}-epoch run nor the "
-                         f"{new.get('train.epochs')}-epoch one; resume with train.epochs={old.get('train.epochs')}, "
-                         f"or start a new run")
+    if old.get("train.epochs") != new.get("train.epochs"):
+        schedule = new.get("train.lr_schedule", "constant")
+        annealed = new.get("train.distill_weight") in (None, "None") and (  # (flat_config writes None as "None")
+            new.get("sparse.distill") is True or any(k.startswith("train.distill_from.") for k in new))
+        spans = (f"with train.lr_schedule {schedule!r} the number of epochs sizes the learning-rate decay"
+                 if schedule not in LENGTH_FREE_SCHEDULES else
+                 "the teacher annealing of distillation (train.distill_weight null) runs over the number of epochs"
+                 if annealed else None)
+        if spans:
+            raise ValueError(f"--resume: train.epochs {old.get('train.epochs')!r} -> {new.get('train.epochs')!r}: "
+                             f"{spans}, so the resumed run would train neither the {old.get('train.epochs')}-epoch "
+                             f"run nor the {new.get('train.epochs')}-epoch one; resume with "
+                             f"train.epochs={old.get('train.epochs')}, or start a new run")
 
 def same_path(a, b) -> bool:
     """Whether two config values name one existing file or folder, e.g. ``../shared/data`` and its absolute form: a

@@ -9,11 +9,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from ..config import Config
 from ..files import atomic_path
-from ..run_folder import check_run_folder, disk_full_reported, lock_for_all_processes, remove_outputs
+from ..run_folder import (check_run_folder, disk_full_reported, lock_for_all_processes, remove_outputs,
+                          run_config_text)
 from .checkpoints import check_resume_config, read_run_config
 
 
@@ -34,7 +33,8 @@ def claimed_output_dir(config: Config, state, *, resume: bool, overwrite: bool, 
                 repair()
             state.wait_for_everyone()
             found = has_checkpoint()
-            check_run_folder(out, resume, overwrite, found, outputs=outputs, done_marker=done_marker, inputs=inputs)
+            check_run_folder(out, resume, overwrite, found, outputs=outputs, done_marker=done_marker, inputs=inputs,
+                             config=config.to_dict())
             saved = out / "config.yaml"
             if resume and found and saved.is_file():
                 check_resume_config(read_run_config(saved), config.to_dict())
@@ -43,7 +43,7 @@ def claimed_output_dir(config: Config, state, *, resume: bool, overwrite: bool, 
                 if overwrite:
                     remove_outputs(out, outputs, inputs=inputs)
                 with atomic_path(saved) as partial:
-                    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    partial.write_text(run_config_text(config.to_dict()))
             state.wait_for_everyone()
             yield
     finally:

@@ -118,7 +118,11 @@ class EarlyStopping(TrainingPlugin):
 
     def on_train_start(self, recipe):
         patience, state = recipe.config.train.patience, recipe.state
-        if not (state.stopped_early and state.plugins.get(self.key, {}).get("stopped")):
+        if not state.stopped_early:
+            return
+        if not state.plugins.get(self.key, {}).get("stopped"):  # another plugin's stop, or an older checkpoint's
+            logger.warning(f"this run had stopped after epoch {state.epoch} and trains no more (its checkpoint does "
+                           f"not say that early stopping stopped it)")
             return
         if patience and state.bad_epochs >= patience:
             logger.warning(f"this run stopped early after epoch {state.epoch} (no dev improvement for "

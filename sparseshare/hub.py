@@ -123,6 +123,10 @@ def _model_files(folder: Path) -> tuple[list[str], list[str]]:
     from huggingface_hub.utils import filter_repo_objects
 
     root = folder.resolve()
+    linked = next((p for p in folder.rglob("*") if p.is_symlink() and p.is_dir()), None)
+    if linked is not None:  # not followed by the upload: the repo would lack its files (a tokenizer, ...)
+        raise ModelFolderError(f"{linked} is a link to the folder {linked.resolve()}, which a push does not follow; "
+                               f"copy that folder into {folder}")
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     uploaded = list(filter_repo_objects(files, allow_patterns=MODEL_FILE_PATTERNS))
     for name in uploaded:

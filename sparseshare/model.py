@@ -74,7 +74,8 @@ def check_token_lists(sentences) -> None:
             if not isinstance(token, str):
                 raise TypeError(f"sentences[{i}][{j}] must be a str, got {type(token).__name__}")
             if blank_token(token):
-                raise ValueError(f"sentences[{i}][{j}] = {token!r}: a token must contain a non-space character")
+                raise ValueError(f"sentences[{i}][{j}] = {token!r}: a token must contain a non-space character that "
+                                 f"is visible")
 
 
 def _list_like(value) -> bool:

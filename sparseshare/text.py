@@ -71,10 +71,15 @@ def tokenize(text: str) -> list[Token]:
     return [token for token in tokens if not blank_token(token.text)]
 
 
+# format characters that are drawn: the prepended concatenation marks (Arabic number signs, end of ayah, ...)
+VISIBLE_FORMAT = frozenset("\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd")
+
+
 def blank_token(token: str) -> bool:
     """A token without a visible character: spaces and format characters only (byte-order marks, zero-width spaces
-    and joiners, direction marks, soft hyphens: Unicode category Cf). It would get a tag of its own."""
-    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in token)
+    and joiners, direction marks, soft hyphens: Unicode category Cf, but for the few drawn ones). It would get a
+    tag of its own."""
+    return all(c.isspace() or (unicodedata.category(c) == "Cf" and c not in VISIBLE_FORMAT) for c in token)
 
 
 def _split_chunk(chunk: str, offset: int) -> list[Token]:

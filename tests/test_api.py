@@ -398,6 +398,13 @@ def test_a_push_uploads_only_the_model_files_of_the_folder(bilstm_model, tmp_pat
     with pytest.raises(ModelFolderError, match=r"encoder/extra\.txt is a link to .*outside\.txt, outside the model "
                                                r"folder"):
         push_folder(folder, "someone/tiny-tagger")
+    (folder / "encoder" / "extra.txt").unlink()
+    (folder / "encoder").rmdir()
+    (tmp_path / "tokenizer").mkdir()
+    (folder / "encoder").symlink_to(tmp_path / "tokenizer")  # a linked folder is not uploaded: refused, not dropped
+    with pytest.raises(ModelFolderError, match=r"encoder is a link to the folder .*tokenizer, which a push does not "
+                                               r"follow"):
+        push_folder(folder, "someone/tiny-tagger")
 
 
 # -- export to plain transformers ----------------------------------------------------------------

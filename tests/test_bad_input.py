@@ -351,6 +351,13 @@ def test_format_characters_alone_are_not_tokens(trained, mark):
         tagger.tag_tokens([["John", mark, "lives"]])
 
 
+def test_drawn_format_characters_stay_tokens():
+    # a few format characters are visible signs (Arabic end of ayah, number sign): tokens like any other
+    from sparseshare.text import tokenize
+
+    assert [t.text for t in tokenize("a \u06dd b \u0600 c")] == ["a", "\u06dd", "b", "\u0600", "c"]
+
+
 def _tag(trained, monkeypatch, capsys, data: bytes, *args):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
     main(["tag", str(trained), *args])

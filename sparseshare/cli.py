@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import logging
 import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import SparseshareError
@@ -120,28 +123,32 @@ def write_conll_predictions(path: Path, tokens, gold, predicted, compress: bool 
     return path
 
 
-def _read_lines(path: str) -> list[tuple[int, str]]:
-    """The non-blank lines of a UTF-8 text file or stdin (``-``), with their line numbers. Lines end at LF, CRLF or
-    CR; a leading byte-order mark is dropped; bytes that are not UTF-8 text, or NUL bytes (binary input), are an
-    error naming the line."""
+# `tag` reads, tags and writes this many non-blank input lines at a time
+TAG_CHUNK_LINES = 2048
+
+
+def _read_lines(path: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a UTF-8 text file or stdin (``-``), with their line numbers, read as they come (a
+    large file is never held whole). Lines end at LF, CRLF or CR; a leading byte-order mark is dropped; bytes that
+    are not UTF-8 text, or NUL bytes (binary input), are an error naming the line."""
     from .data.readers import decode_lines
 
     source = "stdin" if path == "-" else path
-    if path == "-":
-        data = sys.stdin.buffer.read()
-    else:
+    if path != "-":
         if Path(path).is_dir():
             raise ValueError(f"{path} is a directory; give a text file, or - for stdin")
         if not Path(path).is_file():
             raise FileNotFoundError(f"input file not found: {path}")
-        data = Path(path).read_bytes()
-    lines = []
-    for number, text in decode_lines(data, source):
-        if "\x00" in text:
-            raise ValueError(f"{source}:{number}: a NUL byte; this looks like binary data, not text")
-        if text.strip():
-            lines.append((number, text))
-    return lines
+    with contextlib.ExitStack() as stack:
+        stream = sys.stdin.buffer if path == "-" else stack.enter_context(open(path, "rb"))
+        number = 0
+        for raw in stream:  # a raw line ends at LF: its own splitlines() gives what the whole data's would
+            for offset, text in decode_lines(raw, source, first=number + 1):
+                number = offset
+                if "\x00" in text:
+                    raise ValueError(f"{source}:{number}: a NUL byte; this looks like binary data, not text")
+                if text.strip():
+                    yield number, text
 
 
 def _tag(args):
@@ -151,30 +158,34 @@ def _tag(args):
     tagger = Tagger.from_pretrained(args.model)
     tasks = tagger.model.check_tasks(args.tasks)
     source = "stdin" if args.input == "-" else args.input
+    n_lines = n_tokens = 0
+    elapsed = 0.0
+    # TAG_CHUNK_LINES lines at a time: memory stays bounded and the tags of a large file come as it is read
     lines = _read_lines(args.input)
-    if not lines:
+    while chunk := list(itertools.islice(lines, TAG_CHUNK_LINES)):
+        started = time.perf_counter()
+        if args.tokenized:
+            sentences = [line.split() for _, line in chunk]
+            for (number, _), tokens in zip(chunk, sentences):
+                for j, token in enumerate(tokens):
+                    if blank_token(token):  # what tag_tokens refuses, named by the input's line
+                        raise ValueError(f"{source}:{number}: token {j + 1} ({token!r}) has no visible character")
+            docs = tagger.tag_tokens(sentences, tasks, batch_size=args.batch_size)
+        else:
+            docs = tagger([line for _, line in chunk], tasks, batch_size=args.batch_size)
+        elapsed += time.perf_counter() - started
+        try:
+            _write_docs(args, chunk, docs, tasks)
+        except BrokenPipeError:  # the reader stopped early (e.g. `| head`): nothing is wrong, and nothing more to write
+            _silence_stdout()
+            return
+        n_lines, n_tokens = n_lines + len(docs), n_tokens + sum(len(doc) for doc in docs)
+    if not n_lines:
         raise SystemExit(f"sparseshare tag: no text to tag in {source}")
-    started = time.perf_counter()
-    if args.tokenized:
-        sentences = [line.split() for _, line in lines]
-        for (number, _), tokens in zip(lines, sentences):
-            for j, token in enumerate(tokens):
-                if blank_token(token):  # what tag_tokens refuses, named by the input's line
-                    raise ValueError(f"{source}:{number}: token {j + 1} ({token!r}) has no visible character")
-        docs = tagger.tag_tokens(sentences, tasks, batch_size=args.batch_size)
-    else:
-        docs = tagger([line for _, line in lines], tasks, batch_size=args.batch_size)
-    elapsed = time.perf_counter() - started
-    try:
-        _write_docs(args, lines, docs, tasks)
-    except BrokenPipeError:  # the reader stopped early (e.g. `| head`): nothing is wrong, and nothing more to write
-        _silence_stdout()
-        return
-    n_tokens = sum(len(doc) for doc in docs)
     from .logs import logger
 
     if logger.isEnabledFor(logging.INFO):  # a progress message, which --quiet drops; on stderr, as stdout is the tags
-        print(f"tagged {len(docs)} lines, {n_tokens} tokens in {elapsed:.2f}s "
+        print(f"tagged {n_lines} lines, {n_tokens} tokens in {elapsed:.2f}s "
               f"({n_tokens / max(elapsed, 1e-9):.0f} tokens/s)", file=sys.stderr)
 
 

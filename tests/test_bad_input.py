@@ -388,6 +388,24 @@ def test_tag_drops_a_byte_order_mark_and_reads_any_line_ending(trained, monkeypa
     assert capsys.readouterr().out == plain
 
 
+@pytest.mark.parametrize("args", [[], ["--format", "json"], ["--tokenized"]])
+def test_tag_streams_its_input_in_chunks_with_the_output_of_one_pass(trained, monkeypatch, capsys, args):
+    """`tag` reads, tags and writes TAG_CHUNK_LINES lines at a time (a large file is never held whole): the output,
+    line numbers included, is that of one pass, whatever the line endings across the chunks."""
+    import sparseshare.cli as cli
+
+    data = (b"\xef\xbb\xbfJohn lives in Paris .\r\n\r\nMary visited Rome .\rThe United Nations met .\n\n\n"
+            b"EU rejects German call .\r\nPeter Blackburn\nBRUSSELS 1996-08-22\n")
+    whole = _tag(trained, monkeypatch, capsys, data, "-", *args)
+    monkeypatch.setattr(cli, "TAG_CHUNK_LINES", 2)
+    assert _tag(trained, monkeypatch, capsys, data, "-", *args) == whole
+    # a bad line stops the command there, after the chunks before it were written
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data + b"M\xfcller\n"), encoding="utf-8"))
+    with pytest.raises(SystemExit, match=r"stdin:10: not valid UTF-8"):
+        main(["tag", str(trained), "-", *args])
+    assert capsys.readouterr().out.startswith(whole.split("\n")[0])
+
+
 def test_tag_reports_its_speed_on_stderr_unless_quiet(trained, monkeypatch, capsys):
     for quiet in ([], ["--quiet"]):
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"John lives .\n"), encoding="utf-8"))

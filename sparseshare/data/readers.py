@@ -35,10 +35,11 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
     return decode_lines(path.read_bytes(), path)
 
 
-def decode_lines(data: bytes, source: str | Path) -> Iterator[tuple[int, str]]:
+def decode_lines(data: bytes, source: str | Path, first: int = 1) -> Iterator[tuple[int, str]]:
     """(line number, text) of UTF-8 ``data``, lines ending at LF, CRLF or a lone CR, a leading byte-order mark
-    dropped; bytes that are not UTF-8 raise :class:`CorpusFormatError` naming ``source`` and the line."""
-    for number, raw in enumerate(data.splitlines(), start=1):
+    dropped; bytes that are not UTF-8 raise :class:`CorpusFormatError` naming ``source`` and the line. ``first``: the
+    number of ``data``'s first line (a part of a file read piece by piece)."""
+    for number, raw in enumerate(data.splitlines(), start=first):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:

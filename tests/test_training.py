@@ -83,6 +83,7 @@ def test_unseen_dev_labels_are_counted_not_fatal(tiny_corpus, tmp_path):
     assert results["dev"]["pos"]["unseen_labels"] == 0
 
 
+@pytest.mark.usefixtures("fresh_accelerator_state")
 def test_a_bilstm_trains_under_bf16_autocast(tiny_corpus, tmp_path):
     # with earlier torch versions this tiny BiLSTM failed inside oneDNN's LSTM primitive under bf16 autocast
     results = run_training(load_config(None, tiny_overrides(tiny_corpus, tmp_path, **{

@@ -174,17 +174,6 @@ def test_trains_saves_and_reloads_with_identical_predictions(tiny_corpus, tmp_pa
         assert torch.equal(value, again.state_dict()[name]), name
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """Accelerate keeps one mixed-precision setting per process (its AcceleratorState): a test that trains in bf16
-    after others trained in fp32 starts from a fresh state and leaves one, as accelerate's own test cases do."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    yield
-    AcceleratorState._reset_state()
-
-
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_bf16_autocast_trains_fp32_weights_and_the_reloaded_model_scores_alike(tiny_corpus, tmp_path, tiny_bert):
     """train.mixed_precision=bf16 (the converged MiniLM grid's setting): the forward and backward passes run under

@@ -122,12 +122,12 @@ def _model_files(folder: Path) -> tuple[list[str], list[str]]:
     uploaded under the model's name."""
     from huggingface_hub.utils import filter_repo_objects
 
-    root = folder.resolve()
-    linked = next((p for p in folder.rglob("*") if p.is_symlink() and p.is_dir()), None)
+    root, entries = folder.resolve(), list(folder.rglob("*"))
+    linked = next((p for p in entries if p.is_symlink() and p.is_dir()), None)
     if linked is not None:  # not followed by the upload: the repo would lack its files (a tokenizer, ...)
         raise ModelFolderError(f"{linked} is a link to the folder {linked.resolve()}, which a push does not follow; "
                                f"copy that folder into {folder}")
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(folder).as_posix() for p in entries if p.is_file())
     uploaded = list(filter_repo_objects(files, allow_patterns=MODEL_FILE_PATTERNS))
     for name in uploaded:
         target = (folder / name).resolve()

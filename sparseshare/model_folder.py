@@ -23,9 +23,9 @@ key, a tensor name), and says which two files disagree when they do. A missing f
   a config file asking for a huge model is refused before anything is allocated (an allocation that still fails
   while the model is built is an error naming config.json). After the build (:func:`check_state`), the header
   lists exactly the built model's tensors with their shapes (a module whose own loading code adapts to the file,
-  such as routing's map history, decides about its own tensors as it loads) and dtypes: a floating tensor stored in another floating dtype
-  (a model saved after ``.half()``) is cast as it loads; one stored as integers or booleans, or the reverse, is
-  refused. After loading (:func:`check_values`): no NaN or infinity in a floating tensor, nothing but 0 and 1 in a
+  such as routing's map history, decides about its own tensors as it loads) and dtypes: a floating tensor stored in
+  another floating dtype (a model saved after ``.half()``) is cast as it loads; one stored as integers or booleans,
+  or the reverse, is refused. After loading (:func:`check_values`): no NaN or infinity in a floating tensor, nothing but 0 and 1 in a
   boolean one.
 - the sharing strategy's files (sparse sharing's masks.safetensors, sharing/masks.py ``check_masks``): their
   ``MaskError`` becomes a :class:`MaskFileError`, which is both; a missing one is a ModelFolderError; another

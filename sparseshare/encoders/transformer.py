@@ -7,6 +7,7 @@ in which it has the most context on both sides. Nothing is truncated.
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -341,8 +342,6 @@ def _check_encoder_sizes(config_file: Path, encoder_config, header: dict) -> Non
     found there under its own name (the strategies keep the Hugging Face names, copies of a layer under a suffix
     such as ``blocks.<k>``) has the shape stored. So a config.json asking for a larger vocabulary, width or depth
     than the weights is refused, naming it, instead of allocating that model first."""
-    import re
-
     from ..errors import InvalidModelFolderError
 
     def refuse(problem):

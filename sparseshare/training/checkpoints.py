@@ -153,10 +153,11 @@ def check_resume_config(saved: dict, current: dict) -> None:
         schedule = new.get("train.lr_schedule", "constant")
         annealed = new.get("train.distill_weight") in (None, "None") and (  # (flat_config writes None as "None")
             new.get("sparse.distill") is True or any(k.startswith("train.distill_from.") for k in new))
-        spans = (f"with train.lr_schedule {schedule!r} the number of epochs sizes the learning-rate decay"
-                 if schedule not in LENGTH_FREE_SCHEDULES else
-                 "the teacher annealing of distillation (train.distill_weight null) runs over the number of epochs"
-                 if annealed else None)
+        spans = None
+        if schedule not in LENGTH_FREE_SCHEDULES:
+            spans = f"with train.lr_schedule {schedule!r} the number of epochs sizes the learning-rate decay"
+        elif annealed:
+            spans = "the teacher annealing of distillation (train.distill_weight null) runs over the number of epochs"
         if spans:
             raise ValueError(f"--resume: train.epochs {old.get('train.epochs')!r} -> {new.get('train.epochs')!r}: "
                              f"{spans}, so the resumed run would train neither the {old.get('train.epochs')}-epoch "
